@@ -1,0 +1,323 @@
+"""Typed run configuration: defaults < YAML file < ``--set key.path=value`` overrides.
+
+Every key has a type and a default here; unknown keys, wrong types and impossible
+values raise :class:`ConfigError` naming the key before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key and what was expected."""
+
+
+@dataclass
+class NoiseConfig:
+    # symmetric: a chosen point gets another class uniformly; pairflip: class c -> c+1;
+    # uniform: RHO-LOSS's noise, a uniformly random label that may equal the true one.
+    kind: Literal["none", "symmetric", "pairflip", "uniform"] = "none"
+    rate: float = 0.0
+
+
+@dataclass
+class ImbalanceConfig:
+    # Exponential long tail: class c keeps n_max * ratio ** (-c / (C - 1)) points; 1 = balanced.
+    ratio: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    name: Literal["fashion_mnist", "cifar10", "cifar100", "imagefolder"] = "fashion_mnist"
+    root: str | None = None  # None: the dataset's documented default location
+    download: bool = False  # torchvision datasets only
+    train_list: str | None = None  # imagefolder: "relative/path label" lines (WebVision style)
+    test_list: str | None = None
+    image_size: int = 224  # imagefolder only: crop size
+    train_fraction: float = 0.5
+    holdout_fraction: float = 0.0
+    split_seed: int | None = None  # None: the run's seed
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    imbalance: ImbalanceConfig = field(default_factory=ImbalanceConfig)
+    augment: bool = True
+    num_workers: int = 4  # imagefolder DataLoader workers
+
+
+@dataclass
+class ModelConfig:
+    name: str = "small_cnn"
+    weights: str | None = None  # local state-dict file for the backbone (vit_b16)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    momentum: float = 0.9  # sgd only
+    schedule: Literal["none", "cosine", "step"] = "none"
+    step_milestones: list[int] = field(default_factory=list)  # epochs, step schedule
+    step_gamma: float = 0.1
+    device: str = "auto"  # auto: cuda when available, else cpu
+    compile: bool = False
+    log_every: int = 50  # steps between progress updates (the only host syncs in an epoch)
+
+
+@dataclass
+class SelectConfig:
+    method: str = "uniform"
+    n_candidates: int = 320
+    n_selected: int = 32
+
+
+@dataclass
+class EvalConfig:
+    every: int = 1  # epochs
+    batch_size: int = 1000
+
+
+@dataclass
+class ReportConfig:
+    targets: list[float] = field(default_factory=lambda: [0.8])
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    name: str | None = None  # run name; default <config>-<method>-s<seed>
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def get(self, dotted: str) -> Any:
+        obj: Any = self
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if get_origin(tp) is list:
+        return f"a list of {_type_name(get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        (item_tp,) = get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _build(tp, value, key + ".")
+    ok = {
+        type(None): value is None,
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, int | float) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }
+    if ok.get(tp, False):
+        return float(value) if tp is float else value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {prefix}{unknown[0]}; valid keys here: "
+            + ", ".join(prefix + n for n in names)
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"a.b=c"`` -> ``{"a": {"b": yaml(c)}}``."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key.path=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: expected key.path=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse {raw!r} as YAML ({exc})") from exc
+    node: dict[str, Any] = {}
+    cur = node
+    parts = key.split(".")
+    for part in parts[:-1]:
+        cur[part] = {}
+        cur = cur[part]
+    cur[parts[-1]] = value
+    return node
+
+
+def shipped_config_dir() -> Path:
+    import bdsel_configs
+
+    return Path(bdsel_configs.__file__).parent
+
+
+def list_shipped_configs() -> list[str]:
+    return sorted(p.stem for p in shipped_config_dir().glob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A path to a YAML file, or the bare name of a shipped config (``configs/NAME.yaml``)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    shipped = shipped_config_dir() / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(
+        f"no config named {name_or_path!r}; shipped configs: "
+        + ", ".join(list_shipped_configs())
+        + " (or give a path to a YAML file)"
+    )
+
+
+def load_config(
+    name_or_path: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    values: dict[str, Any] | None = None,
+) -> Config:
+    """Build and validate a Config from a YAML file (or shipped name), a dict, and overrides."""
+    merged: dict[str, Any] = {}
+    if name_or_path is not None:
+        path = resolve_config_path(name_or_path)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        merged = _merge(merged, loaded)
+        merged.setdefault("name", None)
+        if merged["name"] is None and path.parent == shipped_config_dir():
+            merged["name"] = path.stem
+    if values:
+        merged = _merge(merged, values)
+    for text in overrides:
+        merged = _merge(merged, parse_override(text))
+    config = _build(Config, merged)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Impossible values, named by key."""
+    d, s, t = config.data, config.select, config.train
+
+    def need(ok: bool, key: str, expected: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}: expected {expected}, got {config.get(key)!r}")
+
+    need(0.0 < d.train_fraction <= 1.0, "data.train_fraction", "a fraction in (0, 1]")
+    need(0.0 <= d.holdout_fraction < 1.0, "data.holdout_fraction", "a fraction in [0, 1)")
+    if d.train_fraction + d.holdout_fraction > 1.0 + 1e-9:
+        raise ConfigError(
+            f"data.train_fraction + data.holdout_fraction = "
+            f"{d.train_fraction + d.holdout_fraction:g} > 1: the two subsets must be disjoint"
+        )
+    need(0.0 <= d.noise.rate <= 1.0, "data.noise.rate", "a fraction in [0, 1]")
+    if d.noise.kind == "none" and d.noise.rate > 0:
+        raise ConfigError(
+            "data.noise.rate > 0 needs data.noise.kind (symmetric, pairflip, uniform)"
+        )
+    need(d.imbalance.ratio >= 1.0, "data.imbalance.ratio", "a max/min class-size ratio >= 1")
+    need(d.image_size > 0, "data.image_size", "a positive int")
+    need(d.num_workers >= 0, "data.num_workers", "an int >= 0")
+    need(s.n_candidates >= 1, "select.n_candidates", "a positive int")
+    need(s.n_selected >= 1, "select.n_selected", "a positive int")
+    if s.n_selected > s.n_candidates:
+        raise ConfigError(
+            f"select.n_selected ({s.n_selected}) > select.n_candidates ({s.n_candidates}): "
+            "cannot select more points than there are candidates"
+        )
+    need(t.epochs >= 1, "train.epochs", "a positive int")
+    need(t.lr > 0, "train.lr", "a positive float")
+    need(t.weight_decay >= 0, "train.weight_decay", "a float >= 0")
+    need(0 <= t.momentum < 1, "train.momentum", "a float in [0, 1)")
+    need(t.log_every >= 1, "train.log_every", "a positive int")
+    need(config.eval.every >= 1, "eval.every", "a positive int")
+    need(config.eval.batch_size >= 1, "eval.batch_size", "a positive int")
+    need(
+        all(0.0 < x <= 1.0 for x in config.report.targets),
+        "report.targets",
+        "accuracies in (0, 1]",
+    )
+    from bdsel.selection import list_selectors  # late: the registry imports this module
+
+    if s.method not in list_selectors():
+        raise ConfigError(
+            f"select.method: unknown method {s.method!r}; valid: " + ", ".join(list_selectors())
+        )
+    from bdsel.models import list_models
+
+    if config.model.name not in list_models():
+        raise ConfigError(
+            f"model.name: unknown model {config.model.name!r}; valid: " + ", ".join(list_models())
+        )
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

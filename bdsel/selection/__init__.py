@@ -1,0 +1,30 @@
+"""Selection methods and their registry."""
+
+from bdsel.selection import simple  # noqa: F401  (registers uniform and full)
+from bdsel.selection.base import (
+    Candidates,
+    ForwardOutputs,
+    Selection,
+    Selector,
+    SelectorContext,
+    top_k_positions,
+)
+from bdsel.selection.registry import (
+    create_selector,
+    list_selectors,
+    register_selector,
+    selector_class,
+)
+
+__all__ = [
+    "Candidates",
+    "ForwardOutputs",
+    "Selection",
+    "Selector",
+    "SelectorContext",
+    "create_selector",
+    "list_selectors",
+    "register_selector",
+    "selector_class",
+    "top_k_positions",
+]

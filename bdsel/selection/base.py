@@ -1,0 +1,88 @@
+"""The selector contract: what the training loop hands a selection method and gets back.
+
+A selector sees the candidate batch (global indices, inputs, observed labels), the candidate
+forward outputs when it declares ``needs_forward``, and per-index quantities from the run
+(``lookups``: e.g. zero-shot log-probs, by global index). It returns the chosen positions,
+optional per-point loss weights and a few 0-d tensors to log. Nothing here may sync the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from bdsel.config import Config
+
+
+@dataclass
+class Candidates:
+    indices: torch.Tensor  # int64 [n_B] global indices, on the device
+    inputs: torch.Tensor  # [n_B, C, H, W] model-ready inputs
+    labels: torch.Tensor  # int64 [n_B] observed (possibly noisy) labels
+
+
+@dataclass
+class ForwardOutputs:
+    logits: torch.Tensor  # [n, C]
+    features: torch.Tensor  # [n, D], the input of the model's last linear layer
+
+
+@dataclass
+class Selection:
+    positions: torch.Tensor  # int64 [n_b] positions into the candidate batch (may repeat)
+    weights: torch.Tensor | None = None  # [n_b] per-point loss weights; None = plain mean
+    scalars: dict[str, torch.Tensor] = field(default_factory=dict)  # 0-d, averaged when logged
+
+
+@dataclass
+class SelectorContext:
+    """What the run offers a selector when it is built."""
+
+    config: Config
+    n_classes: int
+    n_features: int
+    device: torch.device
+    lookups: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [N, ...] by index
+    extras: dict[str, Any] = field(default_factory=dict)  # run resources a method may need
+
+
+class Selector:
+    """Base class; subclasses register with ``@register_selector(name)``."""
+
+    name: ClassVar[str] = ""
+    needs_forward: ClassVar[bool] = False  # run the no-grad candidate forward for this method
+    requires: ClassVar[tuple[str, ...]] = ()  # lookups that must be present in the context
+
+    def __init__(self, context: SelectorContext) -> None:
+        self.context = context
+        self.n_selected = context.config.select.n_selected
+        missing = [k for k in self.requires if k not in context.lookups]
+        if missing:
+            raise ValueError(f"select.method={self.name} needs {', '.join(missing)}")
+
+    def select(
+        self,
+        candidates: Candidates,
+        outputs: ForwardOutputs | None,
+        generator: torch.Generator,
+    ) -> Selection:
+        raise NotImplementedError
+
+    def observe(self, selected: Candidates, outputs: ForwardOutputs) -> None:
+        """After the optimizer step: the selected points and their training-forward outputs."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called at the start of every epoch (0-based)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def top_k_positions(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Positions of the ``k`` largest scores (ties broken by position), int64 [k]."""
+    return torch.topk(scores, k, largest=True, sorted=False).indices

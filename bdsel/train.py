@@ -1,0 +1,484 @@
+"""The training loop, one for every selection method.
+
+Per epoch: a permutation of the train subset cut into candidate batches of n_B; for each,
+an optional no-grad candidate forward, the selector's choice of n_b points, one
+forward/backward/step on those, and the selector's ``observe`` (posterior update). Test
+accuracy every ``eval.every`` epochs, a checkpoint after every epoch.
+
+Random streams are derived from (seed, epoch), not carried from step to step, so a run
+resumed from an epoch-end checkpoint replays exactly what an uninterrupted run would do.
+The step never syncs the host: statistics accumulate on the device and are read once per
+log interval.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bdsel.config import Config, TrainConfig
+from bdsel.data import Dataset, RunData, derive_run_data, load_dataset, make_image_source
+from bdsel.data.batching import ImageSource
+from bdsel.models import Classifier, create_model
+from bdsel.runlog import RunDir
+from bdsel.selection import (
+    Candidates,
+    ForwardOutputs,
+    Selector,
+    SelectorContext,
+    create_selector,
+    selector_class,
+)
+
+# ----------------------------------------------------------------------------- small pieces
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name!r} but CUDA is not available on this machine")
+    return device
+
+
+def autocast_for(device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """bf16 autocast on CUDA; full precision elsewhere."""
+    if device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def stream_generator(seed: int, epoch: int, stream: int, device: torch.device) -> torch.Generator:
+    """An independent random stream per (seed, epoch, purpose)."""
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + epoch) * 16 + stream)
+    return g
+
+
+PERMUTATION, AUGMENTATION, SELECTION = 0, 1, 2
+
+
+def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
+    """Multiplier of the base learning rate after ``step`` optimizer steps."""
+    if cfg.schedule == "cosine":
+        total = cfg.epochs * steps_per_epoch
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    if cfg.schedule == "step":
+        passed = sum(step >= m * steps_per_epoch for m in cfg.step_milestones)
+        return cfg.step_gamma**passed
+    return 1.0
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+
+
+@contextlib.contextmanager
+def batchnorm_batch_stats(model: nn.Module) -> Iterator[None]:
+    """Batch-norm on the current batch's statistics without touching the running ones.
+
+    With ``track_running_stats`` off in train mode, BatchNorm normalises with batch statistics
+    and neither reads nor updates its running buffers.
+    """
+    bns = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    for m in bns:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in bns:
+            m.track_running_stats = True
+
+
+def candidate_forward(
+    model: nn.Module, inputs: torch.Tensor, autocast: Callable, bn_mode: str = "batch"
+) -> ForwardOutputs:
+    """No-grad forward over the candidates: float32 logits [n_B, C] and features [n_B, D]."""
+    was_training = model.training
+    ctx = batchnorm_batch_stats(model) if bn_mode == "batch" else contextlib.nullcontext()
+    if bn_mode == "eval":
+        model.eval()
+    with torch.no_grad(), ctx, autocast():
+        logits, features = model(inputs)
+    model.train(was_training)
+    return ForwardOutputs(logits=logits.float(), features=features.float())
+
+
+class SectionTimer:
+    """Accumulated time of a code section; CUDA events on the GPU, so timing never syncs."""
+
+    def __init__(self, device: torch.device, total: float = 0.0) -> None:
+        self.cuda = device.type == "cuda"
+        self.total = total
+        self._pending: list[tuple[Any, Any]] = []
+        self._start: Any = None
+
+    def start(self) -> None:
+        if self.cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._start = time.perf_counter()
+
+    def stop(self) -> None:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._pending.append((self._start, end))
+        else:
+            self.total += time.perf_counter() - self._start
+
+    def seconds(self) -> float:
+        """Total so far (syncs once on CUDA)."""
+        if self._pending:
+            torch.cuda.synchronize()
+            self.total += sum(s.elapsed_time(e) for s, e in self._pending) / 1000.0
+            self._pending.clear()
+        return self.total
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    source: ImageSource,
+    labels: torch.Tensor,
+    batch_size: int,
+    autocast: Callable,
+) -> tuple[float, float]:
+    """Test accuracy and mean cross-entropy (clean labels), one host sync at the end."""
+    was_training = model.training
+    model.eval()
+    n = labels.shape[0]
+    labels = labels.to(source.device)
+    correct = torch.zeros((), device=source.device)
+    loss = torch.zeros((), device=source.device)
+    order = torch.arange(n, device=source.device)
+    for idx, x in source.iter_batches("test", order, batch_size):
+        with autocast():
+            logits, _ = model(x)
+        y = labels[idx]
+        correct += (logits.argmax(1) == y).sum()
+        loss += F.cross_entropy(logits.float(), y, reduction="sum")
+    model.train(was_training)
+    return float(correct) / n, float(loss) / n
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Run:
+    """Everything one training run holds, built from a config before any step is taken."""
+
+    config: Config
+    device: torch.device
+    data: RunData
+    source: ImageSource
+    model: Classifier
+    selector: Selector
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    steps_per_epoch: int
+    observed: torch.Tensor  # int64 [N] on the device
+    noisy: torch.Tensor  # bool [N] on the device
+
+
+def build_lookups(
+    names: tuple[str, ...], config: Config, data: RunData, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Per-index quantities a selector asks for, as device tensors indexed by global index."""
+    out: dict[str, torch.Tensor] = {}
+    for name in names:
+        raise ValueError(
+            f"select.method={config.select.method} needs {name!r}, which this build cannot provide"
+        )
+    return out
+
+
+def build_run(config: Config, dataset: Dataset | None = None) -> Run:
+    """Load data, derive the run's splits, build model, selector and optimizer."""
+    device = resolve_device(config.train.device)
+    torch.manual_seed(config.seed)
+    dataset = dataset if dataset is not None else load_dataset(config.data)
+    data = derive_run_data(dataset, config.data, config.seed)
+    n_train = len(data.train_idx)
+    n_b = config.select.n_candidates
+    if n_train < n_b:
+        raise ValueError(
+            f"select.n_candidates ({n_b}) is larger than the train subset ({n_train} points)"
+        )
+    channels_last = device.type == "cuda"
+    source = make_image_source(
+        dataset,
+        device,
+        augment=config.data.augment,
+        channels_last=channels_last,
+        num_workers=config.data.num_workers,
+    )
+    model = create_model(
+        config.model.name,
+        n_classes=dataset.n_classes,
+        in_channels=dataset.in_channels,
+        weights=config.model.weights,
+    ).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    cls = selector_class(config.select.method)
+    context = SelectorContext(
+        config=config,
+        n_classes=dataset.n_classes,
+        n_features=model.n_features,
+        device=device,
+        lookups=build_lookups(cls.requires, config, data, device),
+        extras={"data": data, "source": source},
+    )
+    selector = create_selector(config.select.method, context)
+    optimizer = build_optimizer(model, config.train)
+    steps_per_epoch = n_train // n_b
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, config.train, steps_per_epoch)
+    )
+    return Run(
+        config,
+        device,
+        data,
+        source,
+        model,
+        selector,
+        optimizer,
+        scheduler,
+        steps_per_epoch,
+        observed=data.observed.to(device),
+        noisy=data.noisy.to(device),
+    )
+
+
+@dataclass
+class EpochStats:
+    """Device-side sums since the last evaluation."""
+
+    loss_sum: torch.Tensor
+    noisy_sum: torch.Tensor
+    n_points: int
+    scalars: dict[str, torch.Tensor]
+    n_steps: int
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> EpochStats:
+        z = torch.zeros((), device=device)
+        return cls(z.clone(), z.clone(), 0, {}, 0)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "loss_sum": self.loss_sum.cpu(),
+            "noisy_sum": self.noisy_sum.cpu(),
+            "n_points": self.n_points,
+            "scalars": {k: v.cpu() for k, v in self.scalars.items()},
+            "n_steps": self.n_steps,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> EpochStats:
+        return cls(
+            state["loss_sum"].to(device),
+            state["noisy_sum"].to(device),
+            state["n_points"],
+            {k: v.to(device) for k, v in state["scalars"].items()},
+            state["n_steps"],
+        )
+
+
+def train_step(
+    run: Run,
+    candidates: Candidates,
+    generator: torch.Generator,
+    autocast: Callable,
+    stats: EpochStats,
+    timer: SectionTimer,
+    forward: Callable,
+) -> int:
+    """Select from one candidate batch, take one optimizer step; returns the points trained on."""
+    timer.start()
+    outputs = None
+    if run.selector.needs_forward:
+        outputs = candidate_forward(forward, candidates.inputs, autocast)
+    selection = run.selector.select(candidates, outputs, generator)
+    timer.stop()
+
+    pos = selection.positions
+    x, y = candidates.inputs[pos], candidates.labels[pos]
+    with autocast():
+        logits, features = forward(x)
+    losses = F.cross_entropy(logits.float(), y, reduction="none")
+    loss = (losses * selection.weights).mean() if selection.weights is not None else losses.mean()
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.scheduler.step()
+
+    selected = Candidates(candidates.indices[pos], x, y)
+    run.selector.observe(
+        selected, ForwardOutputs(logits.detach().float(), features.detach().float())
+    )
+
+    stats.loss_sum += losses.detach().sum()
+    stats.noisy_sum += run.noisy[selected.indices].sum()
+    stats.n_points += int(pos.shape[0])
+    stats.n_steps += 1
+    for k, v in selection.scalars.items():
+        stats.scalars[k] = stats.scalars.get(k, 0) + v.detach().float()
+    return int(pos.shape[0])
+
+
+def train(
+    config: Config,
+    run_dir: Path,
+    *,
+    mode: Literal["new", "resume", "overwrite"] = "new",
+    dataset: Dataset | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Train one run into ``run_dir`` and return its summary.
+
+    ``progress`` is an optional rich Progress; ``on_epoch`` receives each metrics record.
+    """
+    run = build_run(config, dataset)
+    rundir = RunDir.prepare(Path(run_dir), config, mode)
+    device, model = run.device, run.model
+    autocast = autocast_for(device)
+    forward = torch.compile(model) if config.train.compile else model
+    train_idx = run.data.train_idx.to(device)
+    has_noise = bool(run.data.noisy[run.data.train_idx].any())
+    base_noisy = run.data.base_noisy_frac if has_noise else None
+    n_b = config.select.n_candidates
+
+    start_epoch, step, samples_seen, wall_s = 0, 0, 0, 0.0
+    best_acc = 0.0
+    timer = SectionTimer(device)
+    stats = EpochStats.zeros(device)
+    if mode == "resume":
+        ckpt = rundir.load_checkpoint(map_location=device)
+        model.load_state_dict(ckpt["model"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+        run.selector.load_state_dict(ckpt["selector"])
+        start_epoch, step, samples_seen = ckpt["epoch"], ckpt["step"], ckpt["samples_seen"]
+        wall_s, best_acc = ckpt["wall_s"], ckpt["best_acc"]
+        timer.total = ckpt["selection_s"]
+        stats = EpochStats.from_state(ckpt["stats"], device)
+        rundir.truncate_metrics(start_epoch)
+
+    epochs = config.train.epochs
+    task = None
+    if progress is not None:
+        task = progress.add_task("train", total=epochs * run.steps_per_epoch, completed=step)
+    record: dict[str, Any] = {}
+    model.train()
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        run.selector.set_epoch(epoch)
+        g_perm = stream_generator(config.seed, epoch, PERMUTATION, device)
+        g_aug = stream_generator(config.seed, epoch, AUGMENTATION, device)
+        g_sel = stream_generator(config.seed, epoch, SELECTION, device)
+        order = train_idx[torch.randperm(len(train_idx), device=device, generator=g_perm)]
+        batches = run.source.iter_batches("train", order, n_b, generator=g_aug, drop_last=True)
+        for i, (idx, inputs) in enumerate(batches):
+            candidates = Candidates(idx, inputs, run.observed[idx])
+            samples_seen += train_step(run, candidates, g_sel, autocast, stats, timer, forward)
+            step += 1
+            if task is not None and ((i + 1) % config.train.log_every == 0):
+                progress.update(task, completed=step)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        wall_s += time.perf_counter() - t0
+        if task is not None:
+            progress.update(task, completed=step)
+
+        done = epoch + 1
+        if done % config.eval.every == 0 or done == epochs:
+            test_acc, test_loss = evaluate(
+                model, run.source, run.data.dataset.test.labels, config.eval.batch_size, autocast
+            )
+            best_acc = max(best_acc, test_acc)
+            n_pts = max(stats.n_points, 1)
+            record = {
+                "epoch": done,
+                "step": step,
+                "samples_seen": samples_seen,
+                "test_acc": test_acc,
+                "test_loss": test_loss,
+                "train_loss": float(stats.loss_sum) / n_pts,
+                "selected_noisy_frac": float(stats.noisy_sum) / n_pts if has_noise else None,
+                "base_noisy_frac": base_noisy,
+                "wall_s": wall_s,
+                "selection_s": timer.seconds(),
+                "lr": run.optimizer.param_groups[0]["lr"],
+            }
+            for k, v in stats.scalars.items():
+                record[f"select/{k}"] = float(v) / max(stats.n_steps, 1)
+            rundir.append_metrics(record)
+            if on_epoch is not None:
+                on_epoch(record)
+            stats = EpochStats.zeros(device)
+        rundir.save_checkpoint(
+            {
+                "model": model.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "scheduler": run.scheduler.state_dict(),
+                "selector": run.selector.state_dict(),
+                "epoch": done,
+                "step": step,
+                "samples_seen": samples_seen,
+                "wall_s": wall_s,
+                "selection_s": timer.seconds(),
+                "best_acc": best_acc,
+                "stats": stats.state(),
+            }
+        )
+
+    metrics = rundir.read_metrics()
+    summary = summarize(config, metrics)
+    rundir.write_summary(summary)
+    return summary
+
+
+def epochs_to_target(metrics: list[dict[str, Any]], target: float) -> int | None:
+    """First evaluated epoch whose test accuracy reaches ``target``."""
+    return next((r["epoch"] for r in metrics if r["test_acc"] >= target), None)
+
+
+def summarize(config: Config, metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    last = metrics[-1] if metrics else {}
+    return {
+        "status": "complete",
+        "method": config.select.method,
+        "dataset": config.data.name,
+        "seed": config.seed,
+        "epochs_run": last.get("epoch", 0),
+        "steps": last.get("step", 0),
+        "samples_seen": last.get("samples_seen", 0),
+        "final_test_acc": last.get("test_acc"),
+        "best_test_acc": max((r["test_acc"] for r in metrics), default=None),
+        "wall_s": last.get("wall_s"),
+        "selection_s": last.get("selection_s"),
+        "epochs_to_target": {f"{t:g}": epochs_to_target(metrics, t) for t in config.report.targets},
+    }

@@ -1,0 +1,156 @@
+"""The ``bdsel`` command: thin wrappers that parse arguments and call the library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.syntax import Syntax
+
+app = typer.Typer(
+    help="Bayesian data selection for accelerated training.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    str | None,
+    typer.Option("--config", "-c", help="A YAML file, or the name of a shipped config."),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a key: --set select.method=bayesian (repeatable)."),
+]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from bdsel.config import ConfigError
+    from bdsel.data import DataError
+    from bdsel.runlog import RunDirError
+
+    return (ConfigError, DataError, RunDirError, FileNotFoundError, ValueError)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+@app.command()
+def train(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    run_dir: Annotated[
+        Path | None, typer.Option("--run-dir", help="Default: runs/<name>-<method>-s<seed>.")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a stopped run.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing run.")
+    ] = False,
+) -> None:
+    """Train with online batch selection and write a run directory."""
+    from bdsel.config import dump_config, load_config
+    from bdsel.runlog import CONFIG
+    from bdsel.train import train as train_run
+
+    if resume and overwrite:
+        raise fail("--resume and --overwrite exclude each other")
+    try:
+        if resume and run_dir is not None and config is None and not set_:
+            config = str(run_dir / CONFIG)  # resume with the run's own saved config
+        if config is None:
+            raise fail("--config is required (a YAML file or a shipped config name)")
+        cfg = load_config(config, set_ or [])
+        if run_dir is None:
+            run_dir = Path("runs") / f"{cfg.name or 'run'}-{cfg.select.method}-s{cfg.seed}"
+        console.rule(f"bdsel train → {run_dir}")
+        console.print(Syntax(dump_config(cfg), "yaml", background_color="default"))
+        mode = "resume" if resume else "overwrite" if overwrite else "new"
+
+        def show(record: dict) -> None:
+            noisy = record["selected_noisy_frac"]
+            noise = f"  noisy among selected {noisy:.1%}" if noisy is not None else ""
+            progress.console.print(
+                f"epoch {record['epoch']:>4}  test acc {record['test_acc']:.2%}  "
+                f"test loss {record['test_loss']:.3f}  train loss {record['train_loss']:.3f}"
+                f"{noise}  {record['wall_s']:.0f}s"
+            )
+
+        with _progress() as progress:
+            summary = train_run(cfg, run_dir, mode=mode, on_epoch=show, progress=progress)
+    except KeyboardInterrupt:
+        console.print(
+            f"[yellow]interrupted[/]: the last checkpoint in {run_dir} is intact; "
+            f"continue with: bdsel train --run-dir {run_dir} --resume"
+        )
+        raise typer.Exit(130) from None
+    except _user_errors() as exc:
+        raise fail(str(exc)) from None
+    reached = ", ".join(
+        f"{float(t):.1%}: {'epoch ' + str(e) if e else 'not reached'}"
+        for t, e in summary["epochs_to_target"].items()
+    )
+    console.print(
+        f"[bold green]done[/]: final test acc {summary['final_test_acc']:.2%}, "
+        f"best {summary['best_test_acc']:.2%}, {summary['wall_s']:.0f}s training "
+        f"({summary['selection_s']:.0f}s selecting); targets {reached}; run in {run_dir}"
+    )
+
+
+configs_app = typer.Typer(help="List and show the shipped configs.", no_args_is_help=True)
+app.add_typer(configs_app, name="configs")
+
+
+@configs_app.command("list")
+def configs_list() -> None:
+    """Names of the shipped configs (usable as --config NAME)."""
+    from bdsel.config import list_shipped_configs
+
+    for name in list_shipped_configs():
+        typer.echo(name)
+
+
+@configs_app.command("show")
+def configs_show(
+    name: Annotated[str, typer.Argument(help="A shipped config name or a YAML path.")],
+    set_: SetOpt = None,
+) -> None:
+    """Print a config resolved with its defaults and overrides."""
+    from bdsel.config import ConfigError, dump_config, load_config
+
+    try:
+        typer.echo(dump_config(load_config(name, set_ or [])), nl=False)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Shipped run configs (YAML), installed as the bdsel_configs package."""

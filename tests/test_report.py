@@ -1,0 +1,261 @@
+"""bdsel.report on hand-made run directories: the table, the files, grouping, errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from bdsel.report import (
+    ReportError,
+    display_table,
+    epochs_to_target,
+    load_run,
+    make_report,
+    render_table,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_run(
+    path: Path,
+    accs: list[float],
+    *,
+    method: str = "uniform",
+    seed: int = 0,
+    noise_rate: float = 0.0,
+    targets: tuple[float, ...] = (0.8,),
+    bayesian_scalars: bool = False,
+    complete: bool = True,
+    extra: dict | None = None,
+) -> Path:
+    """A run directory as `bdsel train` writes it: one metrics record per epoch."""
+    path.mkdir(parents=True)
+    noisy = noise_rate > 0
+    config = {
+        "seed": seed,
+        "name": f"{method}-s{seed}",
+        "data": {
+            "name": "fashion_mnist",
+            "noise": {"kind": "symmetric" if noisy else "none", "rate": noise_rate},
+        },
+        "select": {"method": method, "n_candidates": 320, "n_selected": 32},
+        "train": {"epochs": len(accs)},
+        "report": {"targets": list(targets)},
+    }
+    for key, value in (extra or {}).items():
+        node = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    lines = []
+    for i, acc in enumerate(accs):
+        record = {
+            "epoch": i + 1,
+            "step": 100 * (i + 1),
+            "samples_seen": 3200 * (i + 1),
+            "test_acc": acc,
+            "test_loss": 1.0 - acc,
+            "train_loss": 1.2 - acc,
+            "selected_noisy_frac": noise_rate / (i + 2) if noisy else None,
+            "base_noisy_frac": noise_rate if noisy else None,
+            "wall_s": 10.0 * (i + 1),
+            "selection_s": 2.5 * (i + 1),
+            "lr": 1e-3,
+        }
+        if bayesian_scalars:
+            record |= {
+                "select/alpha": 0.2,
+                "select/term_loglik": -1.0 / (i + 1),
+                "select/term_zs": -0.5,
+                "select/term_lme": 0.8 / (i + 1),
+                "select/pred_std": 0.1,
+                "select/zs_agree": 0.9,
+            }
+        lines.append(json.dumps(record))
+    (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    if complete:
+        summary = {
+            "status": "complete",
+            "epochs_run": len(accs),
+            "final_test_acc": accs[-1],
+            "best_test_acc": max(accs),
+            "wall_s": 10.0 * len(accs),
+            "selection_s": 2.5 * len(accs),
+        }
+        (path / "summary.json").write_text(json.dumps(summary))
+    return path
+
+
+def cells_by_header(report) -> list[dict[str, str]]:
+    headers, body = display_table(report.rows, report.targets)
+    return [dict(zip(headers, cells, strict=True)) for cells in body]
+
+
+def test_epochs_to_target_boundary(tmp_path):
+    run, _ = load_run(write_run(tmp_path / "r", [0.5, 0.7999, 0.8, 0.9]))
+    assert epochs_to_target(run, 0.8) == 3  # equal counts as reached; 0.7999 does not
+    assert epochs_to_target(run, 0.79991) == 3
+    assert epochs_to_target(run, 0.7999) == 2
+    assert epochs_to_target(run, 0.9) == 4
+    assert epochs_to_target(run, 0.9001) is None
+
+
+def test_float32_accuracy_counts_at_target(tmp_path):
+    acc32 = float(np.float32(0.7))  # 0.699999988...: an accuracy computed in float32
+    assert acc32 < 0.7
+    run, _ = load_run(write_run(tmp_path / "r", [0.5, acc32]))
+    assert epochs_to_target(run, 0.7) == 2
+
+
+def test_never_reached_shows_final_accuracy(tmp_path):
+    run_dir = write_run(tmp_path / "r", [0.6, 0.88, 0.87], targets=(0.8, 0.9))
+    report = make_report([run_dir])
+    (row,) = cells_by_header(report)
+    assert row["epochs to 80%"] == "2"
+    assert row["epochs to 90%"] == "- (87%)"  # the final accuracy, not the best (88%)
+    assert row["final acc"] == "87%"
+    assert row["best acc"] == "88%"
+    assert report.out_dir == run_dir  # one run: the report sits in the run directory
+
+
+def test_every_file_written_and_valid(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs / "bayes", [0.5, 0.75, 0.85], method="bayesian", noise_rate=0.2,
+              bayesian_scalars=True, targets=(0.7, 0.8))  # fmt: skip
+    write_run(runs / "unif", [0.4, 0.6, 0.72], method="uniform", noise_rate=0.2,
+              targets=(0.7, 0.8))  # fmt: skip
+    report = make_report([runs])
+    out = runs / "report"
+    assert report.out_dir.resolve() == out.resolve()
+    names = {"accuracy_vs_epoch.png", "accuracy_vs_time.png", "noise_in_selection.png",
+             "bayesian_terms.png", "table.csv", "table.md", "report.html"}  # fmt: skip
+    assert set(report.files) == names
+    assert {p.name for p in out.iterdir()} == names  # no temporary files left behind
+    for name in names:
+        if name.endswith(".png"):
+            png = (out / name).read_bytes()
+            assert png.startswith(PNG_MAGIC) and len(png) > 5000, name
+
+    rows = list(csv.DictReader(io.StringIO((out / "table.csv").read_text())))
+    assert [r["method"] for r in rows] == ["bayesian", "uniform"]
+    assert rows[0]["epochs_to_0.7"] == "2.0" and rows[0]["epochs_to_0.8"] == "3.0"
+    assert rows[1]["epochs_to_0.7"] == "3.0" and rows[1]["epochs_to_0.8"] == ""
+    assert rows[1]["reached_0.8"] == "0"
+    assert float(rows[1]["final_acc_mean"]) == pytest.approx(0.72)
+    assert float(rows[0]["selection_share"]) == pytest.approx(0.25)
+    assert float(rows[0]["base_noisy_frac"]) == pytest.approx(0.2)
+
+    md = (out / "table.md").read_text()
+    assert "| bayesian | fashion_mnist | 20% symmetric |" in md
+    assert "- (72%)" in md
+
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4
+    assert "- (72%)" in page and "bayesian" in page and "20% symmetric" in page
+    assert "25%" in page  # share of time spent selecting
+    assert report.warnings == []  # both runs finished, noise present
+
+
+def test_partial_last_line_is_dropped_with_warning(tmp_path):
+    run_dir = write_run(tmp_path / "r", [0.5, 0.6, 0.7], complete=False)
+    with (run_dir / "metrics.jsonl").open("a") as f:
+        f.write('{"epoch": 4, "step": 400, "test_acc": 0.9')  # killed mid-write
+    report = make_report([run_dir], targets=[0.85])
+    assert any("line 4 is incomplete" in w for w in report.warnings)
+    assert len(report.runs[0].records) == 3
+    (row,) = cells_by_header(report)
+    assert row["epochs to 85%"] == "- (70%)"  # the torn 0.9 record is not counted
+    assert row["epochs"] == "3/3"
+
+
+def test_corrupt_middle_line_is_an_error(tmp_path):
+    run_dir = write_run(tmp_path / "r", [0.5, 0.6, 0.7])
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    lines[1] = lines[1][:20]
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ReportError, match="line 2"):
+        make_report([run_dir])
+
+
+def test_seeds_form_one_row(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs / "s0", [0.5, 0.8, 0.9, 0.9], seed=0, targets=(0.8, 0.9))
+    write_run(runs / "s1", [0.5, 0.6, 0.7, 0.8], seed=1, targets=(0.8, 0.9))
+    report = make_report([runs])
+    assert len(report.rows) == 1
+    (row,) = cells_by_header(report)
+    assert row["seeds"] == "2 (0, 1)"
+    assert row["epochs to 80%"] == "3"  # mean of 2 and 4
+    assert row["epochs to 90%"] == "3 (1/2)"  # only seed 0 reached it
+    assert row["final acc"] == "85.0 ± 7.1%"
+    assert report.rows[0].label == "uniform (2 seeds)"
+
+
+def test_other_config_difference_splits_groups(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs / "a", [0.5, 0.8], seed=0, extra={"select.n_selected": 32})
+    write_run(runs / "b", [0.5, 0.8], seed=1, extra={"select.n_selected": 64})
+    report = make_report([runs / "a", runs / "b"])
+    rows = cells_by_header(report)
+    assert [r["config"] for r in rows] == ["select.n_selected=32", "select.n_selected=64"]
+
+
+def test_nested_directories_expand(tmp_path):
+    write_run(tmp_path / "sweep" / "fm" / "uniform" / "s0", [0.5, 0.8])
+    write_run(tmp_path / "sweep" / "fm" / "bayesian" / "s0", [0.6, 0.9], method="bayesian")
+    (tmp_path / "sweep" / "notes").mkdir()
+    report = make_report([tmp_path / "sweep"])
+    assert sorted(r.method for r in report.rows) == ["bayesian", "uniform"]
+    assert report.out_dir.resolve() == (tmp_path / "sweep" / "fm" / "report").resolve()
+
+
+def test_non_run_directory_is_an_error(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("not a run")
+    with pytest.raises(ReportError, match="empty.*expected config.yaml and metrics.jsonl"):
+        make_report([empty])
+    with pytest.raises(ReportError, match="no such directory"):
+        make_report([tmp_path / "missing"])
+
+
+def test_runs_without_noise_show_na(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs / "clean", [0.5, 0.8])
+    write_run(runs / "noisy", [0.5, 0.8], method="rho_loss", noise_rate=0.1)
+    report = make_report([runs])
+    rows = {r["method"]: r for r in cells_by_header(report)}
+    assert rows["uniform"]["noisy: selected vs base"] == "n/a"
+    assert rows["uniform"]["noise"] == "none"
+    assert rows["rho_loss"]["noisy: selected vs base"] == "4.2% vs 10%"  # mean of 5% and 3.3%
+    assert "noise_in_selection.png" in report.files
+
+    clean = make_report([runs / "clean"])
+    assert "noise_in_selection.png" not in clean.files
+    assert any("no run has label noise" in w for w in clean.warnings)
+    assert "bayesian_terms.png" not in clean.files
+
+
+def test_targets_must_be_fractions(tmp_path):
+    run_dir = write_run(tmp_path / "r", [0.5, 0.8])
+    with pytest.raises(ReportError, match="did you mean 0.875"):
+        make_report([run_dir], targets=[87.5])
+
+
+def test_render_table_has_one_row_per_group(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs / "a", [0.5, 0.8], seed=0)
+    write_run(runs / "b", [0.5, 0.8], seed=1)
+    write_run(runs / "c", [0.5, 0.8], method="bayesian")
+    table = render_table(make_report([runs]))
+    assert table.row_count == 2
+    assert [c.header for c in table.columns][:4] == ["method", "dataset", "noise", "seeds"]
