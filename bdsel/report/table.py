@@ -1,0 +1,326 @@
+"""The epochs-to-target table (PAPER.md's table), one row per group of seeds.
+
+Runs whose configs differ only in ``seed`` and ``name`` form a group. A row shows
+how many epochs each group needs to reach each target test accuracy, final and
+best accuracy, time, the share of time spent selecting, and the fraction of
+noisy labels among the selected points against the base rate.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.table import Table as RichTable
+
+from bdsel.report.runs import Run, flatten_config
+
+# Config keys that do not split a group: runs differing only here are seeds of one setting.
+GROUP_IGNORED_KEYS = ("seed", "name")
+# The four keys every row names; other differing keys show in the "config" column.
+MAIN_KEYS = ("select.method", "data.name", "data.noise.kind", "data.noise.rate")
+# Accuracies are often computed in float32 (0.7 -> 0.69999998); 1e-6 is far below
+# the resolution of any test set (1 / N_test), so this only absorbs rounding.
+REACH_TOLERANCE = 1e-6
+
+
+def epochs_to_target(run: Run, target: float) -> int | None:
+    """First ``epoch`` whose ``test_acc >= target`` (within REACH_TOLERANCE); None if never."""
+    for record in run.records:
+        if float(record["test_acc"]) >= target - REACH_TOLERANCE:
+            return int(record["epoch"])
+    return None
+
+
+def pct(x: float, digits: int = 1) -> str:
+    """0.875 -> '87.5%', 0.87 -> '87%'."""
+    text = f"{100 * x:.{digits}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text + "%"
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def _std(values: list[float]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan
+
+
+def _number(x: float) -> str:
+    return f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}"
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "n/a"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+@dataclass
+class TargetCell:
+    """Epochs to one target for every run of a row (None: never reached)."""
+
+    target: float
+    epochs: list[int | None]
+    final_acc: float  # the row's mean final accuracy, shown when no run reached the target
+
+    @property
+    def n_reached(self) -> int:
+        return sum(e is not None for e in self.epochs)
+
+    @property
+    def mean_epoch(self) -> float:
+        """Mean over the runs that reached the target (NaN when none did)."""
+        return _mean([float(e) for e in self.epochs if e is not None])
+
+    def text(self) -> str:
+        n = len(self.epochs)
+        if self.n_reached == 0:
+            return f"- ({pct(self.final_acc)})"
+        if self.n_reached < n:
+            return f"{_number(self.mean_epoch)} ({self.n_reached}/{n})"
+        return _number(self.mean_epoch)
+
+
+@dataclass
+class TableRow:
+    """One group of runs that differ only in seed (and name)."""
+
+    method: str
+    dataset: str
+    noise_kind: str
+    noise_rate: float
+    variant: dict[str, Any]  # config keys (besides MAIN_KEYS) whose values differ between rows
+    runs: list[Run]
+    cells: list[TargetCell] = field(default_factory=list)
+    label: str = ""  # short name for legends: the parts that vary between rows
+
+    @property
+    def seeds(self) -> list[Any]:
+        return [run.seed for run in self.runs]
+
+    @property
+    def noise(self) -> str:
+        return "none" if self.noise_rate == 0 else f"{pct(self.noise_rate)} {self.noise_kind}"
+
+    @property
+    def has_noise(self) -> bool:
+        return any(run.has_noise for run in self.runs)
+
+    @property
+    def final_accs(self) -> list[float]:
+        return [run.final_acc for run in self.runs]
+
+    @property
+    def best_accs(self) -> list[float]:
+        return [run.best_acc for run in self.runs]
+
+    @property
+    def selected_noisy_frac(self) -> float:
+        """Mean over runs of the mean over evaluations of selected_noisy_frac (NaN: no noise)."""
+        return _mean([_mean(list(r.column("selected_noisy_frac"))) for r in self.runs])
+
+    @property
+    def base_noisy_frac(self) -> float:
+        return _mean([_mean(list(r.column("base_noisy_frac"))) for r in self.runs])
+
+    def epochs_text(self) -> str:
+        runs = sorted(r.epochs_run for r in self.runs)
+        text = str(runs[0]) if runs[0] == runs[-1] else f"{runs[0]}-{runs[-1]}"
+        planned = {r.planned_epochs for r in self.runs}
+        if not all(r.complete for r in self.runs) and len(planned) == 1 and None not in planned:
+            text += f"/{planned.pop()}"  # unfinished: epochs run of epochs planned
+        return text
+
+    def acc_text(self, values: list[float]) -> str:
+        if len(values) == 1:
+            return pct(values[0])
+        return f"{100 * _mean(values):.1f} ± {100 * _std(values):.1f}%"
+
+    def noise_text(self) -> str:
+        if not self.has_noise:
+            return "n/a"
+        return f"{pct(self.selected_noisy_frac)} vs {pct(self.base_noisy_frac)}"
+
+
+def build_rows(runs: list[Run], targets: list[float]) -> list[TableRow]:
+    """Group runs by config (ignoring seed and name), in order of first appearance."""
+    flats = [flatten_config(run.config) for run in runs]
+    for flat in flats:
+        for key in GROUP_IGNORED_KEYS:
+            flat.pop(key, None)
+    all_keys = sorted({k for flat in flats for k in flat} - set(MAIN_KEYS))
+    missing = "<unset>"
+    variant_keys = [k for k in all_keys if len({repr(f.get(k, missing)) for f in flats}) > 1]
+    groups: dict[tuple, list[Run]] = {}
+    for run, flat in zip(runs, flats, strict=True):
+        key = (run.method, run.dataset, run.noise_kind, run.noise_rate) + tuple(
+            repr(flat.get(k, missing)) for k in variant_keys
+        )
+        groups.setdefault(key, []).append(run)
+    rows = []
+    for members in groups.values():
+        first = flatten_config(members[0].config)
+        row = TableRow(
+            method=members[0].method,
+            dataset=members[0].dataset,
+            noise_kind=members[0].noise_kind,
+            noise_rate=members[0].noise_rate,
+            variant={k: first.get(k, missing) for k in variant_keys},
+            runs=members,
+        )
+        final = _mean(row.final_accs)
+        row.cells = [
+            TargetCell(t, [epochs_to_target(r, t) for r in members], final) for t in targets
+        ]
+        rows.append(row)
+    _label_rows(rows)
+    return rows
+
+
+def _variant_text(variant: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in variant.items())
+
+
+def _label_rows(rows: list[TableRow]) -> None:
+    """Legend labels name only what differs between rows."""
+    parts = [[r.method, r.dataset, r.noise, _variant_text(r.variant)] for r in rows]
+    varying = [i for i in range(4) if len({p[i] for p in parts}) > 1] or [0]
+    for row, p in zip(rows, parts, strict=True):
+        label = " · ".join(p[i] for i in varying if p[i])
+        n = len(row.runs)
+        row.label = label + (f" ({n} seeds)" if n > 1 else "")
+
+
+def common_title(rows: list[TableRow]) -> str:
+    """What all rows share (dataset, noise), for figure titles."""
+    shared = []
+    for attr in ("dataset", "noise"):
+        values = {getattr(r, attr) for r in rows}
+        if len(values) == 1:
+            value = values.pop()
+            shared.append(f"noise: {value}" if attr == "noise" else value)
+    return ", ".join(shared)
+
+
+def display_table(rows: list[TableRow], targets: list[float]) -> tuple[list[str], list[list[str]]]:
+    """(headers, cells as text) shared by the terminal, Markdown and HTML tables."""
+    with_variant = any(r.variant for r in rows)
+    headers = ["method", "dataset", "noise"] + (["config"] if with_variant else [])
+    headers += ["seeds"] + [f"epochs to {pct(t)}" for t in targets]
+    headers += ["final acc", "best acc", "epochs", "wall time", "selecting"]
+    headers += ["noisy: selected vs base"]
+    body = []
+    for r in rows:
+        seeds = ", ".join(str(s) for s in r.seeds)
+        cells = [r.method, r.dataset, r.noise] + (
+            [_variant_text(r.variant)] if with_variant else []
+        )
+        cells += [f"{len(r.runs)} ({seeds})"] + [c.text() for c in r.cells]
+        share = _mean([run.selection_share for run in r.runs])
+        cells += [r.acc_text(r.final_accs), r.acc_text(r.best_accs), r.epochs_text()]
+        cells += [format_duration(_mean([run.wall_s for run in r.runs]))]
+        cells += [pct(share) if math.isfinite(share) else "n/a", r.noise_text()]
+        body.append(cells)
+    return headers, body
+
+
+def _csv_value(x: float) -> str:
+    return "" if x is None or not math.isfinite(x) else repr(float(x))
+
+
+def to_csv(rows: list[TableRow], targets: list[float]) -> str:
+    """Machine-readable numbers: fractions in [0, 1], seconds, empty cells for n/a."""
+    variant_keys = list(rows[0].variant) if rows else []
+    headers = ["method", "dataset", "noise_kind", "noise_rate", *variant_keys, "n_seeds", "seeds"]
+    for t in targets:
+        headers += [f"epochs_to_{t:g}", f"reached_{t:g}"]
+    headers += ["final_acc_mean", "final_acc_std", "best_acc_mean", "best_acc_std"]
+    headers += ["epochs_run", "wall_s", "selection_share"]
+    headers += ["selected_noisy_frac", "base_noisy_frac", "runs"]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(headers)
+    for r in rows:
+        line = [r.method, r.dataset, r.noise_kind, repr(r.noise_rate)]
+        line += [str(r.variant[k]) for k in variant_keys]
+        line += [len(r.runs), " ".join(str(s) for s in r.seeds)]
+        for cell in r.cells:
+            line += [_csv_value(cell.mean_epoch), cell.n_reached]
+        line += [_csv_value(_mean(r.final_accs)), _csv_value(_std(r.final_accs))]
+        line += [_csv_value(_mean(r.best_accs)), _csv_value(_std(r.best_accs))]
+        line += [_csv_value(_mean([run.epochs_run for run in r.runs]))]
+        line += [_csv_value(_mean([run.wall_s for run in r.runs]))]
+        line += [_csv_value(_mean([run.selection_share for run in r.runs]))]
+        noisy = (r.selected_noisy_frac, r.base_noisy_frac) if r.has_noise else (math.nan,) * 2
+        line += [_csv_value(noisy[0]), _csv_value(noisy[1])]
+        line += [" ".join(str(run.path) for run in r.runs)]
+        writer.writerow(line)
+    return buf.getvalue()
+
+
+def to_markdown(rows: list[TableRow], targets: list[float]) -> str:
+    headers, body = display_table(rows, targets)
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    out = [line(headers), "|" + "---|" * len(headers)]
+    out += [line(cells) for cells in body]
+    out += [
+        "",
+        'Epochs to a target: first epoch with test accuracy >= target; "-" never reached '
+        "(final accuracy in parentheses); for several seeds the mean over the seeds that "
+        'reached it, with "k/n" when not all did. Accuracies: mean ± std over seeds. '
+        "selecting: share of wall time spent selecting. noisy: mean fraction of noisy labels "
+        "among the selected points vs the base rate.",
+    ]
+    return "\n".join(out) + "\n"
+
+
+@dataclass
+class Report:
+    """What ``make_report`` found and wrote."""
+
+    rows: list[TableRow]
+    targets: list[float]
+    runs: list[Run]
+    warnings: list[str]
+    out_dir: Path
+    files: dict[str, Path] = field(default_factory=dict)  # file name -> path written
+    generated_at: str = ""
+
+    @property
+    def title(self) -> str:
+        shared = common_title(self.rows)
+        n_runs, n_rows = len(self.runs), len(self.rows)
+        what = f"{n_runs} run{'s' * (n_runs != 1)}, {n_rows} group{'s' * (n_rows != 1)}"
+        return f"bdsel report: {shared} ({what})" if shared else f"bdsel report ({what})"
+
+
+def render_table(report: Report) -> RichTable:
+    """The table for the terminal (rich)."""
+    headers, body = display_table(report.rows, report.targets)
+    table = RichTable(title=report.title, title_justify="left")
+    numeric = {"seeds", "final acc", "best acc", "epochs", "wall time", "selecting"}
+    for h in headers:
+        right = h in numeric or h.startswith("epochs to")
+        table.add_column(h, justify="right" if right else "left", overflow="fold")
+    for cells in body:
+        table.add_row(*cells)
+    return table
