@@ -73,10 +73,59 @@ class TrainConfig:
 
 
 @dataclass
+class SvpConfig:
+    """Selection via proxy: a small proxy model picks a one-shot coreset."""
+
+    model: str = "small_cnn"
+    epochs: int = 5
+    lr: float = 1e-3
+    batch_size: int = 128
+    fraction: float = 0.1  # coreset size, a fraction of the train subset
+    criterion: Literal["entropy", "least_confidence", "forgetting"] = "entropy"
+
+
+@dataclass
 class SelectConfig:
     method: str = "uniform"
-    n_candidates: int = 320
-    n_selected: int = 32
+    n_candidates: int = 320  # n_B
+    n_selected: int = 32  # n_b
+    candidate_bn: Literal["batch", "eval"] = "batch"  # batch-norm statistics in the scoring pass
+    warmup_epochs: int = 0  # uniform picks before selection starts
+    # bayesian (PAPER.md): score = a * mean_s log p(y|f_s) + (1-a) * log p_zs(y|x) - log mean_s p(y|f_s)
+    alpha: float = 0.2
+    adaptive_alpha: bool = False
+    n_samples: int = 256
+    prior_precision: float = 10.0
+    n_effective: float = 200.0
+    momentum: float = 0.99
+    fisher: Literal["empirical", "ggn"] = "empirical"
+    svp: SvpConfig = field(default_factory=SvpConfig)
+
+
+@dataclass
+class HoldoutConfig:
+    """The ``holdout`` predictor: a bdsel model trained on the hold-out split's clean labels."""
+
+    model: str = "small_cnn"
+    epochs: int = 10
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    batch_size: int = 128
+
+
+@dataclass
+class ZeroshotConfig:
+    predictor: Literal["clip", "holdout"] = "holdout"
+    cache: str | None = None  # None: cache/<dataset>-<predictor>[-<model>].h5
+    temperature: float = 1.0  # applied at read time: log_softmax(logprobs / T)
+    model: str = "RN50"  # clip: an open_clip architecture name
+    pretrained: str = "openai"  # clip: a pretrained tag (needs internet) or a local checkpoint
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    batch_size: int = 256
+    device: str = "auto"
+    prompts: str | None = None  # YAML/JSON file with class_names and templates
+    holdout: HoldoutConfig = field(default_factory=HoldoutConfig)
 
 
 @dataclass
@@ -99,6 +148,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    zeroshot: ZeroshotConfig = field(default_factory=ZeroshotConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -293,6 +343,18 @@ def validate(config: Config) -> None:
             f"select.n_selected ({s.n_selected}) > select.n_candidates ({s.n_candidates}): "
             "cannot select more points than there are candidates"
         )
+    need(0.0 <= s.alpha <= 1.0, "select.alpha", "a weight in [0, 1]")
+    need(s.n_samples >= 1, "select.n_samples", "a positive int")
+    need(s.prior_precision >= 0, "select.prior_precision", "a float >= 0")
+    need(s.n_effective > 0, "select.n_effective", "a positive float")
+    need(0.0 <= s.momentum < 1.0, "select.momentum", "a float in [0, 1)")
+    need(s.warmup_epochs >= 0, "select.warmup_epochs", "an int >= 0")
+    need(0.0 < s.svp.fraction <= 1.0, "select.svp.fraction", "a fraction in (0, 1]")
+    need(s.svp.epochs >= 1, "select.svp.epochs", "a positive int")
+    z = config.zeroshot
+    need(z.temperature > 0, "zeroshot.temperature", "a positive float")
+    need(z.batch_size >= 1, "zeroshot.batch_size", "a positive int")
+    need(z.holdout.epochs >= 1, "zeroshot.holdout.epochs", "a positive int")
     need(t.epochs >= 1, "train.epochs", "a positive int")
     need(t.lr > 0, "train.lr", "a positive float")
     need(t.weight_decay >= 0, "train.weight_decay", "a float >= 0")
@@ -313,10 +375,11 @@ def validate(config: Config) -> None:
         )
     from bdsel.models import list_models
 
-    if config.model.name not in list_models():
-        raise ConfigError(
-            f"model.name: unknown model {config.model.name!r}; valid: " + ", ".join(list_models())
-        )
+    for key in ("model.name", "select.svp.model", "zeroshot.holdout.model"):
+        if config.get(key) not in list_models():
+            raise ConfigError(
+                f"{key}: unknown model {config.get(key)!r}; valid: " + ", ".join(list_models())
+            )
 
 
 def dump_config(config: Config) -> str:

@@ -319,7 +319,9 @@ def train_step(
     timer.start()
     outputs = None
     if run.selector.needs_forward:
-        outputs = candidate_forward(forward, candidates.inputs, autocast)
+        outputs = candidate_forward(
+            forward, candidates.inputs, autocast, run.config.select.candidate_bn
+        )
     selection = run.selector.select(candidates, outputs, generator)
     timer.stop()
 
@@ -387,6 +389,7 @@ def train(
         stats = EpochStats.from_state(ckpt["stats"], device)
         rundir.truncate_metrics(start_epoch)
 
+    run.selector.prepare()
     epochs = config.train.epochs
     task = None
     if progress is not None:
@@ -399,7 +402,7 @@ def train(
         g_perm = stream_generator(config.seed, epoch, PERMUTATION, device)
         g_aug = stream_generator(config.seed, epoch, AUGMENTATION, device)
         g_sel = stream_generator(config.seed, epoch, SELECTION, device)
-        order = train_idx[torch.randperm(len(train_idx), device=device, generator=g_perm)]
+        order = run.selector.epoch_order(train_idx, g_perm)
         batches = run.source.iter_batches("train", order, n_b, generator=g_aug, drop_last=True)
         for i, (idx, inputs) in enumerate(batches):
             candidates = Candidates(idx, inputs, run.observed[idx])

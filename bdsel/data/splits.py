@@ -30,7 +30,7 @@ class RunData:
 
     @property
     def base_noisy_frac(self) -> float:
-        return float(self.noisy[self.train_idx].float().mean()) if len(self.train_idx) else 0.0
+        return float(self.noisy[self.train_idx].double().mean()) if len(self.train_idx) else 0.0
 
 
 def long_tail_counts(class_counts: np.ndarray, ratio: float) -> np.ndarray:

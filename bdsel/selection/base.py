@@ -76,6 +76,19 @@ class Selector:
     def set_epoch(self, epoch: int) -> None:
         """Called at the start of every epoch (0-based)."""
 
+    def prepare(self) -> None:
+        """Called once before the first step (and again on resume): one-off work such as
+        training a proxy model. ``context.extras`` holds the run's data and image source."""
+
+    def epoch_order(self, train_idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The global indices this epoch's candidate batches are cut from, in order.
+
+        Default: a fresh permutation of the train subset. A method that trains on a subset
+        (SVP's coreset) returns its own order; the loop cuts ``len(result) // n_B`` batches.
+        """
+        perm = torch.randperm(len(train_idx), device=train_idx.device, generator=generator)
+        return train_idx[perm]
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

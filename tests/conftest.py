@@ -1,0 +1,105 @@
+"""Shared fixtures: tiny datasets written in the real on-disk formats."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
+    """Write ``array`` (uint8) in the idx format of MNIST / Fashion-MNIST."""
+    magic = 0x0800 | array.ndim
+    raw = struct.pack(">i", magic) + struct.pack(f">{array.ndim}i", *array.shape)
+    raw += np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(raw))
+    else:
+        path.write_bytes(raw)
+    return path
+
+
+def synthetic_images(n: int, n_classes: int, size: int, channels: int, seed: int):
+    """Learnable images: class c lights a band whose position depends on c, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % n_classes
+    rng.shuffle(labels)
+    images = rng.integers(0, 60, size=(n, channels, size, size)).astype(np.int64)
+    band = max(1, size // n_classes)
+    for i, c in enumerate(labels):
+        images[i, :, (c * band) % size : (c * band) % size + band, :] += 180
+    return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.uint8)
+
+
+def make_fashion_dir(root: Path, n_train: int = 1200, n_test: int = 300, gz: bool = True) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        x, y = synthetic_images(n, 10, 28, 1, seed)
+        write_idx(root / f"{prefix}-images-idx3-ubyte", x[:, 0], gz=gz)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", y, gz=gz)
+    return root
+
+
+@pytest.fixture(scope="session")
+def fashion_dir(tmp_path_factory) -> Path:
+    return make_fashion_dir(tmp_path_factory.mktemp("fmnist"))
+
+
+def make_cifar_dir(root: Path, name: str = "cifar10", n_per_batch: int = 20) -> Path:
+    n_classes = 10 if name == "cifar10" else 100
+    if name == "cifar10":
+        folder, train_files, test_file, meta, key, names_key = (
+            "cifar-10-batches-py",
+            [f"data_batch_{i}" for i in range(1, 6)],
+            "test_batch",
+            "batches.meta",
+            "labels",
+            "label_names",
+        )
+    else:
+        folder, train_files, test_file, meta, key, names_key = (
+            "cifar-100-python",
+            ["train"],
+            "test",
+            "meta",
+            "fine_labels",
+            "fine_label_names",
+        )
+    d = root / folder
+    d.mkdir(parents=True, exist_ok=True)
+    for i, fname in enumerate([*train_files, test_file]):
+        x, y = synthetic_images(n_per_batch, n_classes, 32, 3, seed=10 + i)
+        batch = {"data": x.reshape(n_per_batch, -1), key: [int(v) for v in y]}
+        (d / fname).write_bytes(pickle.dumps(batch))
+    names = [f"class_{c}" for c in range(n_classes)]
+    (d / meta).write_bytes(pickle.dumps({names_key: names}))
+    return root
+
+
+@pytest.fixture
+def tiny_config_values(fashion_dir: Path) -> dict:
+    """A config that trains in seconds on the synthetic Fashion-MNIST files."""
+    return {
+        "seed": 3,
+        "name": "tiny",
+        "data": {
+            "name": "fashion_mnist",
+            "root": str(fashion_dir),
+            "train_fraction": 0.5,
+            "holdout_fraction": 0.2,
+            "noise": {"kind": "symmetric", "rate": 0.2},
+        },
+        "model": {"name": "small_cnn"},
+        "train": {"epochs": 2, "log_every": 5},
+        "select": {"method": "uniform", "n_candidates": 64, "n_selected": 16},
+        "eval": {"every": 1, "batch_size": 128},
+        "report": {"targets": [0.3, 0.99]},
+    }

@@ -1,0 +1,72 @@
+from pathlib import Path
+
+import pytest
+
+from bdsel.config import ConfigError, dump_config, list_shipped_configs, load_config, parse_override
+
+PAPER_CONFIGS = {
+    "cifar10",
+    "cifar10_noisy",
+    "cifar100",
+    "cifar100_noisy",
+    "cifar10_lt",
+    "cifar100_lt",
+    "webvision",
+    "fashion_mnist",
+}
+
+
+def test_every_shipped_config_loads_and_round_trips(tmp_path: Path):
+    assert PAPER_CONFIGS <= set(list_shipped_configs())
+    for name in list_shipped_configs():
+        cfg = load_config(name)
+        assert cfg.name == name
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(dump_config(cfg))
+        assert load_config(str(path)).to_dict() == cfg.to_dict()
+
+
+def test_overrides_take_precedence_and_parse_as_yaml():
+    cfg = load_config("fashion_mnist", ["train.epochs=7", "data.noise.rate=0.4", "name=x"])
+    assert cfg.train.epochs == 7
+    assert cfg.data.noise.rate == 0.4
+    assert cfg.name == "x"
+    assert parse_override("report.targets=[0.5, 0.7]") == {"report": {"targets": [0.5, 0.7]}}
+
+
+def test_int_accepted_for_float_but_not_str_for_int():
+    assert load_config("fashion_mnist", ["train.lr=1"]).train.lr == 1.0
+    with pytest.raises(ConfigError, match=r"train\.epochs: expected int, got 'many'"):
+        load_config("fashion_mnist", ["train.epochs=many"])
+
+
+@pytest.mark.parametrize(
+    ("override", "pattern"),
+    [
+        ("train.epoch=3", r"unknown key train\.epoch; valid keys here: .*train\.epochs"),
+        ("select.n_selected=400", r"n_selected \(400\) > select\.n_candidates \(320\)"),
+        ("data.train_fraction=0.95", r"train_fraction \+ data\.holdout_fraction = 1\.05 > 1"),
+        ("select.method=magic", r"unknown method 'magic'; valid: .*uniform"),
+        ("model.name=resnet99", r"unknown model 'resnet99'; valid: .*small_cnn"),
+        ("data.name=mnist", r"data\.name: expected one of 'fashion_mnist'"),
+        ("data.noise.kind=gaussian", r"data\.noise\.kind: expected one of"),
+        ("data.noise.rate=1.5", r"data\.noise\.rate: expected a fraction in \[0, 1\]"),
+        ("train.epochs=0", r"train\.epochs: expected a positive int"),
+        ("report.targets=[80]", r"report\.targets: expected accuracies in \(0, 1\]"),
+        ("train.epochs", r"expected key\.path=value"),
+    ],
+)
+def test_bad_values_name_the_key(override: str, pattern: str):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config("fashion_mnist", [override])
+
+
+def test_unknown_config_name_lists_shipped(tmp_path: Path):
+    with pytest.raises(ConfigError, match="shipped configs: .*fashion_mnist"):
+        load_config("no_such_config")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_config(str(bad))
