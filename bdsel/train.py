@@ -155,30 +155,73 @@ class SectionTimer:
         return self.total
 
 
-@torch.no_grad()
 def evaluate(
-    model: nn.Module,
-    source: ImageSource,
-    labels: torch.Tensor,
-    batch_size: int,
-    autocast: Callable,
+    model: nn.Module, source: ImageSource, labels: torch.Tensor, batch_size: int
 ) -> tuple[float, float]:
     """Test accuracy and mean cross-entropy (clean labels), one host sync at the end."""
+    n = labels.shape[0]
+    rows = torch.arange(n, device=source.device)
+    logprobs = predict_logprobs(model, source, "test", rows, batch_size)
+    labels = labels.to(source.device)
+    correct = (logprobs.argmax(1) == labels).sum()
+    loss = -logprobs[rows, labels].sum()
+    return float(correct) / n, float(loss) / n
+
+
+def fit_supervised(
+    model: nn.Module,
+    source: ImageSource,
+    indices: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    optimizer: torch.optim.Optimizer,
+    seed: int,
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
+) -> nn.Module:
+    """Plain minibatch training on ``indices`` (global, train split) with ``labels`` [N].
+
+    For the models bdsel trains besides the selected one: the hold-out (IL) predictor and
+    SVP's proxy. ``on_epoch(epoch, model)`` runs after each epoch (e.g. to record predictions).
+    """
+    device = source.device
+    labels = labels.to(device)
+    indices = indices.to(device)
+    autocast = autocast_for(device)
+    model.train()
+    for epoch in range(epochs):
+        g_perm = stream_generator(seed, epoch, PERMUTATION, device)
+        g_aug = stream_generator(seed, epoch, AUGMENTATION, device)
+        order = indices[torch.randperm(len(indices), device=device, generator=g_perm)]
+        for idx, x in source.iter_batches("train", order, batch_size, generator=g_aug):
+            with autocast():
+                logits, _ = model(x)
+            loss = F.cross_entropy(logits.float(), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if on_epoch is not None:
+            on_epoch(epoch, model)
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def predict_logprobs(
+    model: nn.Module, source: ImageSource, split: str, rows: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """Eval-mode log-softmax of ``model`` on ``rows`` of ``split``: float32 [len(rows), C]."""
     was_training = model.training
     model.eval()
-    n = labels.shape[0]
-    labels = labels.to(source.device)
-    correct = torch.zeros((), device=source.device)
-    loss = torch.zeros((), device=source.device)
-    order = torch.arange(n, device=source.device)
-    for idx, x in source.iter_batches("test", order, batch_size):
+    autocast = autocast_for(source.device)
+    out = []
+    for _, x in source.iter_batches(split, rows.to(source.device), batch_size):
         with autocast():
             logits, _ = model(x)
-        y = labels[idx]
-        correct += (logits.argmax(1) == y).sum()
-        loss += F.cross_entropy(logits.float(), y, reduction="sum")
+        out.append(torch.log_softmax(logits.float(), dim=1))
     model.train(was_training)
-    return float(correct) / n, float(loss) / n
+    return torch.cat(out)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -205,12 +248,11 @@ def build_lookups(
     names: tuple[str, ...], config: Config, data: RunData, device: torch.device
 ) -> dict[str, torch.Tensor]:
     """Per-index quantities a selector asks for, as device tensors indexed by global index."""
-    out: dict[str, torch.Tensor] = {}
-    for name in names:
-        raise ValueError(
-            f"select.method={config.select.method} needs {name!r}, which this build cannot provide"
-        )
-    return out
+    if not names:
+        return {}
+    from bdsel.zeroshot.run import load_lookups  # late: the hold-out predictor imports this module
+
+    return load_lookups(names, config, data, device)
 
 
 def build_run(config: Config, dataset: Dataset | None = None) -> Run:
@@ -419,7 +461,7 @@ def train(
         done = epoch + 1
         if done % config.eval.every == 0 or done == epochs:
             test_acc, test_loss = evaluate(
-                model, run.source, run.data.dataset.test.labels, config.eval.batch_size, autocast
+                model, run.source, run.data.dataset.test.labels, config.eval.batch_size
             )
             best_acc = max(best_acc, test_acc)
             n_pts = max(stats.n_points, 1)

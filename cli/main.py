@@ -121,6 +121,78 @@ def train(
     )
 
 
+@app.command("cache-zeroshot")
+def cache_zeroshot(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="The HDF5 file; default: zeroshot.cache.")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a cache made for something else.")
+    ] = False,
+) -> None:
+    """Run the zero-shot predictor once over the dataset and cache its log-probs (HDF5)."""
+    from bdsel.config import load_config
+    from bdsel.zeroshot.cache import CacheError
+    from bdsel.zeroshot.run import cache_zeroshot as run_cache
+    from bdsel.zeroshot.run import default_cache_path
+
+    if config is None:
+        raise fail("--config is required (a YAML file or a shipped config name)")
+    try:
+        cfg = load_config(config, set_ or [])
+        path = out or default_cache_path(cfg)
+        console.rule(f"bdsel cache-zeroshot → {path}")
+        summary = run_cache(cfg, path, overwrite=overwrite, console=console)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: run the same command again to resume")
+        raise typer.Exit(130) from None
+    except (CacheError, *_user_errors()) as exc:
+        raise fail(str(exc)) from None
+    from rich.table import Table
+
+    table = Table(title=f"zero-shot cache ({cfg.zeroshot.predictor})", show_header=False)
+    for key, value in (
+        ("file", str(summary.path)),
+        ("rows", f"{summary.n_train} train + {summary.n_test} test"),
+        ("classes", str(summary.n_classes)),
+        ("train accuracy (clean labels)", f"{summary.train_accuracy:.2%}"),
+        ("test accuracy", f"{summary.test_accuracy:.2%}"),
+        ("mean log-prob of the clean label", f"{summary.mean_clean_logprob:.3f}"),
+        ("time", f"{summary.seconds:.1f}s"),
+    ):
+        table.add_row(key, value)
+    console.print(table)
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories, or folders of runs.")],
+    targets: Annotated[
+        str | None,
+        typer.Option("--targets", help="Test-accuracy targets, e.g. 0.8,0.875 (default: config)."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Where plots and tables go.")] = None,
+) -> None:
+    """The paper's table, accuracy curves and noise-in-selection plots from run directories."""
+    from bdsel.report import ReportError, make_report, render_table
+
+    try:
+        target_list = [float(t) for t in targets.split(",")] if targets else None
+    except ValueError:
+        raise fail(f"--targets {targets!r}: expected numbers separated by commas") from None
+    try:
+        result = make_report(list(run_dirs), targets=target_list, out_dir=out)
+    except ReportError as exc:
+        raise fail(str(exc)) from None
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    Console().print(render_table(result))
+    for name, path in result.files.items():
+        console.print(f"wrote {name}: {path}")
+
+
 configs_app = typer.Typer(help="List and show the shipped configs.", no_args_is_help=True)
 app.add_typer(configs_app, name="configs")
 

@@ -1,6 +1,7 @@
 """Selection methods and their registry."""
 
-from bdsel.selection import simple  # noqa: F401  (registers uniform and full)
+from bdsel.selection import bayesian, simple  # noqa: F401  (registers the methods)
+from bdsel.selection import loss_based, svp  # noqa: F401  (RHO-LOSS baselines)
 from bdsel.selection.base import (
     Candidates,
     ForwardOutputs,

@@ -1,0 +1,56 @@
+# Set-up and the two commands the README promises:
+#   make demo   installs everything, then runs the offline Fashion-MNIST job end to end
+#   make test   installs everything, then runs the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch and torchvision releases that pip finds on this machine kind's disk (no GPU needed).
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+DEMO_DIR ?= runs/demo
+DEMO_METHODS ?= uniform bayesian rho_loss
+
+.PHONY: install test demo data lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH_SPEC)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	@touch $@
+
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# Fashion-MNIST comes from the Debian package dataset-fashion-mnist.
+data:
+	@if ls $(FMNIST_DIR)/train-images-idx3-ubyte* >/dev/null 2>&1; then \
+		echo "Fashion-MNIST found in $(FMNIST_DIR)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing the Debian package dataset-fashion-mnist"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+		echo "Fashion-MNIST is missing from $(FMNIST_DIR). Install it with:"; \
+		echo "    sudo apt-get install dataset-fashion-mnist"; \
+		echo "or put the four idx files in a folder and pass --set data.root=FOLDER"; \
+		exit 1; \
+	fi
+
+demo: install data
+	$(BIN)/bdsel cache-zeroshot --config fashion_mnist
+	@for m in $(DEMO_METHODS); do \
+		$(BIN)/bdsel train --config fashion_mnist --set select.method=$$m \
+			--run-dir $(DEMO_DIR)/$$m --overwrite || exit 1; \
+	done
+	$(BIN)/bdsel report $(DEMO_DIR) --out $(DEMO_DIR)/report
+
+bench: install
+	$(BIN)/python benchmarks/bench_train_step.py
+
+clean:
+	rm -rf $(VENV) runs cache report

@@ -1,0 +1,94 @@
+"""The ``holdout`` predictor: a bdsel model trained on the run's hold-out split.
+
+This is RHO-LOSS's irreducible-loss model (trained on clean hold-out labels, never on a
+training-subset index), and the offline stand-in for CLIP where no CLIP weights can be had.
+Its spec records a hash of the hold-out indices, so that ``train`` can refuse a cache whose
+model may have seen its training subset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import torch
+
+from bdsel.config import Config
+from bdsel.data import ImageSet, RunData
+from bdsel.data.batching import ImageSource
+from bdsel.models import create_model
+from bdsel.train import build_optimizer, fit_supervised, predict_logprobs
+
+
+def indices_sha256(indices: torch.Tensor) -> str:
+    return hashlib.sha256(indices.to(torch.int64).cpu().numpy().astype("<i8").tobytes()).hexdigest()
+
+
+class HoldoutPredictor:
+    """Trains on ``data.holdout_idx`` with clean labels, then predicts any row's log-probs."""
+
+    def __init__(self, config: Config, data: RunData, source: ImageSource) -> None:
+        if len(data.holdout_idx) == 0:
+            raise ValueError(
+                "zeroshot.predictor=holdout needs a hold-out split: set data.holdout_fraction > 0"
+            )
+        overlap = set(data.holdout_idx.tolist()) & set(data.train_idx.tolist())
+        if overlap:  # derive_run_data guarantees this; the IL model's validity depends on it
+            raise AssertionError(f"hold-out and train subsets share {len(overlap)} indices")
+        h = config.zeroshot.holdout
+        self.config, self.data, self.source = config, data, source
+        self.dataset = data.dataset
+        torch.manual_seed(config.seed)
+        self.model = create_model(
+            h.model, n_classes=self.dataset.n_classes, in_channels=self.dataset.in_channels
+        ).to(source.device)
+        self.trained = False
+
+    def fit(self) -> None:
+        h = self.config.zeroshot.holdout
+        optimizer = build_optimizer(self.model, _as_train_config(self.config))
+        fit_supervised(
+            self.model,
+            self.source,
+            self.data.holdout_idx,
+            self.data.clean,
+            epochs=h.epochs,
+            batch_size=h.batch_size,
+            optimizer=optimizer,
+            seed=self.config.seed + 7919,  # a stream of its own, apart from the main run's
+        )
+        self.trained = True
+
+    def logprobs(self, images: ImageSet, rows: torch.Tensor) -> torch.Tensor:
+        if not self.trained:
+            self.fit()
+        split = "train" if images is self.dataset.train else "test"
+        bs = self.config.zeroshot.batch_size
+        return predict_logprobs(self.model, self.source, split, rows, bs).cpu()
+
+    def spec(self) -> dict[str, Any]:
+        h = self.config.zeroshot.holdout
+        d = self.config.data
+        return {
+            "kind": "holdout",
+            "model": h.model,
+            "epochs": h.epochs,
+            "optimizer": h.optimizer,
+            "lr": h.lr,
+            "weight_decay": h.weight_decay,
+            "batch_size": h.batch_size,
+            "seed": self.config.seed,
+            "split_seed": self.config.seed if d.split_seed is None else d.split_seed,
+            "train_fraction": d.train_fraction,
+            "holdout_fraction": d.holdout_fraction,
+            "imbalance_ratio": d.imbalance.ratio,
+            "holdout_sha256": indices_sha256(self.data.holdout_idx),
+        }
+
+
+def _as_train_config(config: Config):
+    """The hold-out model's optimizer settings in the shape build_optimizer takes."""
+    from dataclasses import replace
+
+    h = config.zeroshot.holdout
+    return replace(config.train, optimizer=h.optimizer, lr=h.lr, weight_decay=h.weight_decay)

@@ -1,0 +1,147 @@
+"""What ``bdsel cache-zeroshot`` does, and how ``train`` reads the cache back.
+
+``cache_zeroshot`` builds the predictor a config names (open_clip CLIP or the hold-out model)
+and writes the HDF5 cache. ``load_lookups`` gives a training run its per-index zero-shot
+log-probs: ``zs_logprobs`` (at ``zeroshot.temperature``, for the bayesian score) and
+``il_logprobs`` (at T = 1, the irreducible-loss model of RHO-LOSS).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from bdsel.config import Config
+from bdsel.data import RunData, derive_run_data, load_dataset, make_image_source
+from bdsel.zeroshot.cache import CacheError, CacheSummary, build_cache, read_cache_info
+from bdsel.zeroshot.holdout import indices_sha256
+
+LOOKUPS = ("zs_logprobs", "il_logprobs")
+
+
+def default_cache_path(config: Config) -> Path:
+    """``zeroshot.cache``, or cache/<dataset>-<predictor>-... .h5 derived from the config."""
+    z, d = config.zeroshot, config.data
+    if z.cache:
+        return Path(z.cache)
+    if z.predictor == "holdout":
+        split_seed = config.seed if d.split_seed is None else d.split_seed
+        name = f"{d.name}-holdout-{z.holdout.model}-split{split_seed}-h{d.holdout_fraction:g}"
+        if d.imbalance.ratio > 1:
+            name += f"-lt{d.imbalance.ratio:g}"
+    else:
+        name = f"{d.name}-clip-{z.model}-{Path(z.pretrained).stem or 'random'}"
+    return Path("cache") / f"{name}.h5"
+
+
+def _device(name: str) -> torch.device:
+    from bdsel.train import resolve_device
+
+    return resolve_device(name)
+
+
+def make_predictor(config: Config, data: RunData):
+    """The predictor ``zeroshot.predictor`` names, ready to call ``.logprobs``."""
+    z = config.zeroshot
+    device = _device(z.device)
+    if z.predictor == "holdout":
+        from bdsel.zeroshot.holdout import HoldoutPredictor
+
+        source = make_image_source(
+            data.dataset, device, augment=config.data.augment, num_workers=config.data.num_workers
+        )
+        return HoldoutPredictor(config, data, source)
+    from bdsel.zeroshot.clip import ClipPredictor
+    from bdsel.zeroshot.prompts import prompts_for
+
+    class_names, templates = prompts_for(data.dataset.name, data.dataset.class_names, z.prompts)
+    return ClipPredictor(
+        z.model,
+        z.pretrained,
+        class_names,
+        templates,
+        precision=z.precision,
+        device=device,
+        batch_size=z.batch_size,
+    )
+
+
+def cache_zeroshot(
+    config: Config,
+    out: Path | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    console: Console | None = None,
+) -> CacheSummary:
+    """Compute and write the zero-shot cache for ``config``'s dataset; resumable."""
+    out = Path(out) if out is not None else default_cache_path(config)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CacheError(f"cannot create {out.parent}: {exc.strerror}") from exc
+    dataset = load_dataset(config.data)
+    data = derive_run_data(dataset, config.data, config.seed)
+    predictor = make_predictor(config, data)
+    if config.zeroshot.predictor == "holdout" and not (out.exists() and not overwrite):
+        if console is not None:
+            console.print(
+                f"training the hold-out model ({config.zeroshot.holdout.model}, "
+                f"{config.zeroshot.holdout.epochs} epochs on {len(data.holdout_idx)} points)"
+            )
+        predictor.fit()
+    return build_cache(
+        out,
+        dataset,
+        predictor,
+        batch_size=config.zeroshot.batch_size,
+        progress=progress,
+        console=console,
+        overwrite=overwrite,
+    )
+
+
+def load_lookups(
+    names: tuple[str, ...], config: Config, data: RunData, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Device tensors [N, C] by global index for the lookups a selector requires."""
+    from bdsel.zeroshot.cache import load_zs_logprobs
+
+    unknown = [n for n in names if n not in LOOKUPS]
+    if unknown:
+        raise ValueError(f"unknown lookup {unknown[0]!r}; bdsel provides {', '.join(LOOKUPS)}")
+    if not names:
+        return {}
+    path = default_cache_path(config)
+    method = config.select.method
+    if not path.exists():
+        raise CacheError(
+            f"select.method={method} needs the zero-shot cache {path}, which does not exist. "
+            f"Create it first: bdsel cache-zeroshot --config <the same config> "
+            f"(zeroshot.predictor={config.zeroshot.predictor}), or point zeroshot.cache at one"
+        )
+    spec = read_cache_info(path).get("predictor", {})
+    if spec.get("kind") == "holdout" and spec.get("holdout_sha256") != indices_sha256(
+        data.holdout_idx
+    ):
+        raise CacheError(
+            f"{path} was made by a hold-out model trained on another hold-out split than this "
+            "run's (data.split_seed / train_fraction / holdout_fraction / imbalance differ): "
+            "it may have seen this run's training points. Re-run bdsel cache-zeroshot"
+        )
+    if "il_logprobs" in names and spec.get("kind") != "holdout":
+        raise CacheError(
+            f"select.method={method} needs an irreducible-loss model: a cache made with "
+            f"zeroshot.predictor=holdout; {path} was made by {spec.get('kind')!r}"
+        )
+    n_classes = data.dataset.n_classes
+    out = {}
+    for name in names:
+        temperature = config.zeroshot.temperature if name == "zs_logprobs" else 1.0
+        logprobs = load_zs_logprobs(
+            path, data.dataset, n_classes=n_classes, temperature=temperature
+        )
+        out[name] = logprobs.to(device)
+    return out

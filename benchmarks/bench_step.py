@@ -1,0 +1,175 @@
+"""Time one training step per selection method, side by side in one run.
+
+For each method: candidate forward (if the method needs it) / selection (scoring, sampling)
+/ training step (forward, backward, optimizer) / observe (the posterior update for bayesian).
+Ratios against uniform's step are printed, so the figures compare on the same machine, model
+and batch sizes. Warm-up steps are excluded; CUDA is synchronised around each phase (only
+here: the training loop itself never syncs).
+
+    python benchmarks/bench_step.py --model small_cnn --classes 10 --size 28 --channels 1
+    python benchmarks/bench_step.py --model resnet18_cifar --classes 1000 --methods uniform,bayesian
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from bdsel.config import load_config
+from bdsel.data import derive_run_data, from_tensors, make_image_source
+from bdsel.models import create_model
+from bdsel.selection import Candidates, ForwardOutputs, SelectorContext, create_selector
+from bdsel.train import autocast_for, build_optimizer, candidate_forward, resolve_device
+
+PHASES = ("candidate_forward", "select", "train_step", "observe")
+
+
+def bench(args: argparse.Namespace) -> dict:
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    n, c = args.n_train, args.classes
+    x = torch.randint(0, 256, (n, args.channels, args.size, args.size), dtype=torch.uint8)
+    y = torch.randint(0, c, (n,))
+    ds = from_tensors(
+        "bench", x, y, x[:10], y[:10], [str(i) for i in range(c)], crop_padding=4, flip=True
+    )
+    source = make_image_source(ds, device, channels_last=device.type == "cuda")
+    autocast = autocast_for(device)
+    zs = torch.log_softmax(torch.randn(n, c, device=device) * 3, dim=1)
+    results = {}
+    for method in args.methods.split(","):
+        cfg = load_config(
+            values={
+                "model": {"name": args.model},
+                "select": {
+                    "method": method,
+                    "n_candidates": args.n_candidates,
+                    "n_selected": args.n_selected,
+                    "n_samples": args.n_samples,
+                },
+                "data": {"train_fraction": 1.0},
+            }
+        )
+        data = derive_run_data(ds, cfg.data, 0)
+        model = create_model(args.model, n_classes=c, in_channels=args.channels).to(device)
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        forward = torch.compile(model) if args.compile else model
+        opt = build_optimizer(model, cfg.train)
+        ctx = SelectorContext(
+            config=cfg,
+            n_classes=c,
+            n_features=model.n_features,
+            device=device,
+            lookups={"zs_logprobs": zs, "il_logprobs": zs},
+            extras={"data": data, "source": source, "model": model},
+        )
+        selector = create_selector(method, ctx)
+        g = torch.Generator(device=device).manual_seed(0)
+        totals = dict.fromkeys(PHASES, 0.0)
+
+        def timed(phase: str, fn, record: bool):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            out = fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if record:
+                totals[phase] += time.perf_counter() - t0
+            return out
+
+        for step in range(args.warmup + args.steps):
+            rec = step >= args.warmup
+            idx = torch.randint(0, n, (args.n_candidates,), device=device, generator=g)
+            inputs = source.rows("train", idx, g)
+            cand = Candidates(idx, inputs, y.to(device)[idx])
+            outputs = None
+            if selector.needs_forward:
+                outputs = timed(
+                    "candidate_forward", lambda: candidate_forward(forward, inputs, autocast), rec
+                )
+            sel = timed("select", lambda: selector.select(cand, outputs, g), rec)
+
+            def train_step():
+                xs, ys = inputs[sel.positions], cand.labels[sel.positions]
+                with autocast():
+                    logits, feats = forward(xs)
+                losses = F.cross_entropy(logits.float(), ys, reduction="none")
+                loss = (losses * sel.weights).mean() if sel.weights is not None else losses.mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                return Candidates(idx[sel.positions], xs, ys), ForwardOutputs(
+                    logits.detach().float(), feats.detach().float()
+                )
+
+            selected, outs = timed("train_step", train_step, rec)
+            timed("observe", lambda: selector.observe(selected, outs), rec)
+        ms = {k: 1000 * v / args.steps for k, v in totals.items()}
+        ms["step"] = sum(ms.values())
+        results[method] = ms
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--model", default="resnet18_cifar")
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--n-train", type=int, default=5000)
+    p.add_argument("--n-candidates", type=int, default=320)
+    p.add_argument("--n-selected", type=int, default=32)
+    p.add_argument("--n-samples", type=int, default=256)
+    p.add_argument("--methods", default="uniform,train_loss,rho_loss,bayesian")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args()
+    from bdsel.selection import list_selectors
+
+    args.methods = ",".join(m for m in args.methods.split(",") if m in list_selectors())
+    results = bench(args)
+    device = resolve_device(args.device)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
+    print(
+        f"# {args.model}, C={args.classes}, n_B={args.n_candidates}, n_b={args.n_selected}, "
+        f"S={args.n_samples}; {device.type} ({name}), {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}; mean over {args.steps} steps after {args.warmup} warm-up"
+    )
+    base = results.get("uniform", {}).get("step")
+    header = (
+        f"{'method':<18}"
+        + "".join(f"{p:>18}" for p in (*PHASES, "step"))
+        + f"{'vs uniform':>12}{'steps/s':>10}{'samples/s':>11}"
+    )
+    print(header)
+    for method, ms in results.items():
+        ratio = f"{ms['step'] / base:.2f}x" if base else "-"
+        row = f"{method:<18}" + "".join(f"{ms[p]:>16.1f}ms" for p in (*PHASES, "step"))
+        sps = 1000 / ms["step"]
+        print(row + f"{ratio:>12}{sps:>10.2f}{sps * args.n_selected:>11.0f}")
+        if method == "bayesian":
+            posterior = ms["select"] + ms["observe"]
+            print(
+                f"{'':<18}posterior work (sampling + score + update): {posterior:.1f}ms = {posterior / ms['step']:.1%} of the step"
+            )
+    if args.json:
+        args.json.write_text(
+            json.dumps({"args": vars(args) | {"json": str(args.json)}, "ms": results}, indent=2)
+        )
+
+
+if __name__ == "__main__":
+    main()
