@@ -178,12 +178,13 @@ def fit_supervised(
     batch_size: int,
     optimizer: torch.optim.Optimizer,
     seed: int,
-    on_epoch: Callable[[int, nn.Module], None] | None = None,
+    on_batch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> nn.Module:
     """Plain minibatch training on ``indices`` (global, train split) with ``labels`` [N].
 
     For the models bdsel trains besides the selected one: the hold-out (IL) predictor and
-    SVP's proxy. ``on_epoch(epoch, model)`` runs after each epoch (e.g. to record predictions).
+    SVP's proxy. ``on_batch(epoch, idx, logits)`` sees every training batch's global indices
+    and detached logits (SVP counts forgetting events with it).
     """
     device = source.device
     labels = labels.to(device)
@@ -201,8 +202,8 @@ def fit_supervised(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        if on_epoch is not None:
-            on_epoch(epoch, model)
+            if on_batch is not None:
+                on_batch(epoch, idx, logits.detach())
     model.eval()
     return model
 
@@ -431,7 +432,13 @@ def train(
         stats = EpochStats.from_state(ckpt["stats"], device)
         rundir.truncate_metrics(start_epoch)
 
+    # One-off selection work (SVP's proxy training) counts as selection time and wall time.
+    t_prepare = time.perf_counter()
     run.selector.prepare()
+    if mode != "resume":
+        prepare_s = time.perf_counter() - t_prepare
+        wall_s += prepare_s
+        timer.total += prepare_s
     epochs = config.train.epochs
     task = None
     if progress is not None:

@@ -4,12 +4,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_cifar_dir, make_fashion_dir, synthetic_images, write_idx
 
 from bdsel.config import DataConfig, ImbalanceConfig, NoiseConfig
 from bdsel.data import DataError, derive_run_data, from_tensors, load_dataset
 from bdsel.data.batching import TensorImages, random_crop_flip
 from bdsel.data.sources import FASHION_MNIST_CLASSES, load_fashion_mnist
-from conftest import make_cifar_dir, make_fashion_dir, synthetic_images, write_idx
 
 
 def test_fashion_mnist_gz_and_plain_load_identically(tmp_path: Path):

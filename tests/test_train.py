@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from bdsel_cli.main import app
 from typer.testing import CliRunner
 
 from bdsel.config import load_config
 from bdsel.train import batchnorm_batch_stats, lr_factor, train
-from bdsel_cli.main import app
 
 runner = CliRunner()
 
@@ -108,7 +108,7 @@ def test_full_trains_on_every_candidate(tmp_path: Path, tiny_config_values: dict
         (["--set", "select.n_selected=100"], "cannot select more points than there are candidates"),
         (["--set", "data.holdout_fraction=0.6"], "must be disjoint"),
         (["--set", "model.name=alexnet"], "valid: resnet18, resnet18_cifar"),
-        (["--set", "select.method=oracle"], "valid: full, uniform"),
+        (["--set", "select.method=oracle"], "unknown method 'oracle'; valid: bayesian, full"),
         (["--set", "data.name=svhn"], "data.name: expected one of"),
         (["--set", "data.root=/nonexistent/fmnist"], "/nonexistent/fmnist does not exist"),
     ],

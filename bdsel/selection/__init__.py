@@ -1,7 +1,6 @@
 """Selection methods and their registry."""
 
-from bdsel.selection import bayesian, simple  # noqa: F401  (registers the methods)
-from bdsel.selection import loss_based, svp  # noqa: F401  (RHO-LOSS baselines)
+from bdsel.selection import bayesian, loss_based, simple, svp  # noqa: F401  (registers them)
 from bdsel.selection.base import (
     Candidates,
     ForwardOutputs,

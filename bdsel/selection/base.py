@@ -97,5 +97,5 @@ class Selector:
 
 
 def top_k_positions(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Positions of the ``k`` largest scores (ties broken by position), int64 [k]."""
+    """Positions of the ``k`` largest scores, int64 [k] (ties in no guaranteed order)."""
     return torch.topk(scores, k, largest=True, sorted=False).indices

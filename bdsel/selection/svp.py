@@ -1,0 +1,171 @@
+"""Selection via proxy (SVP; Coleman et al., ICLR 2020), as RHO-LOSS runs it as a baseline.
+
+Before the first step (``prepare``) a small proxy model (``select.svp.model``) is trained for
+``select.svp.epochs`` on the train subset with the observed labels, then every train point is
+scored by ``select.svp.criterion`` and the top ``select.svp.fraction`` kept as a one-shot
+coreset:
+
+    entropy           highest predictive entropy of the proxy
+    least_confidence  lowest max-probability of the proxy
+    forgetting        most forgetting events during the proxy's training (Toneva et al. 2019)
+
+The target model then trains on the coreset: each epoch is the coreset in random order, and
+each step picks n_b of the n_B candidates uniformly. The coreset is checkpointed, so a
+resumed run does not retrain the proxy. During ``select.warmup_epochs`` the epochs run over
+the whole train subset, as ``uniform`` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from bdsel.config import Config
+from bdsel.data import ImageSource, RunData
+from bdsel.models import Classifier, create_model
+from bdsel.selection.base import Candidates, ForwardOutputs, Selection, SelectorContext
+from bdsel.selection.loss_based import WarmupSelector
+from bdsel.selection.registry import register_selector
+
+# The proxy's random streams are the training loop's under another seed; ties get their own.
+SVP_SEED_OFFSET, SVP_TIES = 104_729, 10
+
+
+def forgetting_events(correct: torch.Tensor) -> torch.Tensor:
+    """Forgetting events per point from a correctness history bool [T, n] -> int64 [n].
+
+    An event is a correct -> incorrect transition between consecutive records. A point never
+    classified correctly gets T, above the ⌊T/2⌋ any learned point can reach: as in Toneva et
+    al., unlearned points count as forgotten the most.
+    """
+    events = (correct[:-1] & ~correct[1:]).sum(0)
+    return torch.where(correct.any(0), events, torch.full_like(events, correct.shape[0]))
+
+
+def uncertainty(probs: torch.Tensor, criterion: str) -> torch.Tensor:
+    """Higher = more uncertain, from predicted probabilities [n, C] -> [n]."""
+    if criterion == "entropy":
+        return -torch.special.xlogy(probs, probs).sum(1)
+    if criterion == "least_confidence":
+        return 1.0 - probs.max(1).values
+    raise ValueError(f"select.svp.criterion: no uncertainty score {criterion!r}")
+
+
+def top_k_random_ties(scores: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Positions of the ``k`` largest scores [n], ties broken at random (not by position, which
+    would favour low global indices when many forgetting counts are equal)."""
+    perm = torch.randperm(scores.shape[0], device=scores.device, generator=generator)
+    order = torch.sort(scores[perm], descending=True, stable=True).indices
+    return perm[order[:k]]
+
+
+def tile_order(coreset: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:
+    """Fresh random permutations of ``coreset`` [k], concatenated and cut to ``length``."""
+    k = coreset.shape[0]
+    reps = -(-length // k)
+    perms = torch.rand((reps, k), device=coreset.device, generator=generator).argsort(dim=1)
+    return coreset[perms.reshape(-1)[:length]]
+
+
+def train_proxy(
+    config: Config, data: RunData, source: ImageSource, device: torch.device
+) -> tuple[Classifier, torch.Tensor]:
+    """Train the proxy on the train subset's observed labels: augmented batches, AdamW at
+    ``select.svp.lr`` with ``train.weight_decay``, no schedule.
+
+    Returns the proxy and whether each train point [n_train] was classified correctly when it
+    was presented in each epoch, bool [epochs, n_train] (forgetting events are counted on it).
+    """
+    from bdsel.train import build_optimizer, fit_supervised  # train imports us
+
+    svp, ds = config.select.svp, data.dataset
+    with torch.random.fork_rng(devices=[]):  # a fixed proxy init that leaves the run's RNG alone
+        torch.random.default_generator.manual_seed(config.seed)
+        proxy = create_model(svp.model, n_classes=ds.n_classes, in_channels=ds.in_channels)
+    proxy = proxy.to(device)
+    if device.type == "cuda":
+        proxy = proxy.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(
+        proxy, dataclasses.replace(config.train, optimizer="adamw", lr=svp.lr)
+    )
+    train_idx, labels = data.train_idx.to(device), data.observed.to(device)
+    n = train_idx.shape[0]
+    position = torch.full_like(labels, -1)
+    position[train_idx] = torch.arange(n, device=device)
+    history = torch.zeros((svp.epochs, n), dtype=torch.bool, device=device)
+
+    def record(epoch: int, idx: torch.Tensor, logits: torch.Tensor) -> None:
+        history[epoch, position[idx]] = logits.argmax(1) == labels[idx]
+
+    fit_supervised(
+        proxy,
+        source,
+        train_idx,
+        labels,
+        epochs=svp.epochs,
+        batch_size=svp.batch_size,
+        optimizer=optimizer,
+        seed=config.seed + SVP_SEED_OFFSET,
+        on_batch=record,
+    )
+    return proxy, history
+
+
+def build_coreset(
+    config: Config, data: RunData, source: ImageSource, device: torch.device
+) -> torch.Tensor:
+    """Train the proxy, score the train subset, keep the top fraction: int64 [k] global indices
+    (ascending, on the CPU), k = round(fraction · n_train), at least 1."""
+    svp = config.select.svp
+    proxy, history = train_proxy(config, data, source, device)
+    train_idx = data.train_idx.to(device)
+    if svp.criterion == "forgetting":
+        scores = forgetting_events(history).float()
+    else:
+        from bdsel.train import predict_logprobs
+
+        probs = predict_logprobs(proxy, source, "train", train_idx, svp.batch_size).exp()
+        scores = uncertainty(probs, svp.criterion)
+    from bdsel.train import stream_generator
+
+    k = max(1, round(svp.fraction * train_idx.shape[0]))
+    g = stream_generator(config.seed, 0, SVP_TIES, device)
+    return train_idx[top_k_random_ties(scores, k, g)].sort().values.cpu()
+
+
+@register_selector("svp")
+class SVP(WarmupSelector):
+    def __init__(self, context: SelectorContext) -> None:
+        super().__init__(context)
+        self.coreset: torch.Tensor | None = None  # int64 [k] global indices, CPU
+
+    def prepare(self) -> None:
+        if self.coreset is not None:  # restored from a checkpoint: keep it, no proxy retraining
+            return
+        extras = self.context.extras
+        self.coreset = build_coreset(
+            self.context.config, extras["data"], extras["source"], self.context.device
+        )
+
+    def epoch_order(self, train_idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.in_warmup:
+            return super().epoch_order(train_idx, generator)
+        if self.coreset is None:
+            raise RuntimeError("svp: prepare() must build the coreset before the first epoch")
+        # The coreset is tiled to the train subset's length, so an SVP epoch takes as many
+        # gradient steps as every other method's and "epochs to a target" stay comparable.
+        # A point may then appear twice in one candidate batch, where two permutations meet.
+        return tile_order(self.coreset.to(train_idx.device), len(train_idx), generator)
+
+    def select(
+        self, candidates: Candidates, outputs: ForwardOutputs | None, generator: torch.Generator
+    ) -> Selection:
+        return self.uniform.select(candidates, outputs, generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.coreset is None else {"coreset": self.coreset.cpu()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.coreset = state.get("coreset")

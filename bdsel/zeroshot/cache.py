@@ -1,0 +1,452 @@
+"""The zero-shot cache: log p_zs(c | x) for every train and test image, in one HDF5 file.
+
+Layout (DESIGN.md, "The zero-shot cache"): root attrs ``format_version``, ``fingerprint``,
+``class_names``, ``predictor``, ``created_at``, ``versions`` (JSON strings where structured),
+``complete``, ``train_accuracy``, ``test_accuracy``, ``mean_clean_logprob`` (train split);
+datasets ``/{train,test}/logprobs`` float32 [N, C] and ``/{train,test}/done`` bool [N].
+
+Crash safety: the file is built as ``<path>.partial`` and renamed to ``<path>`` only once
+every row is done and ``complete`` is set, so ``<path>`` never reads as complete when it is
+not. Log-prob rows are flushed before the ``done`` flags that vouch for them; a re-run resumes
+from ``done`` and, because batches are formed the same way, ends with the same bytes as one
+uninterrupted run of a deterministic predictor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import h5py
+import numpy as np
+import torch
+from rich import progress as rp
+from rich.console import Console
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from bdsel.data.sources import Dataset, ImageSet
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "test")
+REQUIRED_ATTRS = (
+    "format_version", "fingerprint", "class_names", "predictor", "created_at", "versions",
+    "complete", "train_accuracy", "test_accuracy", "mean_clean_logprob",
+)  # fmt: skip
+RERUN = "re-run bdsel cache-zeroshot to resume"
+LOGSUMEXP_TOL = 1e-3  # |logsumexp(row)| above this is not a float32 log-probability row
+_READ_ROWS = 1 << 16  # rows per chunk when scanning a whole split
+
+
+class CacheError(ValueError):
+    """A cache file that cannot be used: unreadable, foreign, for another dataset, incomplete."""
+
+
+class Predictor(Protocol):
+    """What build_cache runs: ClipPredictor, the holdout predictor, or any such object."""
+
+    def logprobs(self, images: ImageSet, rows: torch.Tensor) -> torch.Tensor: ...
+    def spec(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class CacheSummary:
+    """What build_cache reports; accuracies are against the clean labels."""
+
+    path: Path
+    n_train: int
+    n_test: int
+    n_classes: int
+    train_accuracy: float
+    test_accuracy: float
+    mean_clean_logprob: float
+    seconds: float
+    rows_computed: int = 0  # rows this call ran the predictor on (0: the cache was complete)
+
+
+def partial_path(path: str | Path) -> Path:
+    """Where an unfinished cache for ``path`` lives."""
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+def _labels_sha256(labels: torch.Tensor) -> str:
+    data = labels.detach().to(torch.int64).cpu().numpy().astype("<i8")
+    return hashlib.sha256(data.tobytes()).hexdigest()
+
+
+def dataset_fingerprint(dataset: Dataset) -> dict[str, Any]:
+    """What a cache must agree with: name, sizes, class names, hashes of the clean labels."""
+    return {
+        "dataset": dataset.name,
+        "n_train": int(dataset.train.labels.shape[0]),
+        "n_test": int(dataset.test.labels.shape[0]),
+        "class_names": list(dataset.class_names),
+        "train_labels_sha256": _labels_sha256(dataset.train.labels),
+        "test_labels_sha256": _labels_sha256(dataset.test.labels),
+    }
+
+
+_FIELD_MEANING = {
+    "dataset": "another dataset",
+    "n_train": "a training set of another size",
+    "n_test": "a test set of another size",
+    "class_names": "another class set or class order",
+    "train_labels_sha256": "another order or labelling of the training images",
+    "test_labels_sha256": "another order or labelling of the test images",
+}
+
+
+def _fingerprint_problems(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    out = []
+    for key, meaning in _FIELD_MEANING.items():
+        if stored.get(key) != current[key]:
+            shown = "" if key.endswith("sha256") or key == "class_names" else (
+                f" (cache: {stored.get(key)!r}, dataset: {current[key]!r})"
+            )  # fmt: skip
+            out.append(f"{key} differs{shown}: the cache was made for {meaning}")
+    return out
+
+
+def _json_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    try:  # round trip so tuples and lists compare equal to what the file holds
+        return json.loads(json.dumps(spec, sort_keys=True))
+    except TypeError as exc:
+        raise ValueError(f"predictor spec is not JSON-serialisable: {exc}") from exc
+
+
+def _versions() -> dict[str, str]:
+    import bdsel
+
+    try:
+        import open_clip
+
+        open_clip_version = open_clip.__version__
+    except ImportError:  # a holdout predictor does not need open_clip
+        open_clip_version = "not installed"
+    return {"bdsel": getattr(bdsel, "__version__", "unknown"), "torch": torch.__version__,
+            "open_clip": open_clip_version, "h5py": h5py.__version__}  # fmt: skip
+
+
+# ---------------------------------------------------------------------- opening and checking
+
+
+def _open(path: Path, mode: str = "r") -> h5py.File:
+    try:
+        return h5py.File(path, mode)
+    except OSError as exc:
+        raise CacheError(
+            f"{path} is not a readable HDF5 file (corrupt or truncated?): {exc}"
+        ) from exc
+
+
+def _read_attrs(f: h5py.File, path: Path) -> dict[str, Any]:
+    """The root attrs with JSON fields parsed; CacheError unless this is a bdsel cache."""
+    missing = [k for k in REQUIRED_ATTRS if k not in f.attrs]
+    groups = [f"/{s}/{d}" for s in SPLITS for d in ("logprobs", "done") if f"{s}/{d}" not in f]
+    if missing or groups:
+        raise CacheError(
+            f"{path} is not a bdsel zero-shot cache (missing {', '.join(missing + groups)})"
+        )
+    if (version := int(f.attrs["format_version"])) != FORMAT_VERSION:
+        raise CacheError(f"{path}: format_version {version}, this bdsel reads {FORMAT_VERSION}")
+    info: dict[str, Any] = {}
+    for key in REQUIRED_ATTRS:
+        value = f.attrs[key]
+        if key in ("fingerprint", "class_names", "predictor", "versions"):
+            try:
+                value = json.loads(value)
+            except (TypeError, ValueError) as exc:
+                raise CacheError(f"{path}: attribute {key} is not valid JSON ({exc})") from exc
+        elif isinstance(value, np.generic):
+            value = value.item()
+        info[key] = value
+    return info
+
+
+def _bad_rows(logprobs: torch.Tensor) -> torch.Tensor:
+    """bool [n]: rows that are not finite log-probabilities (NaN, Inf, or not normalised)."""
+    lse = torch.logsumexp(logprobs.double(), dim=1)
+    return ~torch.isfinite(logprobs).all(dim=1) | ~(lse.abs() <= LOGSUMEXP_TOL)
+
+
+def _missing_rows(f: h5py.File) -> int:
+    return int(sum((~f[s]["done"][...].astype(bool)).sum() for s in SPLITS))
+
+
+def read_cache_info(path: str | Path) -> dict[str, Any]:
+    """Root attrs (JSON parsed) plus ``rows`` and ``rows_done`` per split and ``n_classes``."""
+    path = Path(path)
+    with _open(path) as f:
+        info = _read_attrs(f, path)
+        info["path"] = str(path)
+        info["n_classes"] = int(f["train"]["logprobs"].shape[1])
+        info["rows"] = {s: int(f[s]["done"].shape[0]) for s in SPLITS}
+        info["rows_done"] = {s: int(f[s]["done"][...].sum()) for s in SPLITS}
+    return info
+
+
+def load_zs_logprobs(
+    path: str | Path,
+    dataset: Dataset,
+    *,
+    n_classes: int | None = None,
+    temperature: float = 1.0,
+    split: str = "train",
+) -> torch.Tensor:
+    """log p_zs(c | x_i) at temperature T for every row of ``split`` -> float32 [N, C] (CPU).
+
+    T is applied as log_softmax(logprobs / T), which equals log_softmax(logits / T). Raises
+    CacheError for a file that is missing, unreadable, not a cache, for another dataset,
+    incomplete, non-finite, or with a class count other than ``n_classes``.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a positive number, got {temperature}")
+    path = Path(path)
+    if not path.exists():
+        part = partial_path(path)
+        if part.exists():
+            with _open(part) as f:
+                missing = _missing_rows(f)
+            raise CacheError(f"incomplete cache {path}: {missing} rows missing in {part}; {RERUN}")
+        raise CacheError(f"zero-shot cache {path} does not exist; run bdsel cache-zeroshot")
+    with _open(path) as f:
+        info = _read_attrs(f, path)
+        problems = _fingerprint_problems(info["fingerprint"], dataset_fingerprint(dataset))
+        if problems:
+            raise CacheError(
+                f"{path} does not match dataset {dataset.name!r}: " + "; ".join(problems)
+            )
+        missing = _missing_rows(f)
+        if missing or not info["complete"]:
+            raise CacheError(f"incomplete cache {path}: {missing} rows missing; {RERUN}")
+        try:
+            logprobs = torch.from_numpy(f[split]["logprobs"][...].astype(np.float32, copy=False))
+        except OSError as exc:
+            raise CacheError(f"{path}: cannot read /{split}/logprobs ({exc})") from exc
+    n_rows, n_cached = info["fingerprint"][f"n_{split}"], len(info["fingerprint"]["class_names"])
+    if tuple(logprobs.shape) != (n_rows, n_cached):
+        raise CacheError(f"{path}: /{split}/logprobs has shape {tuple(logprobs.shape)}, "
+                         f"expected ({n_rows}, {n_cached})")  # fmt: skip
+    if n_classes is not None and n_cached != n_classes:
+        raise CacheError(f"{path} holds {n_cached} classes, expected {n_classes}")
+    bad = int(_bad_rows(logprobs).sum())
+    if bad:
+        raise CacheError(f"{path}: {bad} rows of /{split}/logprobs are not log-probabilities")
+    if temperature == 1.0:
+        return logprobs
+    return torch.log_softmax(logprobs / temperature, dim=1)
+
+
+# ---------------------------------------------------------------------- building
+
+
+def _create(path: Path, fingerprint: dict, spec: dict, n_classes: int) -> None:
+    # Storage is allocated at creation (contiguous, never filled: a sparse file), so later row
+    # writes touch raw data only and never HDF5 metadata: a kill between flushes cannot leave
+    # the file's structure half-written.
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    with h5py.File(path, "w") as f:
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["fingerprint"] = json.dumps(fingerprint)
+        f.attrs["class_names"] = json.dumps(fingerprint["class_names"])
+        f.attrs["predictor"] = json.dumps(spec, sort_keys=True)
+        f.attrs["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        f.attrs["versions"] = json.dumps(_versions(), sort_keys=True)
+        f.attrs["complete"] = False
+        for key in ("train_accuracy", "test_accuracy", "mean_clean_logprob"):
+            f.attrs[key] = float("nan")
+        for split in SPLITS:
+            n = fingerprint[f"n_{split}"]
+            g = f.create_group(split)
+            g.create_dataset("logprobs", shape=(n, n_classes), dtype="<f4", dcpl=dcpl)
+            g.create_dataset("done", data=np.zeros(n, dtype=bool))
+
+
+def _existing_problem(path: Path, fingerprint: dict, spec: dict) -> tuple[str | None, dict]:
+    """(why the file at ``path`` cannot serve this dataset and predictor or None, its attrs)."""
+    with _open(path) as f:
+        info = _read_attrs(f, path)
+        info["missing"] = _missing_rows(f)
+    problems = _fingerprint_problems(info["fingerprint"], fingerprint)
+    if info["predictor"] != spec:
+        diff = sorted(k for k in set(spec) | set(info["predictor"])
+                      if spec.get(k) != info["predictor"].get(k))  # fmt: skip
+        problems.append(f"the predictor differs in {', '.join(diff)}")
+    return "; ".join(problems) or None, info
+
+
+def _reset_invalid_done(ds: h5py.Dataset, done: np.ndarray) -> int:
+    """Clear ``done`` for rows that are not finite, normalised log-probs (a crash's leftovers)."""
+    reset = 0
+    for start in range(0, len(done), _READ_ROWS):
+        mask = done[start : start + _READ_ROWS]
+        if not mask.any():
+            continue
+        bad = _bad_rows(torch.from_numpy(ds[start : start + len(mask)])).numpy() & mask
+        mask[bad] = False  # a view: updates ``done`` in place
+        reset += int(bad.sum())
+    return reset
+
+
+def _check_output(out: torch.Tensor, n_rows: int, n_classes: int) -> np.ndarray:
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n_rows, n_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"predictor returned {got}, expected ({n_rows}, {n_classes})")
+    arr = out.detach().to(torch.float32).cpu()
+    if _bad_rows(arr).any():
+        raise ValueError("predictor returned rows that are not finite log-probabilities")
+    return arr.numpy()
+
+
+def _fill_split(f: h5py.File, split: str, images: ImageSet, predictor: Predictor, done: np.ndarray,
+                batch_size: int, flush_every: int, advance: Callable[[int], None]) -> int:  # fmt: skip
+    """Run the predictor on every row of ``split`` not yet done; returns rows computed."""
+    lp_ds, done_ds = f[split]["logprobs"], f[split]["done"]
+    n_classes = lp_ds.shape[1]
+
+    def commit() -> None:
+        f.flush()  # the log-prob rows reach the OS before the flags that vouch for them
+        done_ds[...] = done
+        f.flush()
+
+    todo = np.flatnonzero(~done)
+    pending = 0
+    try:
+        for start in range(0, len(todo), batch_size):
+            rows = todo[start : start + batch_size]
+            arr = _check_output(
+                predictor.logprobs(images, torch.from_numpy(rows)), len(rows), n_classes
+            )
+            if rows[-1] - rows[0] + 1 == len(rows):  # contiguous: one hyperslab write
+                lp_ds[rows[0] : rows[-1] + 1] = arr
+            else:
+                lp_ds[rows] = arr
+            done[rows] = True
+            pending += 1
+            advance(len(rows))
+            if pending == flush_every:
+                commit()
+                pending = 0
+    finally:
+        if pending:  # also on Ctrl-C or a predictor error: keep the rows already computed
+            commit()
+    return len(todo)
+
+
+def _split_stats(f: h5py.File, split: str, labels: torch.Tensor) -> tuple[float, float]:
+    """(accuracy vs the clean labels, mean log-prob of the clean label), read in chunks."""
+    ds, labels = f[split]["logprobs"], labels.detach().cpu().long()
+    n = len(labels)
+    if n == 0:
+        return float("nan"), float("nan")
+    correct, total_lp = 0, 0.0
+    for start in range(0, n, _READ_ROWS):
+        lp = torch.from_numpy(ds[start : start + _READ_ROWS])
+        y = labels[start : start + len(lp)]
+        correct += int((lp.argmax(dim=1) == y).sum())
+        total_lp += float(lp.gather(1, y[:, None]).double().sum())
+    return correct / n, total_lp / n
+
+
+class _RateColumn(rp.ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:,.0f} img/s" if task.speed else "- img/s", style="cyan")
+
+
+def build_cache(
+    path: str | Path,
+    dataset: Dataset,
+    predictor: Predictor,
+    *,
+    batch_size: int = 256,
+    flush_every: int = 8,
+    progress: bool = True,
+    console: Console | None = None,
+    overwrite: bool = False,
+) -> CacheSummary:
+    """Run ``predictor`` over every train and test image and write the cache at ``path``.
+
+    Resumes ``<path>.partial`` when it was made for the same dataset fingerprint and predictor
+    spec; returns at once when ``path`` is already complete for them. A cache or partial file
+    for another dataset or predictor is a CacheError unless ``overwrite`` (the old ``path``
+    then stays until the new cache is complete).
+    """
+    if batch_size < 1 or flush_every < 1:
+        raise ValueError(f"batch_size and flush_every must be >= 1 ({batch_size}, {flush_every})")
+    t0 = time.perf_counter()
+    path, part = Path(path), partial_path(path)
+    fingerprint, spec = dataset_fingerprint(dataset), _json_spec(predictor.spec())
+    n_classes = len(dataset.class_names)
+    console = console or Console()
+
+    if path.exists() and not overwrite:
+        problem, info = _existing_problem(path, fingerprint, spec)
+        if problem or info["missing"] or not info["complete"]:
+            why = problem or "is incomplete"
+            raise CacheError(f"{path} exists and {why}; pass overwrite=True or delete it")
+        return _summary(path, fingerprint, info, t0, 0)
+    if part.exists() and overwrite:
+        part.unlink()
+    elif part.exists():
+        try:
+            problem, _ = _existing_problem(part, fingerprint, spec)
+        except CacheError as exc:  # killed mid-write: nothing in it can be trusted
+            console.print(f"[yellow]discarding unreadable partial cache {part} ({exc})")
+            part.unlink()
+        else:
+            if problem:
+                raise CacheError(f"{part} (an unfinished cache) {problem}; "
+                                 "pass overwrite=True or delete it")  # fmt: skip
+    if not part.exists():
+        _create(part, fingerprint, spec, n_classes)
+
+    computed = 0
+    with h5py.File(part, "r+") as f:
+        done = {s: f[s]["done"][...].astype(bool) for s in SPLITS}
+        for s in SPLITS:
+            _reset_invalid_done(f[s]["logprobs"], done[s])
+        todo = sum(int((~d).sum()) for d in done.values())
+        resumed = sum(len(d) for d in done.values()) - todo
+        if resumed and progress:
+            console.print(f"resuming {part}: {resumed} rows done, {todo} to go")
+        columns = (rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
+                   _RateColumn(), rp.TimeElapsedColumn(), rp.TimeRemainingColumn())  # fmt: skip
+        with rp.Progress(*columns, console=console, disable=not progress) as bar:
+            task = bar.add_task("zero-shot", total=todo)
+            for s in SPLITS:
+                bar.update(task, description=f"zero-shot {s}")
+                images = getattr(dataset, s)
+                advance = lambda k: bar.advance(task, k)  # noqa: E731
+                computed += _fill_split(
+                    f, s, images, predictor, done[s], batch_size, flush_every, advance
+                )
+        train_acc, train_lp = _split_stats(f, "train", dataset.train.labels)
+        test_acc, _ = _split_stats(f, "test", dataset.test.labels)
+        f.attrs["train_accuracy"] = train_acc
+        f.attrs["test_accuracy"] = test_acc
+        f.attrs["mean_clean_logprob"] = train_lp
+        f.attrs["complete"] = True  # last: every row and statistic is already written
+        f.flush()
+        info = _read_attrs(f, part)
+    os.replace(part, path)  # atomic: ``path`` appears only complete
+    return _summary(path, fingerprint, info, t0, computed)
+
+
+def _summary(path: Path, fp: dict, info: dict, t0: float, computed: int) -> CacheSummary:
+    stats = {k: float(info[k]) for k in ("train_accuracy", "test_accuracy", "mean_clean_logprob")}
+    n_classes, seconds = len(fp["class_names"]), time.perf_counter() - t0
+    return CacheSummary(path, fp["n_train"], fp["n_test"], n_classes, **stats, seconds=seconds,
+                        rows_computed=computed)  # fmt: skip

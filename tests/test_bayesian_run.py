@@ -1,0 +1,130 @@
+"""The hold-out predictor and Bayesian selection end to end through the real CLI."""
+
+import json
+from pathlib import Path
+
+import h5py
+import pytest
+import torch
+import yaml
+from bdsel_cli.main import app
+from typer.testing import CliRunner
+
+from bdsel.config import load_config
+from bdsel.data import derive_run_data, load_dataset, make_image_source
+from bdsel.train import train
+from bdsel.zeroshot.holdout import HoldoutPredictor
+
+runner = CliRunner()
+
+
+def _out(result) -> str:
+    return " ".join(result.output.split())
+
+
+@pytest.fixture
+def bayes_values(tiny_config_values: dict, tmp_path: Path) -> dict:
+    values = dict(tiny_config_values)
+    values["select"] = dict(values["select"], method="bayesian", n_samples=32, alpha=0.3)
+    values["zeroshot"] = {
+        "predictor": "holdout",
+        "cache": str(tmp_path / "zs.h5"),
+        "temperature": 2.0,
+        "batch_size": 256,
+        "holdout": {"epochs": 2, "batch_size": 64},
+    }
+    return values
+
+
+def test_holdout_model_never_trains_on_training_subset(bayes_values: dict):
+    cfg = load_config(values=bayes_values)
+    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
+    source = make_image_source(data.dataset, torch.device("cpu"))
+    seen: list[torch.Tensor] = []
+    original = source.iter_batches
+
+    def spy(split, order, batch_size, **kw):
+        for idx, x in original(split, order, batch_size, **kw):
+            if kw.get("generator") is not None:  # training batches are the augmented ones
+                seen.append(idx.clone())
+            yield idx, x
+
+    source.iter_batches = spy
+    HoldoutPredictor(cfg, data, source).fit()
+    trained_on = set(torch.cat(seen).tolist())
+    assert trained_on == set(data.holdout_idx.tolist())
+    assert not trained_on & set(data.train_idx.tolist())
+
+
+def test_cache_then_bayesian_training_through_cli(bayes_values: dict, tmp_path: Path):
+    cfg_path = tmp_path / "bayes.yaml"
+    cfg_path.write_text(yaml.safe_dump(bayes_values))
+    result = runner.invoke(app, ["cache-zeroshot", "--config", str(cfg_path)])
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in _out(result)
+    with h5py.File(tmp_path / "zs.h5") as f:
+        assert f["train/logprobs"].shape == (1200, 10) and f["train/done"][...].all()
+        assert json.loads(f.attrs["predictor"])["kind"] == "holdout"
+
+    run_dir = tmp_path / "run"
+    result = runner.invoke(app, ["train", "-c", str(cfg_path), "--run-dir", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    last = records[-1]
+    for key in ("alpha", "term_loglik", "term_zs", "term_lme", "pred_std", "zs_agree"):
+        assert f"select/{key}" in last, key
+    assert last["select/alpha"] == pytest.approx(0.3)
+    assert last["select/pred_std"] > 0  # samples from the posterior, not the MAP
+    assert last["select/term_zs"] <= 0 and last["select/term_loglik"] <= 0
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert ckpt["selector"]["posterior"]["n_updates"] == 18
+
+
+def test_bayesian_resume_restores_posterior(bayes_values: dict, tmp_path: Path):
+    from bdsel.zeroshot.run import cache_zeroshot
+
+    cfg = load_config(values=dict(bayes_values, train={"epochs": 2}))
+    cache_zeroshot(cfg, progress=False)
+    full = train(cfg, tmp_path / "full")
+
+    class Stop(KeyboardInterrupt):
+        pass
+
+    def stop(record):
+        if record["epoch"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg, tmp_path / "cut", on_epoch=stop)
+    resumed = train(cfg, tmp_path / "cut", mode="resume")
+    assert resumed["final_test_acc"] == full["final_test_acc"]
+    a = torch.load(tmp_path / "full/checkpoint.pt", weights_only=False)["selector"]["posterior"]
+    b = torch.load(tmp_path / "cut/checkpoint.pt", weights_only=False)["selector"]["posterior"]
+    assert torch.equal(a["A"], b["A"]) and torch.equal(a["G"], b["G"])
+
+
+def test_bayesian_without_cache_or_with_foreign_split_fails_clearly(
+    bayes_values: dict, tmp_path: Path
+):
+    cfg_path = tmp_path / "bayes.yaml"
+    cfg_path.write_text(yaml.safe_dump(bayes_values))
+    result = runner.invoke(app, ["train", "-c", str(cfg_path), "--run-dir", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert "needs the zero-shot cache" in _out(result) and "bdsel cache-zeroshot" in _out(result)
+    assert not (tmp_path / "r").exists()
+
+    assert runner.invoke(app, ["cache-zeroshot", "-c", str(cfg_path)]).exit_code == 0
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "-c",
+            str(cfg_path),
+            "--run-dir",
+            str(tmp_path / "r"),
+            "--set",
+            "data.split_seed=99",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "another hold-out split" in _out(result)
