@@ -128,3 +128,43 @@ def test_bayesian_without_cache_or_with_foreign_split_fails_clearly(
     )
     assert result.exit_code == 2
     assert "another hold-out split" in _out(result)
+
+
+def test_holdout_cache_resumes_with_the_same_model(
+    bayes_values: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from bdsel.zeroshot import holdout
+    from bdsel.zeroshot.cache import partial_path
+    from bdsel.zeroshot.run import cache_zeroshot, holdout_weights_path
+
+    cfg = load_config(values=bayes_values, overrides=["zeroshot.batch_size=128"])
+    whole = cache_zeroshot(cfg, tmp_path / "whole.h5", progress=False)
+    assert whole.rows_computed == 1500
+
+    cut = tmp_path / "cut.h5"
+    calls = {"n": 0}
+    original = holdout.HoldoutPredictor.logprobs
+
+    def dies_after_three(self, images, rows):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise KeyboardInterrupt
+        return original(self, images, rows)
+
+    with monkeypatch.context() as m:
+        m.setattr(holdout.HoldoutPredictor, "logprobs", dies_after_three)
+        with pytest.raises(KeyboardInterrupt):
+            cache_zeroshot(cfg, cut, progress=False)
+    assert partial_path(cut).exists() and holdout_weights_path(cut).exists() and not cut.exists()
+
+    def no_retraining(self):
+        raise AssertionError("a resume must reload the saved hold-out model, not retrain it")
+
+    with monkeypatch.context() as m:
+        m.setattr(holdout.HoldoutPredictor, "fit", no_retraining)
+        resumed = cache_zeroshot(cfg, cut, progress=False)
+    assert 0 < resumed.rows_computed < 1500
+    assert not holdout_weights_path(cut).exists()
+    with h5py.File(tmp_path / "whole.h5") as a, h5py.File(cut) as b:
+        for split in ("train", "test"):
+            assert (a[f"{split}/logprobs"][...] == b[f"{split}/logprobs"][...]).all()

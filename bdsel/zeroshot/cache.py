@@ -281,9 +281,12 @@ def _existing_problem(path: Path, fingerprint: dict, spec: dict) -> tuple[str | 
         info = _read_attrs(f, path)
         info["missing"] = _missing_rows(f)
     problems = _fingerprint_problems(info["fingerprint"], fingerprint)
-    if info["predictor"] != spec:
-        diff = sorted(k for k in set(spec) | set(info["predictor"])
-                      if spec.get(k) != info["predictor"].get(k))  # fmt: skip
+    # A spec value of None is not known yet (a hold-out model's weights hash before it is
+    # trained, when only a complete cache is being checked): any stored value matches it.
+    stored = info["predictor"]
+    diff = sorted(k for k in set(spec) | set(stored)
+                  if not (k in spec and spec[k] is None) and spec.get(k) != stored.get(k))  # fmt: skip
+    if diff:
         problems.append(f"the predictor differs in {', '.join(diff)}")
     return "; ".join(problems) or None, info
 

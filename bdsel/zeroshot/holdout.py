@@ -9,6 +9,8 @@ model may have seen its training subset.
 from __future__ import annotations
 
 import hashlib
+import io
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,6 +19,7 @@ from bdsel.config import Config
 from bdsel.data import ImageSet, RunData
 from bdsel.data.batching import ImageSource
 from bdsel.models import create_model
+from bdsel.runlog import atomic_write_bytes
 from bdsel.train import build_optimizer, fit_supervised, predict_logprobs
 
 
@@ -59,6 +62,29 @@ class HoldoutPredictor:
         )
         self.trained = True
 
+    def fit_or_load(self, weights: Path) -> None:
+        """Train, or reload the weights an interrupted ``cache-zeroshot`` saved at ``weights``.
+
+        Resuming a partial cache must continue with the very model that wrote its first rows;
+        retraining is deterministic on one machine but not across devices or thread counts.
+        """
+        if weights.is_file():
+            self.model.load_state_dict(torch.load(weights, map_location=self.source.device))
+            self.model.eval()
+            self.trained = True
+            return
+        self.fit()
+        buf = io.BytesIO()
+        torch.save(self.model.state_dict(), buf)
+        atomic_write_bytes(weights, buf.getvalue())
+
+    def weights_sha256(self) -> str:
+        h = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
     def logprobs(self, images: ImageSet, rows: torch.Tensor) -> torch.Tensor:
         if not self.trained:
             self.fit()
@@ -83,6 +109,8 @@ class HoldoutPredictor:
             "holdout_fraction": d.holdout_fraction,
             "imbalance_ratio": d.imbalance.ratio,
             "holdout_sha256": indices_sha256(self.data.holdout_idx),
+            # Identifies the trained weights: a partial cache resumes only with the same model.
+            "weights_sha256": self.weights_sha256() if self.trained else None,
         }
 
 

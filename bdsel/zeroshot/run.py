@@ -15,7 +15,13 @@ from rich.console import Console
 
 from bdsel.config import Config
 from bdsel.data import RunData, derive_run_data, load_dataset, make_image_source
-from bdsel.zeroshot.cache import CacheError, CacheSummary, build_cache, read_cache_info
+from bdsel.zeroshot.cache import (
+    CacheError,
+    CacheSummary,
+    build_cache,
+    partial_path,
+    read_cache_info,
+)
 from bdsel.zeroshot.holdout import indices_sha256
 
 LOOKUPS = ("zs_logprobs", "il_logprobs")
@@ -85,14 +91,18 @@ def cache_zeroshot(
     dataset = load_dataset(config.data)
     data = derive_run_data(dataset, config.data, config.seed)
     predictor = make_predictor(config, data)
+    weights = holdout_weights_path(out)
     if config.zeroshot.predictor == "holdout" and not (out.exists() and not overwrite):
+        if overwrite:
+            weights.unlink(missing_ok=True)
         if console is not None:
+            verb = "reloading" if weights.is_file() else "training"
             console.print(
-                f"training the hold-out model ({config.zeroshot.holdout.model}, "
+                f"{verb} the hold-out model ({config.zeroshot.holdout.model}, "
                 f"{config.zeroshot.holdout.epochs} epochs on {len(data.holdout_idx)} points)"
             )
-        predictor.fit()
-    return build_cache(
+        predictor.fit_or_load(weights)
+    summary = build_cache(
         out,
         dataset,
         predictor,
@@ -101,6 +111,13 @@ def cache_zeroshot(
         console=console,
         overwrite=overwrite,
     )
+    weights.unlink(missing_ok=True)  # the cache is complete: nothing left to resume
+    return summary
+
+
+def holdout_weights_path(cache: Path) -> Path:
+    """Where an unfinished hold-out cache keeps its model, so a resume uses the same one."""
+    return partial_path(cache).with_suffix(".model.pt")
 
 
 def load_lookups(
@@ -116,6 +133,11 @@ def load_lookups(
         return {}
     path = default_cache_path(config)
     method = config.select.method
+    if not path.exists() and partial_path(path).exists():
+        raise CacheError(
+            f"the zero-shot cache {path} is incomplete ({partial_path(path)} exists): "
+            "run the same bdsel cache-zeroshot command again to finish it"
+        )
     if not path.exists():
         raise CacheError(
             f"select.method={method} needs the zero-shot cache {path}, which does not exist. "
