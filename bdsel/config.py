@@ -119,7 +119,7 @@ class ZeroshotConfig:
     predictor: Literal["clip", "holdout"] = "holdout"
     cache: str | None = None  # None: cache/<dataset>-<predictor>[-<model>].h5
     temperature: float = 1.0  # applied at read time: log_softmax(logprobs / T)
-    model: str = "RN50"  # clip: an open_clip architecture name
+    model: str = "RN50"  # clip: an open_clip architecture name, or a JSON architecture file
     pretrained: str = "openai"  # clip: a pretrained tag (needs internet) or a local checkpoint
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     batch_size: int = 256

@@ -42,6 +42,28 @@ from bdsel.selection import (
 # ----------------------------------------------------------------------------- small pieces
 
 
+def step_progress(console: Any = None) -> Any:
+    """A rich progress bar for training loops: description, bar, steps, elapsed, remaining."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -179,14 +201,20 @@ def fit_supervised(
     optimizer: torch.optim.Optimizer,
     seed: int,
     on_batch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    progress: Any = None,
+    description: str = "fit",
 ) -> nn.Module:
     """Plain minibatch training on ``indices`` (global, train split) with ``labels`` [N].
 
     For the models bdsel trains besides the selected one: the hold-out (IL) predictor and
     SVP's proxy. ``on_batch(epoch, idx, logits)`` sees every training batch's global indices
-    and detached logits (SVP counts forgetting events with it).
+    and detached logits (SVP counts forgetting events with it). ``progress``: a rich Progress.
     """
     device = source.device
+    steps_per_epoch = -(-len(indices) // batch_size)
+    task = (
+        None if progress is None else progress.add_task(description, total=epochs * steps_per_epoch)
+    )
     labels = labels.to(device)
     indices = indices.to(device)
     autocast = autocast_for(device)
@@ -204,6 +232,8 @@ def fit_supervised(
             optimizer.step()
             if on_batch is not None:
                 on_batch(epoch, idx, logits.detach())
+        if task is not None:
+            progress.update(task, completed=(epoch + 1) * steps_per_epoch)
     model.eval()
     return model
 

@@ -7,14 +7,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.syntax import Syntax
 
 app = typer.Typer(
@@ -46,18 +38,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from bdsel.runlog import RunDirError
 
     return (ConfigError, DataError, RunDirError, FileNotFoundError, ValueError)
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("steps"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    )
 
 
 @app.command()
@@ -100,7 +80,9 @@ def train(
                 f"{noise}  {record['wall_s']:.0f}s"
             )
 
-        with _progress() as progress:
+        from bdsel.train import step_progress
+
+        with step_progress(console) as progress:
             summary = train_run(cfg, run_dir, mode=mode, on_epoch=show, progress=progress)
     except KeyboardInterrupt:
         console.print(

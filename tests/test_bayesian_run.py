@@ -168,3 +168,67 @@ def test_holdout_cache_resumes_with_the_same_model(
     with h5py.File(tmp_path / "whole.h5") as a, h5py.File(cut) as b:
         for split in ("train", "test"):
             assert (a[f"{split}/logprobs"][...] == b[f"{split}/logprobs"][...]).all()
+
+
+def test_clip_cache_from_local_checkpoint_through_cli(bayes_values: dict, tmp_path: Path):
+    """The real cache-zeroshot command with an open_clip architecture file and a local
+    random-init checkpoint (no download), then bayesian training on that cache."""
+    import open_clip
+
+    arch = tmp_path / "bdsel-cli-tiny-clip.json"
+    arch.write_text(
+        json.dumps(
+            {
+                "embed_dim": 32,
+                "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8},
+                "text_cfg": {
+                    "context_length": 16,
+                    "vocab_size": 49408,
+                    "width": 64,
+                    "heads": 2,
+                    "layers": 1,
+                },
+            }
+        )
+    )
+    open_clip.add_model_config(arch)
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "tiny-clip.pt"
+    torch.save(open_clip.create_model(arch.stem).state_dict(), checkpoint)
+    values = dict(bayes_values)
+    values["zeroshot"] = {
+        "predictor": "clip",
+        "model": str(arch),
+        "pretrained": str(checkpoint),
+        "cache": str(tmp_path / "clip.h5"),
+        "batch_size": 100,
+        "device": "cpu",
+    }
+    cfg_path = tmp_path / "clip.yaml"
+    cfg_path.write_text(yaml.safe_dump(values))
+    result = runner.invoke(app, ["cache-zeroshot", "-c", str(cfg_path)])
+    assert result.exit_code == 0, result.output
+    with h5py.File(tmp_path / "clip.h5") as f:
+        spec = json.loads(f.attrs["predictor"])
+        assert spec["kind"] == "clip" and spec["pretrained"] == str(checkpoint)
+        assert spec["checkpoint_sha256"] and f["test/done"][...].all()
+        assert f["train/logprobs"].shape == (1200, 10)
+
+    run_dir = tmp_path / "run"
+    result = runner.invoke(
+        app, ["train", "-c", str(cfg_path), "--run-dir", str(run_dir), "--set", "train.epochs=1"]
+    )
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "-c",
+            str(cfg_path),
+            "--run-dir",
+            str(tmp_path / "rho"),
+            "--set",
+            "select.method=rho_loss",
+        ],
+    )
+    assert result.exit_code == 2 and "needs an irreducible-loss model" in _out(result)

@@ -109,7 +109,10 @@ class Bayesian(Selector):
 
     def observe(self, selected: Candidates, outputs: ForwardOutputs) -> None:
         probs = torch.softmax(outputs.logits.float(), dim=1)
-        self.posterior.update(outputs.features, probs, selected.labels)
+        # Under torchrun every rank folds the union of all ranks' selected batches into A and G,
+        # so all ranks hold the same posterior.
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.posterior.update(outputs.features, probs, selected.labels, all_reduce=distributed)
 
     def state_dict(self) -> dict[str, Any]:
         return {"posterior": self.posterior.state_dict()}

@@ -47,7 +47,7 @@ class HoldoutPredictor:
         ).to(source.device)
         self.trained = False
 
-    def fit(self) -> None:
+    def fit(self, progress: Any = None) -> None:
         h = self.config.zeroshot.holdout
         optimizer = build_optimizer(self.model, _as_train_config(self.config))
         fit_supervised(
@@ -59,10 +59,12 @@ class HoldoutPredictor:
             batch_size=h.batch_size,
             optimizer=optimizer,
             seed=self.config.seed + 7919,  # a stream of its own, apart from the main run's
+            progress=progress,
+            description="hold-out model",
         )
         self.trained = True
 
-    def fit_or_load(self, weights: Path) -> None:
+    def fit_or_load(self, weights: Path, progress: Any = None) -> None:
         """Train, or reload the weights an interrupted ``cache-zeroshot`` saved at ``weights``.
 
         Resuming a partial cache must continue with the very model that wrote its first rows;
@@ -73,7 +75,7 @@ class HoldoutPredictor:
             self.model.eval()
             self.trained = True
             return
-        self.fit()
+        self.fit(progress)
         buf = io.BytesIO()
         torch.save(self.model.state_dict(), buf)
         atomic_write_bytes(weights, buf.getvalue())

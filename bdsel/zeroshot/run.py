@@ -15,6 +15,7 @@ from rich.console import Console
 
 from bdsel.config import Config
 from bdsel.data import RunData, derive_run_data, load_dataset, make_image_source
+from bdsel.train import step_progress
 from bdsel.zeroshot.cache import (
     CacheError,
     CacheSummary,
@@ -38,7 +39,7 @@ def default_cache_path(config: Config) -> Path:
         if d.imbalance.ratio > 1:
             name += f"-lt{d.imbalance.ratio:g}"
     else:
-        name = f"{d.name}-clip-{z.model}-{Path(z.pretrained).stem or 'random'}"
+        name = f"{d.name}-clip-{Path(z.model).stem}-{Path(z.pretrained).stem or 'random'}"
     return Path("cache") / f"{name}.h5"
 
 
@@ -64,7 +65,7 @@ def make_predictor(config: Config, data: RunData):
 
     class_names, templates = prompts_for(data.dataset.name, data.dataset.class_names, z.prompts)
     return ClipPredictor(
-        z.model,
+        clip_model_name(z.model),
         z.pretrained,
         class_names,
         templates,
@@ -72,6 +73,19 @@ def make_predictor(config: Config, data: RunData):
         device=device,
         batch_size=z.batch_size,
     )
+
+
+def clip_model_name(model: str) -> str:
+    """A built-in open_clip name, or a JSON architecture file registered under its stem."""
+    if not model.endswith(".json"):
+        return model
+    import open_clip
+
+    path = Path(model)
+    if not path.is_file():
+        raise FileNotFoundError(f"zeroshot.model: architecture file {path} does not exist")
+    open_clip.add_model_config(path)
+    return path.stem
 
 
 def cache_zeroshot(
@@ -101,7 +115,11 @@ def cache_zeroshot(
                 f"{verb} the hold-out model ({config.zeroshot.holdout.model}, "
                 f"{config.zeroshot.holdout.epochs} epochs on {len(data.holdout_idx)} points)"
             )
-        predictor.fit_or_load(weights)
+        if progress:
+            with step_progress(console) as bar:
+                predictor.fit_or_load(weights, bar)
+        else:
+            predictor.fit_or_load(weights)
     summary = build_cache(
         out,
         dataset,
