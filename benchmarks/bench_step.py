@@ -13,6 +13,7 @@ here: the training loop itself never syncs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import time
@@ -28,6 +29,24 @@ from bdsel.selection import Candidates, ForwardOutputs, SelectorContext, create_
 from bdsel.train import autocast_for, build_optimizer, candidate_forward, resolve_device
 
 PHASES = ("candidate_forward", "select", "train_step", "observe")
+
+
+class PhaseTimer:
+    """``with timer("name"):`` adds the block's seconds to ``totals[name]`` (CUDA synchronised)."""
+
+    def __init__(self, device: torch.device, totals: dict[str, float], record: bool) -> None:
+        self.device, self.totals, self.record = device, totals, record
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        if self.record:
+            self.totals[name] += time.perf_counter() - t0
 
 
 def bench(args: argparse.Namespace) -> dict:
@@ -74,30 +93,18 @@ def bench(args: argparse.Namespace) -> dict:
         g = torch.Generator(device=device).manual_seed(0)
         totals = dict.fromkeys(PHASES, 0.0)
 
-        def timed(phase: str, fn, record: bool):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            out = fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if record:
-                totals[phase] += time.perf_counter() - t0
-            return out
-
         for step in range(args.warmup + args.steps):
-            rec = step >= args.warmup
+            phase = PhaseTimer(device, totals, record=step >= args.warmup)
             idx = torch.randint(0, n, (args.n_candidates,), device=device, generator=g)
             inputs = source.rows("train", idx, g)
             cand = Candidates(idx, inputs, y.to(device)[idx])
             outputs = None
             if selector.needs_forward:
-                outputs = timed(
-                    "candidate_forward", lambda: candidate_forward(forward, inputs, autocast), rec
-                )
-            sel = timed("select", lambda: selector.select(cand, outputs, g), rec)
-
-            def train_step():
+                with phase("candidate_forward"):
+                    outputs = candidate_forward(forward, inputs, autocast)
+            with phase("select"):
+                sel = selector.select(cand, outputs, g)
+            with phase("train_step"):
                 xs, ys = inputs[sel.positions], cand.labels[sel.positions]
                 with autocast():
                     logits, feats = forward(xs)
@@ -106,12 +113,10 @@ def bench(args: argparse.Namespace) -> dict:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                return Candidates(idx[sel.positions], xs, ys), ForwardOutputs(
-                    logits.detach().float(), feats.detach().float()
-                )
-
-            selected, outs = timed("train_step", train_step, rec)
-            timed("observe", lambda: selector.observe(selected, outs), rec)
+            selected = Candidates(idx[sel.positions], xs, ys)
+            outs = ForwardOutputs(logits.detach().float(), feats.detach().float())
+            with phase("observe"):
+                selector.observe(selected, outs)
         ms = {k: 1000 * v / args.steps for k, v in totals.items()}
         ms["step"] = sum(ms.values())
         results[method] = ms

@@ -19,40 +19,16 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-
+from bdsel.data.sources import Dataset, ImageSet  # noqa: E402
 from bdsel.zeroshot.cache import build_cache  # noqa: E402
 from bdsel.zeroshot.clip import ClipPredictor  # noqa: E402
 from bdsel.zeroshot.prompts import CIFAR10_CLASSNAMES, CIFAR_TEMPLATES  # noqa: E402
-
-try:
-    from bdsel.data.sources import Dataset, ImageSet
-except ImportError:  # same fields as bdsel.data.sources
-
-    @dataclass
-    class ImageSet:  # type: ignore[no-redef]
-        labels: torch.Tensor
-        images: torch.Tensor | None = None
-        files: list[str] | None = None
-
-    @dataclass
-    class Dataset:  # type: ignore[no-redef]
-        name: str
-        train: ImageSet
-        test: ImageSet
-        class_names: list[str]
-        in_channels: int
-        image_size: int
-        mean: tuple[float, ...]
-        std: tuple[float, ...]
 
 
 def synthetic(n: int, size: int, n_classes: int, seed: int) -> Dataset:

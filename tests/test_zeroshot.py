@@ -10,7 +10,6 @@ import hashlib
 import io
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -21,6 +20,7 @@ import torch
 from PIL import Image
 from rich.console import Console
 
+from bdsel.data.sources import Dataset, ImageSet
 from bdsel.zeroshot.cache import (
     REQUIRED_ATTRS,
     CacheError,
@@ -40,28 +40,6 @@ from bdsel.zeroshot.prompts import (
     load_prompt_file,
     prompts_for,
 )
-
-try:
-    from bdsel.data.sources import Dataset, ImageSet
-except ImportError:  # the data module is written in parallel; same fields as DESIGN.md's
-
-    @dataclass
-    class ImageSet:  # type: ignore[no-redef]
-        labels: torch.Tensor
-        images: torch.Tensor | None = None
-        files: list[str] | None = None
-
-    @dataclass
-    class Dataset:  # type: ignore[no-redef]
-        name: str
-        train: ImageSet
-        test: ImageSet
-        class_names: list[str]
-        in_channels: int
-        image_size: int
-        mean: tuple[float, ...]
-        std: tuple[float, ...]
-
 
 TINY = "bdsel-test-tiny-clip"
 TINY_CFG = {

@@ -19,7 +19,6 @@ from bdsel.selection.base import (
     Candidates,
     ForwardOutputs,
     Selection,
-    Selector,
     SelectorContext,
     top_k_positions,
 )
@@ -29,10 +28,11 @@ from bdsel.selection.bayesian_score import (
     streaming_score_terms,
 )
 from bdsel.selection.registry import register_selector
+from bdsel.selection.simple import WarmupSelector
 
 
 @register_selector("bayesian")
-class Bayesian(Selector):
+class Bayesian(WarmupSelector):
     needs_forward = True
     requires = ("zs_logprobs",)
 
@@ -50,10 +50,6 @@ class Bayesian(Selector):
             device=context.device,
         )
         self.zs_logprobs = context.lookups["zs_logprobs"]
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def select(
         self,
@@ -62,11 +58,10 @@ class Bayesian(Selector):
         generator: torch.Generator,
     ) -> Selection:
         assert outputs is not None
+        if self.in_warmup:
+            return self.uniform.select(candidates, outputs, generator)
         labels = candidates.labels
         n = labels.shape[0]
-        if self.epoch < self.select_config.warmup_epochs:
-            perm = torch.randperm(n, device=labels.device, generator=generator)
-            return Selection(positions=perm[: self.n_selected])
 
         zs = self.zs_logprobs[candidates.indices]  # [n_B, C]
         first: list[torch.Tensor] = []

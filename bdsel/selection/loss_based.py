@@ -8,8 +8,9 @@ Each method is a per-candidate score plus a rule to pick from it:
     irreducible_loss  lowest IL loss, −log p_IL(y|x) from the ``il_logprobs`` lookup
     rho_loss          top n_b by CE(f(x), y) − IL loss
 
-``WarmupSelector`` holds the one shared rule: before ``select.warmup_epochs`` every method
-picks exactly as ``uniform`` does with the same generator. Nothing here syncs the host.
+``WarmupSelector`` (in ``simple``) holds the one shared rule: before ``select.warmup_epochs``
+every method picks exactly as ``uniform`` does with the same generator. Nothing here syncs
+the host.
 """
 
 from __future__ import annotations
@@ -23,30 +24,10 @@ from bdsel.selection.base import (
     Candidates,
     ForwardOutputs,
     Selection,
-    Selector,
-    SelectorContext,
     top_k_positions,
 )
 from bdsel.selection.registry import register_selector
-from bdsel.selection.simple import Uniform
-
-
-class WarmupSelector(Selector):
-    """Tracks the epoch; ``in_warmup`` is true before ``select.warmup_epochs``."""
-
-    def __init__(self, context: SelectorContext) -> None:
-        super().__init__(context)
-        self.warmup_epochs = context.config.select.warmup_epochs
-        self.epoch = 0
-        # Warm-up picks delegate to uniform itself, so they match it draw for draw.
-        self.uniform = Uniform(context)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    @property
-    def in_warmup(self) -> bool:
-        return self.epoch < self.warmup_epochs
+from bdsel.selection.simple import WarmupSelector
 
 
 class ScoreSelector(WarmupSelector):

@@ -26,8 +26,8 @@ from bdsel.config import Config
 from bdsel.data import ImageSource, RunData
 from bdsel.models import Classifier, create_model
 from bdsel.selection.base import Candidates, ForwardOutputs, Selection, SelectorContext
-from bdsel.selection.loss_based import WarmupSelector
 from bdsel.selection.registry import register_selector
+from bdsel.selection.simple import WarmupSelector
 
 # The proxy's random streams are the training loop's under another seed; ties get their own.
 SVP_SEED_OFFSET, SVP_TIES = 104_729, 10
