@@ -28,8 +28,9 @@ from torch import nn
 from bdsel.config import Config, TrainConfig
 from bdsel.data import Dataset, RunData, derive_run_data, load_dataset, make_image_source
 from bdsel.data.batching import ImageSource
+from bdsel.distributed import World, all_reduce_sum, barrier, broadcast_from_main, init_world
 from bdsel.models import Classifier, create_model
-from bdsel.runlog import RunDir
+from bdsel.runlog import RunDir, RunDirError
 from bdsel.selection import (
     Candidates,
     ForwardOutputs,
@@ -80,10 +81,12 @@ def autocast_for(device: torch.device) -> Callable[[], contextlib.AbstractContex
     return contextlib.nullcontext
 
 
-def stream_generator(seed: int, epoch: int, stream: int, device: torch.device) -> torch.Generator:
-    """An independent random stream per (seed, epoch, purpose)."""
+def stream_generator(
+    seed: int, epoch: int, stream: int, device: torch.device, rank: int = 0
+) -> torch.Generator:
+    """An independent random stream per (seed, epoch, purpose, rank)."""
     g = torch.Generator(device=device)
-    g.manual_seed((seed * 1_000_003 + epoch) * 16 + stream)
+    g.manual_seed((seed * 1_000_003 + epoch) * 16 + stream + rank * 7_919_000_003)
     return g
 
 
@@ -286,17 +289,21 @@ def build_lookups(
     return load_lookups(names, config, data, device)
 
 
-def build_run(config: Config, dataset: Dataset | None = None) -> Run:
+def build_run(config: Config, dataset: Dataset | None = None, world: World | None = None) -> Run:
     """Load data, derive the run's splits, build model, selector and optimizer."""
+    world = world or World()
     device = resolve_device(config.train.device)
+    if device.type == "cuda" and world.distributed:
+        device = torch.device("cuda", world.local_rank)
     torch.manual_seed(config.seed)
     dataset = dataset if dataset is not None else load_dataset(config.data)
     data = derive_run_data(dataset, config.data, config.seed)
-    n_train = len(data.train_idx)
+    n_train = len(data.train_idx) // world.size  # each rank's slice of an epoch
     n_b = config.select.n_candidates
     if n_train < n_b:
         raise ValueError(
-            f"select.n_candidates ({n_b}) is larger than the train subset ({n_train} points)"
+            f"select.n_candidates ({n_b}) is larger than the train subset "
+            f"({n_train} points{' per rank' if world.distributed else ''})"
         )
     channels_last = device.type == "cuda"
     source = make_image_source(
@@ -386,14 +393,15 @@ def train_step(
     autocast: Callable,
     stats: EpochStats,
     timer: SectionTimer,
-    forward: Callable,
+    score_forward: Callable,
+    train_forward: Callable,
 ) -> int:
     """Select from one candidate batch, take one optimizer step; returns the points trained on."""
     timer.start()
     outputs = None
     if run.selector.needs_forward:
         outputs = candidate_forward(
-            forward, candidates.inputs, autocast, run.config.select.candidate_bn
+            score_forward, candidates.inputs, autocast, run.config.select.candidate_bn
         )
     selection = run.selector.select(candidates, outputs, generator)
     timer.stop()
@@ -401,7 +409,7 @@ def train_step(
     pos = selection.positions
     x, y = candidates.inputs[pos], candidates.labels[pos]
     with autocast():
-        logits, features = forward(x)
+        logits, features = train_forward(x)
     losses = F.cross_entropy(logits.float(), y, reduction="none")
     loss = (losses * selection.weights).mean() if selection.weights is not None else losses.mean()
     run.optimizer.zero_grad(set_to_none=True)
@@ -423,6 +431,34 @@ def train_step(
     return int(pos.shape[0])
 
 
+def _prepare_rundir(path: Path, config: Config, mode: str, world: World) -> RunDir:
+    """Rank 0 checks and creates the run directory; its error, if any, stops every rank."""
+    error = None
+    if world.is_main:
+        try:
+            RunDir.prepare(path, config, mode)  # type: ignore[arg-type]
+        except RunDirError as exc:
+            error = str(exc)
+    error = broadcast_from_main(error)
+    if error is not None:
+        raise RunDirError(error)
+    return RunDir(path)
+
+
+def _reduce_stats(stats: EpochStats, world: World) -> EpochStats:
+    """The statistics of every rank's selected points since the last evaluation."""
+    if not world.distributed:
+        return stats
+    keys = sorted(stats.scalars)
+    packed = torch.stack(
+        [stats.loss_sum, stats.noisy_sum, stats.loss_sum.new_tensor(float(stats.n_points))]
+        + [stats.scalars[k] for k in keys]
+    )
+    all_reduce_sum(packed)
+    scalars = {k: packed[3 + i] / world.size for i, k in enumerate(keys)}
+    return EpochStats(packed[0], packed[1], int(packed[2]), scalars, stats.n_steps)
+
+
 def train(
     config: Config,
     run_dir: Path,
@@ -435,12 +471,25 @@ def train(
     """Train one run into ``run_dir`` and return its summary.
 
     ``progress`` is an optional rich Progress; ``on_epoch`` receives each metrics record.
+    Under torchrun each rank trains on its slice of every epoch with n_B candidates and n_b
+    selected per rank (per step, world_size * n_b points in all); rank 0 evaluates and writes.
     """
-    run = build_run(config, dataset)
-    rundir = RunDir.prepare(Path(run_dir), config, mode)
+    world = init_world(config.train.device)
+    run = build_run(config, dataset, world)
+    rundir = _prepare_rundir(Path(run_dir), config, mode, world)
+    if not world.is_main:
+        on_epoch, progress = None, None
     device, model = run.device, run.model
     autocast = autocast_for(device)
-    forward = torch.compile(model) if config.train.compile else model
+    trainer: nn.Module = model
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trainer = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    train_forward = torch.compile(trainer) if config.train.compile else trainer
+    score_forward = torch.compile(model) if config.train.compile else model
     train_idx = run.data.train_idx.to(device)
     has_noise = bool(run.data.noisy[run.data.train_idx].any())
     base_noisy = run.data.base_noisy_frac if has_noise else None
@@ -452,6 +501,11 @@ def train(
     stats = EpochStats.zeros(device)
     if mode == "resume":
         ckpt = rundir.load_checkpoint(map_location=device)
+        if ckpt.get("world_size", 1) != world.size:
+            raise RunDirError(
+                f"--resume: the checkpoint was written by {ckpt.get('world_size', 1)} processes, "
+                f"this run has {world.size}; resume at the same world size"
+            )
         model.load_state_dict(ckpt["model"])
         run.optimizer.load_state_dict(ckpt["optimizer"])
         run.scheduler.load_state_dict(ckpt["scheduler"])
@@ -460,7 +514,9 @@ def train(
         wall_s, best_acc = ckpt["wall_s"], ckpt["best_acc"]
         timer.total = ckpt["selection_s"]
         stats = EpochStats.from_state(ckpt["stats"], device)
-        rundir.truncate_metrics(start_epoch)
+        barrier()  # every rank has read the checkpoint before rank 0 touches the directory
+        if world.is_main:
+            rundir.truncate_metrics(start_epoch)
 
     # One-off selection work (SVP's proxy training) counts as selection time and wall time.
     t_prepare = time.perf_counter()
@@ -473,19 +529,25 @@ def train(
     task = None
     if progress is not None:
         task = progress.add_task("train", total=epochs * run.steps_per_epoch, completed=step)
-    record: dict[str, Any] = {}
     model.train()
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         run.selector.set_epoch(epoch)
+        # One permutation for all ranks, cut into a slice per rank; augmentation and selection
+        # draw from per-rank streams.
         g_perm = stream_generator(config.seed, epoch, PERMUTATION, device)
-        g_aug = stream_generator(config.seed, epoch, AUGMENTATION, device)
-        g_sel = stream_generator(config.seed, epoch, SELECTION, device)
+        g_aug = stream_generator(config.seed, epoch, AUGMENTATION, device, world.rank)
+        g_sel = stream_generator(config.seed, epoch, SELECTION, device, world.rank)
         order = run.selector.epoch_order(train_idx, g_perm)
+        per_rank = len(order) // world.size
+        order = order[world.rank * per_rank : (world.rank + 1) * per_rank]
         batches = run.source.iter_batches("train", order, n_b, generator=g_aug, drop_last=True)
         for i, (idx, inputs) in enumerate(batches):
             candidates = Candidates(idx, inputs, run.observed[idx])
-            samples_seen += train_step(run, candidates, g_sel, autocast, stats, timer, forward)
+            n = train_step(
+                run, candidates, g_sel, autocast, stats, timer, score_forward, train_forward
+            )
+            samples_seen += n * world.size
             step += 1
             if task is not None and ((i + 1) % config.train.log_every == 0):
                 progress.update(task, completed=step)
@@ -497,49 +559,55 @@ def train(
 
         done = epoch + 1
         if done % config.eval.every == 0 or done == epochs:
-            test_acc, test_loss = evaluate(
-                model, run.source, run.data.dataset.test.labels, config.eval.batch_size
-            )
-            best_acc = max(best_acc, test_acc)
-            n_pts = max(stats.n_points, 1)
-            record = {
-                "epoch": done,
-                "step": step,
-                "samples_seen": samples_seen,
-                "test_acc": test_acc,
-                "test_loss": test_loss,
-                "train_loss": float(stats.loss_sum) / n_pts,
-                "selected_noisy_frac": float(stats.noisy_sum) / n_pts if has_noise else None,
-                "base_noisy_frac": base_noisy,
-                "wall_s": wall_s,
-                "selection_s": timer.seconds(),
-                "lr": run.optimizer.param_groups[0]["lr"],
-            }
-            for k, v in stats.scalars.items():
-                record[f"select/{k}"] = float(v) / max(stats.n_steps, 1)
-            rundir.append_metrics(record)
-            if on_epoch is not None:
-                on_epoch(record)
+            totals = _reduce_stats(stats, world)
+            if world.is_main:
+                test_acc, test_loss = evaluate(
+                    model, run.source, run.data.dataset.test.labels, config.eval.batch_size
+                )
+                best_acc = max(best_acc, test_acc)
+                n_pts = max(totals.n_points, 1)
+                record = {
+                    "epoch": done,
+                    "step": step,
+                    "samples_seen": samples_seen,
+                    "test_acc": test_acc,
+                    "test_loss": test_loss,
+                    "train_loss": float(totals.loss_sum) / n_pts,
+                    "selected_noisy_frac": float(totals.noisy_sum) / n_pts if has_noise else None,
+                    "base_noisy_frac": base_noisy,
+                    "wall_s": wall_s,
+                    "selection_s": timer.seconds(),
+                    "lr": run.optimizer.param_groups[0]["lr"],
+                }
+                for k, v in totals.scalars.items():
+                    record[f"select/{k}"] = float(v) / max(totals.n_steps, 1)
+                rundir.append_metrics(record)
+                if on_epoch is not None:
+                    on_epoch(record)
             stats = EpochStats.zeros(device)
-        rundir.save_checkpoint(
-            {
-                "model": model.state_dict(),
-                "optimizer": run.optimizer.state_dict(),
-                "scheduler": run.scheduler.state_dict(),
-                "selector": run.selector.state_dict(),
-                "epoch": done,
-                "step": step,
-                "samples_seen": samples_seen,
-                "wall_s": wall_s,
-                "selection_s": timer.seconds(),
-                "best_acc": best_acc,
-                "stats": stats.state(),
-            }
-        )
+        if world.is_main:
+            rundir.save_checkpoint(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": run.optimizer.state_dict(),
+                    "scheduler": run.scheduler.state_dict(),
+                    "selector": run.selector.state_dict(),
+                    "epoch": done,
+                    "step": step,
+                    "samples_seen": samples_seen,
+                    "wall_s": wall_s,
+                    "selection_s": timer.seconds(),
+                    "best_acc": best_acc,
+                    "stats": stats.state(),
+                    "world_size": world.size,
+                }
+            )
+        barrier()
 
-    metrics = rundir.read_metrics()
-    summary = summarize(config, metrics)
-    rundir.write_summary(summary)
+    summary = summarize(config, rundir.read_metrics())
+    if world.is_main:
+        rundir.write_summary(summary)
+    barrier()
     return summary
 
 

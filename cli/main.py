@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +26,12 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a key: --set select.method=bayesian (repeatable)."),
 ]
+
+
+@app.callback()
+def _main() -> None:
+    # Under torchrun every rank runs the command; only rank 0 talks.
+    console.quiet = os.environ.get("RANK", "0") != "0"
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

@@ -15,7 +15,8 @@ from rich.console import Console
 
 from bdsel.config import Config
 from bdsel.data import RunData, derive_run_data, load_dataset, make_image_source
-from bdsel.train import step_progress
+from bdsel.distributed import World, barrier, broadcast_from_main, init_world
+from bdsel.train import resolve_device, step_progress
 from bdsel.zeroshot.cache import (
     CacheError,
     CacheSummary,
@@ -24,6 +25,7 @@ from bdsel.zeroshot.cache import (
     read_cache_info,
 )
 from bdsel.zeroshot.holdout import indices_sha256
+from bdsel.zeroshot.sharded import ShardedPredictor, serve
 
 LOOKUPS = ("zs_logprobs", "il_logprobs")
 
@@ -43,16 +45,17 @@ def default_cache_path(config: Config) -> Path:
     return Path("cache") / f"{name}.h5"
 
 
-def _device(name: str) -> torch.device:
-    from bdsel.train import resolve_device
+def predictor_device(config: Config, world: World) -> torch.device:
+    device = resolve_device(config.zeroshot.device)
+    if device.type == "cuda" and world.distributed:
+        return torch.device("cuda", world.local_rank)
+    return device
 
-    return resolve_device(name)
 
-
-def make_predictor(config: Config, data: RunData):
+def make_predictor(config: Config, data: RunData, world: World | None = None):
     """The predictor ``zeroshot.predictor`` names, ready to call ``.logprobs``."""
     z = config.zeroshot
-    device = _device(z.device)
+    device = predictor_device(config, world or World())
     if z.predictor == "holdout":
         from bdsel.zeroshot.holdout import HoldoutPredictor
 
@@ -96,41 +99,67 @@ def cache_zeroshot(
     progress: bool = True,
     console: Console | None = None,
 ) -> CacheSummary:
-    """Compute and write the zero-shot cache for ``config``'s dataset; resumable."""
+    """Compute and write the zero-shot cache for ``config``'s dataset; resumable.
+
+    Under torchrun the rows of every batch are shared out over the ranks and rank 0 writes the
+    one file (``bdsel.zeroshot.sharded``); every rank returns rank 0's summary.
+    """
+    world = init_world(config.zeroshot.device)
     out = Path(out) if out is not None else default_cache_path(config)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CacheError(f"cannot create {out.parent}: {exc.strerror}") from exc
+    if world.is_main:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CacheError(f"cannot create {out.parent}: {exc.strerror}") from exc
+    else:
+        console, progress = Console(quiet=True), False
     dataset = load_dataset(config.data)
     data = derive_run_data(dataset, config.data, config.seed)
-    predictor = make_predictor(config, data)
+    predictor = make_predictor(config, data, world)
     weights = holdout_weights_path(out)
-    if config.zeroshot.predictor == "holdout" and not (out.exists() and not overwrite):
-        if overwrite:
-            weights.unlink(missing_ok=True)
-        if console is not None:
-            verb = "reloading" if weights.is_file() else "training"
-            console.print(
-                f"{verb} the hold-out model ({config.zeroshot.holdout.model}, "
-                f"{config.zeroshot.holdout.epochs} epochs on {len(data.holdout_idx)} points)"
-            )
-        if progress:
-            with step_progress(console) as bar:
-                predictor.fit_or_load(weights, bar)
-        else:
+    needs_model = config.zeroshot.predictor == "holdout" and not (out.exists() and not overwrite)
+    barrier()  # every rank has looked at ``out`` before rank 0 may replace it
+    if needs_model:
+        # Rank 0 trains (or reloads) the hold-out model and saves it; the others load that file.
+        if world.is_main:
+            if overwrite:
+                weights.unlink(missing_ok=True)
+            if console is not None:
+                verb = "reloading" if weights.is_file() else "training"
+                console.print(
+                    f"{verb} the hold-out model ({config.zeroshot.holdout.model}, "
+                    f"{config.zeroshot.holdout.epochs} epochs on {len(data.holdout_idx)} points)"
+                )
+            if progress:
+                with step_progress(console) as bar:
+                    predictor.fit_or_load(weights, bar)
+            else:
+                predictor.fit_or_load(weights)
+        barrier()
+        if not world.is_main:
             predictor.fit_or_load(weights)
-    summary = build_cache(
-        out,
-        dataset,
-        predictor,
-        batch_size=config.zeroshot.batch_size,
-        progress=progress,
-        console=console,
-        overwrite=overwrite,
-    )
-    weights.unlink(missing_ok=True)  # the cache is complete: nothing left to resume
-    return summary
+    summary = None
+    if world.is_main:
+        writer = predictor
+        if world.distributed:
+            writer = ShardedPredictor(predictor, dataset, world, predictor_device(config, world))
+        try:
+            summary = build_cache(
+                out,
+                dataset,
+                writer,
+                batch_size=config.zeroshot.batch_size * world.size,
+                progress=progress,
+                console=console,
+                overwrite=overwrite,
+            )
+        finally:
+            if world.distributed:
+                writer.stop()
+        weights.unlink(missing_ok=True)  # the cache is complete: nothing left to resume
+    else:
+        serve(predictor, dataset, world, predictor_device(config, world))
+    return broadcast_from_main(summary)
 
 
 def holdout_weights_path(cache: Path) -> Path:
