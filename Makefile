@@ -49,8 +49,12 @@ demo: install data
 	done
 	$(BIN)/bdsel report $(DEMO_DIR) --out $(DEMO_DIR)/report
 
+# Per-step cost of each method side by side, and the zero-shot cache against bare CLIP.
 bench: install
-	$(BIN)/python benchmarks/bench_train_step.py
+	$(BIN)/python benchmarks/bench_step.py --model small_cnn --size 28 --channels 1
+	$(BIN)/python benchmarks/bench_step.py --model resnet18_cifar --steps 5
+	$(BIN)/python benchmarks/bench_step.py --model resnet18_cifar --classes 1000 --steps 3 --methods uniform,bayesian
+	$(BIN)/python benchmarks/bench_zeroshot.py
 
 clean:
 	rm -rf $(VENV) runs cache report

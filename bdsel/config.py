@@ -95,6 +95,8 @@ class SelectConfig:
     alpha: float = 0.2
     adaptive_alpha: bool = False
     n_samples: int = 256
+    # Common random numbers: one set of S noise vectors for all candidates (bdsel.laplace).
+    shared_noise: bool = True
     prior_precision: float = 10.0
     n_effective: float = 200.0
     momentum: float = 0.99

@@ -77,12 +77,15 @@ def test_functional_variance_is_clamped():
     assert torch.equal(fv, torch.full((2,), 1e-6, dtype=F64))
 
 
-def test_sample_moments_converge_to_mean_and_kronecker_covariance():
+@pytest.mark.parametrize("shared_noise", [False, True])
+def test_sample_moments_converge_to_mean_and_kronecker_covariance(shared_noise: bool):
     D, C, B, S = 3, 3, 2, 200_000
     post, gen = fitted_posterior(D, C)
     h = torch.randn(B, D, generator=gen, dtype=F64)
     f_bar = torch.randn(B, C, generator=gen, dtype=F64)
-    samples = post.sample_logits(f_bar, h, S, generator=torch.Generator().manual_seed(1))
+    samples = post.sample_logits(
+        f_bar, h, S, generator=torch.Generator().manual_seed(1), shared_noise=shared_noise
+    )
     assert samples.shape == (S, B, C) and samples.dtype == F64
 
     fv = post.functional_variance(h)
@@ -275,3 +278,27 @@ def test_all_reduce_with_a_real_single_process_group():
         torch.testing.assert_close(a.G, b.G, rtol=1e-14, atol=0)
     finally:
         dist.destroy_process_group()
+
+
+def test_shared_noise_couples_candidates_and_independent_does_not():
+    D, C, B, S = 3, 4, 2, 2000
+    post, gen = fitted_posterior(D, C)
+    h = torch.randn(B, D, generator=gen, dtype=F64)
+    f_bar = torch.randn(B, C, generator=gen, dtype=F64)
+    std = post.functional_variance(h).sqrt()
+    g = torch.Generator().manual_seed(3)
+    shared = post.sample_logits(f_bar, h, S, generator=g, shared_noise=True)
+    z0 = (shared[:, 0] - f_bar[0]) / std[0]
+    z1 = (shared[:, 1] - f_bar[1]) / std[1]
+    torch.testing.assert_close(z0, z1)  # the same draws, scaled per candidate
+    indep = post.sample_logits(f_bar, h, S, generator=g, shared_noise=False)
+    corr = torch.corrcoef(torch.stack([indep[:, 0, 0], indep[:, 1, 0]]))[0, 1]
+    assert abs(corr) < 0.1
+    chunks = list(post.iter_logit_samples(f_bar, h, S, torch.Generator().manual_seed(3),
+                                          max_elements=3 * B * C, shared_noise=True))  # fmt: skip
+    assert len(chunks) > 1
+    joined = torch.cat(chunks)
+    assert joined.shape == (S, B, C)
+    torch.testing.assert_close(  # shared within every chunk too
+        (joined[:, 0] - f_bar[0]) / std[0], (joined[:, 1] - f_bar[1]) / std[1]
+    )

@@ -68,7 +68,11 @@ class Bayesian(WarmupSelector):
 
         def chunks():
             for piece in self.posterior.iter_logit_samples(
-                outputs.logits, outputs.features, self.select_config.n_samples, generator
+                outputs.logits,
+                outputs.features,
+                self.select_config.n_samples,
+                generator,
+                shared_noise=self.select_config.shared_noise,
             ):
                 if not first:
                     first.append(piece)

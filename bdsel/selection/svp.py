@@ -24,6 +24,7 @@ import torch
 
 from bdsel.config import Config
 from bdsel.data import ImageSource, RunData
+from bdsel.distributed import broadcast_from_main
 from bdsel.models import Classifier, create_model
 from bdsel.selection.base import Candidates, ForwardOutputs, Selection, SelectorContext
 from bdsel.selection.registry import register_selector
@@ -148,6 +149,9 @@ class SVP(WarmupSelector):
         self.coreset = build_coreset(
             self.context.config, extras["data"], extras["source"], self.context.device
         )
+        # Under torchrun every rank must cut its slice from the same coreset order; a proxy
+        # trained on a GPU need not come out bit-identical on every rank.
+        self.coreset = broadcast_from_main(self.coreset)
 
     def epoch_order(self, train_idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.in_warmup:
