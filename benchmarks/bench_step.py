@@ -24,9 +24,9 @@ import torch.nn.functional as F
 
 from bdsel.config import load_config
 from bdsel.data import derive_run_data, from_tensors, make_image_source
+from bdsel.engine import autocast_for, build_optimizer, candidate_forward, resolve_device
 from bdsel.models import create_model
 from bdsel.selection import Candidates, ForwardOutputs, SelectorContext, create_selector
-from bdsel.train import autocast_for, build_optimizer, candidate_forward, resolve_device
 
 PHASES = ("candidate_forward", "select", "train_step", "observe")
 

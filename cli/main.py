@@ -87,7 +87,7 @@ def train(
                 f"{noise}  {record['wall_s']:.0f}s"
             )
 
-        from bdsel.train import step_progress
+        from bdsel.engine import step_progress
 
         with step_progress(console) as progress:
             summary = train_run(cfg, run_dir, mode=mode, on_epoch=show, progress=progress)

@@ -10,7 +10,8 @@ from bdsel_cli.main import app
 from typer.testing import CliRunner
 
 from bdsel.config import load_config
-from bdsel.train import batchnorm_batch_stats, lr_factor, train
+from bdsel.engine import batchnorm_batch_stats, lr_factor
+from bdsel.train import train
 
 runner = CliRunner()
 

@@ -79,7 +79,7 @@ def train_proxy(
     Returns the proxy and whether each train point [n_train] was classified correctly when it
     was presented in each epoch, bool [epochs, n_train] (forgetting events are counted on it).
     """
-    from bdsel.train import build_optimizer, fit_supervised  # train imports us
+    from bdsel.engine import build_optimizer, fit_supervised  # engine imports us
 
     svp, ds = config.select.svp, data.dataset
     with torch.random.fork_rng(devices=[]):  # a fixed proxy init that leaves the run's RNG alone
@@ -125,11 +125,11 @@ def build_coreset(
     if svp.criterion == "forgetting":
         scores = forgetting_events(history).float()
     else:
-        from bdsel.train import predict_logprobs
+        from bdsel.engine import predict_logprobs
 
         probs = predict_logprobs(proxy, source, "train", train_idx, svp.batch_size).exp()
         scores = uncertainty(probs, svp.criterion)
-    from bdsel.train import stream_generator
+    from bdsel.engine import stream_generator
 
     k = max(1, round(svp.fraction * train_idx.shape[0]))
     g = stream_generator(config.seed, 0, SVP_TIES, device)

@@ -16,7 +16,7 @@ from rich.console import Console
 from bdsel.config import Config
 from bdsel.data import RunData, derive_run_data, load_dataset, make_image_source
 from bdsel.distributed import World, barrier, broadcast_from_main, init_world
-from bdsel.train import resolve_device, step_progress
+from bdsel.engine import resolve_device, step_progress
 from bdsel.zeroshot.cache import (
     CacheError,
     CacheSummary,

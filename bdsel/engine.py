@@ -1,0 +1,237 @@
+"""The pieces every bdsel training loop uses: devices and precision, random streams,
+optimizers and schedules, the candidate forward, evaluation, and a plain supervised fit.
+
+``bdsel.train`` runs the selection loop with them; the hold-out (IL) predictor and SVP's
+proxy train with :func:`fit_supervised`. Nothing here syncs the host inside a step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bdsel.config import TrainConfig
+from bdsel.data.batching import ImageSource
+from bdsel.selection import ForwardOutputs
+
+
+def step_progress(console: Any = None) -> Any:
+    """A rich progress bar for training loops: description, bar, steps, elapsed, remaining."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name!r} but CUDA is not available on this machine")
+    return device
+
+
+def autocast_for(device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """bf16 autocast on CUDA; full precision elsewhere."""
+    if device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def stream_generator(
+    seed: int, epoch: int, stream: int, device: torch.device, rank: int = 0
+) -> torch.Generator:
+    """An independent random stream per (seed, epoch, purpose, rank)."""
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + epoch) * 16 + stream + rank * 7_919_000_003)
+    return g
+
+
+PERMUTATION, AUGMENTATION, SELECTION = 0, 1, 2
+
+
+def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
+    """Multiplier of the base learning rate after ``step`` optimizer steps."""
+    if cfg.schedule == "cosine":
+        total = cfg.epochs * steps_per_epoch
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    if cfg.schedule == "step":
+        passed = sum(step >= m * steps_per_epoch for m in cfg.step_milestones)
+        return cfg.step_gamma**passed
+    return 1.0
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+
+
+@contextlib.contextmanager
+def batchnorm_batch_stats(model: nn.Module) -> Iterator[None]:
+    """Batch-norm on the current batch's statistics without touching the running ones.
+
+    With ``track_running_stats`` off in train mode, BatchNorm normalises with batch statistics
+    and neither reads nor updates its running buffers.
+    """
+    bns = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    for m in bns:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in bns:
+            m.track_running_stats = True
+
+
+def candidate_forward(
+    model: nn.Module, inputs: torch.Tensor, autocast: Callable, bn_mode: str = "batch"
+) -> ForwardOutputs:
+    """No-grad forward over the candidates: float32 logits [n_B, C] and features [n_B, D]."""
+    was_training = model.training
+    ctx = batchnorm_batch_stats(model) if bn_mode == "batch" else contextlib.nullcontext()
+    if bn_mode == "eval":
+        model.eval()
+    with torch.no_grad(), ctx, autocast():
+        logits, features = model(inputs)
+    model.train(was_training)
+    return ForwardOutputs(logits=logits.float(), features=features.float())
+
+
+class SectionTimer:
+    """Accumulated time of a code section; CUDA events on the GPU, so timing never syncs."""
+
+    def __init__(self, device: torch.device, total: float = 0.0) -> None:
+        self.cuda = device.type == "cuda"
+        self.total = total
+        self._pending: list[tuple[Any, Any]] = []
+        self._start: Any = None
+
+    def start(self) -> None:
+        if self.cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._start = time.perf_counter()
+
+    def stop(self) -> None:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._pending.append((self._start, end))
+        else:
+            self.total += time.perf_counter() - self._start
+
+    def seconds(self) -> float:
+        """Total so far (syncs once on CUDA)."""
+        if self._pending:
+            torch.cuda.synchronize()
+            self.total += sum(s.elapsed_time(e) for s, e in self._pending) / 1000.0
+            self._pending.clear()
+        return self.total
+
+
+def evaluate(
+    model: nn.Module, source: ImageSource, labels: torch.Tensor, batch_size: int
+) -> tuple[float, float]:
+    """Test accuracy and mean cross-entropy (clean labels), one host sync at the end."""
+    n = labels.shape[0]
+    rows = torch.arange(n, device=source.device)
+    logprobs = predict_logprobs(model, source, "test", rows, batch_size)
+    labels = labels.to(source.device)
+    correct = (logprobs.argmax(1) == labels).sum()
+    loss = -logprobs[rows, labels].sum()
+    return float(correct) / n, float(loss) / n
+
+
+def fit_supervised(
+    model: nn.Module,
+    source: ImageSource,
+    indices: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    optimizer: torch.optim.Optimizer,
+    seed: int,
+    on_batch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    progress: Any = None,
+    description: str = "fit",
+) -> nn.Module:
+    """Plain minibatch training on ``indices`` (global, train split) with ``labels`` [N].
+
+    For the models bdsel trains besides the selected one: the hold-out (IL) predictor and
+    SVP's proxy. ``on_batch(epoch, idx, logits)`` sees every training batch's global indices
+    and detached logits (SVP counts forgetting events with it). ``progress``: a rich Progress.
+    """
+    device = source.device
+    steps_per_epoch = -(-len(indices) // batch_size)
+    task = (
+        None if progress is None else progress.add_task(description, total=epochs * steps_per_epoch)
+    )
+    labels = labels.to(device)
+    indices = indices.to(device)
+    autocast = autocast_for(device)
+    model.train()
+    for epoch in range(epochs):
+        g_perm = stream_generator(seed, epoch, PERMUTATION, device)
+        g_aug = stream_generator(seed, epoch, AUGMENTATION, device)
+        order = indices[torch.randperm(len(indices), device=device, generator=g_perm)]
+        for idx, x in source.iter_batches("train", order, batch_size, generator=g_aug):
+            with autocast():
+                logits, _ = model(x)
+            loss = F.cross_entropy(logits.float(), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if on_batch is not None:
+                on_batch(epoch, idx, logits.detach())
+        if task is not None:
+            progress.update(task, completed=(epoch + 1) * steps_per_epoch)
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def predict_logprobs(
+    model: nn.Module, source: ImageSource, split: str, rows: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """Eval-mode log-softmax of ``model`` on ``rows`` of ``split``: float32 [len(rows), C]."""
+    was_training = model.training
+    model.eval()
+    autocast = autocast_for(source.device)
+    out = []
+    for _, x in source.iter_batches(split, rows.to(source.device), batch_size):
+        with autocast():
+            logits, _ = model(x)
+        out.append(torch.log_softmax(logits.float(), dim=1))
+    model.train(was_training)
+    return torch.cat(out)
