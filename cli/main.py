@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -177,7 +178,9 @@ def report(
         raise fail(str(exc)) from None
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
-    Console().print(render_table(result))
+    # A table read in a log or a pipe keeps its columns rather than the 80 of a non-terminal.
+    out = Console() if sys.stdout.isatty() else Console(width=200)
+    out.print(render_table(result))
     for name, path in result.files.items():
         console.print(f"wrote {name}: {path}")
 
