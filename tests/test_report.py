@@ -259,3 +259,18 @@ def test_render_table_has_one_row_per_group(tmp_path):
     table = render_table(make_report([runs]))
     assert table.row_count == 2
     assert [c.header for c in table.columns][:4] == ["method", "dataset", "noise", "seeds"]
+
+
+def test_baseline_scores_get_their_own_figure(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs / "bayes", [0.5, 0.7], method="bayesian", bayesian_scalars=True)
+    rho = write_run(runs / "rho", [0.5, 0.6], method="rho_loss")
+    lines = [json.loads(x) for x in (rho / "metrics.jsonl").read_text().splitlines()]
+    for i, record in enumerate(lines):
+        record |= {"select/rho_selected": 1.0 / (i + 1), "select/rho_candidates": 0.1}
+    (rho / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    report = make_report([runs])
+    assert {"bayesian_terms.png", "selection_scores.png"} <= set(report.files)
+    assert report.files["selection_scores.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    only_bayes = make_report([runs / "bayes"], out_dir=tmp_path / "b")
+    assert "selection_scores.png" not in only_bayes.files

@@ -18,6 +18,7 @@ FIGURE_CAPTIONS = {
     "noise_in_selection.png": "Proportion of noisy labels among the selected points per "
     "epoch (solid) against the base rate of the training set (dashed).",
     "bayesian_terms.png": "Terms of the Bayesian selection objective and α, batch means per epoch.",
+    "selection_scores.png": "The baselines' selection scores: selected points vs all candidates.",
 }
 
 STYLE = """

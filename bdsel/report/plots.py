@@ -25,7 +25,7 @@ SELECT_TITLES = {
     "select/alpha": "α (weight of the model's log-likelihood)",
     "select/term_loglik": "log-likelihood term: mean_s log p(y | f_s)",
     "select/term_zs": "zero-shot term: log p_zs(y | x)",
-    "select/term_lme": "−log mean_s p(y | f_s)",
+    "select/term_lme": "log mean_s p(y | f_s) (subtracted in the score)",
     "select/pred_std": "predictive std of the sampled logits",
     "select/zs_agree": "zero-shot prediction agrees with the label",
 }
@@ -152,34 +152,30 @@ def noise_figure(rows: list[TableRow]) -> bytes:
     return _png(fig)
 
 
-def _select_key_order(keys: set[str]) -> list[str]:
-    known = [k for k in SELECT_TITLES if k in keys]
-    return known + sorted(keys - set(known))
-
-
-def bayesian_terms_figure(rows: list[TableRow]) -> bytes:
-    """One panel per ``select/`` scalar (the objective's terms, α, ...) against epoch."""
-    rows_with = [r for r in rows if any(run.select_keys for run in r.runs)]
-    keys = _select_key_order({k for r in rows_with for run in r.runs for k in run.select_keys})
+def select_scalars_figure(rows: list[TableRow], keys: list[str], title: str) -> bytes:
+    """One panel per ``select/`` scalar in ``keys`` against epoch, every run that logs it."""
+    rows_with = [r for r in rows if any(set(keys) & set(run.select_keys) for run in r.runs)]
     ncols = min(3, len(keys))
     nrows = math.ceil(len(keys) / ncols)
     fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows + 0.8), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     colors = dict(zip(map(id, rows), _colors(len(rows)), strict=True))
+    legend: dict[str, object] = {}
     for ax, key in zip(axes, keys, strict=False):
         for row in rows_with:
             xs, mean, std = group_series(row, key)
             if xs.size:
                 _band(ax, xs, mean, std, color=colors[id(row)], label=row.label)
-        ax.set_title(SELECT_TITLES.get(key, key), fontsize="medium")
+        ax.set_title(SELECT_TITLES.get(key, key.removeprefix("select/")), fontsize="medium")
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
     for ax in axes[len(keys) :]:
         ax.set_visible(False)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels) or 1))
+    fig.legend(list(legend.values()), list(legend), loc="outside lower center",
+               ncols=min(4, len(legend) or 1))  # fmt: skip
     shared = common_title(rows_with)
-    title = "Bayesian selection: objective terms and α per epoch"
     fig.suptitle(f"{title} ({shared})" if shared else title)
     return _png(fig)
 
@@ -196,6 +192,13 @@ def make_figures(rows: list[TableRow], targets: list[float]) -> tuple[dict[str, 
         figures["noise_in_selection.png"] = noise_figure(rows)
     else:
         warnings.append("no run has label noise: noise_in_selection.png skipped")
-    if any(run.select_keys for r in rows for run in r.runs):
-        figures["bayesian_terms.png"] = bayesian_terms_figure(rows)
+    logged = {k for r in rows for run in r.runs for k in run.select_keys}
+    bayesian = [k for k in SELECT_TITLES if k in logged]
+    if bayesian:
+        title = "Bayesian selection: objective terms and α per epoch"
+        figures["bayesian_terms.png"] = select_scalars_figure(rows, bayesian, title)
+    others = sorted(logged - set(SELECT_TITLES))
+    if others:  # the baselines' scores, e.g. the loss of the selected vs of all candidates
+        title = "Selection scores per epoch (batch means)"
+        figures["selection_scores.png"] = select_scalars_figure(rows, others, title)
     return figures, warnings
