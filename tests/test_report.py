@@ -274,3 +274,23 @@ def test_baseline_scores_get_their_own_figure(tmp_path):
     assert report.files["selection_scores.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     only_bayes = make_report([runs / "bayes"], out_dir=tmp_path / "b")
     assert "selection_scores.png" not in only_bayes.files
+
+
+def test_report_command_prints_table_and_writes_files(tmp_path):
+    from bdsel_cli.main import app
+    from typer.testing import CliRunner
+
+    runs = tmp_path / "runs"
+    write_run(runs / "u", [0.5, 0.81], method="uniform", noise_rate=0.2)
+    write_run(runs / "b", [0.7, 0.9], method="bayesian", noise_rate=0.2, bayesian_scalars=True)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, ["report", str(runs), "--targets", "0.8,0.85", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "bayesian" in result.output and "uniform" in result.output
+    assert {p.name for p in out.iterdir()} >= {"table.csv", "report.html", "noise_in_selection.png"}
+    bad = CliRunner().invoke(app, ["report", str(tmp_path / "nothing-here")])
+    assert bad.exit_code == 2
+    bad = CliRunner().invoke(app, ["report", str(runs), "--targets", "high"])
+    assert bad.exit_code == 2 and "expected numbers" in bad.output
