@@ -98,12 +98,11 @@ def build_run(config: Config, dataset: Dataset | None = None, world: World | Non
             f"select.n_candidates ({n_b}) is larger than the train subset "
             f"({n_train} points{' per rank' if world.distributed else ''})"
         )
-    channels_last = device.type == "cuda"
-    source = make_image_source(
+    source = make_image_source(  # NHWC batches, as the models' channels-last weights
         dataset,
         device,
         augment=config.data.augment,
-        channels_last=channels_last,
+        channels_last=True,
         num_workers=config.data.num_workers,
     )
     model = create_model(
@@ -112,8 +111,6 @@ def build_run(config: Config, dataset: Dataset | None = None, world: World | Non
         in_channels=dataset.in_channels,
         weights=config.model.weights,
     ).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
     cls = selector_class(config.select.method)
     context = SelectorContext(
         config=config,
@@ -188,13 +185,17 @@ def train_step(
     timer: SectionTimer,
     score_forward: Callable,
     train_forward: Callable,
+    score_autocast: Callable | None = None,
 ) -> int:
     """Select from one candidate batch, take one optimizer step; returns the points trained on."""
     timer.start()
     outputs = None
     if run.selector.needs_forward:
         outputs = candidate_forward(
-            score_forward, candidates.inputs, autocast, run.config.select.candidate_bn
+            score_forward,
+            candidates.inputs,
+            score_autocast or autocast,
+            run.config.select.candidate_bn,
         )
     selection = run.selector.select(candidates, outputs, generator)
     timer.stop()
@@ -274,6 +275,7 @@ def train(
         on_epoch, progress = None, None
     device, model = run.device, run.model
     autocast = autocast_for(device)
+    score_autocast = autocast_for(device, config.select.candidate_precision)
     trainer: nn.Module = model
     if world.distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -287,6 +289,7 @@ def train(
     has_noise = bool(run.data.noisy[run.data.train_idx].any())
     base_noisy = run.data.base_noisy_frac if has_noise else None
     n_b = config.select.n_candidates
+    prefix = _metric_prefix(config)
 
     start_epoch, step, samples_seen, wall_s = 0, 0, 0, 0.0
     best_acc = 0.0
@@ -338,7 +341,15 @@ def train(
         for i, (idx, inputs) in enumerate(batches):
             candidates = Candidates(idx, inputs, run.observed[idx])
             n = train_step(
-                run, candidates, g_sel, autocast, stats, timer, score_forward, train_forward
+                run,
+                candidates,
+                g_sel,
+                autocast,
+                stats,
+                timer,
+                score_forward,
+                train_forward,
+                score_autocast,
             )
             samples_seen += n * world.size
             step += 1
@@ -354,17 +365,15 @@ def train(
         if done % config.eval.every == 0 or done == epochs:
             totals = _reduce_stats(stats, world)
             if world.is_main:
-                test_acc, test_loss = evaluate(
-                    model, run.source, run.data.dataset.test.labels, config.eval.batch_size
-                )
-                best_acc = max(best_acc, test_acc)
+                acc, eval_loss = _evaluate_split(model, run, config)
+                best_acc = max(best_acc, acc)
                 n_pts = max(totals.n_points, 1)
                 record = {
                     "epoch": done,
                     "step": step,
                     "samples_seen": samples_seen,
-                    "test_acc": test_acc,
-                    "test_loss": test_loss,
+                    f"{prefix}_acc": acc,
+                    f"{prefix}_loss": eval_loss,
                     "train_loss": float(totals.loss_sum) / n_pts,
                     "selected_noisy_frac": float(totals.noisy_sum) / n_pts if has_noise else None,
                     "base_noisy_frac": base_noisy,
@@ -404,13 +413,30 @@ def train(
     return summary
 
 
-def epochs_to_target(metrics: list[dict[str, Any]], target: float) -> int | None:
-    """First evaluated epoch whose test accuracy reaches ``target``."""
-    return next((r["epoch"] for r in metrics if r["test_acc"] >= target), None)
+def _metric_prefix(config: Config) -> str:
+    return "test" if config.eval.split == "test" else "val"
+
+
+def _evaluate_split(model: nn.Module, run: Run, config: Config) -> tuple[float, float]:
+    """Accuracy and loss on the test set, or on the clean-labelled validation subset."""
+    if config.eval.split == "test":
+        labels = run.data.dataset.test.labels
+        return evaluate(model, run.source, labels, config.eval.batch_size)
+    rows = run.data.validation_idx.to(run.device)
+    labels = run.data.clean[run.data.validation_idx]
+    return evaluate(model, run.source, labels, config.eval.batch_size, split="train", rows=rows)
+
+
+def epochs_to_target(
+    metrics: list[dict[str, Any]], target: float, key: str = "test_acc"
+) -> int | None:
+    """First evaluated epoch whose accuracy (``key``) reaches ``target``."""
+    return next((r["epoch"] for r in metrics if r[key] >= target), None)
 
 
 def summarize(config: Config, metrics: list[dict[str, Any]]) -> dict[str, Any]:
     last = metrics[-1] if metrics else {}
+    p = _metric_prefix(config)
     return {
         "status": "complete",
         "method": config.select.method,
@@ -419,9 +445,11 @@ def summarize(config: Config, metrics: list[dict[str, Any]]) -> dict[str, Any]:
         "epochs_run": last.get("epoch", 0),
         "steps": last.get("step", 0),
         "samples_seen": last.get("samples_seen", 0),
-        "final_test_acc": last.get("test_acc"),
-        "best_test_acc": max((r["test_acc"] for r in metrics), default=None),
+        f"final_{p}_acc": last.get(f"{p}_acc"),
+        f"best_{p}_acc": max((r[f"{p}_acc"] for r in metrics), default=None),
         "wall_s": last.get("wall_s"),
         "selection_s": last.get("selection_s"),
-        "epochs_to_target": {f"{t:g}": epochs_to_target(metrics, t) for t in config.report.targets},
+        "epochs_to_target": {
+            f"{t:g}": epochs_to_target(metrics, t, f"{p}_acc") for t in config.report.targets
+        },
     }

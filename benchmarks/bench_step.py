@@ -58,8 +58,9 @@ def bench(args: argparse.Namespace) -> dict:
     ds = from_tensors(
         "bench", x, y, x[:10], y[:10], [str(i) for i in range(c)], crop_padding=4, flip=True
     )
-    source = make_image_source(ds, device, channels_last=device.type == "cuda")
+    source = make_image_source(ds, device, channels_last=True)
     autocast = autocast_for(device)
+    score_autocast = autocast_for(device, args.candidate_precision)
     zs = torch.log_softmax(torch.randn(n, c, device=device) * 3, dim=1)
     results = {}
     # The first model built pays one-off costs (kernel selection, allocator growth); a
@@ -81,8 +82,8 @@ def bench(args: argparse.Namespace) -> dict:
         )
         data = derive_run_data(ds, cfg.data, 0)
         model = create_model(args.model, n_classes=c, in_channels=args.channels).to(device)
-        if device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
+        if args.nchw:
+            model = model.to(memory_format=torch.contiguous_format)
         forward = torch.compile(model) if args.compile else model
         opt = build_optimizer(model, cfg.train)
         ctx = SelectorContext(
@@ -105,7 +106,7 @@ def bench(args: argparse.Namespace) -> dict:
             outputs = None
             if selector.needs_forward:
                 with phase("candidate_forward"):
-                    outputs = candidate_forward(forward, inputs, autocast)
+                    outputs = candidate_forward(forward, inputs, score_autocast)
             with phase("select"):
                 sel = selector.select(cand, outputs, g)
             with phase("train_step"):
@@ -149,6 +150,13 @@ def main() -> None:
         action="store_true",
         help="bayesian: independent noise per candidate (S·B·C² work) instead of shared",
     )
+    p.add_argument(
+        "--candidate-precision",
+        default="bf16",
+        choices=["bf16", "fp32", "auto"],
+        help="autocast of the candidate forward (select.candidate_precision)",
+    )
+    p.add_argument("--nchw", action="store_true", help="weights in NCHW (the pre-NHWC layout)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
     from bdsel.selection import list_selectors
@@ -159,7 +167,9 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
     print(
         f"# {args.model}, C={args.classes}, n_B={args.n_candidates}, n_b={args.n_selected}, "
-        f"S={args.n_samples}{' (independent noise)' if args.independent_noise else ''}; {device.type} ({name}), {torch.get_num_threads()} threads, "
+        f"S={args.n_samples}{' (independent noise)' if args.independent_noise else ''}; "
+        f"candidate forward {args.candidate_precision}, {'NCHW' if args.nchw else 'NHWC'} "
+        f"weights; {device.type} ({name}), {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}; mean over {args.steps} steps after {args.warmup} warm-up"
     )
     base = results.get("uniform", {}).get("step")

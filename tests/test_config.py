@@ -45,7 +45,10 @@ def test_int_accepted_for_float_but_not_str_for_int():
     [
         ("train.epoch=3", r"unknown key train\.epoch; valid keys here: .*train\.epochs"),
         ("select.n_selected=400", r"n_selected \(400\) > select\.n_candidates \(320\)"),
-        ("data.train_fraction=0.9", r"train_fraction \+ data\.holdout_fraction = 1\.1 > 1"),
+        (
+            "data.train_fraction=0.9",
+            r"train_fraction \+ data\.holdout_fraction \+ data\.validation_fraction = 1\.1 > 1",
+        ),
         ("select.method=magic", r"unknown method 'magic'; valid: .*uniform"),
         ("model.name=resnet99", r"unknown model 'resnet99'; valid: .*small_cnn"),
         ("data.name=mnist", r"data\.name: expected one of 'fashion_mnist'"),

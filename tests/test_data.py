@@ -156,6 +156,27 @@ def test_splits_and_noise(kind: str):
     assert a.base_noisy_frac == pytest.approx(frac)
 
 
+def test_validation_split_is_disjoint_clean_and_leaves_the_others_alone():
+    ds = _toy()
+    base = DataConfig(
+        train_fraction=0.5, holdout_fraction=0.2, noise=NoiseConfig(kind="symmetric", rate=0.4)
+    )
+    with_val = DataConfig(
+        train_fraction=0.5,
+        holdout_fraction=0.2,
+        validation_fraction=0.1,
+        noise=NoiseConfig(kind="symmetric", rate=0.4),
+    )
+    a, v = derive_run_data(ds, base, seed=5), derive_run_data(ds, with_val, seed=5)
+    assert len(a.validation_idx) == 0 and len(v.validation_idx) == 200
+    # tuning on a validation split must not change what the final runs train on
+    assert torch.equal(a.train_idx, v.train_idx) and torch.equal(a.holdout_idx, v.holdout_idx)
+    assert torch.equal(a.observed, v.observed)
+    val = set(v.validation_idx.tolist())
+    assert not val & set(v.train_idx.tolist()) and not val & set(v.holdout_idx.tolist())
+    assert not v.noisy[v.validation_idx].any()
+
+
 def test_long_tail_imbalance_ratio():
     ds = _toy(5000)
     cfg = DataConfig(train_fraction=1.0, imbalance=ImbalanceConfig(ratio=10.0))

@@ -1,8 +1,11 @@
+import copy
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from bdsel.engine import autocast_for, candidate_forward
 from bdsel.models import create_model, list_models
 
 SIZES = {"vit_b16": 32, "resnet18": 32, "resnet18_cifar": 32, "small_cnn": 28}
@@ -55,3 +58,31 @@ def test_backbone_weights_load_from_local_file(tmp_path: Path):
 def test_unknown_model_lists_valid():
     with pytest.raises(ValueError, match="valid: .*resnet18_cifar"):
         create_model("resnet50", n_classes=3)
+
+
+def test_channels_last_layout_gives_the_nchw_outputs():
+    torch.manual_seed(0)
+    model = create_model("small_cnn", n_classes=10, in_channels=3).double().eval()
+    assert model.body[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    nchw = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    assert torch.allclose(model(x)[0], nchw(x)[0], atol=1e-10)
+
+
+def test_bf16_candidate_forward_keeps_the_top_of_the_ranking():
+    """select.candidate_precision=bf16: the selected top-32 of 320 by loss barely moves."""
+    torch.manual_seed(0)
+    model = create_model("small_cnn", n_classes=10, in_channels=1)
+    bf16 = autocast_for(torch.device("cpu"), "bf16")
+    overlaps = []
+    for _ in range(5):
+        x, y = torch.randn(320, 1, 28, 28), torch.randint(0, 10, (320,))
+        full = candidate_forward(model, x, autocast_for(torch.device("cpu"), "fp32"))
+        low = candidate_forward(model, x, bf16)
+        assert low.logits.dtype == torch.float32 and not torch.equal(low.logits, full.logits)
+        top = [
+            set(F.cross_entropy(o.logits, y, reduction="none").topk(32).indices.tolist())
+            for o in (full, low)
+        ]
+        overlaps.append(len(top[0] & top[1]) / 32)
+    assert sum(overlaps) / len(overlaps) >= 0.95

@@ -9,7 +9,7 @@ import yaml
 from bdsel_cli.main import app
 from typer.testing import CliRunner
 
-from bdsel.config import load_config
+from bdsel.config import ConfigError, load_config
 from bdsel.engine import batchnorm_batch_stats, lr_factor
 from bdsel.train import train
 
@@ -61,6 +61,19 @@ def test_uniform_training_learns(tmp_path: Path, tiny_config_values: dict):
     values["select"] = {"method": "uniform", "n_candidates": 64, "n_selected": 32}
     summary = train(load_config(values=values), tmp_path / "run")
     assert summary["final_test_acc"] > 0.6  # 10 classes: chance is 0.1
+
+
+def test_validation_split_evaluation(tmp_path: Path, tiny_config_values: dict):
+    values = dict(tiny_config_values)
+    values["data"] = dict(values["data"], validation_fraction=0.1)
+    values["eval"] = dict(values["eval"], split="validation")
+    summary = train(load_config(values=values), tmp_path / "run")
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "test_acc" not in records[-1] and 0.0 <= records[-1]["val_acc"] <= 1.0
+    assert summary["final_val_acc"] == records[-1]["val_acc"]
+    assert set(summary["epochs_to_target"]) == {"0.3", "0.99"}
+    with pytest.raises(ConfigError, match="validation_fraction"):
+        load_config(values=dict(tiny_config_values, eval={"split": "validation"}))
 
 
 class _Stop(KeyboardInterrupt):

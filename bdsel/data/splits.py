@@ -1,8 +1,10 @@
 """A run's view of a base dataset, derived deterministically from the config and seed.
 
 Order of derivation: long-tail imbalance (subsampling classes of the base training set), then
-a random permutation cut into the train subset and a disjoint hold-out subset, then label
-noise on the train subset only (the hold-out keeps clean labels: it trains the IL model).
+a random permutation cut into the train subset, a disjoint hold-out subset and (optionally) a
+disjoint validation subset, then label noise on the train subset only (the hold-out keeps
+clean labels: it trains the IL model; the validation subset keeps them: it measures accuracy
+for tuning). Adding a validation subset leaves the train and hold-out subsets unchanged.
 Everything is keyed by the base set's global indices.
 """
 
@@ -24,6 +26,7 @@ class RunData:
     dataset: Dataset
     train_idx: torch.Tensor  # int64 [n_train] global indices, ascending
     holdout_idx: torch.Tensor  # int64 [n_holdout] global indices, ascending, disjoint
+    validation_idx: torch.Tensor  # int64 [n_validation] global indices, ascending, disjoint
     observed: torch.Tensor  # int64 [N] labels as the learner sees them
     clean: torch.Tensor  # int64 [N] true labels
     noisy: torch.Tensor  # bool [N] observed != clean
@@ -80,10 +83,12 @@ def derive_run_data(dataset: Dataset, cfg: DataConfig, seed: int) -> RunData:
     pool = rng.permutation(pool)
     n_train = int(round(cfg.train_fraction * len(pool)))
     n_holdout = int(round(cfg.holdout_fraction * len(pool)))
+    n_validation = int(round(cfg.validation_fraction * len(pool)))
     if n_train < 1:
         raise ValueError(f"data.train_fraction={cfg.train_fraction} leaves no training points")
     train_idx = np.sort(pool[:n_train])
     holdout_idx = np.sort(pool[n_train : n_train + n_holdout])
+    validation_idx = np.sort(pool[n_train + n_holdout : n_train + n_holdout + n_validation])
 
     observed = clean.copy()
     observed[train_idx] = inject_noise(
@@ -93,6 +98,7 @@ def derive_run_data(dataset: Dataset, cfg: DataConfig, seed: int) -> RunData:
         dataset=dataset,
         train_idx=torch.from_numpy(train_idx),
         holdout_idx=torch.from_numpy(holdout_idx),
+        validation_idx=torch.from_numpy(validation_idx),
         observed=torch.from_numpy(observed),
         clean=torch.from_numpy(clean),
         noisy=torch.from_numpy(observed != clean),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from bdsel.models.base import Classifier
@@ -32,10 +33,16 @@ def list_models() -> list[str]:
 def create_model(
     name: str, *, n_classes: int, in_channels: int = 3, weights: str | None = None
 ) -> Classifier:
-    """A fresh model by registry name; ``weights`` is a local backbone state-dict file."""
+    """A fresh model by registry name; ``weights`` is a local backbone state-dict file.
+
+    Convolution weights are laid out channels-last: oneDNN (CPU) and cuDNN then run the
+    convolutions, pooling and batch-norm in NHWC, about twice as fast as NCHW for the small
+    CNN on CPU (benchmarks/bench_step.py). Inputs may stay NCHW; outputs are the same.
+    """
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(list_models())}")
-    return _REGISTRY[name](n_classes=n_classes, in_channels=in_channels, weights=weights)
+    model = _REGISTRY[name](n_classes=n_classes, in_channels=in_channels, weights=weights)
+    return model.to(memory_format=torch.channels_last)
 
 
 from bdsel.models import cnn, resnet, vit  # noqa: E402,F401  (registers the built-in models)

@@ -86,8 +86,6 @@ def train_proxy(
         torch.random.default_generator.manual_seed(config.seed)
         proxy = create_model(svp.model, n_classes=ds.n_classes, in_channels=ds.in_channels)
     proxy = proxy.to(device)
-    if device.type == "cuda":
-        proxy = proxy.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(
         proxy, dataclasses.replace(config.train, optimizer="adamw", lr=svp.lr)
     )
