@@ -97,6 +97,7 @@ def bench(args: argparse.Namespace) -> dict:
         selector = create_selector(method, ctx)
         g = torch.Generator(device=device).manual_seed(0)
         totals = dict.fromkeys(PHASES, 0.0)
+        agreement: list[float] = []
 
         for step in range(args.warmup + args.steps):
             phase = PhaseTimer(device, totals, record=step >= args.warmup)
@@ -107,6 +108,8 @@ def bench(args: argparse.Namespace) -> dict:
             if selector.needs_forward:
                 with phase("candidate_forward"):
                     outputs = candidate_forward(forward, inputs, score_autocast)
+                if args.candidate_precision != "fp32" and step >= args.warmup:
+                    agreement.append(_top_agreement(forward, inputs, cand.labels, outputs, args))
             with phase("select"):
                 sel = selector.select(cand, outputs, g)
             with phase("train_step"):
@@ -124,8 +127,21 @@ def bench(args: argparse.Namespace) -> dict:
                 selector.observe(selected, outs)
         ms = {k: 1000 * v / args.steps for k, v in totals.items()}
         ms["step"] = sum(ms.values())
+        if agreement:
+            ms["top_agreement"] = sum(agreement) / len(agreement)
         results[method] = ms  # the discarded first round is overwritten here
     return results
+
+
+def _top_agreement(forward, inputs, labels, outputs, args) -> float:
+    """Untimed: the share of the top-n_b candidates by loss that the fp32 forward also ranks
+    top-n_b (1.0: the lower precision changes nothing the loss-based methods select)."""
+    full = candidate_forward(forward, inputs, autocast_for(inputs.device, "fp32"))
+    tops = [
+        set(F.cross_entropy(o.logits, labels, reduction="none").topk(args.n_selected)[1].tolist())
+        for o in (full, outputs)
+    ]
+    return len(tops[0] & tops[1]) / args.n_selected
 
 
 def main() -> None:
@@ -184,6 +200,11 @@ def main() -> None:
         row = f"{method:<18}" + "".join(f"{ms[p]:>16.1f}ms" for p in (*PHASES, "step"))
         sps = 1000 / ms["step"]
         print(row + f"{ratio:>12}{sps:>10.2f}{sps * args.n_selected:>11.0f}")
+        if "top_agreement" in ms:
+            print(
+                f"{'':<18}top-{args.n_selected} by loss, {args.candidate_precision} vs fp32 "
+                f"candidate forward: {ms['top_agreement']:.1%} the same"
+            )
         if method == "bayesian":
             posterior = ms["select"] + ms["observe"]
             print(
