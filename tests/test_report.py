@@ -186,6 +186,14 @@ def test_corrupt_middle_line_is_an_error(tmp_path):
         make_report([run_dir])
 
 
+def test_a_validation_run_is_refused_by_name(tmp_path):
+    run_dir = write_run(tmp_path / "r", [0.5, 0.6])
+    text = (run_dir / "metrics.jsonl").read_text().replace('"test_acc"', '"val_acc"')
+    (run_dir / "metrics.jsonl").write_text(text)
+    with pytest.raises(ReportError, match="eval.split=validation"):
+        make_report([run_dir])
+
+
 def test_seeds_form_one_row(tmp_path):
     runs = tmp_path / "runs"
     write_run(runs / "s0", [0.5, 0.8, 0.9, 0.9], seed=0, targets=(0.8, 0.9))
@@ -207,6 +215,23 @@ def test_other_config_difference_splits_groups(tmp_path):
     report = make_report([runs / "a", runs / "b"])
     rows = cells_by_header(report)
     assert [r["config"] for r in rows] == ["select.n_selected=32", "select.n_selected=64"]
+
+
+def test_a_methods_own_settings_split_only_its_rows(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs / "u", [0.5, 0.8], method="uniform")
+    write_run(runs / "b1", [0.5, 0.8], method="bayesian", extra={"select.alpha": 0.1})
+    report = make_report([runs / "u", runs / "b1"])
+    assert [r.variant for r in report.rows] == [{}, {}]  # α is bayesian's alone: no column
+    write_run(runs / "b2", [0.6, 0.9], method="bayesian", extra={"select.alpha": 0.3})
+    write_run(runs / "u64", [0.5, 0.8], method="uniform", extra={"select.n_selected": 64})
+    report = make_report([runs])
+    variants = {(r.method, tuple(sorted(r.variant.items()))) for r in report.rows}
+    assert len(report.rows) == 4
+    assert ("bayesian", (("select.alpha", 0.1), ("select.n_selected", 32))) in variants
+    assert ("uniform", (("select.n_selected", 64),)) in variants  # no alpha on uniform rows
+    header, *lines = (report.out_dir / "table.csv").read_text().splitlines()
+    assert "select.alpha" in header.split(",") and "select.n_selected" in header.split(",")
 
 
 def test_nested_directories_expand(tmp_path):

@@ -236,6 +236,11 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
         else:
             if not isinstance(record, dict):
                 problem = "not a JSON object"
+            elif "test_acc" not in record and "val_acc" in record:
+                raise ReportError(
+                    f"{path}: this run measured accuracy on its validation split "
+                    "(eval.split=validation, a tuning run); the report compares test accuracy"
+                )
             elif not all(_is_number(record.get(k)) for k in ("epoch", "test_acc")):
                 problem = "a record without numeric 'epoch' and 'test_acc'"
         if problem is None:

@@ -24,6 +24,14 @@ from bdsel.report.runs import Run, flatten_config
 GROUP_IGNORED_KEYS = ("seed", "name")
 # The four keys every row names; other differing keys show in the "config" column.
 MAIN_KEYS = ("select.method", "data.name", "data.noise.kind", "data.noise.rate")
+# select.* keys of the selection loop itself, which every method shares.
+SHARED_SELECT_KEYS = (
+    "select.n_candidates",
+    "select.n_selected",
+    "select.candidate_bn",
+    "select.candidate_precision",
+    "select.warmup_epochs",
+)
 # Accuracies are often computed in float32 (0.7 -> 0.69999998); 1e-6 is far below
 # the resolution of any test set (1 / N_test), so this only absorbs rounding.
 REACH_TOLERANCE = 1e-6
@@ -166,22 +174,40 @@ def build_rows(runs: list[Run], targets: list[float]) -> list[TableRow]:
             flat.pop(key, None)
     all_keys = sorted({k for flat in flats for k in flat} - set(MAIN_KEYS))
     missing = "<unset>"
-    variant_keys = [k for k in all_keys if len({repr(f.get(k, missing)) for f in flats}) > 1]
+
+    def varies(keys: list[str], members: list[dict[str, Any]]) -> list[str]:
+        return [k for k in keys if len({repr(f.get(k, missing)) for f in members}) > 1]
+
+    # A method's own settings (bayesian's α means nothing to uniform) split rows only between
+    # runs of that method and setting; other keys (the batch sizes included) split any runs.
+    def own(key: str) -> bool:
+        return key.startswith("select.") and key not in SHARED_SELECT_KEYS
+
+    def setting(run: Run) -> tuple:
+        return (run.method, run.dataset, run.noise_kind, run.noise_rate)
+
+    by_setting: dict[tuple, list[dict[str, Any]]] = {}
+    for run, flat in zip(runs, flats, strict=True):
+        by_setting.setdefault(setting(run), []).append(flat)
+    shared_keys = varies([k for k in all_keys if not own(k)], flats)
+    own_keys = {
+        s: varies([k for k in all_keys if own(k)], members) for s, members in by_setting.items()
+    }
     groups: dict[tuple, list[Run]] = {}
     for run, flat in zip(runs, flats, strict=True):
-        key = (run.method, run.dataset, run.noise_kind, run.noise_rate) + tuple(
-            repr(flat.get(k, missing)) for k in variant_keys
-        )
+        keys = shared_keys + own_keys[setting(run)]
+        key = setting(run) + tuple((k, repr(flat.get(k, missing))) for k in keys)
         groups.setdefault(key, []).append(run)
     rows = []
     for members in groups.values():
         first = flatten_config(members[0].config)
+        keys = shared_keys + own_keys[setting(members[0])]
         row = TableRow(
             method=members[0].method,
             dataset=members[0].dataset,
             noise_kind=members[0].noise_kind,
             noise_rate=members[0].noise_rate,
-            variant={k: first.get(k, missing) for k in variant_keys},
+            variant={k: first.get(k, missing) for k in keys},
             runs=members,
         )
         final = _mean(row.final_accs)
@@ -246,7 +272,7 @@ def _csv_value(x: float) -> str:
 
 def to_csv(rows: list[TableRow], targets: list[float]) -> str:
     """Machine-readable numbers: fractions in [0, 1], seconds, empty cells for n/a."""
-    variant_keys = list(rows[0].variant) if rows else []
+    variant_keys = list(dict.fromkeys(k for r in rows for k in r.variant))
     headers = ["method", "dataset", "noise_kind", "noise_rate", *variant_keys, "n_seeds", "seeds"]
     for t in targets:
         headers += [f"epochs_to_{t:g}", f"reached_{t:g}"]
@@ -258,7 +284,7 @@ def to_csv(rows: list[TableRow], targets: list[float]) -> str:
     writer.writerow(headers)
     for r in rows:
         line = [r.method, r.dataset, r.noise_kind, repr(r.noise_rate)]
-        line += [str(r.variant[k]) for k in variant_keys]
+        line += [str(r.variant[k]) if k in r.variant else "" for k in variant_keys]
         line += [len(r.runs), " ".join(str(s) for s in r.seeds)]
         for cell in r.cells:
             line += [_csv_value(cell.mean_epoch), cell.n_reached]
