@@ -185,7 +185,7 @@ def train_step(
     timer: SectionTimer,
     score_forward: Callable,
     train_forward: Callable,
-    score_autocast: Callable | None = None,
+    score_autocast: Callable,
 ) -> int:
     """Select from one candidate batch, take one optimizer step; returns the points trained on."""
     timer.start()
@@ -194,7 +194,7 @@ def train_step(
         outputs = candidate_forward(
             score_forward,
             candidates.inputs,
-            score_autocast or autocast,
+            score_autocast,
             run.config.select.candidate_bn,
         )
     selection = run.selector.select(candidates, outputs, generator)

@@ -58,7 +58,7 @@ def bench(args: argparse.Namespace) -> dict:
     ds = from_tensors(
         "bench", x, y, x[:10], y[:10], [str(i) for i in range(c)], crop_padding=4, flip=True
     )
-    source = make_image_source(ds, device, channels_last=True)
+    source = make_image_source(ds, device, channels_last=not args.nchw)
     autocast = autocast_for(device)
     score_autocast = autocast_for(device, args.candidate_precision)
     zs = torch.log_softmax(torch.randn(n, c, device=device) * 3, dim=1)

@@ -99,11 +99,20 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
 
 
+def validation_summary(run_dir: Path) -> dict[str, float]:
+    """A tuning run's score (mean validation accuracy over the epochs) and final accuracy."""
+    metrics = read_metrics(run_dir)
+    return {
+        "val_acc_mean": float(np.mean([r["val_acc"] for r in metrics])),
+        "val_acc_final": metrics[-1]["val_acc"],
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 
 
 def phase_cache(args: argparse.Namespace) -> None:
-    config = load_config(CONFIG, [f"train.epochs={args.epochs}"])
+    config = load_config(CONFIG)
     path = default_cache_path(config)
     if path.is_file():
         log(f"cache {path} exists")
@@ -133,21 +142,16 @@ def phase_tune(args: argparse.Namespace, dataset: Any) -> dict[str, Any]:
             name = "-".join(f"{k.split('.')[-1]}{v:g}" for k, v in values.items())
             run_dir = args.runs / "tune" / name
             run_once(run_dir, {**common, **values}, dataset)
-            metrics = read_metrics(run_dir)
-            auc = float(np.mean([r["val_acc"] for r in metrics]))
-            scores[key] = auc
-            trials.append({**values, "val_acc_mean": auc, "val_acc_final": metrics[-1]["val_acc"]})
-            log(f"tune {name}: mean val acc {auc:.4f}")
+            summary = validation_summary(run_dir)
+            scores[key] = summary["val_acc_mean"]
+            trials.append({**values, **summary})
+            log(f"tune {name}: mean val acc {scores[key]:.4f}")
         return scores[key]
 
     # uniform on the same split, for scale: how far above it the search moves the score
     ref_dir = args.runs / "tune" / "uniform"
     run_once(ref_dir, {**common, "select.method": "uniform"}, dataset)
-    ref = read_metrics(ref_dir)
-    reference = {
-        "val_acc_mean": float(np.mean([r["val_acc"] for r in ref])),
-        "val_acc_final": ref[-1]["val_acc"],
-    }
+    reference = validation_summary(ref_dir)
     best = dict(START)
     for key, candidates in GRID.items():  # one coordinate at a time, the others at their best
         results = {v: score({**best, key: v}) for v in candidates}
@@ -245,6 +249,12 @@ def phase_run(args: argparse.Namespace, dataset: Any, chosen: dict[str, Any]) ->
                 run_once(run_dir_for(args, noise, method, seed), values, dataset)
 
 
+def finished_runs(args: argparse.Namespace, noise: float, method: str) -> list[Path]:
+    """The method's run directories at this noise rate that finished (have a summary)."""
+    dirs = sorted((args.runs / f"noise{round(100 * noise)}" / method).glob("seed*"))
+    return [d for d in dirs if (d / "summary.json").is_file()]
+
+
 def choose_targets(runs: list[Path]) -> list[float]:
     finals = [read_metrics(r)[-1]["test_acc"] for r in runs]
     high = math.floor(100 * float(np.mean(finals))) / 100
@@ -260,7 +270,7 @@ def phase_report(args: argparse.Namespace) -> None:
     sections = []
     for noise in sorted(args.noise):
         base = args.runs / f"noise{round(100 * noise)}"
-        uniform = sorted((base / "uniform").glob("seed*"))
+        uniform = finished_runs(args, noise, "uniform")
         if not uniform:
             log(f"no runs under {base}: skipped")
             continue
@@ -283,9 +293,7 @@ def per_run_csv(args: argparse.Namespace, noise: float, targets: list[float]) ->
     head += ["selected_noisy_frac_mean"]
     lines = [",".join(head)]
     for method in args.methods:
-        for d in sorted((args.runs / f"noise{round(100 * noise)}" / method).glob("seed*")):
-            if not (d / "summary.json").is_file():
-                continue
+        for d in finished_runs(args, noise, method):
             m = read_metrics(d)
             last = m[-1]
             noisy = [
@@ -306,8 +314,7 @@ def cost_table(args: argparse.Namespace, noise: float, targets: list[float]) -> 
     rows = []
     base_step = None
     for method in args.methods:
-        dirs = sorted((args.runs / f"noise{round(100 * noise)}" / method).glob("seed*"))
-        dirs = [d for d in dirs if (d / "summary.json").is_file()]
+        dirs = finished_runs(args, noise, method)
         if not dirs:
             continue
         per_step, share, to_target = [], [], {t: [] for t in targets}
