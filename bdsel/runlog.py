@@ -1,77 +1,43 @@
-"""The run directory: resolved config, metrics, checkpoint, summary.
-
-    config.yaml     the resolved config (after overrides)
-    metrics.jsonl   one JSON object per evaluation
-    checkpoint.pt   latest state: model, optimizer, selector, epoch, step, timers
-    summary.json    final numbers
-
-Every file but metrics.jsonl is written atomically (temporary file in the same directory,
-fsync, rename), so a crash or Ctrl-C leaves the previous version intact. metrics.jsonl is
-appended a whole line at a time and readers skip a partial last line.
+"""A run directory as ``train`` uses it: prepare it, append metrics, save and load the
+checkpoint (torch), write the summary. The format itself (file names, reading, atomic
+writes, metric keys) lives in the torch-free :mod:`bdsel.rundir`.
 """
 
 from __future__ import annotations
 
 import io
-import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import yaml
 
+from bdsel import rundir
 from bdsel.config import Config, dump_config
-
-CONFIG, METRICS, CHECKPOINT, SUMMARY = (
-    "config.yaml",
-    "metrics.jsonl",
-    "checkpoint.pt",
-    "summary.json",
+from bdsel.rundir import (
+    CHECKPOINT,
+    CONFIG,
+    METRICS,
+    RUN_FILES,
+    SUMMARY,
+    RunDirError,
+    atomic_write_bytes,
+    atomic_write_text,
+    read_jsonl,
 )
-RUN_FILES = (CONFIG, METRICS, CHECKPOINT, SUMMARY, "selection.h5")
 
-
-class RunDirError(RuntimeError):
-    """A run directory that cannot be used as asked."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], bool]:
-    """Complete records of a JSON-lines file, and whether a partial last line was skipped."""
-    if not path.is_file():
-        return [], False
-    records, partial = [], False
-    lines = path.read_bytes().split(b"\n")
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:  # the last line of a file being written
-                partial = True
-            else:
-                raise RunDirError(f"{path}: line {i + 1} is not JSON") from None
-    return records, partial
+__all__ = [
+    "CHECKPOINT",
+    "CONFIG",
+    "METRICS",
+    "RUN_FILES",
+    "SUMMARY",
+    "RunDir",
+    "RunDirError",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "read_jsonl",
+]
 
 
 class RunDir:
@@ -111,7 +77,7 @@ class RunDir:
         run._check_writable()
         for name in existing:  # --overwrite: only the files a run writes
             (run.path / name).unlink()
-        atomic_write_text(run.path / CONFIG, dump_config(config))
+        rundir.write_config_text(run.path, dump_config(config))
         return run
 
     def _check_writable(self) -> None:
@@ -122,26 +88,20 @@ class RunDir:
             raise RunDirError(f"run directory {self.path} is not writable: {exc.strerror}") from exc
 
     def saved_config(self) -> dict[str, Any]:
-        path = self.path / CONFIG
-        if not path.is_file():
-            raise RunDirError(f"{self.path} has no {CONFIG}")
-        return yaml.safe_load(path.read_text())
+        return rundir.read_config(self.path)
 
     # -- metrics
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.path / METRICS, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        rundir.append_metrics(self.path, record)
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.path / METRICS)[0]
+        return rundir.read_metrics(self.path)
 
     def truncate_metrics(self, last_epoch: int) -> None:
         """Keep the records up to ``last_epoch`` (a resumed run rewrites what came after)."""
         kept = [r for r in self.read_metrics() if r["epoch"] <= last_epoch]
-        atomic_write_text(self.path / METRICS, "".join(json.dumps(r) + "\n" for r in kept))
+        rundir.write_metrics(self.path, kept)
 
     # -- checkpoint and summary
 
@@ -158,7 +118,7 @@ class RunDir:
             raise RunDirError(f"{path}: cannot read checkpoint ({exc})") from exc
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        atomic_write_text(self.path / SUMMARY, json.dumps(summary, indent=2) + "\n")
+        rundir.write_summary(self.path, summary)
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:

@@ -41,7 +41,8 @@ from bdsel.engine import (
     stream_generator,
 )
 from bdsel.models import Classifier, create_model
-from bdsel.runlog import RunDir, RunDirError
+from bdsel.rundir import RunDirError, acc_key, epochs_to_target, metric_prefix
+from bdsel.runlog import RunDir
 from bdsel.selection import (
     Candidates,
     ForwardOutputs,
@@ -414,7 +415,7 @@ def train(
 
 
 def _metric_prefix(config: Config) -> str:
-    return "test" if config.eval.split == "test" else "val"
+    return metric_prefix(config.eval.split)
 
 
 def _evaluate_split(model: nn.Module, run: Run, config: Config) -> tuple[float, float]:
@@ -427,16 +428,10 @@ def _evaluate_split(model: nn.Module, run: Run, config: Config) -> tuple[float, 
     return evaluate(model, run.source, labels, config.eval.batch_size, split="train", rows=rows)
 
 
-def epochs_to_target(
-    metrics: list[dict[str, Any]], target: float, key: str = "test_acc"
-) -> int | None:
-    """First evaluated epoch whose accuracy (``key``) reaches ``target``."""
-    return next((r["epoch"] for r in metrics if r[key] >= target), None)
-
-
 def summarize(config: Config, metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """summary.json: the run's final numbers, keyed by the evaluation split (test_acc ...)."""
     last = metrics[-1] if metrics else {}
-    p = _metric_prefix(config)
+    key = acc_key(config.eval.split)
     return {
         "status": "complete",
         "method": config.select.method,
@@ -445,11 +440,11 @@ def summarize(config: Config, metrics: list[dict[str, Any]]) -> dict[str, Any]:
         "epochs_run": last.get("epoch", 0),
         "steps": last.get("step", 0),
         "samples_seen": last.get("samples_seen", 0),
-        f"final_{p}_acc": last.get(f"{p}_acc"),
-        f"best_{p}_acc": max((r[f"{p}_acc"] for r in metrics), default=None),
+        f"final_{key}": last.get(key),
+        f"best_{key}": max((r[key] for r in metrics), default=None),
         "wall_s": last.get("wall_s"),
         "selection_s": last.get("selection_s"),
         "epochs_to_target": {
-            f"{t:g}": epochs_to_target(metrics, t, f"{p}_acc") for t in config.report.targets
+            f"{t:g}": epochs_to_target(metrics, t, key) for t in config.report.targets
         },
     }

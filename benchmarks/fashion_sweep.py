@@ -40,7 +40,8 @@ import torch
 from bdsel.config import load_config
 from bdsel.data import load_dataset
 from bdsel.report import make_report
-from bdsel.train import epochs_to_target, train
+from bdsel.rundir import acc_key, epochs_to_target, has_summary, read_metrics, read_summary
+from bdsel.train import train
 from bdsel.zeroshot.run import cache_zeroshot, default_cache_path
 
 METHODS = (
@@ -54,7 +55,7 @@ METHODS = (
     "bayesian",
 )
 CONFIG = "fashion_mnist"
-# The paper's CIFAR-10 values (PAPER.md) are the search's starting point.
+# The paper's CIFAR-10 values (alpha, prior precision, n_effective) start the search.
 START = {
     "select.alpha": 0.2,
     "select.n_effective": 200.0,
@@ -79,9 +80,9 @@ def overrides(values: dict[str, Any]) -> list[str]:
 
 def run_once(run_dir: Path, values: dict[str, Any], dataset: Any) -> dict[str, Any]:
     """Train one run unless it already finished; return its summary."""
-    summary_path = run_dir / "summary.json"
-    if summary_path.is_file():
-        return json.loads(summary_path.read_text())
+    summary = read_summary(run_dir)
+    if summary is not None:
+        return summary
     config = load_config(CONFIG, overrides(values))
     t0 = time.perf_counter()
     mode = "overwrite" if run_dir.exists() else "new"
@@ -95,16 +96,12 @@ def _brief(summary: dict[str, Any]) -> str:
     return f"final acc {acc:.4f}"
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
-
-
 def validation_summary(run_dir: Path) -> dict[str, float]:
     """A tuning run's score (mean validation accuracy over the epochs) and final accuracy."""
-    metrics = read_metrics(run_dir)
+    metrics, key = read_metrics(run_dir), acc_key("validation")
     return {
-        "val_acc_mean": float(np.mean([r["val_acc"] for r in metrics])),
-        "val_acc_final": metrics[-1]["val_acc"],
+        "val_acc_mean": float(np.mean([r[key] for r in metrics])),
+        "val_acc_final": metrics[-1][key],
     }
 
 
@@ -252,7 +249,7 @@ def phase_run(args: argparse.Namespace, dataset: Any, chosen: dict[str, Any]) ->
 def finished_runs(args: argparse.Namespace, noise: float, method: str) -> list[Path]:
     """The method's run directories at this noise rate that finished (have a summary)."""
     dirs = sorted((args.runs / f"noise{round(100 * noise)}" / method).glob("seed*"))
-    return [d for d in dirs if (d / "summary.json").is_file()]
+    return [d for d in dirs if has_summary(d)]
 
 
 def choose_targets(runs: list[Path]) -> list[float]:

@@ -43,7 +43,7 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from bdsel.config import ConfigError
     from bdsel.data import DataError
-    from bdsel.runlog import RunDirError
+    from bdsel.rundir import RunDirError
 
     return (ConfigError, DataError, RunDirError, FileNotFoundError, ValueError)
 
@@ -62,7 +62,7 @@ def train(
 ) -> None:
     """Train with online batch selection and write a run directory."""
     from bdsel.config import dump_config, load_config
-    from bdsel.runlog import CONFIG
+    from bdsel.rundir import CONFIG, acc_key, loss_key
     from bdsel.train import train as train_run
 
     if resume and overwrite:
@@ -78,13 +78,16 @@ def train(
         console.rule(f"bdsel train → {run_dir}")
         console.print(Syntax(dump_config(cfg), "yaml", background_color="default"))
         mode = "resume" if resume else "overwrite" if overwrite else "new"
+        # test_acc, or val_acc for eval.split=validation; "test" or "val" in what is printed
+        acc, loss = acc_key(cfg.eval.split), loss_key(cfg.eval.split)
+        shown = acc.removesuffix("_acc")
 
         def show(record: dict) -> None:
             noisy = record["selected_noisy_frac"]
             noise = f"  noisy among selected {noisy:.1%}" if noisy is not None else ""
             progress.console.print(
-                f"epoch {record['epoch']:>4}  test acc {record['test_acc']:.2%}  "
-                f"test loss {record['test_loss']:.3f}  train loss {record['train_loss']:.3f}"
+                f"epoch {record['epoch']:>4}  {shown} acc {record[acc]:.2%}  "
+                f"{shown} loss {record[loss]:.3f}  train loss {record['train_loss']:.3f}"
                 f"{noise}  {record['wall_s']:.0f}s"
             )
 
@@ -105,8 +108,8 @@ def train(
         for t, e in summary["epochs_to_target"].items()
     )
     console.print(
-        f"[bold green]done[/]: final test acc {summary['final_test_acc']:.2%}, "
-        f"best {summary['best_test_acc']:.2%}, {summary['wall_s']:.0f}s training "
+        f"[bold green]done[/]: final {shown} acc {summary['final_' + acc]:.2%}, "
+        f"best {summary['best_' + acc]:.2%}, {summary['wall_s']:.0f}s training "
         f"({summary['selection_s']:.0f}s selecting); targets {reached}; run in {run_dir}"
     )
 

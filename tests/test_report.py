@@ -14,11 +14,11 @@ import yaml
 from bdsel.report import (
     ReportError,
     display_table,
-    epochs_to_target,
     load_run,
     make_report,
     render_table,
 )
+from bdsel.rundir import epochs_to_target
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -102,18 +102,18 @@ def cells_by_header(report) -> list[dict[str, str]]:
 
 def test_epochs_to_target_boundary(tmp_path):
     run, _ = load_run(write_run(tmp_path / "r", [0.5, 0.7999, 0.8, 0.9]))
-    assert epochs_to_target(run, 0.8) == 3  # equal counts as reached; 0.7999 does not
-    assert epochs_to_target(run, 0.79991) == 3
-    assert epochs_to_target(run, 0.7999) == 2
-    assert epochs_to_target(run, 0.9) == 4
-    assert epochs_to_target(run, 0.9001) is None
+    assert epochs_to_target(run.records, 0.8) == 3  # equal counts as reached; 0.7999 does not
+    assert epochs_to_target(run.records, 0.79991) == 3
+    assert epochs_to_target(run.records, 0.7999) == 2
+    assert epochs_to_target(run.records, 0.9) == 4
+    assert epochs_to_target(run.records, 0.9001) is None
 
 
 def test_float32_accuracy_counts_at_target(tmp_path):
     acc32 = float(np.float32(0.7))  # 0.699999988...: an accuracy computed in float32
     assert acc32 < 0.7
     run, _ = load_run(write_run(tmp_path / "r", [0.5, acc32]))
-    assert epochs_to_target(run, 0.7) == 2
+    assert epochs_to_target(run.records, 0.7) == 2
 
 
 def test_never_reached_shows_final_accuracy(tmp_path):

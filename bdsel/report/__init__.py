@@ -14,12 +14,11 @@ from bdsel.report.html import render_html
 from bdsel.report.plots import make_figures
 from bdsel.report.runs import (
     ReportError,
-    Run,
+    RunRecord,
     find_run_dirs,
     load_run,
     load_runs,
     read_metrics,
-    write_atomic,
 )
 from bdsel.report.table import (
     Report,
@@ -27,22 +26,21 @@ from bdsel.report.table import (
     TargetCell,
     build_rows,
     display_table,
-    epochs_to_target,
     render_table,
     to_csv,
     to_markdown,
 )
+from bdsel.rundir import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "Report",
     "ReportError",
-    "Run",
+    "RunRecord",
     "TableRow",
     "TargetCell",
     "build_rows",
     "default_out_dir",
     "display_table",
-    "epochs_to_target",
     "find_run_dirs",
     "load_run",
     "load_runs",
@@ -107,8 +105,9 @@ def make_report(
     figures, figure_warnings = make_figures(rows, targets)
     warnings.extend(figure_warnings)
     for name, png in figures.items():
-        report.files[name] = write_atomic(out / name, png)
-    report.files["table.csv"] = write_atomic(out / "table.csv", to_csv(rows, targets))
-    report.files["table.md"] = write_atomic(out / "table.md", to_markdown(rows, targets))
-    report.files["report.html"] = write_atomic(out / "report.html", render_html(report, figures))
+        report.files[name] = atomic_write_bytes(out / name, png)
+    report.files["table.csv"] = atomic_write_text(out / "table.csv", to_csv(rows, targets))
+    report.files["table.md"] = atomic_write_text(out / "table.md", to_markdown(rows, targets))
+    html = render_html(report, figures)
+    report.files["report.html"] = atomic_write_text(out / "report.html", html)
     return report

@@ -1,9 +1,9 @@
-"""Reading run directories written by ``bdsel train`` (DESIGN.md, "Run directory").
+"""Reading run directories written by ``bdsel train`` for the report.
 
 A run directory holds ``config.yaml`` (the resolved config) and ``metrics.jsonl``
-(one JSON object per evaluation). A directory that is not a run but holds runs,
-at any depth, stands for all of them. Runs still being written are read up to
-their last complete record.
+(one JSON object per evaluation); its format and readers are :mod:`bdsel.rundir`.
+A directory that is not a run but holds runs, at any depth, stands for all of them.
+Runs still being written are read up to their last complete record.
 """
 
 from __future__ import annotations
@@ -11,17 +11,18 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
+from bdsel import rundir
+from bdsel.rundir import CONFIG as CONFIG_FILE
+from bdsel.rundir import METRICS as METRICS_FILE
+from bdsel.rundir import SUMMARY as SUMMARY_FILE
+from bdsel.rundir import RunDirError
+
 SELECT_PREFIX = "select/"
 
 
@@ -60,8 +61,8 @@ def _hashable(value: Any) -> Any:
 
 
 @dataclass
-class Run:
-    """One run directory: its resolved config, its evaluation records, its summary if finished."""
+class RunRecord:
+    """One run directory as the report reads it: its resolved config, its evaluation records, its summary if finished."""
 
     path: Path
     config: dict[str, Any]
@@ -200,13 +201,9 @@ def find_run_dirs(paths: list[Path]) -> tuple[list[Path], list[str]]:
     return list(unique.values()), warnings
 
 
-def _is_run(path: Path) -> bool:
-    return (path / CONFIG_FILE).is_file() and (path / METRICS_FILE).is_file()
-
-
 def _walk_runs(root: Path) -> tuple[list[Path], list[Path]]:
     """(run directories under root, directories with a config but no metrics yet)."""
-    if _is_run(root):
+    if rundir.is_run_dir(root):
         return [root], []
     runs: list[Path] = []
     half: list[Path] = []
@@ -221,76 +218,62 @@ def _walk_runs(root: Path) -> tuple[list[Path], list[Path]]:
     return runs, half
 
 
+def _check_record(path: Path, record: dict[str, Any]) -> str | None:
+    if "test_acc" not in record and "val_acc" in record:
+        raise ReportError(
+            f"{path}: this run measured accuracy on its validation split "
+            "(eval.split=validation, a tuning run); the report compares test accuracy"
+        )
+    if not all(_is_number(record.get(k)) for k in ("epoch", "test_acc")):
+        return "a record without numeric 'epoch' and 'test_acc'"
+    return None
+
+
 def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """Records of a metrics.jsonl file; a torn last line is dropped with a warning."""
-    text = path.read_bytes().decode("utf-8", errors="replace")
-    lines = [(i + 1, line) for i, line in enumerate(text.split("\n")) if line.strip()]
-    records: list[dict[str, Any]] = []
-    warnings: list[str] = []
-    for k, (lineno, line) in enumerate(lines):
-        problem = None
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problem = f"not valid JSON ({exc.msg})"
-        else:
-            if not isinstance(record, dict):
-                problem = "not a JSON object"
-            elif "test_acc" not in record and "val_acc" in record:
-                raise ReportError(
-                    f"{path}: this run measured accuracy on its validation split "
-                    "(eval.split=validation, a tuning run); the report compares test accuracy"
-                )
-            elif not all(_is_number(record.get(k)) for k in ("epoch", "test_acc")):
-                problem = "a record without numeric 'epoch' and 'test_acc'"
-        if problem is None:
-            records.append(record)
-        elif k == len(lines) - 1:
-            # A run in progress, or killed while writing: the last line may be torn.
-            warnings.append(
-                f"{path}: line {lineno} is incomplete ({problem}); the run is in progress or "
-                f"was killed mid-write; reporting its first {len(records)} records"
-            )
-        else:
-            raise ReportError(
-                f"{path}: line {lineno} is {problem}; expected one JSON object per line "
-                "with at least 'epoch' and 'test_acc'"
-            )
+    try:
+        records, torn = rundir.read_jsonl(path, check=lambda r: _check_record(path, r))
+    except RunDirError as exc:
+        raise ReportError(
+            f"{exc}; expected one JSON object per line with at least 'epoch' and 'test_acc'"
+        ) from None
+    warnings = []
+    if torn is not None:
+        # A run in progress, or killed while writing: the last line may be torn.
+        warnings.append(
+            f"{path}: {torn}; the run is in progress or was killed mid-write; "
+            f"reporting its first {len(records)} records"
+        )
     return records, warnings
 
 
-def load_run(path: Path) -> tuple[Run, list[str]]:
+def load_run(path: Path) -> tuple[RunRecord, list[str]]:
     """Read one run directory. Returns (run, warnings); raises ReportError if unreadable."""
     path = Path(path)
-    if not _is_run(path):
+    if not rundir.is_run_dir(path):
         raise ReportError(
             f"{path}: not a run directory (expected {CONFIG_FILE} and {METRICS_FILE})"
         )
     try:
-        config = yaml.safe_load((path / CONFIG_FILE).read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ReportError(f"{path / CONFIG_FILE}: not valid YAML ({exc})") from exc
-    if not isinstance(config, dict):
-        raise ReportError(f"{path / CONFIG_FILE}: expected a mapping at the top level")
+        config = rundir.read_config(path)
+    except RunDirError as exc:
+        raise ReportError(str(exc)) from None
     records, warnings = read_metrics(path / METRICS_FILE)
-    summary = None
-    if (path / SUMMARY_FILE).is_file():
-        try:
-            summary = json.loads((path / SUMMARY_FILE).read_text())
-        except json.JSONDecodeError:
-            warnings.append(f"{path / SUMMARY_FILE}: not valid JSON; ignored")
-        if not isinstance(summary, dict):
-            summary = None
-    run = Run(path=path, config=config, records=records, summary=summary)
+    try:
+        summary = rundir.read_summary(path)
+    except RunDirError as exc:
+        warnings.append(f"{exc}; ignored")
+        summary = None
+    run = RunRecord(path=path, config=config, records=records, summary=summary)
     if records and not run.complete:
         warnings.append(f"{path}: no complete {SUMMARY_FILE}; the run is unfinished or running")
     return run, warnings
 
 
-def load_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
+def load_runs(paths: list[Path]) -> tuple[list[RunRecord], list[str]]:
     """Expand ``paths`` and read every run; runs with no complete record are skipped."""
     dirs, warnings = find_run_dirs(paths)
-    runs: list[Run] = []
+    runs: list[RunRecord] = []
     for d in dirs:
         run, run_warnings = load_run(d)
         warnings.extend(run_warnings)
@@ -305,19 +288,3 @@ def load_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
             + f" (expected at least one line in {METRICS_FILE})"
         )
     return runs, warnings
-
-
-def write_atomic(path: Path, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and os.replace."""
-    path = Path(path)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -1,4 +1,5 @@
-"""The epochs-to-target table (PAPER.md's table), one row per group of seeds.
+"""The epochs-to-target table (the paper's main table, see README "Results"), one row per group
+of seeds.
 
 Runs whose configs differ only in ``seed`` and ``name`` form a group. A row shows
 how many epochs each group needs to reach each target test accuracy, final and
@@ -18,7 +19,8 @@ from typing import Any
 import numpy as np
 from rich.table import Table as RichTable
 
-from bdsel.report.runs import Run, flatten_config
+from bdsel.report.runs import RunRecord, flatten_config
+from bdsel.rundir import epochs_to_target
 
 # Config keys that do not split a group: runs differing only here are seeds of one setting.
 GROUP_IGNORED_KEYS = ("seed", "name")
@@ -32,17 +34,6 @@ SHARED_SELECT_KEYS = (
     "select.candidate_precision",
     "select.warmup_epochs",
 )
-# Accuracies are often computed in float32 (0.7 -> 0.69999998); 1e-6 is far below
-# the resolution of any test set (1 / N_test), so this only absorbs rounding.
-REACH_TOLERANCE = 1e-6
-
-
-def epochs_to_target(run: Run, target: float) -> int | None:
-    """First ``epoch`` whose ``test_acc >= target`` (within REACH_TOLERANCE); None if never."""
-    for record in run.records:
-        if float(record["test_acc"]) >= target - REACH_TOLERANCE:
-            return int(record["epoch"])
-    return None
 
 
 def pct(x: float, digits: int = 1) -> str:
@@ -114,7 +105,7 @@ class TableRow:
     noise_kind: str
     noise_rate: float
     variant: dict[str, Any]  # config keys (besides MAIN_KEYS) whose values differ between rows
-    runs: list[Run]
+    runs: list[RunRecord]
     cells: list[TargetCell] = field(default_factory=list)
     label: str = ""  # short name for legends: the parts that vary between rows
 
@@ -166,7 +157,7 @@ class TableRow:
         return f"{pct(self.selected_noisy_frac)} vs {pct(self.base_noisy_frac)}"
 
 
-def build_rows(runs: list[Run], targets: list[float]) -> list[TableRow]:
+def build_rows(runs: list[RunRecord], targets: list[float]) -> list[TableRow]:
     """Group runs by config (ignoring seed and name), in order of first appearance."""
     flats = [flatten_config(run.config) for run in runs]
     for flat in flats:
@@ -183,7 +174,7 @@ def build_rows(runs: list[Run], targets: list[float]) -> list[TableRow]:
     def own(key: str) -> bool:
         return key.startswith("select.") and key not in SHARED_SELECT_KEYS
 
-    def setting(run: Run) -> tuple:
+    def setting(run: RunRecord) -> tuple:
         return (run.method, run.dataset, run.noise_kind, run.noise_rate)
 
     by_setting: dict[tuple, list[dict[str, Any]]] = {}
@@ -193,7 +184,7 @@ def build_rows(runs: list[Run], targets: list[float]) -> list[TableRow]:
     own_keys = {
         s: varies([k for k in all_keys if own(k)], members) for s, members in by_setting.items()
     }
-    groups: dict[tuple, list[Run]] = {}
+    groups: dict[tuple, list[RunRecord]] = {}
     for run, flat in zip(runs, flats, strict=True):
         keys = shared_keys + own_keys[setting(run)]
         key = setting(run) + tuple((k, repr(flat.get(k, missing))) for k in keys)
@@ -212,7 +203,7 @@ def build_rows(runs: list[Run], targets: list[float]) -> list[TableRow]:
         )
         final = _mean(row.final_accs)
         row.cells = [
-            TargetCell(t, [epochs_to_target(r, t) for r in members], final) for t in targets
+            TargetCell(t, [epochs_to_target(r.records, t) for r in members], final) for t in targets
         ]
         rows.append(row)
     _label_rows(rows)
@@ -325,7 +316,7 @@ class Report:
 
     rows: list[TableRow]
     targets: list[float]
-    runs: list[Run]
+    runs: list[RunRecord]
     warnings: list[str]
     out_dir: Path
     files: dict[str, Path] = field(default_factory=dict)  # file name -> path written

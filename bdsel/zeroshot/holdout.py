@@ -20,7 +20,7 @@ from bdsel.data import ImageSet, RunData
 from bdsel.data.batching import ImageSource
 from bdsel.engine import build_optimizer, fit_supervised, predict_logprobs
 from bdsel.models import create_model
-from bdsel.runlog import atomic_write_bytes
+from bdsel.rundir import atomic_write_bytes
 
 
 def indices_sha256(indices: torch.Tensor) -> str:

@@ -1,0 +1,205 @@
+"""The run-directory format: what ``bdsel train`` writes, and the one way to read it back.
+
+    config.yaml     the resolved config (after overrides)
+    metrics.jsonl   one JSON object per evaluation
+    checkpoint.pt   latest state: model, optimizer, selector, epoch, step, timers
+    summary.json    final numbers
+
+Every file but metrics.jsonl is written atomically (temporary file in the same directory,
+fsync, rename), so a crash or Ctrl-C leaves the previous version intact. metrics.jsonl is
+appended a whole line at a time and readers skip a partial last line.
+
+A record's accuracy key names the split it was measured on (``test_acc``, or ``val_acc`` for
+``eval.split=validation``); :func:`acc_key` is the one place that mapping lives, and
+:func:`epochs_to_target` the one rule for "first epoch at a target accuracy".
+
+This module is torch-free, so the report, the benchmarks and any script can read runs
+without importing torch; saving and loading the checkpoint itself is in ``bdsel.runlog``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG, METRICS, CHECKPOINT, SUMMARY = (
+    "config.yaml",
+    "metrics.jsonl",
+    "checkpoint.pt",
+    "summary.json",
+)
+RUN_FILES = (CONFIG, METRICS, CHECKPOINT, SUMMARY)
+
+# Accuracies are often computed in float32 (0.7 -> 0.69999998); 1e-6 is far below the
+# resolution of any evaluation set (1 / N), so this only absorbs rounding.
+REACH_TOLERANCE = 1e-6
+
+
+class RunDirError(RuntimeError):
+    """A run directory that cannot be used as asked."""
+
+
+# ----------------------------------------------------------------------------- metric keys
+
+
+def metric_prefix(split: str) -> str:
+    """``eval.split`` -> the prefix of its record keys: test -> test, validation -> val."""
+    if split == "test":
+        return "test"
+    if split == "validation":
+        return "val"
+    raise ValueError(f"unknown evaluation split {split!r}; expected 'test' or 'validation'")
+
+
+def acc_key(split: str) -> str:
+    """The accuracy key of a metrics record (``test_acc`` / ``val_acc``)."""
+    return f"{metric_prefix(split)}_acc"
+
+
+def loss_key(split: str) -> str:
+    """The loss key of a metrics record (``test_loss`` / ``val_loss``)."""
+    return f"{metric_prefix(split)}_loss"
+
+
+def epochs_to_target(
+    records: list[dict[str, Any]], target: float, key: str = "test_acc"
+) -> int | None:
+    """First record's ``epoch`` whose ``key`` reaches ``target`` (within REACH_TOLERANCE)."""
+    for record in records:
+        if float(record[key]) >= target - REACH_TOLERANCE:
+            return int(record["epoch"])
+    return None
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temporary file in the same directory, fsync, rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; runs and reports are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one record as a whole line, flushed to disk."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_config_text(run_dir: Path, text: str) -> None:
+    atomic_write_text(Path(run_dir) / CONFIG, text)
+
+
+def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    append_jsonl(Path(run_dir) / METRICS, record)
+
+
+def write_metrics(run_dir: Path, records: list[dict[str, Any]]) -> None:
+    """Replace metrics.jsonl with ``records`` (a resumed run rewrites what came after)."""
+    atomic_write_text(Path(run_dir) / METRICS, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    atomic_write_text(Path(run_dir) / SUMMARY, json.dumps(summary, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def is_run_dir(path: Path) -> bool:
+    """A run directory holds at least its config and its metrics."""
+    return (Path(path) / CONFIG).is_file() and (Path(path) / METRICS).is_file()
+
+
+def read_jsonl(
+    path: Path, check: Callable[[Any], str | None] | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Complete records of a JSON-lines file; a partial last line is skipped.
+
+    ``check(record)`` returns a problem (e.g. a missing key) or None. Returns (records, a
+    note naming the skipped last line and why, or None). A bad line anywhere but last
+    raises RunDirError naming the line. A missing file has no records.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return [], None
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    lines = [(i + 1, line) for i, line in enumerate(text.split("\n")) if line.strip()]
+    records: list[dict[str, Any]] = []
+    for k, (lineno, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problem = f"not valid JSON ({exc.msg})"
+        else:
+            problem = "not a JSON object" if not isinstance(record, dict) else None
+            if problem is None and check is not None:
+                problem = check(record)
+        if problem is None:
+            records.append(record)
+        elif k == len(lines) - 1:  # the last line of a file being written, or killed mid-write
+            return records, f"line {lineno} is incomplete ({problem})"
+        else:
+            raise RunDirError(f"{path}: line {lineno} is {problem}")
+    return records, None
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The complete records of a run's metrics.jsonl (none if it has none yet)."""
+    return read_jsonl(Path(run_dir) / METRICS)[0]
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """The saved config as a mapping; RunDirError if missing or not a YAML mapping."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} has no {CONFIG}")
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise RunDirError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(config, dict):
+        raise RunDirError(f"{path}: expected a mapping at the top level")
+    return config
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """summary.json, or None when there is none yet; RunDirError if it is not a JSON object."""
+    path = Path(run_dir) / SUMMARY
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RunDirError(f"{path}: not valid JSON ({exc.msg})") from exc
+    if not isinstance(summary, dict):
+        raise RunDirError(f"{path}: expected a JSON object")
+    return summary
+
+
+def has_summary(run_dir: Path) -> bool:
+    """Whether the run finished (``train`` writes summary.json last)."""
+    return (Path(run_dir) / SUMMARY).is_file()
