@@ -1,7 +1,10 @@
 """Typed run configuration: defaults < YAML file < ``--set key.path=value`` overrides.
 
 Every key has a type and a default here; unknown keys, wrong types and impossible
-values raise :class:`ConfigError` naming the key before any work starts.
+values raise :class:`ConfigError` naming the key before any work starts. Names of
+registered things (selection method, models, dataset, zero-shot predictor) are checked
+against their registries by ``bdsel.registries.check_names``: this module imports
+nothing from bdsel, so every other module can import it.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class ImbalanceConfig:
 
 @dataclass
 class DataConfig:
-    name: Literal["fashion_mnist", "cifar10", "cifar100", "imagefolder"] = "fashion_mnist"
+    name: str = "fashion_mnist"  # a registered dataset (bdsel.data.list_datasets)
     root: str | None = None  # None: the dataset's documented default location
     download: bool = False  # torchvision datasets only
     train_list: str | None = None  # imagefolder: "relative/path label" lines (WebVision style)
@@ -97,7 +100,7 @@ class SelectConfig:
     # (README "Speed") at about half the cost of fp32 on CPU. "auto": the training step's.
     candidate_precision: Literal["bf16", "fp32", "auto"] = "bf16"
     warmup_epochs: int = 0  # uniform picks before selection starts
-    # bayesian (PAPER.md): score = a * mean_s log p(y|f_s) + (1-a) * log p_zs(y|x) - log mean_s p(y|f_s)
+    # bayesian: score = a * mean_s log p(y|f_s) + (1-a) * log p_zs(y|x) - log mean_s p(y|f_s)
     alpha: float = 0.2
     adaptive_alpha: bool = False
     n_samples: int = 256
@@ -124,7 +127,7 @@ class HoldoutConfig:
 
 @dataclass
 class ZeroshotConfig:
-    predictor: Literal["clip", "holdout"] = "holdout"
+    predictor: str = "holdout"  # a registered predictor (bdsel.zeroshot.list_predictors)
     cache: str | None = None  # None: cache/<dataset>-<predictor>[-<model>].h5
     temperature: float = 1.0  # applied at read time: log_softmax(logprobs / T)
     model: str = "RN50"  # clip: an open_clip architecture name, or a JSON architecture file
@@ -384,19 +387,6 @@ def validate(config: Config) -> None:
         "report.targets",
         "accuracies in (0, 1]",
     )
-    from bdsel.selection import list_selectors  # late: the registry imports this module
-
-    if s.method not in list_selectors():
-        raise ConfigError(
-            f"select.method: unknown method {s.method!r}; valid: " + ", ".join(list_selectors())
-        )
-    from bdsel.models import list_models
-
-    for key in ("model.name", "select.svp.model", "zeroshot.holdout.model"):
-        if config.get(key) not in list_models():
-            raise ConfigError(
-                f"{key}: unknown model {config.get(key)!r}; valid: " + ", ".join(list_models())
-            )
 
 
 def dump_config(config: Config) -> str:

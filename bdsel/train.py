@@ -41,6 +41,7 @@ from bdsel.engine import (
     stream_generator,
 )
 from bdsel.models import Classifier, create_model
+from bdsel.registries import check_names
 from bdsel.rundir import RunDirError, acc_key, epochs_to_target, metric_prefix
 from bdsel.runlog import RunDir
 from bdsel.selection import (
@@ -85,6 +86,7 @@ def build_lookups(
 
 def build_run(config: Config, dataset: Dataset | None = None, world: World | None = None) -> Run:
     """Load data, derive the run's splits, build model, selector and optimizer."""
+    check_names(config)
     world = world or World()
     device = resolve_device(config.train.device)
     if device.type == "cuda" and world.distributed:

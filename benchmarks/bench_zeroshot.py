@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
+from bdsel.data.cifar import CIFAR10_CLASSNAMES, CIFAR_TEMPLATES  # noqa: E402
 from bdsel.data.sources import Dataset, ImageSet  # noqa: E402
 from bdsel.zeroshot.cache import build_cache  # noqa: E402
-from bdsel.zeroshot.clip import ClipPredictor  # noqa: E402
-from bdsel.zeroshot.prompts import CIFAR10_CLASSNAMES, CIFAR_TEMPLATES  # noqa: E402
+from bdsel.zeroshot.clip import ClipPredictor, ClipZeroShot  # noqa: E402
 
 
 def synthetic(n: int, size: int, n_classes: int, seed: int) -> Dataset:
@@ -64,13 +64,15 @@ def time_logprobs(pred: ClipPredictor, ds: Dataset, batch_size: int) -> float:
     sync(pred.device)
     t0 = time.perf_counter()
     for chunk in rows.split(batch_size):
-        pred.logprobs(ds.train, chunk)  # returns on the CPU: synchronises every batch
+        pred.image_logprobs(ds.train, chunk)  # returns on the CPU: synchronises every batch
     return len(rows) / (time.perf_counter() - t0)
 
 
 def time_build(pred: ClipPredictor, ds: Dataset, batch_size: int, workdir: Path, tag: str) -> float:
     t0 = time.perf_counter()
-    build_cache(workdir / f"{tag}.h5", ds, pred, batch_size=batch_size, progress=False)
+    build_cache(
+        workdir / f"{tag}.h5", ds, ClipZeroShot(pred, ds), batch_size=batch_size, progress=False
+    )
     sync(pred.device)
     return len(ds.train.labels) / (time.perf_counter() - t0)
 

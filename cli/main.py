@@ -62,6 +62,7 @@ def train(
 ) -> None:
     """Train with online batch selection and write a run directory."""
     from bdsel.config import dump_config, load_config
+    from bdsel.registries import check_names
     from bdsel.rundir import CONFIG, acc_key, loss_key
     from bdsel.train import train as train_run
 
@@ -73,6 +74,7 @@ def train(
         if config is None:
             raise fail("--config is required (a YAML file or a shipped config name)")
         cfg = load_config(config, set_ or [])
+        check_names(cfg)
         if run_dir is None:
             run_dir = Path("runs") / f"{cfg.name or 'run'}-{cfg.select.method}-s{cfg.seed}"
         console.rule(f"bdsel train → {run_dir}")
@@ -127,6 +129,7 @@ def cache_zeroshot(
 ) -> None:
     """Run the zero-shot predictor once over the dataset and cache its log-probs (HDF5)."""
     from bdsel.config import load_config
+    from bdsel.registries import check_names
     from bdsel.zeroshot.cache import CacheError
     from bdsel.zeroshot.run import cache_zeroshot as run_cache
     from bdsel.zeroshot.run import default_cache_path
@@ -135,6 +138,7 @@ def cache_zeroshot(
         raise fail("--config is required (a YAML file or a shipped config name)")
     try:
         cfg = load_config(config, set_ or [])
+        check_names(cfg)
         path = out or default_cache_path(cfg)
         console.rule(f"bdsel cache-zeroshot → {path}")
         summary = run_cache(cfg, path, overwrite=overwrite, console=console)
@@ -208,9 +212,12 @@ def configs_show(
 ) -> None:
     """Print a config resolved with its defaults and overrides."""
     from bdsel.config import ConfigError, dump_config, load_config
+    from bdsel.registries import check_names
 
     try:
-        typer.echo(dump_config(load_config(name, set_ or [])), nl=False)
+        cfg = load_config(name, set_ or [])
+        check_names(cfg)
+        typer.echo(dump_config(cfg), nl=False)
     except ConfigError as exc:
         raise fail(str(exc)) from None
 

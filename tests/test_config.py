@@ -1,8 +1,10 @@
+import ast
 from pathlib import Path
 
 import pytest
 
 from bdsel.config import ConfigError, dump_config, list_shipped_configs, load_config, parse_override
+from bdsel.registries import check_names
 
 PAPER_CONFIGS = {
     "cifar10",
@@ -49,9 +51,6 @@ def test_int_accepted_for_float_but_not_str_for_int():
             "data.train_fraction=0.9",
             r"train_fraction \+ data\.holdout_fraction \+ data\.validation_fraction = 1\.1 > 1",
         ),
-        ("select.method=magic", r"unknown method 'magic'; valid: .*uniform"),
-        ("model.name=resnet99", r"unknown model 'resnet99'; valid: .*small_cnn"),
-        ("data.name=mnist", r"data\.name: expected one of 'fashion_mnist'"),
         ("data.noise.kind=gaussian", r"data\.noise\.kind: expected one of"),
         ("data.noise.rate=1.5", r"data\.noise\.rate: expected a fraction in \[0, 1\]"),
         ("train.epochs=0", r"train\.epochs: expected a positive int"),
@@ -62,6 +61,30 @@ def test_int_accepted_for_float_but_not_str_for_int():
 def test_bad_values_name_the_key(override: str, pattern: str):
     with pytest.raises(ConfigError, match=pattern):
         load_config("fashion_mnist", [override])
+
+
+@pytest.mark.parametrize(
+    ("override", "pattern"),
+    [
+        ("select.method=magic", r"select\.method: unknown method 'magic'; valid: .*uniform"),
+        ("model.name=resnet99", r"model\.name: unknown model 'resnet99'; valid: .*small_cnn"),
+        ("select.svp.model=x", r"select\.svp\.model: unknown model 'x'"),
+        ("data.name=mnist", r"data\.name: unknown dataset 'mnist'; valid: .*fashion_mnist"),
+        ("zeroshot.predictor=oracle", r"zeroshot\.predictor: unknown predictor 'oracle'.*holdout"),
+    ],
+)
+def test_unregistered_names_name_the_key(override: str, pattern: str):
+    config = load_config("fashion_mnist", [override])  # config.py cannot know the registries
+    with pytest.raises(ConfigError, match=pattern):
+        check_names(config)
+
+
+def test_config_imports_nothing_from_bdsel():
+    tree = ast.parse((Path(__file__).parents[1] / "bdsel" / "config.py").read_text())
+    imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert "yaml" in imported  # the walk sees the imports
+    assert [m for m in imported if m == "bdsel" or m.startswith("bdsel.")] == []
 
 
 def test_unknown_config_name_lists_shipped(tmp_path: Path):

@@ -9,7 +9,7 @@ from conftest import make_cifar_dir, make_fashion_dir, synthetic_images, write_i
 from bdsel.config import DataConfig, ImbalanceConfig, NoiseConfig
 from bdsel.data import DataError, derive_run_data, from_tensors, load_dataset
 from bdsel.data.batching import TensorImages, random_crop_flip
-from bdsel.data.sources import FASHION_MNIST_CLASSES, load_fashion_mnist
+from bdsel.data.fashion_mnist import FASHION_MNIST_CLASSNAMES, load_fashion_mnist
 
 
 def test_fashion_mnist_gz_and_plain_load_identically(tmp_path: Path):
@@ -18,7 +18,7 @@ def test_fashion_mnist_gz_and_plain_load_identically(tmp_path: Path):
     assert a.train.images.shape == (50, 1, 28, 28) and a.train.images.dtype == torch.uint8
     assert torch.equal(a.train.images, b.train.images)
     assert torch.equal(a.test.labels, b.test.labels)
-    assert a.class_names == FASHION_MNIST_CLASSES
+    assert a.class_names == list(FASHION_MNIST_CLASSNAMES)
     x, y = synthetic_images(50, 10, 28, 1, 0)
     assert torch.equal(a.train.images[:, 0], torch.from_numpy(x[:, 0]))
     assert torch.equal(a.train.labels, torch.from_numpy(y.astype(np.int64)))
@@ -217,7 +217,7 @@ def test_tensor_images_normalise_and_carry_indices():
 def test_gzip_reads_are_checked(tmp_path: Path):
     path = tmp_path / "x.gz"
     path.write_bytes(gzip.compress(b"\x00\x00\x08\x01" + b"\x00\x00\x00\x02" + b"\x01"))
-    from bdsel.data.sources import _read_idx
+    from bdsel.data.fashion_mnist import _read_idx
 
     with pytest.raises(DataError, match="header says"):
         _read_idx(path, 2049)

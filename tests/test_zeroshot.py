@@ -20,6 +20,8 @@ import torch
 from PIL import Image
 from rich.console import Console
 
+from bdsel.data.cifar import CIFAR10_CLASSNAMES, CIFAR100_CLASSNAMES, CIFAR_TEMPLATES
+from bdsel.data.fashion_mnist import FASHION_MNIST_CLASSNAMES
 from bdsel.data.sources import Dataset, ImageSet
 from bdsel.zeroshot.cache import (
     REQUIRED_ATTRS,
@@ -30,12 +32,8 @@ from bdsel.zeroshot.cache import (
     partial_path,
     read_cache_info,
 )
-from bdsel.zeroshot.clip import ClipPredictor
+from bdsel.zeroshot.clip import ClipPredictor, ClipZeroShot
 from bdsel.zeroshot.prompts import (
-    CIFAR10_CLASSNAMES,
-    CIFAR100_CLASSNAMES,
-    CIFAR_TEMPLATES,
-    FASHION_MNIST_CLASSNAMES,
     IMAGENET_TEMPLATES,
     load_prompt_file,
     prompts_for,
@@ -88,7 +86,9 @@ def predictor(checkpoint) -> ClipPredictor:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, cifar, predictor) -> Path:
     path = tmp_path_factory.mktemp("cache") / "cifar10-tiny.h5"
-    build_cache(path, cifar, predictor, batch_size=16, flush_every=1, progress=False)
+    build_cache(
+        path, cifar, ClipZeroShot(predictor, cifar), batch_size=16, flush_every=1, progress=False
+    )
     return path
 
 
@@ -204,7 +204,7 @@ def test_logprobs_are_log_softmax_of_scaled_cosine(checkpoint, predictor, cifar)
         f = model.encode_image(x)
         cos = (f / f.norm(dim=1, keepdim=True)) @ predictor.classifier.double().T
         expected = torch.log_softmax(model.logit_scale.exp() * cos, dim=1)
-    got = predictor.logprobs(cifar.train, rows)
+    got = predictor.image_logprobs(cifar.train, rows)
     assert got.dtype == torch.float32 and got.shape == (4, 10)
     torch.testing.assert_close(got.double(), expected, atol=1e-4, rtol=0)
     assert float(model.logit_scale.detach().exp()) == pytest.approx(
@@ -230,10 +230,12 @@ def test_tensor_preprocess_matches_pil_transform_and_files(checkpoint, tmp_path)
         files.append(str(tmp_path / f"{i}.png"))
         Image.fromarray(img[0].numpy(), mode="L").save(files[-1])
     rows = torch.arange(N_TRAIN)
-    from_files = pred.logprobs(ImageSet(labels=ds.train.labels, files=files), rows)
-    in_memory = pred.logprobs(ds.train, rows)
+    from_files = pred.image_logprobs(ImageSet(labels=ds.train.labels, files=files), rows)
+    in_memory = pred.image_logprobs(ds.train, rows)
     torch.testing.assert_close(from_files, in_memory, atol=2e-3, rtol=0)
-    build_cache(tmp_path / "fm.h5", ds, pred, batch_size=16, progress=False)  # grey, resized
+    build_cache(
+        tmp_path / "fm.h5", ds, ClipZeroShot(pred, ds), batch_size=16, progress=False
+    )  # grey, resized
     assert torch.equal(load_zs_logprobs(tmp_path / "fm.h5", ds), in_memory)
     pred.close()
 
@@ -276,7 +278,7 @@ def test_cache_layout_and_attrs(built, cifar, predictor):
             k: float(f.attrs[k]) for k in ("train_accuracy", "test_accuracy", "mean_clean_logprob")
         }
     torch.testing.assert_close(
-        train, predictor.logprobs(cifar.train, torch.arange(N_TRAIN)), atol=1e-6, rtol=0
+        train, predictor.image_logprobs(cifar.train, torch.arange(N_TRAIN)), atol=1e-6, rtol=0
     )
     assert attrs["train_accuracy"] == pytest.approx(
         float((train.argmax(1) == cifar.train.labels).double().mean())
@@ -320,12 +322,12 @@ class Wrapped:
     def spec(self):
         return self.inner.spec()
 
-    def logprobs(self, images, rows):
+    def logprobs(self, split, rows):
         if self.fail_after is not None and self.batches == self.fail_after:
             raise Killed("simulated kill")
         self.batches += 1
         self.rows += len(rows)
-        return self.inner.logprobs(images, rows)
+        return self.inner.logprobs(split, rows)
 
 
 def read_all(path: Path) -> tuple[dict, dict]:
@@ -341,10 +343,10 @@ def test_resume_after_kill_equals_uninterrupted(
 ):
     kw = {"batch_size": 8, "flush_every": 2, "progress": False}
     reference = tmp_path / "ref.h5"
-    build_cache(reference, cifar, predictor, **kw)
+    build_cache(reference, cifar, ClipZeroShot(predictor, cifar), **kw)
     path = tmp_path / "resumed.h5"
     with pytest.raises(Killed):
-        build_cache(path, cifar, Wrapped(predictor, fail_after), **kw)
+        build_cache(path, cifar, Wrapped(ClipZeroShot(predictor, cifar), fail_after), **kw)
     assert not path.exists() and partial_path(path).exists()
     done_rows = 8 * fail_after  # rows computed before the kill are kept
     info = read_cache_info(partial_path(path))
@@ -357,7 +359,7 @@ def test_resume_after_kill_equals_uninterrupted(
         with h5py.File(partial_path(path), "r+") as f:
             f["train"]["logprobs"][:8] = 0.0
         extra = 8
-    counting, out = Wrapped(predictor), io.StringIO()
+    counting, out = Wrapped(ClipZeroShot(predictor, cifar)), io.StringIO()
     summary = build_cache(
         path, cifar, counting, **{**kw, "progress": True}, console=Console(file=out)
     )
@@ -378,12 +380,14 @@ def test_complete_cache_is_reused_and_foreign_one_refused(
 ):
     path = copy_of(built, tmp_path)
     before = path.read_bytes()
-    assert build_cache(path, cifar, predictor, progress=False).rows_computed == 0
+    assert (
+        build_cache(path, cifar, ClipZeroShot(predictor, cifar), progress=False).rows_computed == 0
+    )
     assert path.read_bytes() == before
     other = ClipPredictor(TINY, str(checkpoint), predictor.class_names, list(CIFAR_TEMPLATES[:2]))
     with pytest.raises(CacheError, match="predictor differs in templates"):
-        build_cache(path, cifar, other, progress=False)
-    summary = build_cache(path, cifar, other, progress=False, overwrite=True)
+        build_cache(path, cifar, ClipZeroShot(other, cifar), progress=False)
+    summary = build_cache(path, cifar, ClipZeroShot(other, cifar), progress=False, overwrite=True)
     assert summary.rows_computed == N_TRAIN + N_TEST
     assert read_cache_info(path)["predictor"]["templates"] == list(CIFAR_TEMPLATES[:2])
 
@@ -447,7 +451,11 @@ def test_unusable_files_refused(built, cifar, predictor, tmp_path):
     path = tmp_path / "fresh.h5"
     partial_path(path).write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
     summary = build_cache(
-        path, cifar, predictor, progress=False, console=Console(file=io.StringIO())
+        path,
+        cifar,
+        ClipZeroShot(predictor, cifar),
+        progress=False,
+        console=Console(file=io.StringIO()),
     )
     assert summary.rows_computed == N_TRAIN + N_TEST and load_zs_logprobs(path, cifar).shape == (
         N_TRAIN,
@@ -460,7 +468,7 @@ def test_predictor_output_is_checked(tmp_path, cifar):
         def spec(self):
             return {"kind": "fake"}
 
-        def logprobs(self, images, rows):
+        def logprobs(self, split, rows):
             return torch.ones(len(rows), 10)  # logits, not log-probabilities
 
     with pytest.raises(ValueError, match="not finite log-probabilities"):
@@ -472,7 +480,7 @@ def test_bf16_autocast_is_close_to_fp32_and_recorded(checkpoint, predictor, cifa
         TINY, str(checkpoint), predictor.class_names, predictor.templates, precision="bf16"
     )
     rows = torch.arange(8)
-    fp32, low = predictor.logprobs(cifar.train, rows), bf16.logprobs(cifar.train, rows)
+    fp32, low = predictor.image_logprobs(cifar.train, rows), bf16.image_logprobs(cifar.train, rows)
     assert low.dtype == torch.float32 and not torch.equal(low, fp32)  # autocast really ran
     torch.testing.assert_close(low, fp32, atol=0.05, rtol=0)
     torch.testing.assert_close(low.exp().sum(1), torch.ones(8), atol=1e-5, rtol=0)

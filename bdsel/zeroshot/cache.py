@@ -14,7 +14,6 @@ uninterrupted run of a deterministic predictor.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -32,8 +31,10 @@ from rich import progress as rp
 from rich.console import Console
 from rich.text import Text
 
+from bdsel.data.sources import int64_sha256
+
 if TYPE_CHECKING:
-    from bdsel.data.sources import Dataset, ImageSet
+    from bdsel.data.sources import Dataset
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "test")
@@ -51,9 +52,10 @@ class CacheError(ValueError):
 
 
 class Predictor(Protocol):
-    """What build_cache runs: ClipPredictor, the holdout predictor, or any such object."""
+    """What build_cache runs: a registered predictor (``bdsel.zeroshot.registry``) or any
+    object with ``logprobs(split, rows)`` for rows of the dataset's "train"/"test" split."""
 
-    def logprobs(self, images: ImageSet, rows: torch.Tensor) -> torch.Tensor: ...
+    def logprobs(self, split: str, rows: torch.Tensor) -> torch.Tensor: ...
     def spec(self) -> dict[str, Any]: ...
 
 
@@ -78,11 +80,6 @@ def partial_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
-def _labels_sha256(labels: torch.Tensor) -> str:
-    data = labels.detach().to(torch.int64).cpu().numpy().astype("<i8")
-    return hashlib.sha256(data.tobytes()).hexdigest()
-
-
 def dataset_fingerprint(dataset: Dataset) -> dict[str, Any]:
     """What a cache must agree with: name, sizes, class names, hashes of the clean labels."""
     return {
@@ -90,8 +87,8 @@ def dataset_fingerprint(dataset: Dataset) -> dict[str, Any]:
         "n_train": int(dataset.train.labels.shape[0]),
         "n_test": int(dataset.test.labels.shape[0]),
         "class_names": list(dataset.class_names),
-        "train_labels_sha256": _labels_sha256(dataset.train.labels),
-        "test_labels_sha256": _labels_sha256(dataset.test.labels),
+        "train_labels_sha256": int64_sha256(dataset.train.labels),
+        "test_labels_sha256": int64_sha256(dataset.test.labels),
     }
 
 
@@ -314,7 +311,7 @@ def _check_output(out: torch.Tensor, n_rows: int, n_classes: int) -> np.ndarray:
     return arr.numpy()
 
 
-def _fill_split(f: h5py.File, split: str, images: ImageSet, predictor: Predictor, done: np.ndarray,
+def _fill_split(f: h5py.File, split: str, predictor: Predictor, done: np.ndarray,
                 batch_size: int, flush_every: int, advance: Callable[[int], None]) -> int:  # fmt: skip
     """Run the predictor on every row of ``split`` not yet done; returns rows computed."""
     lp_ds, done_ds = f[split]["logprobs"], f[split]["done"]
@@ -331,7 +328,7 @@ def _fill_split(f: h5py.File, split: str, images: ImageSet, predictor: Predictor
         for start in range(0, len(todo), batch_size):
             rows = todo[start : start + batch_size]
             arr = _check_output(
-                predictor.logprobs(images, torch.from_numpy(rows)), len(rows), n_classes
+                predictor.logprobs(split, torch.from_numpy(rows)), len(rows), n_classes
             )
             if rows[-1] - rows[0] + 1 == len(rows):  # contiguous: one hyperslab write
                 lp_ds[rows[0] : rows[-1] + 1] = arr
@@ -431,11 +428,8 @@ def build_cache(
             task = bar.add_task("zero-shot", total=todo)
             for s in SPLITS:
                 bar.update(task, description=f"zero-shot {s}")
-                images = getattr(dataset, s)
                 advance = lambda k: bar.advance(task, k)  # noqa: E731
-                computed += _fill_split(
-                    f, s, images, predictor, done[s], batch_size, flush_every, advance
-                )
+                computed += _fill_split(f, s, predictor, done[s], batch_size, flush_every, advance)
         train_acc, train_lp = _split_stats(f, "train", dataset.train.labels)
         test_acc, _ = _split_stats(f, "test", dataset.test.labels)
         f.attrs["train_accuracy"] = train_acc

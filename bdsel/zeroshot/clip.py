@@ -19,15 +19,18 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bdsel.zeroshot.prompts import validate_templates
+from bdsel.zeroshot.registry import register_predictor
 
 if TYPE_CHECKING:
-    from bdsel.data.sources import ImageSet
+    from bdsel.config import Config
+    from bdsel.data import Dataset, ImageSet, RunData
+
+# open_clip (and the prompts module, which reads its templates) load only when a CLIP model is
+# built: registering the predictor must not cost a training run the open_clip import.
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
@@ -44,6 +47,8 @@ def file_sha256(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
 
 def _resolve_pretrained(model: str, pretrained: str) -> tuple[str | None, str | None]:
     """(what to pass to open_clip, sha256 of the weights file or None) for a tag or a path."""
+    import open_clip
+
     if not pretrained:
         return None, None  # random init: benchmarks and tests
     if os.path.isfile(pretrained):
@@ -86,6 +91,10 @@ class ClipPredictor:
         batch_size: int = 256,
         num_workers: int | None = None,
     ) -> None:
+        import open_clip
+
+        from bdsel.zeroshot.prompts import validate_templates
+
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         if batch_size < 1:
@@ -234,8 +243,8 @@ class ClipPredictor:
             logits = self.logit_scale * (features @ self.classifier.T)
             return torch.log_softmax(logits, dim=-1)
 
-    def logprobs(self, images: ImageSet, rows: torch.Tensor) -> torch.Tensor:
-        """log p_zs(c | x_i) for i in ``rows`` (int64 [n]) -> float32 [n, C] on the CPU."""
+    def image_logprobs(self, images: ImageSet, rows: torch.Tensor) -> torch.Tensor:
+        """log p_zs(c | x_i) for i in ``rows`` (int64 [n]) of ``images`` -> float32 [n, C], CPU."""
         rows = torch.as_tensor(rows, dtype=torch.long).cpu()
         out = [
             self.logprobs_from_pixels(self._pixels(images, chunk)).cpu()
@@ -248,3 +257,58 @@ class ClipPredictor:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
+
+
+def clip_model_name(model: str) -> str:
+    """A built-in open_clip name, or a JSON architecture file registered under its stem."""
+    if not model.endswith(".json"):
+        return model
+    import open_clip
+
+    path = Path(model)
+    if not path.is_file():
+        raise FileNotFoundError(f"zeroshot.model: architecture file {path} does not exist")
+    open_clip.add_model_config(path)
+    return path.stem
+
+
+def cache_stem(config: Config) -> str:
+    """The dataset, the architecture and the weights the cache depends on."""
+    z = config.zeroshot
+    return f"{config.data.name}-clip-{Path(z.model).stem}-{Path(z.pretrained).stem or 'random'}"
+
+
+@register_predictor("clip", section="zeroshot", cache_stem=cache_stem)
+class ClipZeroShot:
+    """The ``clip`` predictor: a :class:`ClipPredictor` over one dataset's splits, built from
+    ``zeroshot.model``, ``pretrained``, ``precision``, ``prompts`` and ``batch_size``."""
+
+    def __init__(self, clip: ClipPredictor, dataset: Dataset) -> None:
+        self.clip, self.dataset = clip, dataset
+
+    @classmethod
+    def from_config(cls, config: Config, data: RunData, device: torch.device) -> ClipZeroShot:
+        from bdsel.zeroshot.prompts import prompts_for
+
+        z = config.zeroshot
+        class_names, templates = prompts_for(data.dataset.name, data.dataset.class_names, z.prompts)
+        clip = ClipPredictor(
+            clip_model_name(z.model),
+            z.pretrained,
+            class_names,
+            templates,
+            precision=z.precision,
+            device=device,
+            batch_size=z.batch_size,
+        )
+        return cls(clip, data.dataset)
+
+    def logprobs(self, split: str, rows: torch.Tensor) -> torch.Tensor:
+        """log p_zs(c | x) for ``rows`` of ``split`` ("train" / "test") -> float32 [n, C], CPU."""
+        return self.clip.image_logprobs(getattr(self.dataset, split), rows)
+
+    def spec(self) -> dict[str, Any]:
+        return self.clip.spec()
+
+    def close(self) -> None:
+        self.clip.close()

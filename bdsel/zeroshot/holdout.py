@@ -16,17 +16,23 @@ from typing import Any
 import torch
 
 from bdsel.config import Config
-from bdsel.data import ImageSet, RunData
+from bdsel.data import RunData, int64_sha256, make_image_source
 from bdsel.data.batching import ImageSource
 from bdsel.engine import build_optimizer, fit_supervised, predict_logprobs
 from bdsel.models import create_model
 from bdsel.rundir import atomic_write_bytes
+from bdsel.zeroshot.registry import register_predictor
 
 
-def indices_sha256(indices: torch.Tensor) -> str:
-    return hashlib.sha256(indices.to(torch.int64).cpu().numpy().astype("<i8").tobytes()).hexdigest()
+def cache_stem(config: Config) -> str:
+    """The hold-out split (seed, fractions, imbalance) and model name the cache depends on."""
+    d, h = config.data, config.zeroshot.holdout
+    split_seed = config.seed if d.split_seed is None else d.split_seed
+    stem = f"{d.name}-holdout-{h.model}-split{split_seed}-h{d.holdout_fraction:g}"
+    return stem + (f"-lt{d.imbalance.ratio:g}" if d.imbalance.ratio > 1 else "")
 
 
+@register_predictor("holdout", section="zeroshot.holdout", cache_stem=cache_stem)
 class HoldoutPredictor:
     """Trains on ``data.holdout_idx`` with clean labels, then predicts any row's log-probs."""
 
@@ -46,6 +52,19 @@ class HoldoutPredictor:
             h.model, n_classes=self.dataset.n_classes, in_channels=self.dataset.in_channels
         ).to(source.device)
         self.trained = False
+
+    @classmethod
+    def from_config(cls, config: Config, data: RunData, device: torch.device) -> HoldoutPredictor:
+        source = make_image_source(
+            data.dataset, device, augment=config.data.augment, num_workers=config.data.num_workers
+        )
+        return cls(config, data, source)
+
+    def describe(self) -> str:
+        """What ``cache-zeroshot`` says it is training."""
+        h = self.config.zeroshot.holdout
+        n = len(self.data.holdout_idx)
+        return f"the hold-out model ({h.model}, {h.epochs} epochs on {n} points)"
 
     def fit(self, progress: Any = None) -> None:
         h = self.config.zeroshot.holdout
@@ -87,10 +106,10 @@ class HoldoutPredictor:
             h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()
 
-    def logprobs(self, images: ImageSet, rows: torch.Tensor) -> torch.Tensor:
+    def logprobs(self, split: str, rows: torch.Tensor) -> torch.Tensor:
+        """log p(c | x) of the hold-out model for ``rows`` of ``split`` -> float32 [n, C], CPU."""
         if not self.trained:
             self.fit()
-        split = "train" if images is self.dataset.train else "test"
         bs = self.config.zeroshot.batch_size
         return predict_logprobs(self.model, self.source, split, rows, bs).cpu()
 
@@ -110,7 +129,7 @@ class HoldoutPredictor:
             "train_fraction": d.train_fraction,
             "holdout_fraction": d.holdout_fraction,
             "imbalance_ratio": d.imbalance.ratio,
-            "holdout_sha256": indices_sha256(self.data.holdout_idx),
+            "holdout_sha256": int64_sha256(self.data.holdout_idx),
             # Identifies the trained weights: a partial cache resumes only with the same model.
             "weights_sha256": self.weights_sha256() if self.trained else None,
         }

@@ -1,8 +1,9 @@
 """Class names and prompt templates for zero-shot CLIP classifiers.
 
-CIFAR-10/100: CLIP's class names and its 18 CIFAR templates (openai/CLIP, data/prompts.md).
-Folder datasets (WebVision-style): the dataset's own class names with CLIP's 7-template
-ImageNet ensemble (notebooks/Prompt_Engineering_for_ImageNet), taken from open_clip's
+A dataset that registers prompts (``register_dataset(name, prompts=(names, templates))``)
+uses them: CIFAR-10/100 CLIP's class names and its 18 CIFAR templates, Fashion-MNIST its
+own (``bdsel/data/cifar.py``, ``bdsel/data/fashion_mnist.py``). Other datasets (folders,
+WebVision-style) use their own class names with CLIP's 7-template ImageNet ensemble (notebooks/Prompt_Engineering_for_ImageNet), taken from open_clip's
 ``zero_shot_metadata`` so the two stay identical. A user file of class names and templates
 overrides both. Templates are ``str.format`` strings with exactly one ``{}``.
 """
@@ -16,77 +17,11 @@ from pathlib import Path
 
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
+from bdsel.data import dataset_prompts
+
 # open_clip stores its templates as lambdas; calling one on "{}" gives back the format string.
 IMAGENET_TEMPLATES: tuple[str, ...] = tuple(t("{}") for t in SIMPLE_IMAGENET_TEMPLATES)
 IMAGENET_TEMPLATES_80: tuple[str, ...] = tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
-
-CIFAR_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}.",
-    "a blurry photo of a {}.",
-    "a black and white photo of a {}.",
-    "a low contrast photo of a {}.",
-    "a high contrast photo of a {}.",
-    "a bad photo of a {}.",
-    "a good photo of a {}.",
-    "a photo of a small {}.",
-    "a photo of a big {}.",
-    "a photo of the {}.",
-    "a blurry photo of the {}.",
-    "a black and white photo of the {}.",
-    "a low contrast photo of the {}.",
-    "a high contrast photo of the {}.",
-    "a bad photo of the {}.",
-    "a good photo of the {}.",
-    "a photo of the small {}.",
-    "a photo of the big {}.",
-)
-
-CIFAR10_CLASSNAMES: tuple[str, ...] = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
-
-# torchvision's fine-label names (label order) with underscores replaced, as in CLIP's file.
-CIFAR100_CLASSNAMES: tuple[str, ...] = (
-    "apple", "aquarium fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle",
-    "bottle", "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle",
-    "caterpillar", "cattle", "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch",
-    "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox",
-    "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn mower", "leopard", "lion",
-    "lizard", "lobster", "man", "maple tree", "motorcycle", "mountain", "mouse", "mushroom",
-    "oak tree", "orange", "orchid", "otter", "palm tree", "pear", "pickup truck", "pine tree",
-    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road",
-    "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake",
-    "spider", "squirrel", "streetcar", "sunflower", "sweet pepper", "table", "tank",
-    "telephone", "television", "tiger", "tractor", "train", "trout", "tulip", "turtle",
-    "wardrobe", "whale", "willow tree", "wolf", "woman", "worm",
-)  # fmt: skip
-
-FASHION_MNIST_CLASSNAMES: tuple[str, ...] = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
-
-# CLIP publishes no Fashion-MNIST prompts. Its images are 28x28 greyscale product shots of one
-# centred item, so we keep the CIFAR-style templates that describe such images (black and
-# white, low resolution, blurry) and drop the size/quality variants (small/big, good/bad,
-# contrast) that say nothing true about this data; both articles keep the ensemble's habit of
-# averaging over phrasing.
-FASHION_MNIST_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}.",
-    "a photo of the {}.",
-    "a black and white photo of a {}.",
-    "a black and white photo of the {}.",
-    "a low resolution photo of a {}.",
-    "a low resolution photo of the {}.",
-    "a blurry photo of a {}.",
-    "a blurry photo of the {}.",
-)
-
-_BUILTIN = {
-    "cifar10": (CIFAR10_CLASSNAMES, CIFAR_TEMPLATES),
-    "cifar100": (CIFAR100_CLASSNAMES, CIFAR_TEMPLATES),
-    "fashionmnist": (FASHION_MNIST_CLASSNAMES, FASHION_MNIST_TEMPLATES),
-}
 
 
 def _key(name: str) -> str:
@@ -170,7 +105,8 @@ def prompts_for(
     """Class names (as they read in prompts) and templates for a dataset.
 
     ``class_names`` are the dataset's own names in label order. cifar10/cifar100 use CLIP's
-    names and 18 templates, fashion_mnist its names with ``FASHION_MNIST_TEMPLATES``, anything
+    names and 18 templates, fashion_mnist its names with its own templates (the prompts each
+    registers with ``register_dataset``), anything
     else (imagefolder, webvision) its own names with the 7 ImageNet templates. Built-in name
     lists are checked against the dataset's so a different label order cannot slip through.
     A ``prompt_file`` overrides all of this (and must have one name per class).
@@ -184,7 +120,7 @@ def prompts_for(
                 f"{dataset_name!r} has {n} classes"
             )
         return names, templates
-    builtin = _BUILTIN.get(_key(dataset_name))
+    builtin = dataset_prompts(dataset_name)
     if builtin is None:
         return [clean_class_name(c) for c in class_names], list(IMAGENET_TEMPLATES)
     names, templates = builtin

@@ -1,7 +1,7 @@
 """What ``bdsel cache-zeroshot`` does, and how ``train`` reads the cache back.
 
-``cache_zeroshot`` builds the predictor a config names (open_clip CLIP or the hold-out model)
-and writes the HDF5 cache. ``load_lookups`` gives a training run its per-index zero-shot
+``cache_zeroshot`` builds the registered predictor a config names (``bdsel.zeroshot.registry``:
+open_clip CLIP, the hold-out model, ...) and writes the HDF5 cache. ``load_lookups`` gives a training run its per-index zero-shot
 log-probs: ``zs_logprobs`` (at ``zeroshot.temperature``, for the bayesian score) and
 ``il_logprobs`` (at T = 1, the irreducible-loss model of RHO-LOSS).
 """
@@ -14,9 +14,10 @@ import torch
 from rich.console import Console
 
 from bdsel.config import Config
-from bdsel.data import RunData, derive_run_data, load_dataset, make_image_source
+from bdsel.data import RunData, derive_run_data, int64_sha256, load_dataset
 from bdsel.distributed import World, barrier, broadcast_from_main, init_world
 from bdsel.engine import resolve_device, step_progress
+from bdsel.registries import check_names
 from bdsel.zeroshot.cache import (
     CacheError,
     CacheSummary,
@@ -24,25 +25,17 @@ from bdsel.zeroshot.cache import (
     partial_path,
     read_cache_info,
 )
-from bdsel.zeroshot.holdout import indices_sha256
+from bdsel.zeroshot.registry import create_predictor, predictor_entry
 from bdsel.zeroshot.sharded import ShardedPredictor, serve
 
 LOOKUPS = ("zs_logprobs", "il_logprobs")
 
 
 def default_cache_path(config: Config) -> Path:
-    """``zeroshot.cache``, or cache/<dataset>-<predictor>-... .h5 derived from the config."""
-    z, d = config.zeroshot, config.data
-    if z.cache:
-        return Path(z.cache)
-    if z.predictor == "holdout":
-        split_seed = config.seed if d.split_seed is None else d.split_seed
-        name = f"{d.name}-holdout-{z.holdout.model}-split{split_seed}-h{d.holdout_fraction:g}"
-        if d.imbalance.ratio > 1:
-            name += f"-lt{d.imbalance.ratio:g}"
-    else:
-        name = f"{d.name}-clip-{Path(z.model).stem}-{Path(z.pretrained).stem or 'random'}"
-    return Path("cache") / f"{name}.h5"
+    """``zeroshot.cache``, or cache/<the predictor's cache_stem(config)>.h5."""
+    if config.zeroshot.cache:
+        return Path(config.zeroshot.cache)
+    return Path("cache") / f"{predictor_entry(config.zeroshot.predictor).cache_stem(config)}.h5"
 
 
 def predictor_device(config: Config, world: World) -> torch.device:
@@ -53,42 +46,8 @@ def predictor_device(config: Config, world: World) -> torch.device:
 
 
 def make_predictor(config: Config, data: RunData, world: World | None = None):
-    """The predictor ``zeroshot.predictor`` names, ready to call ``.logprobs``."""
-    z = config.zeroshot
-    device = predictor_device(config, world or World())
-    if z.predictor == "holdout":
-        from bdsel.zeroshot.holdout import HoldoutPredictor
-
-        source = make_image_source(
-            data.dataset, device, augment=config.data.augment, num_workers=config.data.num_workers
-        )
-        return HoldoutPredictor(config, data, source)
-    from bdsel.zeroshot.clip import ClipPredictor
-    from bdsel.zeroshot.prompts import prompts_for
-
-    class_names, templates = prompts_for(data.dataset.name, data.dataset.class_names, z.prompts)
-    return ClipPredictor(
-        clip_model_name(z.model),
-        z.pretrained,
-        class_names,
-        templates,
-        precision=z.precision,
-        device=device,
-        batch_size=z.batch_size,
-    )
-
-
-def clip_model_name(model: str) -> str:
-    """A built-in open_clip name, or a JSON architecture file registered under its stem."""
-    if not model.endswith(".json"):
-        return model
-    import open_clip
-
-    path = Path(model)
-    if not path.is_file():
-        raise FileNotFoundError(f"zeroshot.model: architecture file {path} does not exist")
-    open_clip.add_model_config(path)
-    return path.stem
+    """The predictor ``zeroshot.predictor`` names, ready to call ``.logprobs(split, rows)``."""
+    return create_predictor(config, data, predictor_device(config, world or World()))
 
 
 def cache_zeroshot(
@@ -104,6 +63,7 @@ def cache_zeroshot(
     Under torchrun the rows of every batch are shared out over the ranks and rank 0 writes the
     one file (``bdsel.zeroshot.sharded``); every rank returns rank 0's summary.
     """
+    check_names(config)
     world = init_world(config.zeroshot.device)
     out = Path(out) if out is not None else default_cache_path(config)
     if world.is_main:
@@ -117,7 +77,8 @@ def cache_zeroshot(
     data = derive_run_data(dataset, config.data, config.seed)
     predictor = make_predictor(config, data, world)
     weights = holdout_weights_path(out)
-    needs_model = config.zeroshot.predictor == "holdout" and not (out.exists() and not overwrite)
+    trains = callable(getattr(predictor, "fit_or_load", None))
+    needs_model = trains and not (out.exists() and not overwrite)
     barrier()  # every rank has looked at ``out`` before rank 0 may replace it
     if needs_model:
         # Rank 0 trains (or reloads) the hold-out model and saves it; the others load that file.
@@ -126,10 +87,7 @@ def cache_zeroshot(
                 weights.unlink(missing_ok=True)
             if console is not None:
                 verb = "reloading" if weights.is_file() else "training"
-                console.print(
-                    f"{verb} the hold-out model ({config.zeroshot.holdout.model}, "
-                    f"{config.zeroshot.holdout.epochs} epochs on {len(data.holdout_idx)} points)"
-                )
+                console.print(f"{verb} {predictor.describe()}")
             if progress:
                 with step_progress(console) as bar:
                     predictor.fit_or_load(weights, bar)
@@ -192,7 +150,7 @@ def load_lookups(
             f"(zeroshot.predictor={config.zeroshot.predictor}), or point zeroshot.cache at one"
         )
     spec = read_cache_info(path).get("predictor", {})
-    if spec.get("kind") == "holdout" and spec.get("holdout_sha256") != indices_sha256(
+    if spec.get("kind") == "holdout" and spec.get("holdout_sha256") != int64_sha256(
         data.holdout_idx
     ):
         raise CacheError(

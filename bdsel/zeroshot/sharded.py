@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from bdsel.data import Dataset, ImageSet
+from bdsel.data import Dataset
 from bdsel.distributed import World
 
 _STOP = -1
@@ -26,11 +26,11 @@ def _comm_device(predictor_device: torch.device) -> torch.device:
     return predictor_device if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def _shard(predictor: Any, images: ImageSet, rows: torch.Tensor, world: World) -> torch.Tensor:
+def _shard(predictor: Any, split: str, rows: torch.Tensor, world: World) -> torch.Tensor:
     mine = rows[world.rank :: world.size]
     if len(mine) == 0:
         return torch.zeros(0, 0)
-    return predictor.logprobs(images, mine).float()
+    return predictor.logprobs(split, mine).float()
 
 
 def _gather(piece: torch.Tensor, n_rows: int, n_classes: int, world: World, device) -> torch.Tensor:
@@ -56,12 +56,13 @@ class ShardedPredictor:
     def spec(self) -> dict[str, Any]:
         return self.predictor.spec()
 
-    def logprobs(self, images: ImageSet, rows: torch.Tensor) -> torch.Tensor:
-        split = 0 if images is self.dataset.train else 1
-        header = torch.tensor([split, len(rows)], dtype=torch.int64, device=self.device)
+    def logprobs(self, split: str, rows: torch.Tensor) -> torch.Tensor:
+        header = torch.tensor(
+            [_SPLITS.index(split), len(rows)], dtype=torch.int64, device=self.device
+        )
         dist.broadcast(header, src=0)
         dist.broadcast(rows.to(self.device, torch.int64), src=0)
-        piece = _shard(self.predictor, images, rows, self.world)
+        piece = _shard(self.predictor, split, rows, self.world)
         return _gather(piece, len(rows), self.n_classes, self.world, self.device)
 
     def stop(self) -> None:
@@ -79,6 +80,5 @@ def serve(predictor: Any, dataset: Dataset, world: World, device: torch.device) 
             return
         rows = torch.empty(n_rows, dtype=torch.int64, device=comm)
         dist.broadcast(rows, src=0)
-        images = getattr(dataset, _SPLITS[split])
-        piece = _shard(predictor, images, rows.cpu(), world)
+        piece = _shard(predictor, _SPLITS[split], rows.cpu(), world)
         _gather(piece, n_rows, dataset.n_classes, world, comm)
