@@ -47,12 +47,6 @@ def init_world(device_name: str) -> World:
     return World(rank=rank, size=size, local_rank=local_rank)
 
 
-def current_world() -> World:
-    if not (dist.is_available() and dist.is_initialized()):
-        return World()
-    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -75,5 +69,7 @@ def broadcast_from_main(obj: Any) -> Any:
 
 
 def shutdown() -> None:
+    """Leave the process group at the end of a command (torchrun warns about, and NCCL may
+    leak, a group never destroyed); a no-op for a single process."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -1,7 +1,7 @@
 """Last-layer KFAC Laplace posterior, updated online from the selected points.
 
 Model f(x) = W h(x) + b with W ∈ R^{C×D}. The posterior over W is N(W_MAP, (V ⊗ U)⁻¹)
-with Kronecker factors (PAPER.md, "Last-layer KFAC Laplace posterior")
+with Kronecker factors (the paper's last-layer KFAC Laplace approximation; README, top)
 
     V = √n_e · A + √τ0 · I_D        U = √n_e · G + √τ0 · I_C
 
@@ -30,7 +30,7 @@ from torch import Tensor
 
 FISHER_KINDS = ("empirical", "ggn")
 
-# Variance floor for hᵀV⁻¹h (PAPER.md): keeps sqrt() away from 0 and rounding negatives.
+# Variance floor for hᵀV⁻¹h: keeps sqrt() away from 0 and rounding from going negative.
 MIN_FUNCTIONAL_VARIANCE = 1e-6
 _CHOLESKY_RETRIES = 6
 
@@ -112,7 +112,6 @@ class LastLayerLaplace:
         probs: Tensor,
         labels: Tensor,
         *,
-        process_group: Any = None,
         all_reduce: bool = False,
     ) -> None:
         """EMA-update A and G from one batch of selected points.
@@ -121,11 +120,10 @@ class LastLayerLaplace:
             features: [B, D] penultimate features h (any float dtype, e.g. bf16).
             probs: [B, C] softmax of the logits.
             labels: [B] integer (observed) labels.
-            process_group: if given and torch.distributed is initialised, the batch sums
-                and counts are all-reduced over it, so every rank gets the statistics of
-                the union of the ranks' batches. A rank may then contribute B = 0.
-            all_reduce: the same over the default group. Without an initialised process
-                group both are ignored (a single process is its own union).
+            all_reduce: if torch.distributed is initialised, all-reduce the batch sums and
+                counts over the default group, so every rank gets the statistics of the union
+                of the ranks' batches (a rank may then contribute B = 0). Without an
+                initialised process group it is ignored (a single process is its own union).
         """
         B = features.shape[0]
         if features.ndim != 2 or features.shape[1] != self.n_features:
@@ -136,9 +134,7 @@ class LastLayerLaplace:
             raise ValueError(f"probs must be [{B}, {self.n_classes}], got {tuple(probs.shape)}")
         if labels.shape != (B,):
             raise ValueError(f"labels must be [{B}], got {tuple(labels.shape)}")
-        distributed = (process_group is not None or all_reduce) and (
-            dist.is_available() and dist.is_initialized()
-        )
+        distributed = all_reduce and dist.is_available() and dist.is_initialized()
         if B == 0 and not distributed:
             raise ValueError("update needs at least one point")
 
@@ -160,7 +156,7 @@ class LastLayerLaplace:
             D, C = self.n_features, self.n_classes
             count = torch.full((1,), float(B), device=self.device, dtype=self.dtype)
             buf = torch.cat([a_sum.reshape(-1), g_sum.reshape(-1), count])
-            dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=process_group)
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
             # clamp: an all-empty union would otherwise give NaN (checking it would sync).
             total = buf[-1].clamp_min(1.0)
             a = buf[: D * D].reshape(D, D) / total
@@ -249,7 +245,7 @@ class LastLayerLaplace:
                 fairer ranking). Costs S·C² + S·B·C instead of S·B·C² (C = 1000: ~B× less).
         Returns:
             [S, B, C] in the posterior's dtype; [1, B, C] = logits before the first update
-            (MAP, no variance, as PAPER.md prescribes).
+            (MAP, no variance: with no statistics yet there is no posterior to sample).
         """
         f_bar = self._check_logits(logits, features, n_samples)
         if self.n_updates == 0:

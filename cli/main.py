@@ -93,10 +93,12 @@ def train(
                 f"{noise}  {record['wall_s']:.0f}s"
             )
 
+        from bdsel.distributed import shutdown
         from bdsel.engine import step_progress
 
         with step_progress(console) as progress:
             summary = train_run(cfg, run_dir, mode=mode, on_epoch=show, progress=progress)
+        shutdown()  # under torchrun: leave the process group train() joined
     except KeyboardInterrupt:
         console.print(
             f"[yellow]interrupted[/]: the last checkpoint in {run_dir} is intact; "
@@ -129,6 +131,7 @@ def cache_zeroshot(
 ) -> None:
     """Run the zero-shot predictor once over the dataset and cache its log-probs (HDF5)."""
     from bdsel.config import load_config
+    from bdsel.distributed import shutdown
     from bdsel.registries import check_names
     from bdsel.zeroshot.cache import CacheError
     from bdsel.zeroshot.run import cache_zeroshot as run_cache
@@ -142,6 +145,7 @@ def cache_zeroshot(
         path = out or default_cache_path(cfg)
         console.rule(f"bdsel cache-zeroshot → {path}")
         summary = run_cache(cfg, path, overwrite=overwrite, console=console)
+        shutdown()  # under torchrun: leave the process group cache_zeroshot() joined
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: run the same command again to resume")
         raise typer.Exit(130) from None

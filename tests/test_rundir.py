@@ -82,8 +82,15 @@ def test_summary_and_config_round_trip_atomically(tmp_path: Path):
         rundir.read_config(tmp_path)
 
 
-def test_cli_trains_on_the_validation_split(tmp_path: Path, tiny_config_values: dict):
-    """``--set eval.split=validation`` through the real CLI: records and summary say val_acc."""
+def test_cli_trains_on_the_validation_split(
+    tmp_path: Path, tiny_config_values: dict, monkeypatch: pytest.MonkeyPatch
+):
+    """``--set eval.split=validation`` through the real CLI: records and summary say val_acc;
+    the command leaves the (torchrun) process group at the end."""
+    import bdsel.distributed
+
+    left = []
+    monkeypatch.setattr(bdsel.distributed, "shutdown", lambda: left.append(True))
     cfg_path = tmp_path / "tiny.yaml"
     cfg_path.write_text(yaml.safe_dump(dict(tiny_config_values, train={"epochs": 2})))
     run_dir = tmp_path / "run"
@@ -99,3 +106,4 @@ def test_cli_trains_on_the_validation_split(tmp_path: Path, tiny_config_values: 
     summary = json.loads((run_dir / rundir.SUMMARY).read_text())
     assert summary["final_val_acc"] == records[-1]["val_acc"]
     assert "final_test_acc" not in summary
+    assert left == [True]

@@ -1,4 +1,4 @@
-"""The Bayesian data-selection objective (PAPER.md, "Objective").
+"""The Bayesian data-selection objective of Deng, Cui and Zhu (NeurIPS 2023; README, top).
 
 For a candidate (x, y), logit samples f_1..f_S from the Laplace posterior and the
 zero-shot log-probabilities log p_zs(·|x):

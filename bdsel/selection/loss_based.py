@@ -1,4 +1,4 @@
-"""RHO-LOSS's score-based baselines (PAPER.md, "The baselines, as RHO-LOSS defines them").
+"""RHO-LOSS's score-based baselines, as Mindermann et al. (ICML 2022) define them.
 
 Each method is a per-candidate score plus a rule to pick from it:
 

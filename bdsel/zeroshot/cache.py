@@ -1,6 +1,6 @@
 """The zero-shot cache: log p_zs(c | x) for every train and test image, in one HDF5 file.
 
-Layout (DESIGN.md, "The zero-shot cache"): root attrs ``format_version``, ``fingerprint``,
+Layout: root attrs ``format_version``, ``fingerprint``,
 ``class_names``, ``predictor``, ``created_at``, ``versions`` (JSON strings where structured),
 ``complete``, ``train_accuracy``, ``test_accuracy``, ``mean_clean_logprob`` (train split);
 datasets ``/{train,test}/logprobs`` float32 [N, C] and ``/{train,test}/done`` bool [N].
