@@ -1,10 +1,11 @@
 """Time one training step per selection method, side by side in one run.
 
-For each method: candidate forward (if the method needs it) / selection (scoring, sampling)
-/ training step (forward, backward, optimizer) / observe (the posterior update for bayesian).
-Ratios against uniform's step are printed, so the figures compare on the same machine, model
-and batch sizes. Warm-up steps are excluded; CUDA is synchronised around each phase (only
-here: the training loop itself never syncs).
+Each step is the training loop's own ``bdsel.train.train_step``; its phases are timed through
+the objects it calls: candidate forward (if the method needs it) / selection (scoring,
+sampling) / training step (forward, backward, optimizer: the rest of the step) / observe (the
+posterior update for bayesian). Ratios against uniform's step are printed, so the figures
+compare on the same machine, model and batch sizes. Warm-up steps are excluded; CUDA is
+synchronised around each phase (only here: the training loop itself never syncs).
 
     python benchmarks/bench_step.py --model small_cnn --classes 10 --size 28 --channels 1
     python benchmarks/bench_step.py --model resnet18_cifar --classes 1000 --methods uniform,bayesian
@@ -14,28 +15,39 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from bdsel.config import load_config
 from bdsel.data import derive_run_data, from_tensors, make_image_source
-from bdsel.engine import autocast_for, build_optimizer, candidate_forward, resolve_device
+from bdsel.engine import (
+    SectionTimer,
+    autocast_for,
+    build_optimizer,
+    candidate_forward,
+    resolve_device,
+)
 from bdsel.models import create_model
-from bdsel.selection import Candidates, ForwardOutputs, SelectorContext, create_selector
+from bdsel.selection import Candidates, Selector, SelectorContext, create_selector
+from bdsel.train import EpochStats, Run, train_step
 
 PHASES = ("candidate_forward", "select", "train_step", "observe")
 
 
 class PhaseTimer:
-    """``with timer("name"):`` adds the block's seconds to ``totals[name]`` (CUDA synchronised)."""
+    """``with timer("name"):`` adds the block's seconds to ``totals[name]`` while ``record``
+    is set (CUDA synchronised)."""
 
-    def __init__(self, device: torch.device, totals: dict[str, float], record: bool) -> None:
-        self.device, self.totals, self.record = device, totals, record
+    def __init__(self, device: torch.device, totals: dict[str, float]) -> None:
+        self.device, self.totals, self.record = device, totals, False
 
     @contextlib.contextmanager
     def __call__(self, name: str):
@@ -47,6 +59,42 @@ class PhaseTimer:
             torch.cuda.synchronize()
         if self.record:
             self.totals[name] += time.perf_counter() - t0
+
+
+class TimedForward(nn.Module):
+    """The candidate forward's model, timed as the "candidate_forward" phase (a module, so
+    train_step's batch-norm handling reaches the wrapped model's layers)."""
+
+    def __init__(self, model: nn.Module, phase: PhaseTimer) -> None:
+        super().__init__()
+        self.model, self.phase = model, phase
+
+    def forward(self, x: torch.Tensor):
+        with self.phase("candidate_forward"):
+            return self.model(x)
+
+
+def _time_selector(selector: Selector, phase: PhaseTimer, on_select: Callable | None) -> None:
+    """Time the selector's ``select`` and ``observe`` as phases of the step that calls them;
+    ``on_select(candidates, outputs)`` runs untimed first, before the step changes the model."""
+    select, observe = selector.select, selector.observe
+
+    def timed_select(candidates, outputs, generator):
+        if on_select is not None and outputs is not None and phase.record:
+            with phase("excluded"):  # taken out of the step's time again
+                on_select(candidates, outputs)
+        with phase("select"):
+            return select(candidates, outputs, generator)
+
+    def timed_observe(selected, outputs):
+        with phase("observe"):
+            observe(selected, outputs)
+
+    selector.select, selector.observe = timed_select, timed_observe
+
+
+def _record_agreement(agreement: list[float], forward, args, candidates, outputs) -> None:
+    agreement.append(_top_agreement(forward, candidates.inputs, candidates.labels, outputs, args))
 
 
 def bench(args: argparse.Namespace) -> dict:
@@ -95,37 +143,41 @@ def bench(args: argparse.Namespace) -> dict:
             extras={"data": data, "source": source, "model": model},
         )
         selector = create_selector(method, ctx)
-        g = torch.Generator(device=device).manual_seed(0)
-        totals = dict.fromkeys(PHASES, 0.0)
+        totals = dict.fromkeys((*PHASES, "step", "excluded"), 0.0)
+        phase = PhaseTimer(device, totals)
         agreement: list[float] = []
+        on_select = None
+        if args.candidate_precision != "fp32":
+            on_select = functools.partial(_record_agreement, agreement, forward, args)
+        _time_selector(selector, phase, on_select)
+        run = Run(
+            config=cfg,
+            device=device,
+            data=data,
+            source=source,
+            model=model,
+            selector=selector,
+            optimizer=opt,
+            scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0),
+            steps_per_epoch=args.warmup + args.steps,
+            observed=data.observed.to(device),
+            noisy=data.noisy.to(device),
+        )
+        score_forward = TimedForward(forward, phase)
+        stats, section = EpochStats.zeros(device), SectionTimer(device)
+        g = torch.Generator(device=device).manual_seed(0)
 
         for step in range(args.warmup + args.steps):
-            phase = PhaseTimer(device, totals, record=step >= args.warmup)
+            phase.record = step >= args.warmup
             idx = torch.randint(0, n, (args.n_candidates,), device=device, generator=g)
-            inputs = source.rows("train", idx, g)
-            cand = Candidates(idx, inputs, y.to(device)[idx])
-            outputs = None
-            if selector.needs_forward:
-                with phase("candidate_forward"):
-                    outputs = candidate_forward(forward, inputs, score_autocast)
-                if args.candidate_precision != "fp32" and step >= args.warmup:
-                    agreement.append(_top_agreement(forward, inputs, cand.labels, outputs, args))
-            with phase("select"):
-                sel = selector.select(cand, outputs, g)
-            with phase("train_step"):
-                xs, ys = inputs[sel.positions], cand.labels[sel.positions]
-                with autocast():
-                    logits, feats = forward(xs)
-                losses = F.cross_entropy(logits.float(), ys, reduction="none")
-                loss = (losses * sel.weights).mean() if sel.weights is not None else losses.mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            selected = Candidates(idx[sel.positions], xs, ys)
-            outs = ForwardOutputs(logits.detach().float(), feats.detach().float())
-            with phase("observe"):
-                selector.observe(selected, outs)
-        ms = {k: 1000 * v / args.steps for k, v in totals.items()}
+            cand = Candidates(idx, source.rows("train", idx, g), run.observed[idx])
+            with phase("step"):
+                train_step(
+                    run, cand, g, autocast, stats, section, score_forward, forward, score_autocast
+                )
+        # What is left of the step once the timed calls inside it are taken out.
+        totals["train_step"] = totals["step"] - totals["excluded"] - sum(totals[p] for p in PHASES)
+        ms = {k: 1000 * totals[k] / args.steps for k in PHASES}
         ms["step"] = sum(ms.values())
         if agreement:
             ms["top_agreement"] = sum(agreement) / len(agreement)
