@@ -22,6 +22,7 @@ def test_every_shipped_config_loads_and_round_trips(tmp_path: Path):
     assert set(list_shipped_configs()) >= PAPER_CONFIGS
     for name in list_shipped_configs():
         cfg = load_config(name)
+        check_names(cfg)  # every method, model, dataset and predictor it names is registered
         assert cfg.name == name
         path = tmp_path / f"{name}.yaml"
         path.write_text(dump_config(cfg))

@@ -1,0 +1,180 @@
+"""Every registered dataset and zero-shot predictor, end to end through the real CLI on tiny
+data (offline): a new entry is tested the day it is registered, or this file fails saying
+which entry has no tiny-data recipe here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
+from bdsel_cli.main import app
+from conftest import make_cifar_dir, make_fashion_dir, synthetic_images
+from PIL import Image
+from typer.testing import CliRunner
+
+from bdsel import rundir
+from bdsel.config import Config, load_config
+from bdsel.data import dataset_entry, list_datasets, load_dataset
+from bdsel.zeroshot import list_predictors, predictor_entry
+from bdsel.zeroshot.run import default_cache_path
+
+runner = CliRunner()
+
+
+# ----------------------------------------------------------------------------- tiny data
+
+
+def _fashion(root: Path) -> dict:
+    return {"root": str(make_fashion_dir(root, n_train=160, n_test=40))}
+
+
+def _cifar10(root: Path) -> dict:
+    return {"root": str(make_cifar_dir(root, "cifar10", n_per_batch=32))}
+
+
+def _cifar100(root: Path) -> dict:
+    return {"root": str(make_cifar_dir(root, "cifar100", n_per_batch=160))}
+
+
+def _imagefolder(root: Path) -> dict:
+    for split, n in (("train", 48), ("test", 12)):
+        x, y = synthetic_images(n, 3, 20, 3, seed=len(split))
+        for i, (img, c) in enumerate(zip(x, y, strict=True)):
+            path = root / split / f"class_{c}" / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.ascontiguousarray(img.transpose(1, 2, 0))).save(path)
+    return {"root": str(root), "image_size": 16, "num_workers": 0}
+
+
+# The files of each registered dataset in its own on-disk format, written by the test.
+TINY_DATA = {
+    "fashion_mnist": _fashion,
+    "cifar10": _cifar10,
+    "cifar100": _cifar100,
+    "imagefolder": _imagefolder,
+}
+
+
+def _tiny_clip(tmp_path: Path) -> dict:
+    """A one-layer open_clip architecture file and a random-init local checkpoint: no download."""
+    import open_clip
+
+    arch = tmp_path / "bdsel-registry-tiny-clip.json"
+    arch.write_text(
+        json.dumps(
+            {
+                "embed_dim": 32,
+                "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
+                "text_cfg": {
+                    "context_length": 16,
+                    "vocab_size": 49408,
+                    "width": 64,
+                    "heads": 2,
+                    "layers": 1,
+                },
+            }
+        )
+    )
+    open_clip.add_model_config(arch)
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "tiny-clip.pt"
+    torch.save(open_clip.create_model(arch.stem).state_dict(), checkpoint)
+    return {"model": str(arch), "pretrained": str(checkpoint), "device": "cpu"}
+
+
+# Each registered predictor's zeroshot.* settings for a tiny, offline run.
+TINY_PREDICTOR = {
+    "holdout": lambda tmp_path: {"holdout": {"epochs": 1, "batch_size": 32}},
+    "clip": _tiny_clip,
+}
+
+
+def _values(name: str, data: dict) -> dict:
+    return {
+        "seed": 1,
+        "data": {"name": name, "train_fraction": 0.5, "holdout_fraction": 0.25, **data},
+        "train": {"epochs": 1, "log_every": 1},
+        "select": {"method": "uniform", "n_candidates": 16, "n_selected": 4, "n_samples": 8},
+        "eval": {"batch_size": 64},
+        "zeroshot": {"batch_size": 64},
+    }
+
+
+def _write(tmp_path: Path, values: dict) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+# ----------------------------------------------------------------------------- the walks
+
+
+def test_every_registry_entry_has_a_tiny_recipe():
+    assert sorted(TINY_DATA) == list_datasets()
+    assert sorted(TINY_PREDICTOR) == list_predictors()
+
+
+@pytest.mark.parametrize("name", list_datasets())
+def test_every_dataset_caches_and_trains_through_the_cli(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.chdir(tmp_path)  # the default cache path, cache/<stem>.h5, lands here
+    values = _values(name, TINY_DATA[name](tmp_path / "data"))
+    values["zeroshot"].update(predictor="holdout", holdout={"epochs": 1, "batch_size": 32})
+    cfg_path = _write(tmp_path, values)
+
+    dataset = load_dataset(load_config(values=values).data)
+    assert dataset.name == name and len(dataset.train) > 0 and len(dataset.test) > 0
+    prompts = dataset_entry(name).prompts
+    assert prompts is None or len(prompts[0]) == dataset.n_classes
+
+    result = runner.invoke(app, ["cache-zeroshot", "-c", str(cfg_path)])
+    assert result.exit_code == 0, result.output
+    cache = default_cache_path(load_config(str(cfg_path)))
+    assert cache.is_file() and cache.name.startswith(f"{name}-holdout-")
+    with h5py.File(cache) as f:
+        assert f["train/logprobs"].shape == (len(dataset.train), dataset.n_classes)
+        assert f["train/done"][...].all() and f["test/done"][...].all()
+
+    run_dir = tmp_path / "run"
+    args = ["train", "-c", str(cfg_path), "--run-dir", str(run_dir)]
+    result = runner.invoke(app, [*args, "--set", "select.method=rho_loss"])  # reads the cache
+    assert result.exit_code == 0, result.output
+    records = rundir.read_metrics(run_dir)
+    assert [r["epoch"] for r in records] == [1] and 0.0 <= records[0]["test_acc"] <= 1.0
+    assert rundir.read_summary(run_dir)["dataset"] == name
+
+
+@pytest.mark.parametrize("name", list_predictors())
+def test_every_predictor_caches_and_trains_through_the_cli(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fashion_dir: Path
+):
+    entry = predictor_entry(name)
+    assert entry.cls.name == name
+    assert Config().get(entry.section) is not None  # its settings are a real config section
+    monkeypatch.chdir(tmp_path)
+    values = _values("fashion_mnist", {"root": str(fashion_dir)})
+    values["zeroshot"].update(predictor=name, **TINY_PREDICTOR[name](tmp_path))
+    cfg_path = _write(tmp_path, values)
+    config = load_config(str(cfg_path))
+
+    result = runner.invoke(app, ["cache-zeroshot", "-c", str(cfg_path)])
+    assert result.exit_code == 0, result.output
+    cache = default_cache_path(config)
+    assert cache == Path("cache") / f"{entry.cache_stem(config)}.h5" and cache.is_file()
+    with h5py.File(cache) as f:
+        assert json.loads(f.attrs["predictor"])["kind"] == name
+        logprobs = torch.from_numpy(f["test/logprobs"][...])
+    assert logprobs.shape == (300, 10)
+    torch.testing.assert_close(logprobs.exp().sum(1), torch.ones(300), atol=1e-4, rtol=0)
+
+    run_dir = tmp_path / "run"
+    args = ["train", "-c", str(cfg_path), "--run-dir", str(run_dir)]
+    result = runner.invoke(app, [*args, "--set", "select.method=bayesian"])
+    assert result.exit_code == 0, result.output
+    assert [r["epoch"] for r in rundir.read_metrics(run_dir)] == [1]
