@@ -75,6 +75,9 @@ class TrainConfig:
     step_gamma: float = 0.1
     device: str = "auto"  # auto: cuda when available, else cpu
     compile: bool = False
+    # Exponential moving average of the weights (and BN buffers), updated after every
+    # optimizer step with a decay warm-up (bdsel.evaluation); 0 turns it off.
+    ema_decay: float = 0.998
     log_every: int = 50  # steps between progress updates (the only host syncs in an epoch)
 
 
@@ -139,6 +142,12 @@ class ZeroshotConfig:
     holdout: HoldoutConfig = field(default_factory=HoldoutConfig)
 
 
+# An evaluated variant "<weights>/<BN statistics>" that eval.extra can add to every record.
+EvalVariant = Literal[
+    "online/running", "online/recalibrate", "ema/running", "ema/recalibrate", "ema/online_bn"
+]
+
+
 @dataclass
 class EvalConfig:
     every: int = 1  # epochs
@@ -146,6 +155,13 @@ class EvalConfig:
     # Where accuracy is measured: the test set, or data.validation_fraction of the training
     # set (for tuning; its records say val_acc instead of test_acc).
     split: Literal["test", "validation"] = "test"
+    # Which weights test_acc is of: the EMA of the weights (train.ema_decay) or the online ones.
+    model: Literal["ema", "online"] = "ema"
+    # BN statistics at evaluation: the evaluated model's running ones, or re-estimated on a
+    # fixed uniform sample of bn_samples training points before each evaluation.
+    bn: Literal["running", "recalibrate"] = "recalibrate"
+    bn_samples: int = 6400
+    extra: list[EvalVariant] = field(default_factory=list)  # more variants in each record
 
 
 @dataclass
@@ -380,6 +396,10 @@ def validate(config: Config) -> None:
     need(t.weight_decay >= 0, "train.weight_decay", "a float >= 0")
     need(0 <= t.momentum < 1, "train.momentum", "a float in [0, 1)")
     need(t.log_every >= 1, "train.log_every", "a positive int")
+    need(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "a decay in [0, 1) (0: no EMA)")
+    if config.eval.model == "ema" and t.ema_decay == 0.0:
+        raise ConfigError("eval.model=ema needs train.ema_decay > 0 (or set eval.model=online)")
+    need(config.eval.bn_samples >= 1, "eval.bn_samples", "a positive int")
     need(config.eval.every >= 1, "eval.every", "a positive int")
     need(config.eval.batch_size >= 1, "eval.batch_size", "a positive int")
     need(

@@ -199,6 +199,7 @@ def fit_supervised(
     batch_size: int,
     optimizer: torch.optim.Optimizer,
     seed: int,
+    ema_decay: float = 0.0,
     on_batch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     progress: Any = None,
     description: str = "fit",
@@ -206,9 +207,14 @@ def fit_supervised(
     """Plain minibatch training on ``indices`` (global, train split) with ``labels`` [N].
 
     For the models bdsel trains besides the selected one: the hold-out (IL) predictor and
-    SVP's proxy. ``on_batch(epoch, idx, logits)`` sees every training batch's global indices
-    and detached logits (SVP counts forgetting events with it). ``progress``: a rich Progress.
+    SVP's proxy. Returns the trained model in eval mode: with ``ema_decay`` > 0 the weight
+    EMA's copy (as the main run evaluates), else ``model`` itself.
+    ``on_batch(epoch, idx, logits)`` sees every training batch's global indices and detached
+    logits of the online model (SVP counts forgetting events with it). ``progress``: a rich
+    Progress.
     """
+    from bdsel.evaluation import make_ema  # late: evaluation imports this module
+
     device = source.device
     steps_per_epoch = -(-len(indices) // batch_size)
     task = (
@@ -217,6 +223,7 @@ def fit_supervised(
     labels = labels.to(device)
     indices = indices.to(device)
     autocast = autocast_for(device)
+    ema = make_ema(model, ema_decay)
     model.train()
     for epoch in range(epochs):
         g_perm = stream_generator(seed, epoch, PERMUTATION, device)
@@ -229,12 +236,14 @@ def fit_supervised(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if ema is not None:
+                ema.update(model)
             if on_batch is not None:
                 on_batch(epoch, idx, logits.detach())
         if task is not None:
             progress.update(task, completed=(epoch + 1) * steps_per_epoch)
     model.eval()
-    return model
+    return ema.module.eval() if ema is not None else model
 
 
 @torch.no_grad()

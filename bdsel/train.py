@@ -13,6 +13,7 @@ log interval.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,14 +36,14 @@ from bdsel.engine import (
     autocast_for,
     build_optimizer,
     candidate_forward,
-    evaluate,
     lr_factor,
     resolve_device,
     stream_generator,
 )
+from bdsel.evaluation import Evaluator, WeightEMA, make_ema
 from bdsel.models import Classifier, create_model
 from bdsel.registries import check_names
-from bdsel.rundir import RunDirError, acc_key, epochs_to_target, metric_prefix
+from bdsel.rundir import RunDirError, acc_key, epochs_to_target
 from bdsel.runlog import RunDir
 from bdsel.selection import (
     Candidates,
@@ -71,6 +72,7 @@ class Run:
     steps_per_epoch: int
     observed: torch.Tensor  # int64 [N] on the device
     noisy: torch.Tensor  # bool [N] on the device
+    ema: WeightEMA | None  # the weight EMA (train.ema_decay > 0), on the rank that evaluates
 
 
 def build_lookups(
@@ -95,10 +97,10 @@ def build_run(config: Config, dataset: Dataset | None = None, world: World | Non
     dataset = dataset if dataset is not None else load_dataset(config.data)
     data = derive_run_data(dataset, config.data, config.seed)
     n_train = len(data.train_idx) // world.size  # each rank's slice of an epoch
-    n_b = config.select.n_candidates
-    if n_train < n_b:
+    n_candidates = config.select.n_candidates
+    if n_train < n_candidates:
         raise ValueError(
-            f"select.n_candidates ({n_b}) is larger than the train subset "
+            f"select.n_candidates ({n_candidates}) is larger than the train subset "
             f"({n_train} points{' per rank' if world.distributed else ''})"
         )
     source = make_image_source(  # NHWC batches, as the models' channels-last weights
@@ -125,7 +127,7 @@ def build_run(config: Config, dataset: Dataset | None = None, world: World | Non
     )
     selector = create_selector(config.select.method, context)
     optimizer = build_optimizer(model, config.train)
-    steps_per_epoch = n_train // n_b
+    steps_per_epoch = n_train // n_candidates
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, config.train, steps_per_epoch)
     )
@@ -141,6 +143,7 @@ def build_run(config: Config, dataset: Dataset | None = None, world: World | Non
         steps_per_epoch,
         observed=data.observed.to(device),
         noisy=data.noisy.to(device),
+        ema=make_ema(model, config.train.ema_decay) if world.is_main else None,
     )
 
 
@@ -213,6 +216,8 @@ def train_step(
     loss.backward()
     run.optimizer.step()
     run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update(run.model)
 
     selected = Candidates(candidates.indices[pos], x, y)
     run.selector.observe(
@@ -256,6 +261,64 @@ def _reduce_stats(stats: EpochStats, world: World) -> EpochStats:
     return EpochStats(packed[0], packed[1], int(packed[2]), scalars, stats.n_steps)
 
 
+@dataclass
+class TrainState:
+    """Where a run stands between epochs: what a checkpoint holds besides module states."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    samples_seen: int = 0
+    wall_s: float = 0.0  # training time (selection included, evaluation excluded)
+    best_acc: float = 0.0
+
+
+def save_checkpoint(
+    rundir: RunDir,
+    run: Run,
+    state: TrainState,
+    timer: SectionTimer,
+    stats: EpochStats,
+    world: World,
+) -> None:
+    """Everything a resumed run needs to continue exactly as an uninterrupted one."""
+    rundir.save_checkpoint(
+        {
+            "model": run.model.state_dict(),
+            "ema": run.ema.state_dict() if run.ema is not None else None,
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "selector": run.selector.state_dict(),
+            **dataclasses.asdict(state),
+            "selection_s": timer.seconds(),
+            "stats": stats.state(),
+            "world_size": world.size,
+        }
+    )
+
+
+def load_checkpoint(
+    rundir: RunDir, run: Run, timer: SectionTimer, world: World
+) -> tuple[TrainState, EpochStats]:
+    """Restore ``run``'s modules and the timer from the run directory's checkpoint."""
+    ckpt = rundir.load_checkpoint(map_location=run.device)
+    if ckpt.get("world_size", 1) != world.size:
+        raise RunDirError(
+            f"--resume: the checkpoint was written by {ckpt.get('world_size', 1)} processes, "
+            f"this run has {world.size}; resume at the same world size"
+        )
+    if (ckpt.get("ema") is None) != (run.ema is None) and world.is_main:
+        raise RunDirError("--resume: the checkpoint's weight EMA does not match train.ema_decay")
+    run.model.load_state_dict(ckpt["model"])
+    if run.ema is not None:
+        run.ema.load_state_dict(ckpt["ema"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.selector.load_state_dict(ckpt["selector"])
+    state = TrainState(**{f.name: ckpt[f.name] for f in dataclasses.fields(TrainState)})
+    timer.total = ckpt["selection_s"]
+    return state, EpochStats.from_state(ckpt["stats"], run.device)
+
+
 def train(
     config: Config,
     run_dir: Path,
@@ -269,7 +332,8 @@ def train(
 
     ``progress`` is an optional rich Progress; ``on_epoch`` receives each metrics record.
     Under torchrun each rank trains on its slice of every epoch with n_B candidates and n_b
-    selected per rank (per step, world_size * n_b points in all); rank 0 evaluates and writes.
+    selected per rank (per step, world_size * n_b points in all); rank 0 keeps the weight
+    EMA, evaluates and writes.
     """
     world = init_world(config.train.device)
     run = build_run(config, dataset, world)
@@ -288,48 +352,35 @@ def train(
         )
     train_forward = torch.compile(trainer) if config.train.compile else trainer
     score_forward = torch.compile(model) if config.train.compile else model
+    evaluator = Evaluator(config, run.data, run.source) if world.is_main else None
     train_idx = run.data.train_idx.to(device)
     has_noise = bool(run.data.noisy[run.data.train_idx].any())
     base_noisy = run.data.base_noisy_frac if has_noise else None
-    n_b = config.select.n_candidates
-    prefix = _metric_prefix(config)
+    n_candidates = config.select.n_candidates
 
-    start_epoch, step, samples_seen, wall_s = 0, 0, 0, 0.0
-    best_acc = 0.0
+    state = TrainState()
     timer = SectionTimer(device)
     stats = EpochStats.zeros(device)
     if mode == "resume":
-        ckpt = rundir.load_checkpoint(map_location=device)
-        if ckpt.get("world_size", 1) != world.size:
-            raise RunDirError(
-                f"--resume: the checkpoint was written by {ckpt.get('world_size', 1)} processes, "
-                f"this run has {world.size}; resume at the same world size"
-            )
-        model.load_state_dict(ckpt["model"])
-        run.optimizer.load_state_dict(ckpt["optimizer"])
-        run.scheduler.load_state_dict(ckpt["scheduler"])
-        run.selector.load_state_dict(ckpt["selector"])
-        start_epoch, step, samples_seen = ckpt["epoch"], ckpt["step"], ckpt["samples_seen"]
-        wall_s, best_acc = ckpt["wall_s"], ckpt["best_acc"]
-        timer.total = ckpt["selection_s"]
-        stats = EpochStats.from_state(ckpt["stats"], device)
+        state, stats = load_checkpoint(rundir, run, timer, world)
         barrier()  # every rank has read the checkpoint before rank 0 touches the directory
         if world.is_main:
-            rundir.truncate_metrics(start_epoch)
+            rundir.truncate_metrics(state.epoch)
 
     # One-off selection work (SVP's proxy training) counts as selection time and wall time.
     t_prepare = time.perf_counter()
     run.selector.prepare()
     if mode != "resume":
         prepare_s = time.perf_counter() - t_prepare
-        wall_s += prepare_s
+        state.wall_s += prepare_s
         timer.total += prepare_s
     epochs = config.train.epochs
     task = None
     if progress is not None:
-        task = progress.add_task("train", total=epochs * run.steps_per_epoch, completed=step)
+        task = progress.add_task("train", total=epochs * run.steps_per_epoch, completed=state.step)
     model.train()
-    for epoch in range(start_epoch, epochs):
+    for epoch in range(state.epoch, epochs):
+        # -- draw candidates and step
         t0 = time.perf_counter()
         run.selector.set_epoch(epoch)
         # One permutation for all ranks, cut into a slice per rank; augmentation and selection
@@ -340,7 +391,9 @@ def train(
         order = run.selector.epoch_order(train_idx, g_perm)
         per_rank = len(order) // world.size
         order = order[world.rank * per_rank : (world.rank + 1) * per_rank]
-        batches = run.source.iter_batches("train", order, n_b, generator=g_aug, drop_last=True)
+        batches = run.source.iter_batches(
+            "train", order, n_candidates, generator=g_aug, drop_last=True
+        )
         for i, (idx, inputs) in enumerate(batches):
             candidates = Candidates(idx, inputs, run.observed[idx])
             n = train_step(
@@ -354,59 +407,32 @@ def train(
                 train_forward,
                 score_autocast,
             )
-            samples_seen += n * world.size
-            step += 1
+            state.samples_seen += n * world.size
+            state.step += 1
             if task is not None and ((i + 1) % config.train.log_every == 0):
-                progress.update(task, completed=step)
+                progress.update(task, completed=state.step)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        wall_s += time.perf_counter() - t0
+        state.wall_s += time.perf_counter() - t0
+        state.epoch = epoch + 1
         if task is not None:
-            progress.update(task, completed=step)
+            progress.update(task, completed=state.step)
 
-        done = epoch + 1
-        if done % config.eval.every == 0 or done == epochs:
+        # -- evaluate (rank 0) and log
+        if state.epoch % config.eval.every == 0 or state.epoch == epochs:
             totals = _reduce_stats(stats, world)
-            if world.is_main:
-                acc, eval_loss = _evaluate_split(model, run, config)
-                best_acc = max(best_acc, acc)
-                n_pts = max(totals.n_points, 1)
-                record = {
-                    "epoch": done,
-                    "step": step,
-                    "samples_seen": samples_seen,
-                    f"{prefix}_acc": acc,
-                    f"{prefix}_loss": eval_loss,
-                    "train_loss": float(totals.loss_sum) / n_pts,
-                    "selected_noisy_frac": float(totals.noisy_sum) / n_pts if has_noise else None,
-                    "base_noisy_frac": base_noisy,
-                    "wall_s": wall_s,
-                    "selection_s": timer.seconds(),
-                    "lr": run.optimizer.param_groups[0]["lr"],
-                }
-                for k, v in totals.scalars.items():
-                    record[f"select/{k}"] = float(v) / max(totals.n_steps, 1)
+            if evaluator is not None:
+                metrics = evaluator(model, run.ema)
+                state.best_acc = max(state.best_acc, metrics[f"{evaluator.prefix}_acc"])
+                record = _record(state, metrics, totals, timer, run, has_noise, base_noisy)
                 rundir.append_metrics(record)
                 if on_epoch is not None:
                     on_epoch(record)
             stats = EpochStats.zeros(device)
+
+        # -- save
         if world.is_main:
-            rundir.save_checkpoint(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": run.optimizer.state_dict(),
-                    "scheduler": run.scheduler.state_dict(),
-                    "selector": run.selector.state_dict(),
-                    "epoch": done,
-                    "step": step,
-                    "samples_seen": samples_seen,
-                    "wall_s": wall_s,
-                    "selection_s": timer.seconds(),
-                    "best_acc": best_acc,
-                    "stats": stats.state(),
-                    "world_size": world.size,
-                }
-            )
+            save_checkpoint(rundir, run, state, timer, stats, world)
         barrier()
 
     summary = summarize(config, rundir.read_metrics())
@@ -416,18 +442,32 @@ def train(
     return summary
 
 
-def _metric_prefix(config: Config) -> str:
-    return metric_prefix(config.eval.split)
-
-
-def _evaluate_split(model: nn.Module, run: Run, config: Config) -> tuple[float, float]:
-    """Accuracy and loss on the test set, or on the clean-labelled validation subset."""
-    if config.eval.split == "test":
-        labels = run.data.dataset.test.labels
-        return evaluate(model, run.source, labels, config.eval.batch_size)
-    rows = run.data.validation_idx.to(run.device)
-    labels = run.data.clean[run.data.validation_idx]
-    return evaluate(model, run.source, labels, config.eval.batch_size, split="train", rows=rows)
+def _record(
+    state: TrainState,
+    metrics: dict[str, float],
+    totals: EpochStats,
+    timer: SectionTimer,
+    run: Run,
+    has_noise: bool,
+    base_noisy: float | None,
+) -> dict[str, Any]:
+    """One line of metrics.jsonl: the evaluation and the selected points since the last."""
+    n_pts = max(totals.n_points, 1)
+    record: dict[str, Any] = {
+        "epoch": state.epoch,
+        "step": state.step,
+        "samples_seen": state.samples_seen,
+        **metrics,
+        "train_loss": float(totals.loss_sum) / n_pts,
+        "selected_noisy_frac": float(totals.noisy_sum) / n_pts if has_noise else None,
+        "base_noisy_frac": base_noisy,
+        "wall_s": state.wall_s,
+        "selection_s": timer.seconds(),
+        "lr": run.optimizer.param_groups[0]["lr"],
+    }
+    for k, v in totals.scalars.items():
+        record[f"select/{k}"] = float(v) / max(totals.n_steps, 1)
+    return record
 
 
 def summarize(config: Config, metrics: list[dict[str, Any]]) -> dict[str, Any]:

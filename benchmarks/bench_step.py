@@ -35,6 +35,7 @@ from bdsel.engine import (
     candidate_forward,
     resolve_device,
 )
+from bdsel.evaluation import make_ema
 from bdsel.models import create_model
 from bdsel.selection import Candidates, Selector, SelectorContext, create_selector
 from bdsel.train import EpochStats, Run, train_step
@@ -162,6 +163,7 @@ def bench(args: argparse.Namespace) -> dict:
             steps_per_epoch=args.warmup + args.steps,
             observed=data.observed.to(device),
             noisy=data.noisy.to(device),
+            ema=make_ema(model, cfg.train.ema_decay),  # the step updates it, as in training
         )
         score_forward = TimedForward(forward, phase)
         stats, section = EpochStats.zeros(device), SectionTimer(device)

@@ -102,11 +102,23 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path: Path, tiny_config_val
     b = [json.loads(x) for x in (tmp_path / "killed/metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in b] == [1, 2, 3]
     for ra, rb in zip(a, b, strict=True):
-        for key in ("test_acc", "test_loss", "train_loss", "selected_noisy_frac", "step"):
+        for key in (
+            "test_acc",
+            "test_loss",
+            "test_acc_online",
+            "test_acc_ema",
+            "train_loss",
+            "selected_noisy_frac",
+            "step",
+        ):
             assert ra[key] == rb[key], key
-    wa = torch.load(tmp_path / "full/checkpoint.pt", weights_only=False)["model"]
-    wb = torch.load(tmp_path / "killed/checkpoint.pt", weights_only=False)["model"]
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    ca = torch.load(tmp_path / "full/checkpoint.pt", weights_only=False)
+    cb = torch.load(tmp_path / "killed/checkpoint.pt", weights_only=False)
+    assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
+    # The weight EMA (evaluated by default) resumes exactly too.
+    assert ca["ema"]["updates"] == cb["ema"]["updates"] == ca["step"]
+    ea, eb = ca["ema"]["module"], cb["ema"]["module"]
+    assert all(torch.equal(ea[k], eb[k]) for k in ea)
 
 
 def test_full_trains_on_every_candidate(tmp_path: Path, tiny_config_values: dict):
@@ -123,7 +135,7 @@ def test_full_trains_on_every_candidate(tmp_path: Path, tiny_config_values: dict
         (["--set", "data.holdout_fraction=0.6"], "must be disjoint"),
         (["--set", "model.name=alexnet"], "valid: resnet18, resnet18_cifar"),
         (["--set", "select.method=oracle"], "unknown method 'oracle'; valid: bayesian, full"),
-        (["--set", "data.name=svhn"], "data.name: expected one of"),
+        (["--set", "data.name=svhn"], "data.name: unknown dataset 'svhn'; valid: cifar10"),
         (["--set", "data.root=/nonexistent/fmnist"], "/nonexistent/fmnist does not exist"),
     ],
 )

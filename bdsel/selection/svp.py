@@ -98,7 +98,7 @@ def train_proxy(
     def record(epoch: int, idx: torch.Tensor, logits: torch.Tensor) -> None:
         history[epoch, position[idx]] = logits.argmax(1) == labels[idx]
 
-    fit_supervised(
+    proxy = fit_supervised(
         proxy,
         source,
         train_idx,
@@ -107,6 +107,7 @@ def train_proxy(
         batch_size=svp.batch_size,
         optimizer=optimizer,
         seed=config.seed + SVP_SEED_OFFSET,
+        ema_decay=config.train.ema_decay,
         on_batch=record,
     )
     return proxy, history

@@ -69,7 +69,7 @@ class HoldoutPredictor:
     def fit(self, progress: Any = None) -> None:
         h = self.config.zeroshot.holdout
         optimizer = build_optimizer(self.model, _as_train_config(self.config))
-        fit_supervised(
+        self.model = fit_supervised(
             self.model,
             self.source,
             self.data.holdout_idx,
@@ -78,6 +78,7 @@ class HoldoutPredictor:
             batch_size=h.batch_size,
             optimizer=optimizer,
             seed=self.config.seed + 7919,  # a stream of its own, apart from the main run's
+            ema_decay=self.config.train.ema_decay,
             progress=progress,
             description="hold-out model",
         )
@@ -124,6 +125,7 @@ class HoldoutPredictor:
             "lr": h.lr,
             "weight_decay": h.weight_decay,
             "batch_size": h.batch_size,
+            "ema_decay": self.config.train.ema_decay,
             "seed": self.config.seed,
             "split_seed": self.config.seed if d.split_seed is None else d.split_seed,
             "train_fraction": d.train_fraction,

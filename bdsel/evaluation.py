@@ -1,0 +1,219 @@
+"""What a run evaluates: a weight EMA, batch-norm statistics, and the metrics of a record.
+
+The authors evaluate an exponential moving average of the weights (their training script
+wraps the model in ``ema_pytorch.EMA``); bdsel keeps one with timm's ``ModelEmaV3`` (timm
+already comes with open_clip): parameters and BN buffers averaged with foreach ops, a
+decay warm-up computed on the host from the step count, so an update never syncs the host.
+
+Batch-norm running statistics of a selecting run come from the selected batches only, a
+biased sample (hard, clean-looking points). ``eval.bn: recalibrate`` re-estimates them
+before each evaluation on a fixed, uniformly drawn sample of the training subset, on a copy
+of the evaluated model, so evaluation never changes what training sees.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any, get_args
+
+import torch
+from torch import nn
+
+from bdsel.config import Config, EvalVariant
+from bdsel.data import RunData
+from bdsel.data.batching import ImageSource
+from bdsel.engine import evaluate, stream_generator
+from bdsel.rundir import metric_prefix
+
+# ----------------------------------------------------------------------------- weight EMA
+
+# The decay warm-up of timm's ModelEmaV3 and ema_pytorch with their defaults (inv_gamma 1,
+# power 2/3): decay_t = min(ema_decay, 1 - (1 + t)^(-2/3)) at the t-th update after the
+# first, which copies the weights. It passes 0.99 at step 1000 and 0.998 at step 11180.
+EMA_WARMUP_POWER = 2.0 / 3.0
+
+
+class WeightEMA:
+    """An exponential moving average of a model's weights and BN buffers.
+
+    ``update(model)`` after every optimizer step; ``module`` is the averaged model (kept in
+    eval mode). The update count lives on the host, so the decay is a Python float.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        from timm.utils.model_ema import ModelEmaV3  # late: timm's import takes seconds
+
+        self._ema = ModelEmaV3(
+            model,
+            decay=decay,
+            use_warmup=True,
+            warmup_gamma=1.0,
+            warmup_power=EMA_WARMUP_POWER,
+        )
+        self.updates = 0
+
+    @property
+    def module(self) -> nn.Module:
+        return self._ema.module
+
+    def decay_at(self, update: int) -> float:
+        """The decay applied by the ``update``-th update (1-based); the first copies."""
+        return self._ema.get_decay(update)
+
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        self._ema.update(model, step=self.updates)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"module": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.updates = int(state["updates"])
+
+
+def make_ema(model: nn.Module, decay: float) -> WeightEMA | None:
+    """A WeightEMA of ``model``, or None when ``decay`` is 0 (EMA off)."""
+    return WeightEMA(model, decay) if decay > 0 else None
+
+
+# ----------------------------------------------------------------------------- batch norm
+
+
+def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: nn.Module, batches: Iterator[torch.Tensor] | list[torch.Tensor]
+) -> int:
+    """Set every BN layer's running mean and (unbiased) variance to those of its inputs
+    over all of ``batches``; returns the number of layers recalibrated.
+
+    The forward runs in train mode, as in training (each BN normalises with its batch's
+    statistics), and hooks accumulate each layer's per-channel sum and sum of squares in
+    float64, so the result is the exact statistic of the whole sample, not an average of
+    per-batch variances (torch's ``update_bn`` misses the spread between batch means).
+    """
+    bns = _batchnorms(model)
+    if not bns:
+        return 0
+    sums: dict[nn.Module, list[Any]] = {m: [0.0, 0.0, 0] for m in bns}
+
+    def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        x = args[0].detach().double()
+        dims = [d for d in range(x.dim()) if d != 1]  # every axis but the channels
+        acc = sums[module]
+        acc[0] = acc[0] + x.sum(dims)
+        acc[1] = acc[1] + (x * x).sum(dims)
+        acc[2] += x.numel() // x.shape[1]
+
+    handles = [m.register_forward_pre_hook(hook) for m in bns]
+    was_training = model.training
+    model.train()
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    for m in bns:
+        total, total_sq, n = sums[m]
+        if n == 0:
+            continue
+        mean = total / n
+        var = (total_sq / n - mean * mean).clamp_min(0) * (n / max(n - 1, 1))
+        m.running_mean.copy_(mean.to(m.running_mean.dtype))
+        m.running_var.copy_(var.to(m.running_var.dtype))
+    return len(bns)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+# Stream id of the BN recalibration sample (after engine's permutation/augmentation/selection).
+BN_SAMPLE = 3
+
+
+# Extra variants a record can carry (``eval.extra``), "<weights>/<BN statistics>": the
+# online or EMA weights with their own running statistics, recalibrated ones, or (EMA only)
+# the online model's running statistics. For measuring what to evaluate; each costs one
+# evaluation.
+EXTRA_VARIANTS: tuple[str, ...] = get_args(EvalVariant)
+
+
+class Evaluator:
+    """The metrics of one evaluation: which model (``eval.model``), which BN statistics
+    (``eval.bn``), on which split (``eval.split``).
+
+    A record holds ``<split>_acc``/``<split>_loss`` of the evaluated model, and
+    ``<split>_acc_online`` and (EMA on) ``<split>_acc_ema`` with the same BN statistics,
+    plus ``<split>_acc/<variant>`` for each of ``eval.extra``.
+    """
+
+    def __init__(self, config: Config, data: RunData, source: ImageSource) -> None:
+        self.config, self.source = config, source
+        self.prefix = metric_prefix(config.eval.split)  # test_acc / val_acc
+        device = source.device
+        if config.eval.split == "test":
+            self.split, self.rows = "test", None
+            self.labels = data.dataset.test.labels
+        else:
+            self.split, self.rows = "train", data.validation_idx.to(device)
+            self.labels = data.clean[data.validation_idx]
+        # One fixed, uniform sample of the training subset for the whole run.
+        g = stream_generator(config.seed, 0, BN_SAMPLE, device)
+        train_idx = data.train_idx.to(device)
+        n = min(config.eval.bn_samples, len(train_idx))
+        pick = torch.randperm(len(train_idx), device=device, generator=g)[:n]
+        self.bn_rows = train_idx[pick]
+
+    def with_bn(self, model: nn.Module, bn: str, online: nn.Module | None = None) -> nn.Module:
+        """``model`` with the BN statistics ``bn`` names (a copy when they change)."""
+        if bn == "running" or not _batchnorms(model):
+            return model
+        model = copy.deepcopy(model)
+        if bn == "online":  # the online model's running statistics under these weights
+            assert online is not None
+            for mine, theirs in zip(_batchnorms(model), _batchnorms(online), strict=True):
+                mine.running_mean.copy_(theirs.running_mean)
+                mine.running_var.copy_(theirs.running_var)
+            return model
+        bs = self.config.eval.batch_size
+        batches = (x for _, x in self.source.iter_batches("train", self.bn_rows, bs))
+        recalibrate_batchnorm(model, batches)
+        return model
+
+    def accuracy(
+        self, model: nn.Module, bn: str, online: nn.Module | None = None
+    ) -> tuple[float, float]:
+        """(accuracy, mean cross-entropy) on the evaluation split with BN statistics ``bn``."""
+        prepared = self.with_bn(model, bn, online)
+        bs = self.config.eval.batch_size
+        return evaluate(prepared, self.source, self.labels, bs, split=self.split, rows=self.rows)
+
+    def __call__(self, online: nn.Module, ema: WeightEMA | None) -> dict[str, float]:
+        p, bn = self.prefix, self.config.eval.bn
+        models = {"online": online, "ema": ema.module if ema is not None else None}
+        done: dict[tuple[str, str], tuple[float, float]] = {}
+
+        def measure(which: str, variant_bn: str) -> tuple[float, float]:
+            if (which, variant_bn) not in done:
+                done[which, variant_bn] = self.accuracy(models[which], variant_bn, online)
+            return done[which, variant_bn]
+
+        out: dict[str, float] = {f"{p}_acc_online": measure("online", bn)[0]}
+        if ema is not None:
+            out[f"{p}_acc_ema"] = measure("ema", bn)[0]
+        acc, loss = measure(self.config.eval.model, bn)
+        for variant in self.config.eval.extra:
+            which, variant_bn = variant.split("/")
+            if models[which] is not None:
+                out[f"{p}_acc/{variant}"] = measure(which, variant_bn)[0]
+        return {f"{p}_acc": acc, f"{p}_loss": loss, **out}
