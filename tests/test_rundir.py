@@ -38,6 +38,22 @@ def test_rundir_is_torch_free():
     assert out.stdout.strip() == "False"
 
 
+def test_only_rundir_spells_the_run_files():
+    """Every other module names run files through bdsel.rundir (prose may mention them)."""
+    spelled = []
+    for path in sorted(
+        [*ROOT.glob("bdsel/**/*.py"), *ROOT.glob("cli/*.py"), *ROOT.glob("benchmarks/*.py")]
+    ):
+        if path == ROOT / "bdsel/rundir.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            text = node.value if isinstance(node, ast.Constant) else None
+            if isinstance(text, str) and text.lstrip("/") in rundir.RUN_FILES:
+                spelled.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value}")
+    assert len(list(ROOT.glob("bdsel/**/*.py"))) > 20  # the walk sees the package
+    assert spelled == []
+
+
 def test_metric_keys_of_the_splits():
     assert rundir.acc_key("test") == "test_acc" and rundir.loss_key("test") == "test_loss"
     assert rundir.acc_key("validation") == "val_acc" and rundir.loss_key("validation") == "val_loss"
