@@ -1,8 +1,8 @@
 """What ``bdsel cache-zeroshot`` does, and how ``train`` reads the cache back.
 
 ``cache_zeroshot`` builds the registered predictor a config names (``bdsel.zeroshot.registry``:
-open_clip CLIP, the hold-out model, ...) and writes the HDF5 cache. ``load_lookups`` gives a training run its per-index zero-shot
-log-probs: ``zs_logprobs`` (at ``zeroshot.temperature``, for the bayesian score) and
+open_clip CLIP, the hold-out model, ...) and writes the HDF5 cache. ``load_lookups`` gives a
+training run its per-index zero-shot log-probs: ``zs_logprobs`` (at ``zeroshot.temperature``, for the bayesian score) and
 ``il_logprobs`` (at T = 1, the irreducible-loss model of RHO-LOSS).
 """
 
