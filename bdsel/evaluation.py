@@ -134,6 +134,16 @@ def recalibrate_batchnorm(
     return len(bns)
 
 
+@torch.no_grad()
+def with_running_stats_of(model: nn.Module, other: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose BN layers hold ``other``'s running mean and variance."""
+    model = copy.deepcopy(model)
+    for mine, theirs in zip(_batchnorms(model), _batchnorms(other), strict=True):
+        mine.running_mean.copy_(theirs.running_mean)
+        mine.running_var.copy_(theirs.running_var)
+    return model
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 # Stream id of the BN recalibration sample (after engine's permutation/augmentation/selection).
@@ -177,13 +187,10 @@ class Evaluator:
         """``model`` with the BN statistics ``bn`` names (a copy when they change)."""
         if bn == "running" or not _batchnorms(model):
             return model
-        model = copy.deepcopy(model)
-        if bn == "online":  # the online model's running statistics under these weights
+        if bn == "online_bn":
             assert online is not None
-            for mine, theirs in zip(_batchnorms(model), _batchnorms(online), strict=True):
-                mine.running_mean.copy_(theirs.running_mean)
-                mine.running_var.copy_(theirs.running_var)
-            return model
+            return with_running_stats_of(model, online)
+        model = copy.deepcopy(model)
         bs = self.config.eval.batch_size
         batches = (x for _, x in self.source.iter_batches("train", self.bn_rows, bs))
         recalibrate_batchnorm(model, batches)

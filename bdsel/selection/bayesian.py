@@ -106,6 +106,12 @@ class Bayesian(WarmupSelector):
             },
         )
 
+    def plausibility(self, candidates: Candidates) -> torch.Tensor | None:
+        """The zero-shot log-prob of the observed label: the score's free, cached term."""
+        if self.in_warmup:
+            return None
+        return self.zs_logprobs[candidates.indices, candidates.labels].float()
+
     def observe(self, selected: Candidates, outputs: ForwardOutputs) -> None:
         probs = torch.softmax(outputs.logits.float(), dim=1)
         # Under torchrun every rank folds the union of all ranks' selected batches into A and G,

@@ -115,10 +115,18 @@ class GradNormIS(GradNorm):
         return Selection(positions, weights=weights)
 
 
-@register_selector("irreducible_loss")
-class IrreducibleLoss(ScoreSelector):
-    needs_forward = False
+class UsesIrreducibleLoss(ScoreSelector):
+    """A method with the IL model's cached log-probs; they make its prefilter."""
+
     requires = ("il_logprobs",)
+
+    def plausibility(self, candidates: Candidates) -> torch.Tensor | None:
+        return None if self.in_warmup else -il_loss(self.context.lookups["il_logprobs"], candidates)
+
+
+@register_selector("irreducible_loss")
+class IrreducibleLoss(UsesIrreducibleLoss):
+    needs_forward = False
     score_name = "il_loss"
     lowest = True
 
@@ -127,10 +135,9 @@ class IrreducibleLoss(ScoreSelector):
 
 
 @register_selector("rho_loss")
-class RhoLoss(ScoreSelector):
+class RhoLoss(UsesIrreducibleLoss):
     """Reducible holdout loss: training loss minus irreducible loss."""
 
-    requires = ("il_logprobs",)
     score_name = "rho"
 
     def scores(self, candidates: Candidates, outputs: ForwardOutputs | None) -> torch.Tensor:
