@@ -96,22 +96,29 @@ def recalibrate_batchnorm(
     over all of ``batches``; returns the number of layers recalibrated.
 
     The forward runs in train mode, as in training (each BN normalises with its batch's
-    statistics), and hooks accumulate each layer's per-channel sum and sum of squares in
-    float64, so the result is the exact statistic of the whole sample, not an average of
-    per-batch variances (torch's ``update_bn`` misses the spread between batch means).
+    statistics). Hooks take each batch's per-channel mean and variance and pool them in
+    float64 (Chan et al.'s parallel update), so the result is the statistic of the whole
+    sample, not an average of per-batch variances (torch's ``update_bn`` misses the spread
+    between batch means).
     """
     bns = _batchnorms(model)
     if not bns:
         return 0
-    sums: dict[nn.Module, list[Any]] = {m: [0.0, 0.0, 0] for m in bns}
+    # per layer: [count, mean, sum of squared deviations], the last two float64 [C]
+    pooled: dict[nn.Module, list[Any]] = {m: [0, 0.0, 0.0] for m in bns}
 
     def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        x = args[0].detach().double()
+        x = args[0].detach()
         dims = [d for d in range(x.dim()) if d != 1]  # every axis but the channels
-        acc = sums[module]
-        acc[0] = acc[0] + x.sum(dims)
-        acc[1] = acc[1] + (x * x).sum(dims)
-        acc[2] += x.numel() // x.shape[1]
+        var_b, mean_b = torch.var_mean(x, dims, correction=0)
+        n_b = x.numel() // x.shape[1]
+        acc = pooled[module]
+        n_a, mean_a, m2_a = acc
+        n = n_a + n_b
+        delta = mean_b.double() - mean_a
+        acc[0] = n
+        acc[1] = mean_a + delta * (n_b / n)
+        acc[2] = m2_a + var_b.double() * n_b + delta * delta * (n_a * n_b / n)
 
     handles = [m.register_forward_pre_hook(hook) for m in bns]
     was_training = model.training
@@ -124,11 +131,10 @@ def recalibrate_batchnorm(
             h.remove()
         model.train(was_training)
     for m in bns:
-        total, total_sq, n = sums[m]
+        n, mean, m2 = pooled[m]
         if n == 0:
             continue
-        mean = total / n
-        var = (total_sq / n - mean * mean).clamp_min(0) * (n / max(n - 1, 1))
+        var = m2 / max(n - 1, 1)  # unbiased, as BatchNorm keeps it
         m.running_mean.copy_(mean.to(m.running_mean.dtype))
         m.running_var.copy_(var.to(m.running_var.dtype))
     return len(bns)

@@ -58,7 +58,7 @@ class Bayesian(WarmupSelector):
         generator: torch.Generator,
     ) -> Selection:
         assert outputs is not None
-        if self.in_warmup:
+        if self.uniform_epoch:
             return self.uniform.select(candidates, outputs, generator)
         labels = candidates.labels
         n = labels.shape[0]
@@ -108,7 +108,7 @@ class Bayesian(WarmupSelector):
 
     def plausibility(self, candidates: Candidates) -> torch.Tensor | None:
         """The zero-shot log-prob of the observed label: the score's free, cached term."""
-        if self.in_warmup:
+        if self.uniform_epoch:
             return None
         return self.zs_logprobs[candidates.indices, candidates.labels].float()
 

@@ -52,7 +52,7 @@ class ScoreSelector(WarmupSelector):
         self, candidates: Candidates, outputs: ForwardOutputs | None, generator: torch.Generator
     ) -> Selection:
         scores = self.scores(candidates, outputs)
-        if self.in_warmup:
+        if self.uniform_epoch:
             selection = self.uniform.select(candidates, outputs, generator)
         else:
             selection = self.choose(scores, generator)
@@ -121,7 +121,11 @@ class UsesIrreducibleLoss(ScoreSelector):
     requires = ("il_logprobs",)
 
     def plausibility(self, candidates: Candidates) -> torch.Tensor | None:
-        return None if self.in_warmup else -il_loss(self.context.lookups["il_logprobs"], candidates)
+        return (
+            None
+            if self.uniform_epoch
+            else -il_loss(self.context.lookups["il_logprobs"], candidates)
+        )
 
 
 @register_selector("irreducible_loss")
