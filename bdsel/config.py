@@ -103,6 +103,10 @@ class SelectConfig:
     # (README "Speed") at about half the cost of fp32 on CPU. "auto": the training step's.
     candidate_precision: Literal["bf16", "fp32", "auto"] = "bf16"
     warmup_epochs: int = 0  # uniform picks before selection starts
+    anneal: float = 0.0  # fraction of the final epochs on uniform picks (InfoBatch's annealing)
+    # A free first stage: keep this fraction of the candidates, those whose observed label
+    # the cached predictor finds most plausible, before the candidate forward (1: off).
+    prefilter: float = 1.0
     # bayesian: score = a * mean_s log p(y|f_s) + (1-a) * log p_zs(y|x) - log mean_s p(y|f_s)
     alpha: float = 0.2
     adaptive_alpha: bool = False
@@ -385,6 +389,8 @@ def validate(config: Config) -> None:
     need(s.n_effective > 0, "select.n_effective", "a positive float")
     need(0.0 <= s.momentum < 1.0, "select.momentum", "a float in [0, 1)")
     need(s.warmup_epochs >= 0, "select.warmup_epochs", "an int >= 0")
+    need(0.0 < s.prefilter <= 1.0, "select.prefilter", "a fraction in (0, 1]")
+    need(0.0 <= s.anneal < 1.0, "select.anneal", "a fraction of the epochs in [0, 1)")
     need(0.0 < s.svp.fraction <= 1.0, "select.svp.fraction", "a fraction in (0, 1]")
     need(s.svp.epochs >= 1, "select.svp.epochs", "a positive int")
     z = config.zeroshot

@@ -97,22 +97,29 @@ def recalibrate_batchnorm(
     over all of ``batches``; returns the number of layers recalibrated.
 
     The forward runs in train mode, as in training (each BN normalises with its batch's
-    statistics), and hooks accumulate each layer's per-channel sum and sum of squares in
-    float64, so the result is the exact statistic of the whole sample, not an average of
-    per-batch variances (torch's ``update_bn`` misses the spread between batch means).
+    statistics). Hooks take each batch's per-channel mean and variance and pool them in
+    float64 (Chan et al.'s parallel update), so the result is the statistic of the whole
+    sample, not an average of per-batch variances (torch's ``update_bn`` misses the spread
+    between batch means).
     """
     bns = _batchnorms(model)
     if not bns:
         return 0
-    sums: dict[nn.Module, list[Any]] = {m: [0.0, 0.0, 0] for m in bns}
+    # per layer: [count, mean, sum of squared deviations], the last two float64 [C]
+    pooled: dict[nn.Module, list[Any]] = {m: [0, 0.0, 0.0] for m in bns}
 
     def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        x = args[0].detach().double()
+        x = args[0].detach()
         dims = [d for d in range(x.dim()) if d != 1]  # every axis but the channels
-        acc = sums[module]
-        acc[0] = acc[0] + x.sum(dims)
-        acc[1] = acc[1] + (x * x).sum(dims)
-        acc[2] += x.numel() // x.shape[1]
+        var_b, mean_b = torch.var_mean(x, dims, correction=0)
+        n_b = x.numel() // x.shape[1]
+        acc = pooled[module]
+        n_a, mean_a, m2_a = acc
+        n = n_a + n_b
+        delta = mean_b.double() - mean_a
+        acc[0] = n
+        acc[1] = mean_a + delta * (n_b / n)
+        acc[2] = m2_a + var_b.double() * n_b + delta * delta * (n_a * n_b / n)
 
     handles = [m.register_forward_pre_hook(hook) for m in bns]
     was_training = model.training
@@ -125,14 +132,23 @@ def recalibrate_batchnorm(
             h.remove()
         model.train(was_training)
     for m in bns:
-        total, total_sq, n = sums[m]
+        n, mean, m2 = pooled[m]
         if n == 0:
             continue
-        mean = total / n
-        var = (total_sq / n - mean * mean).clamp_min(0) * (n / max(n - 1, 1))
+        var = m2 / max(n - 1, 1)  # unbiased, as BatchNorm keeps it
         m.running_mean.copy_(mean.to(m.running_mean.dtype))
         m.running_var.copy_(var.to(m.running_var.dtype))
     return len(bns)
+
+
+@torch.no_grad()
+def with_running_stats_of(model: nn.Module, other: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose BN layers hold ``other``'s running mean and variance."""
+    model = copy.deepcopy(model)
+    for mine, theirs in zip(_batchnorms(model), _batchnorms(other), strict=True):
+        mine.running_mean.copy_(theirs.running_mean)
+        mine.running_var.copy_(theirs.running_var)
+    return model
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -178,13 +194,10 @@ class Evaluator:
         """``model`` with the BN statistics ``bn`` names (a copy when they change)."""
         if bn == "running" or not _batchnorms(model):
             return model
-        model = copy.deepcopy(model)
-        if bn == "online":  # the online model's running statistics under these weights
+        if bn == "online_bn":
             assert online is not None
-            for mine, theirs in zip(_batchnorms(model), _batchnorms(online), strict=True):
-                mine.running_mean.copy_(theirs.running_mean)
-                mine.running_var.copy_(theirs.running_var)
-            return model
+            return with_running_stats_of(model, online)
+        model = copy.deepcopy(model)
         bs = self.config.eval.batch_size
         batches = (x for _, x in self.source.iter_batches("train", self.bn_rows, bs))
         recalibrate_batchnorm(model, batches)

@@ -51,6 +51,7 @@ from bdsel.selection import (
     Selector,
     SelectorContext,
     create_selector,
+    prefilter,
     selector_class,
 )
 
@@ -73,6 +74,7 @@ class Run:
     observed: torch.Tensor  # int64 [N] on the device
     noisy: torch.Tensor  # bool [N] on the device
     ema: WeightEMA | None  # the weight EMA (train.ema_decay > 0), on the rank that evaluates
+    n_prefiltered: int  # candidates left by select.prefilter (n_B when it is off)
 
 
 def build_lookups(
@@ -126,6 +128,15 @@ def build_run(config: Config, dataset: Dataset | None = None, world: World | Non
         extras={"data": data, "source": source},
     )
     selector = create_selector(config.select.method, context)
+    n_prefiltered = n_candidates
+    if config.select.prefilter < 1.0:
+        if type(selector).plausibility is Selector.plausibility:
+            raise ValueError(
+                f"select.prefilter: select.method={config.select.method} has no cached score "
+                "to prefilter with (bayesian, rho_loss and irreducible_loss have)"
+            )
+        kept = round(config.select.prefilter * n_candidates)
+        n_prefiltered = max(config.select.n_selected, kept)
     optimizer = build_optimizer(model, config.train)
     steps_per_epoch = n_train // n_candidates
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -144,6 +155,7 @@ def build_run(config: Config, dataset: Dataset | None = None, world: World | Non
         observed=data.observed.to(device),
         noisy=data.noisy.to(device),
         ema=make_ema(model, config.train.ema_decay) if world.is_main else None,
+        n_prefiltered=n_prefiltered,
     )
 
 
@@ -195,6 +207,12 @@ def train_step(
 ) -> int:
     """Select from one candidate batch, take one optimizer step; returns the points trained on."""
     timer.start()
+    if run.n_prefiltered < candidates.indices.shape[0]:
+        plausibility = run.selector.plausibility(candidates)
+        if plausibility is not None:
+            candidates = prefilter(candidates, plausibility, run.n_prefiltered)
+            noisy = run.noisy[candidates.indices].float().mean()
+            stats.scalars["prefiltered_noisy"] = stats.scalars.get("prefiltered_noisy", 0) + noisy
     outputs = None
     if run.selector.needs_forward:
         outputs = candidate_forward(

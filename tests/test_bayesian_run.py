@@ -232,3 +232,59 @@ def test_clip_cache_from_local_checkpoint_through_cli(bayes_values: dict, tmp_pa
         ],
     )
     assert result.exit_code == 2 and "needs an irreducible-loss model" in _out(result)
+
+
+def test_prefilter_scores_only_the_most_plausible_candidates(bayes_values: dict, tmp_path: Path):
+    """select.prefilter: the candidate forward sees only the candidates whose observed label
+    the cached predictor finds most plausible; the selected ones are among them."""
+    from bdsel.engine import SectionTimer, autocast_for
+    from bdsel.selection import Candidates, prefilter
+    from bdsel.train import EpochStats, build_run, train_step
+
+    plaus = torch.tensor([0.3, -2.0, 0.9, -0.1, 0.5, -5.0], dtype=torch.float64)
+    cands = Candidates(torch.arange(10, 16), torch.randn(6, 1, 4, 4), torch.arange(6))
+    kept = prefilter(cands, plaus, 3)
+    assert sorted(kept.indices.tolist()) == [10, 12, 14]  # brute force: the 3 largest
+    assert torch.equal(kept.labels, kept.indices - 10)  # rows stay aligned
+
+    values = dict(bayes_values, select=dict(bayes_values["select"], prefilter=0.5))
+    cfg = load_config(values=values)
+    assert runner.invoke(app, ["cache-zeroshot", "-c", _write(tmp_path, values)]).exit_code == 0
+    run = build_run(cfg)
+    assert run.n_prefiltered == 32  # half of 64 candidates, and at least n_selected (16)
+    sizes: list[int] = []
+    run.model.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
+    scored: list[torch.Tensor] = []
+    real_select = run.selector.select
+
+    def spy(candidates, outputs, generator):
+        scored.append(candidates.indices.clone())
+        return real_select(candidates, outputs, generator)
+
+    run.selector.select = spy
+    idx = run.data.train_idx[:64]
+    cands = Candidates(idx, run.source.rows("train", idx), run.observed[idx])
+    stats = EpochStats.zeros(run.device)
+    plain = autocast_for(run.device, "fp32")
+    timer = SectionTimer(run.device)
+    g = torch.Generator().manual_seed(0)
+    train_step(run, cands, g, plain, stats, timer, run.model, run.model, plain)
+    assert sizes == [32, 16]  # candidate forward on the survivors, then the training step
+    plausible = run.selector.zs_logprobs[idx, cands.labels]
+    assert set(scored[0].tolist()) == set(idx[plausible.topk(32).indices].tolist())
+    noisy = run.noisy[scored[0]].float().mean()
+    assert stats.scalars["prefiltered_noisy"] == pytest.approx(float(noisy))
+
+    summary = train(cfg, tmp_path / "run")
+    records = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert 0.0 <= records[-1]["select/prefiltered_noisy"] <= 1.0
+    assert summary["epochs_run"] == 2
+
+    with pytest.raises(ValueError, match="select.prefilter: select.method=uniform"):
+        build_run(load_config(values=dict(values, select=dict(values["select"], method="uniform"))))
+
+
+def _write(tmp_path: Path, values: dict) -> str:
+    path = tmp_path / "prefilter.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return str(path)

@@ -8,7 +8,12 @@ import torch
 from torch import nn
 
 from bdsel.config import ConfigError, load_config
-from bdsel.evaluation import EMA_WARMUP_POWER, WeightEMA, recalibrate_batchnorm
+from bdsel.evaluation import (
+    EMA_WARMUP_POWER,
+    WeightEMA,
+    recalibrate_batchnorm,
+    with_running_stats_of,
+)
 from bdsel.models import create_model, list_models
 from bdsel.train import train
 
@@ -65,6 +70,19 @@ def test_ema_state_round_trips():
     other.load_state_dict(ema.state_dict())
     assert other.updates == 3
     assert torch.equal(other.module[0].weight, ema.module[0].weight)
+
+
+def test_ema_weights_with_the_online_statistics():
+    torch.manual_seed(0)
+    online, averaged = _tiny_net(), _tiny_net()
+    with torch.no_grad():
+        online[1].running_mean.fill_(3.0)
+        online[1].running_var.fill_(4.0)
+    mixed = with_running_stats_of(averaged, online)
+    assert torch.equal(mixed[1].running_mean, online[1].running_mean)
+    assert torch.equal(mixed[1].running_var, online[1].running_var)
+    assert torch.equal(mixed[0].weight, averaged[0].weight)
+    assert torch.equal(averaged[1].running_mean, torch.zeros(4))  # the original is untouched
 
 
 def _simulate_train_mode(x_batches, conv1, conv2):

@@ -7,6 +7,7 @@ from bdsel.selection.base import (
     Selection,
     Selector,
     SelectorContext,
+    prefilter,
     top_k_positions,
 )
 from bdsel.selection.registry import (
@@ -24,6 +25,7 @@ __all__ = [
     "SelectorContext",
     "create_selector",
     "list_selectors",
+    "prefilter",
     "register_selector",
     "selector_class",
     "top_k_positions",

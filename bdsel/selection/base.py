@@ -70,6 +70,12 @@ class Selector:
     ) -> Selection:
         raise NotImplementedError
 
+    def plausibility(self, candidates: Candidates) -> torch.Tensor | None:
+        """A cached, free score of how plausible each candidate's observed label is, float
+        [n_B] (higher: more plausible), for ``select.prefilter``; None when the method has
+        none or is not selecting (warm-up)."""
+        return None
+
     def observe(self, selected: Candidates, outputs: ForwardOutputs) -> None:
         """After the optimizer step: the selected points and their training-forward outputs."""
 
@@ -94,6 +100,12 @@ class Selector:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+def prefilter(candidates: Candidates, plausibility: torch.Tensor, keep: int) -> Candidates:
+    """The ``keep`` candidates with the most plausible labels, as a smaller candidate batch."""
+    pos = top_k_positions(plausibility, keep)
+    return Candidates(candidates.indices[pos], candidates.inputs[pos], candidates.labels[pos])
 
 
 def top_k_positions(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -58,7 +58,7 @@ class Bayesian(WarmupSelector):
         generator: torch.Generator,
     ) -> Selection:
         assert outputs is not None
-        if self.in_warmup:
+        if self.uniform_epoch:
             return self.uniform.select(candidates, outputs, generator)
         labels = candidates.labels
         n = labels.shape[0]
@@ -105,6 +105,12 @@ class Bayesian(WarmupSelector):
                 "zs_agree": zs_agree,
             },
         )
+
+    def plausibility(self, candidates: Candidates) -> torch.Tensor | None:
+        """The zero-shot log-prob of the observed label: the score's free, cached term."""
+        if self.uniform_epoch:
+            return None
+        return self.zs_logprobs[candidates.indices, candidates.labels].float()
 
     def observe(self, selected: Candidates, outputs: ForwardOutputs) -> None:
         probs = torch.softmax(outputs.logits.float(), dim=1)

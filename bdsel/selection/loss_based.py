@@ -52,7 +52,7 @@ class ScoreSelector(WarmupSelector):
         self, candidates: Candidates, outputs: ForwardOutputs | None, generator: torch.Generator
     ) -> Selection:
         scores = self.scores(candidates, outputs)
-        if self.in_warmup:
+        if self.uniform_epoch:
             selection = self.uniform.select(candidates, outputs, generator)
         else:
             selection = self.choose(scores, generator)
@@ -115,10 +115,22 @@ class GradNormIS(GradNorm):
         return Selection(positions, weights=weights)
 
 
-@register_selector("irreducible_loss")
-class IrreducibleLoss(ScoreSelector):
-    needs_forward = False
+class UsesIrreducibleLoss(ScoreSelector):
+    """A method with the IL model's cached log-probs; they make its prefilter."""
+
     requires = ("il_logprobs",)
+
+    def plausibility(self, candidates: Candidates) -> torch.Tensor | None:
+        return (
+            None
+            if self.uniform_epoch
+            else -il_loss(self.context.lookups["il_logprobs"], candidates)
+        )
+
+
+@register_selector("irreducible_loss")
+class IrreducibleLoss(UsesIrreducibleLoss):
+    needs_forward = False
     score_name = "il_loss"
     lowest = True
 
@@ -127,10 +139,9 @@ class IrreducibleLoss(ScoreSelector):
 
 
 @register_selector("rho_loss")
-class RhoLoss(ScoreSelector):
+class RhoLoss(UsesIrreducibleLoss):
     """Reducible holdout loss: training loss minus irreducible loss."""
 
-    requires = ("il_logprobs",)
     score_name = "rho"
 
     def scores(self, candidates: Candidates, outputs: ForwardOutputs | None) -> torch.Tensor:

@@ -3,6 +3,8 @@ and ``WarmupSelector``, the base of methods that pick as ``uniform`` during warm
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from bdsel.selection.base import (
@@ -37,18 +39,22 @@ class Full(Selector):
 
 
 class WarmupSelector(Selector):
-    """Tracks the epoch; ``in_warmup`` is true before ``select.warmup_epochs``."""
+    """Tracks the epoch; ``uniform_epoch`` is true in the epochs that pick as ``uniform``:
+    before ``select.warmup_epochs``, and in the final ``select.anneal`` fraction of the run
+    (InfoBatch's annealing: the last epochs see an unbiased sample of the data)."""
 
     def __init__(self, context: SelectorContext) -> None:
         super().__init__(context)
-        self.warmup_epochs = context.config.select.warmup_epochs
+        s, epochs = context.config.select, context.config.train.epochs
+        self.warmup_epochs = s.warmup_epochs
+        self.anneal_start = epochs - round(s.anneal * epochs) if s.anneal > 0 else math.inf
         self.epoch = 0
-        # Warm-up picks delegate to uniform itself, so they match it draw for draw.
+        # Uniform picks delegate to uniform itself, so they match it draw for draw.
         self.uniform = Uniform(context)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     @property
-    def in_warmup(self) -> bool:
-        return self.epoch < self.warmup_epochs
+    def uniform_epoch(self) -> bool:
+        return self.epoch < self.warmup_epochs or self.epoch >= self.anneal_start

@@ -153,7 +153,7 @@ class SVP(WarmupSelector):
         self.coreset = broadcast_from_main(self.coreset)
 
     def epoch_order(self, train_idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if self.in_warmup:
+        if self.uniform_epoch:
             return super().epoch_order(train_idx, generator)
         if self.coreset is None:
             raise RuntimeError("svp: prepare() must build the coreset before the first epoch")
