@@ -161,6 +161,7 @@ def bench(args: argparse.Namespace) -> dict:
             optimizer=opt,
             scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0),
             steps_per_epoch=args.warmup + args.steps,
+            n_prefiltered=args.n_candidates,  # select.prefilter off
             observed=data.observed.to(device),
             noisy=data.noisy.to(device),
             ema=make_ema(model, cfg.train.ema_decay),  # the step updates it, as in training
