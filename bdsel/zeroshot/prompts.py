@@ -3,9 +3,9 @@
 A dataset that registers prompts (``register_dataset(name, prompts=(names, templates))``)
 uses them: CIFAR-10/100 CLIP's class names and its 18 CIFAR templates, Fashion-MNIST its
 own (``bdsel/data/cifar.py``, ``bdsel/data/fashion_mnist.py``). Other datasets (folders,
-WebVision-style) use their own class names with CLIP's 7-template ImageNet ensemble (notebooks/Prompt_Engineering_for_ImageNet), taken from open_clip's
-``zero_shot_metadata`` so the two stay identical. A user file of class names and templates
-overrides both. Templates are ``str.format`` strings with exactly one ``{}``.
+WebVision-style) use their own class names with CLIP's 7-template ImageNet ensemble
+(notebooks/Prompt_Engineering_for_ImageNet), taken from open_clip's ``zero_shot_metadata``
+so the two stay identical. A user file of class names and templates overrides both. Templates are ``str.format`` strings with exactly one ``{}``.
 """
 
 from __future__ import annotations
@@ -104,11 +104,10 @@ def prompts_for(
 ) -> tuple[list[str], list[str]]:
     """Class names (as they read in prompts) and templates for a dataset.
 
-    ``class_names`` are the dataset's own names in label order. cifar10/cifar100 use CLIP's
-    names and 18 templates, fashion_mnist its names with its own templates (the prompts each
-    registers with ``register_dataset``), anything
-    else (imagefolder, webvision) its own names with the 7 ImageNet templates. Built-in name
-    lists are checked against the dataset's so a different label order cannot slip through.
+    ``class_names`` are the dataset's own names in label order. A dataset that registered
+    prompts with ``register_dataset`` uses them (cifar10/cifar100: CLIP's names and 18
+    templates; fashion_mnist: its names and its own templates); any other (imagefolder,
+    webvision) its own names with the 7 ImageNet templates. Registered name lists are checked against the dataset's so a different label order cannot slip through.
     A ``prompt_file`` overrides all of this (and must have one name per class).
     """
     n = len(class_names)
