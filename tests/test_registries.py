@@ -5,6 +5,8 @@ which entry has no tiny-data recipe here."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -117,6 +119,16 @@ def _write(tmp_path: Path, values: dict) -> Path:
 def test_every_registry_entry_has_a_tiny_recipe():
     assert sorted(TINY_DATA) == list_datasets()
     assert sorted(TINY_PREDICTOR) == list_predictors()
+
+
+def test_registering_the_predictors_loads_no_open_clip():
+    """A training run checks names against every registry; only building CLIP loads open_clip."""
+    code = (
+        "import sys, bdsel.registries, bdsel.zeroshot; "
+        "print(sorted(bdsel.zeroshot.list_predictors()), 'open_clip' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("]")[-1].strip() == "False" and "'clip'" in out.stdout
 
 
 @pytest.mark.parametrize("name", list_datasets())
