@@ -8,9 +8,11 @@ proxy train with :func:`fit_supervised`. Nothing here syncs the host inside a st
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -189,6 +191,20 @@ def evaluate(
     return float(correct) / n, float(loss) / n
 
 
+@dataclass
+class EarlyStopping:
+    """Stop a fit when ``score(model)`` (higher is better, e.g. accuracy on a calibration
+    split) has not improved for ``patience`` epochs, and keep the best epoch's weights.
+    After the fit: ``best_epoch`` (1-based), ``best_score``, ``epochs_run``, ``scores``."""
+
+    score: Callable[[nn.Module], float]
+    patience: int
+    best_epoch: int = 0
+    best_score: float = -math.inf
+    epochs_run: int = 0
+    scores: list[float] = field(default_factory=list)
+
+
 def fit_supervised(
     model: nn.Module,
     source: ImageSource,
@@ -200,6 +216,7 @@ def fit_supervised(
     optimizer: torch.optim.Optimizer,
     seed: int,
     ema_decay: float = 0.0,
+    early_stopping: EarlyStopping | None = None,
     on_batch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     progress: Any = None,
     description: str = "fit",
@@ -208,7 +225,8 @@ def fit_supervised(
 
     For the models bdsel trains besides the selected one: the hold-out (IL) predictor and
     SVP's proxy. Returns the trained model in eval mode: with ``ema_decay`` > 0 the weight
-    EMA's copy (as the main run evaluates), else ``model`` itself.
+    EMA's copy (as the main run evaluates), else ``model`` itself; with ``early_stopping``,
+    at most ``epochs`` epochs and the weights of the best-scoring one.
     ``on_batch(epoch, idx, logits)`` sees every training batch's global indices and detached
     logits of the online model (SVP counts forgetting events with it). ``progress``: a rich
     Progress.
@@ -224,6 +242,8 @@ def fit_supervised(
     indices = indices.to(device)
     autocast = autocast_for(device)
     ema = make_ema(model, ema_decay)
+    result = ema.module if ema is not None else model
+    best_state = None
     model.train()
     for epoch in range(epochs):
         g_perm = stream_generator(seed, epoch, PERMUTATION, device)
@@ -242,8 +262,23 @@ def fit_supervised(
                 on_batch(epoch, idx, logits.detach())
         if task is not None:
             progress.update(task, completed=(epoch + 1) * steps_per_epoch)
+        if early_stopping is not None:
+            stop = early_stopping
+            score = stop.score(result)
+            result.train(result is model)  # scoring may switch modes; the online model trains
+            stop.scores.append(score)
+            stop.epochs_run = epoch + 1
+            if score > stop.best_score:
+                stop.best_score, stop.best_epoch = score, epoch + 1
+                best_state = copy.deepcopy(result.state_dict())
+            elif epoch + 1 - stop.best_epoch >= stop.patience:
+                break
+    if best_state is not None:
+        result.load_state_dict(best_state)
+    if task is not None:
+        progress.update(task, completed=epochs * steps_per_epoch)
     model.eval()
-    return ema.module.eval() if ema is not None else model
+    return result.eval()
 
 
 @torch.no_grad()

@@ -200,3 +200,39 @@ def test_ema_config_is_checked(tiny_config_values: dict):
         values=dict(tiny_config_values, train={"ema_decay": 0.0}, eval={"model": "online"})
     )
     assert cfg.train.ema_decay == 0.0
+
+
+def test_early_stopping_keeps_the_best_epoch(tiny_config_values: dict):
+    from bdsel.data import derive_run_data, load_dataset, make_image_source
+    from bdsel.engine import EarlyStopping, build_optimizer, fit_supervised
+
+    cfg = load_config(values=tiny_config_values)
+    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
+    source = make_image_source(data.dataset, torch.device("cpu"))
+    model = create_model("small_cnn", n_classes=10, in_channels=1)
+    planned = iter([0.5, 0.7, 0.6, 0.65, 0.55, 0.9])  # the 6th would win, if it ran
+    snapshots: list[dict] = []
+
+    def score(m: nn.Module) -> float:
+        snapshots.append({k: v.clone() for k, v in m.state_dict().items()})
+        return next(planned)
+
+    stop = EarlyStopping(score, patience=2)
+    out = fit_supervised(
+        model,
+        source,
+        data.holdout_idx[:128],
+        data.clean,
+        epochs=6,
+        batch_size=64,
+        optimizer=build_optimizer(model, cfg.train),
+        seed=0,
+        ema_decay=0.9,
+        early_stopping=stop,
+    )
+    assert stop.epochs_run == 4 and stop.best_epoch == 2 and stop.best_score == 0.7
+    assert stop.scores == [0.5, 0.7, 0.6, 0.65]
+    final = out.state_dict()
+    assert all(torch.equal(final[k], snapshots[1][k]) for k in final)  # epoch 2's weights
+    assert not all(torch.equal(final[k], snapshots[3][k]) for k in final)
+    assert out is not model and not out.training  # the EMA's copy, in eval mode
