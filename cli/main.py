@@ -63,7 +63,7 @@ def train(
     """Train with online batch selection and write a run directory."""
     from bdsel.config import dump_config, load_config
     from bdsel.registries import check_names
-    from bdsel.rundir import CONFIG, acc_key, loss_key
+    from bdsel.rundir import CONFIG, acc_key, loss_key, metric_prefix
     from bdsel.train import train as train_run
 
     if resume and overwrite:
@@ -82,7 +82,7 @@ def train(
         mode = "resume" if resume else "overwrite" if overwrite else "new"
         # test_acc, or val_acc for eval.split=validation; "test" or "val" in what is printed
         acc, loss = acc_key(cfg.eval.split), loss_key(cfg.eval.split)
-        shown = acc.removesuffix("_acc")
+        shown = metric_prefix(cfg.eval.split)
 
         def show(record: dict) -> None:
             noisy = record["selected_noisy_frac"]
