@@ -55,7 +55,8 @@ def run_all(args: argparse.Namespace, seeds: list[int], methods: list[str]) -> N
                 ],
             )
             print(f"training {method} seed {seed} -> {out}", flush=True)
-            train(config, out, mode="overwrite")
+            mode = "resume" if (out / "checkpoint.pt").is_file() else "overwrite"
+            train(config, out, mode=mode)
 
 
 def table(args: argparse.Namespace, seeds: list[int], methods: list[str]) -> str:
