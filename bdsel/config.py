@@ -7,6 +7,8 @@ values raise :class:`ConfigError` naming the key before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -220,6 +222,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         str: isinstance(value, str),
     }
     if ok.get(tp, False):
+        if tp is float and not math.isfinite(value):  # .inf / .nan make no sense for any key
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value) if tp is float else value
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
 
@@ -324,6 +328,9 @@ def load_config(
     return config
 
 
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
 def validate(config: Config) -> None:
     """Impossible values, named by key."""
     d, s, t = config.data, config.select, config.train
@@ -332,6 +339,8 @@ def validate(config: Config) -> None:
         if not ok:
             raise ConfigError(f"{key}: expected {expected}, got {config.get(key)!r}")
 
+    need(config.seed >= 0, "seed", "an int >= 0 (it also seeds the split unless data.split_seed)")
+    need(d.split_seed is None or d.split_seed >= 0, "data.split_seed", "null or an int >= 0")
     need(0.0 < d.train_fraction <= 1.0, "data.train_fraction", "a fraction in (0, 1]")
     need(0.0 <= d.holdout_fraction < 1.0, "data.holdout_fraction", "a fraction in [0, 1)")
     need(0.0 <= d.validation_fraction < 1.0, "data.validation_fraction", "a fraction in [0, 1)")
@@ -368,15 +377,24 @@ def validate(config: Config) -> None:
     need(s.warmup_epochs >= 0, "select.warmup_epochs", "an int >= 0")
     need(0.0 < s.svp.fraction <= 1.0, "select.svp.fraction", "a fraction in (0, 1]")
     need(s.svp.epochs >= 1, "select.svp.epochs", "a positive int")
+    need(s.svp.lr > 0, "select.svp.lr", "a positive float")
+    need(s.svp.batch_size >= 1, "select.svp.batch_size", "a positive int")
     z = config.zeroshot
     need(z.temperature > 0, "zeroshot.temperature", "a positive float")
     need(z.batch_size >= 1, "zeroshot.batch_size", "a positive int")
     need(z.holdout.epochs >= 1, "zeroshot.holdout.epochs", "a positive int")
+    need(z.holdout.lr > 0, "zeroshot.holdout.lr", "a positive float")
+    need(z.holdout.weight_decay >= 0, "zeroshot.holdout.weight_decay", "a float >= 0")
+    need(z.holdout.batch_size >= 1, "zeroshot.holdout.batch_size", "a positive int")
     need(t.epochs >= 1, "train.epochs", "a positive int")
     need(t.lr > 0, "train.lr", "a positive float")
     need(t.weight_decay >= 0, "train.weight_decay", "a float >= 0")
     need(0 <= t.momentum < 1, "train.momentum", "a float in [0, 1)")
+    need(t.step_gamma > 0, "train.step_gamma", "a positive factor (the lr is multiplied by it)")
+    need(all(m >= 0 for m in t.step_milestones), "train.step_milestones", "epochs >= 0")
     need(t.log_every >= 1, "train.log_every", "a positive int")
+    for key in ("train.device", "zeroshot.device"):
+        need(bool(DEVICE_PATTERN.fullmatch(config.get(key))), key, "auto, cpu, cuda, cuda:N or mps")
     need(config.eval.every >= 1, "eval.every", "a positive int")
     need(config.eval.batch_size >= 1, "eval.batch_size", "a positive int")
     need(

@@ -46,7 +46,7 @@ def default_cache_path(config: Config) -> Path:
 
 
 def predictor_device(config: Config, world: World) -> torch.device:
-    device = resolve_device(config.zeroshot.device)
+    device = resolve_device(config.zeroshot.device, "zeroshot.device")
     if device.type == "cuda" and world.distributed:
         return torch.device("cuda", world.local_rank)
     return device
