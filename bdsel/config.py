@@ -127,7 +127,7 @@ class HoldoutConfig:
 @dataclass
 class ZeroshotConfig:
     predictor: Literal["clip", "holdout"] = "holdout"
-    cache: str | None = None  # None: cache/<dataset>-<predictor>[-<model>].h5
+    cache: str | None = None  # None: cache/<dataset>-<predictor>-...-<settings hash>.h5
     temperature: float = 1.0  # applied at read time: log_softmax(logprobs / T)
     model: str = "RN50"  # clip: an open_clip architecture name, or a JSON architecture file
     pretrained: str = "openai"  # clip: a pretrained tag (needs internet) or a local checkpoint
@@ -136,6 +136,9 @@ class ZeroshotConfig:
     device: str = "auto"
     prompts: str | None = None  # YAML/JSON file with class_names and templates
     holdout: HoldoutConfig = field(default_factory=HoldoutConfig)
+    # train: use a cache whose stored predictor settings differ from these (bdsel train
+    # --accept-cache-mismatch); recorded here so that the run directory says so.
+    accept_mismatch: bool = False
 
 
 @dataclass

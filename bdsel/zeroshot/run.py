@@ -8,7 +8,12 @@ log-probs: ``zs_logprobs`` (at ``zeroshot.temperature``, for the bayesian score)
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -17,10 +22,12 @@ from bdsel.config import Config
 from bdsel.data import RunData, derive_run_data, load_dataset, make_image_source
 from bdsel.distributed import World, barrier, broadcast_from_main, init_world
 from bdsel.engine import resolve_device, step_progress
+from bdsel.runlog import DiskFullError
 from bdsel.zeroshot.cache import (
     CacheError,
     CacheSummary,
     build_cache,
+    check_cache_path,
     partial_path,
     read_cache_info,
 )
@@ -28,21 +35,74 @@ from bdsel.zeroshot.holdout import indices_sha256
 from bdsel.zeroshot.sharded import ShardedPredictor, serve
 
 LOOKUPS = ("zs_logprobs", "il_logprobs")
+log = logging.getLogger(__name__)
+
+
+def predictor_settings(config: Config) -> dict[str, Any]:
+    """The config's settings that shape the cached log-probs, as the predictor's spec names
+    them. Not the temperature (applied at read time), not the hold-out split (its hash is
+    checked apart), not the hold-out model's init seed (one cache serves every run seed)."""
+    z = config.zeroshot
+    if z.predictor == "holdout":
+        h = z.holdout
+        return {"kind": "holdout", "model": h.model, "epochs": h.epochs,
+                "optimizer": h.optimizer, "lr": h.lr, "weight_decay": h.weight_decay,
+                "batch_size": h.batch_size}  # fmt: skip
+    model = Path(z.model).stem if z.model.endswith(".json") else z.model
+    return {"kind": "clip", "model": model, "pretrained": z.pretrained, "precision": z.precision}
+
+
+def settings_hash(config: Config) -> str:
+    """8 hex digits that tell one predictor setting's default cache file from another's."""
+    settings = dict(predictor_settings(config), prompts=config.zeroshot.prompts)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def default_cache_path(config: Config) -> Path:
-    """``zeroshot.cache``, or cache/<dataset>-<predictor>-... .h5 derived from the config."""
-    z, d = config.zeroshot, config.data
+    """``zeroshot.cache``, or cache/<dataset>-<predictor>-...-<settings hash>.h5."""
+    z = config.zeroshot
     if z.cache:
         return Path(z.cache)
+    return Path("cache") / f"{_cache_stem(config)}-{settings_hash(config)}.h5"
+
+
+def _cache_stem(config: Config) -> str:
+    z, d = config.zeroshot, config.data
     if z.predictor == "holdout":
         split_seed = config.seed if d.split_seed is None else d.split_seed
         name = f"{d.name}-holdout-{z.holdout.model}-split{split_seed}-h{d.holdout_fraction:g}"
         if d.imbalance.ratio > 1:
             name += f"-lt{d.imbalance.ratio:g}"
-    else:
-        name = f"{d.name}-clip-{Path(z.model).stem}-{Path(z.pretrained).stem or 'random'}"
-    return Path("cache") / f"{name}.h5"
+        return name
+    return f"{d.name}-clip-{Path(z.model).stem}-{Path(z.pretrained).stem or 'random'}"
+
+
+def spec_mismatch(stored: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """The keys of ``expected`` whose value the cache's stored spec does not share."""
+    if stored.get("kind") != expected["kind"]:
+        return [f"kind (cache: {stored.get('kind')!r}, config: {expected['kind']!r})"]
+    out = []
+    for key, value in expected.items():
+        if stored.get(key) != value:
+            shown = (
+                ""
+                if isinstance(value, list)
+                else f" (cache: {stored.get(key)!r}, config: {value!r})"
+            )
+            out.append(f"{key}{shown}")
+    return out
+
+
+def expected_spec(config: Config, data: RunData) -> dict[str, Any]:
+    """What a cache made with ``config``'s predictor stores in its spec (see spec_mismatch)."""
+    expected = predictor_settings(config)
+    if expected["kind"] == "clip":
+        from bdsel.zeroshot.prompts import prompts_for
+
+        ds = data.dataset
+        class_names, templates = prompts_for(ds.name, ds.class_names, config.zeroshot.prompts)
+        expected.update(templates=list(templates), class_names=list(class_names))
+    return expected
 
 
 def predictor_device(config: Config, world: World) -> torch.device:
@@ -106,11 +166,14 @@ def cache_zeroshot(
     """
     world = init_world(config.zeroshot.device)
     out = Path(out) if out is not None else default_cache_path(config)
+    check_cache_path(out)
     if world.is_main:
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=out.parent, prefix=".probe"):
+                pass  # before any model is trained: a read-only place is an error now
         except OSError as exc:
-            raise CacheError(f"cannot create {out.parent}: {exc.strerror}") from exc
+            raise CacheError(f"cannot write the cache in {out.parent}: {exc.strerror}") from exc
     else:
         console, progress = Console(quiet=True), False
     dataset = load_dataset(config.data)
@@ -130,11 +193,17 @@ def cache_zeroshot(
                     f"{verb} the hold-out model ({config.zeroshot.holdout.model}, "
                     f"{config.zeroshot.holdout.epochs} epochs on {len(data.holdout_idx)} points)"
                 )
-            if progress:
-                with step_progress(console) as bar:
-                    predictor.fit_or_load(weights, bar)
-            else:
-                predictor.fit_or_load(weights)
+            try:
+                if progress:
+                    with step_progress(console) as bar:
+                        predictor.fit_or_load(weights, bar)
+                else:
+                    predictor.fit_or_load(weights)
+            except DiskFullError as exc:
+                raise CacheError(
+                    f"{exc}; no cache row was written yet: free some space and run the "
+                    "same bdsel cache-zeroshot command again"
+                ) from None
         barrier()
         if not world.is_main:
             predictor.fit_or_load(weights)
@@ -179,7 +248,15 @@ def load_lookups(
     if not names:
         return {}
     path = default_cache_path(config)
+    check_cache_path(path)
     method = config.select.method
+    legacy = path.with_name(f"{_cache_stem(config)}.h5")
+    if not config.zeroshot.cache and not path.exists() and legacy.exists():
+        raise CacheError(
+            f"select.method={method} needs the zero-shot cache {path}; {legacy} is one from "
+            "before cache names carried a hash of the predictor settings: rename it, or point "
+            "zeroshot.cache at it (its settings are checked either way)"
+        )
     if not path.exists() and partial_path(path).exists():
         raise CacheError(
             f"the zero-shot cache {path} is incomplete ({partial_path(path)} exists): "
@@ -192,6 +269,14 @@ def load_lookups(
             f"(zeroshot.predictor={config.zeroshot.predictor}), or point zeroshot.cache at one"
         )
     spec = read_cache_info(path).get("predictor", {})
+    if diff := spec_mismatch(spec, expected_spec(config, data)):
+        what = f"{path} was made with other predictor settings than this run's: {'; '.join(diff)}"
+        if not config.zeroshot.accept_mismatch:
+            raise CacheError(
+                f"{what}. Make a cache for this config with bdsel cache-zeroshot, or pass "
+                "--accept-cache-mismatch to train on this one anyway"
+            )
+        log.warning(f"{what} (accepted: --accept-cache-mismatch)")
     if spec.get("kind") == "holdout" and spec.get("holdout_sha256") != indices_sha256(
         data.holdout_idx
     ):
