@@ -7,6 +7,7 @@ rich.print(render_table(report)); print(*report.warnings, sep="\\n")
 from __future__ import annotations
 
 import os
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def make_report(
     targets = _check_targets(targets)
     rows = build_rows(runs, targets)
     out = Path(out_dir) if out_dir is not None else default_out_dir([r.path for r in runs])
-    out.mkdir(parents=True, exist_ok=True)
+    _check_out_dir(out)
     report = Report(
         rows=rows,
         targets=targets,
@@ -106,9 +107,25 @@ def make_report(
     )
     figures, figure_warnings = make_figures(rows, targets)
     warnings.extend(figure_warnings)
-    for name, png in figures.items():
-        report.files[name] = write_atomic(out / name, png)
-    report.files["table.csv"] = write_atomic(out / "table.csv", to_csv(rows, targets))
-    report.files["table.md"] = write_atomic(out / "table.md", to_markdown(rows, targets))
-    report.files["report.html"] = write_atomic(out / "report.html", render_html(report, figures))
+    try:
+        for name, png in figures.items():
+            report.files[name] = write_atomic(out / name, png)
+        report.files["table.csv"] = write_atomic(out / "table.csv", to_csv(rows, targets))
+        report.files["table.md"] = write_atomic(out / "table.md", to_markdown(rows, targets))
+        html = render_html(report, figures)
+        report.files["report.html"] = write_atomic(out / "report.html", html)
+    except OSError as exc:
+        raise ReportError(f"cannot write the report in {out}: {exc.strerror or exc}") from exc
     return report
+
+
+def _check_out_dir(out: Path) -> None:
+    """Create ``out`` and make sure files can be written in it, before any figure is drawn."""
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out} is a file; give a folder for the report's files")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".probe"):
+            pass
+    except OSError as exc:
+        raise ReportError(f"cannot write the report in {out}: {exc.strerror or exc}") from exc
