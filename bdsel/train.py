@@ -13,6 +13,7 @@ log interval.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +27,14 @@ from torch import nn
 from bdsel.config import Config
 from bdsel.data import Dataset, RunData, derive_run_data, load_dataset, make_image_source
 from bdsel.data.batching import ImageSource
-from bdsel.distributed import World, all_reduce_sum, barrier, broadcast_from_main, init_world
+from bdsel.distributed import (
+    World,
+    all_reduce_min,
+    all_reduce_sum,
+    barrier,
+    broadcast_from_main,
+    init_world,
+)
 from bdsel.engine import (
     AUGMENTATION,
     PERMUTATION,
@@ -50,6 +58,13 @@ from bdsel.selection import (
     create_selector,
     selector_class,
 )
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf; the run stopped with its last good checkpoint kept."""
+
 
 # ----------------------------------------------------------------------------- the run
 
@@ -150,11 +165,14 @@ class EpochStats:
     n_points: int
     scalars: dict[str, torch.Tensor]
     n_steps: int
+    # Index (in n_steps) of the first step whose loss was NaN or Inf, -1 for none; read once
+    # per epoch, so the step itself never syncs the host.
+    first_nonfinite: torch.Tensor | None = None
 
     @classmethod
     def zeros(cls, device: torch.device) -> EpochStats:
         z = torch.zeros((), device=device)
-        return cls(z.clone(), z.clone(), 0, {}, 0)
+        return cls(z.clone(), z.clone(), 0, {}, 0, torch.full((), -1, device=device))
 
     def state(self) -> dict[str, Any]:
         return {
@@ -173,6 +191,7 @@ class EpochStats:
             state["n_points"],
             {k: v.to(device) for k, v in state["scalars"].items()},
             state["n_steps"],
+            torch.full((), -1, device=device),  # a checkpoint is only written while finite
         )
 
 
@@ -216,6 +235,8 @@ def train_step(
         selected, ForwardOutputs(logits.detach().float(), features.detach().float())
     )
 
+    bad = ~torch.isfinite(loss.detach()) & (stats.first_nonfinite < 0)
+    stats.first_nonfinite = torch.where(bad, stats.n_steps, stats.first_nonfinite)
     stats.loss_sum += losses.detach().sum()
     stats.noisy_sum += run.noisy[selected.indices].sum()
     stats.n_points += int(pos.shape[0])
@@ -268,6 +289,9 @@ def train(
     Under torchrun each rank trains on its slice of every epoch with n_B candidates and n_b
     selected per rank (per step, world_size * n_b points in all); rank 0 evaluates and writes.
     """
+    if mode == "resume" and (finished := RunDir(run_dir).finished_summary(config)) is not None:
+        log.warning(f"{run_dir} is complete ({config.train.epochs} epochs): nothing to resume")
+        return finished  # a finished run is never rewritten
     world = init_world(config.train.device)
     run = build_run(config, dataset, world)
     rundir = _prepare_rundir(Path(run_dir), config, mode, world)
@@ -312,7 +336,7 @@ def train(
         stats = EpochStats.from_state(ckpt["stats"], device)
         barrier()  # every rank has read the checkpoint before rank 0 touches the directory
         if world.is_main:
-            rundir.truncate_metrics(start_epoch)
+            _restore_metrics(rundir, start_epoch, ckpt, run, has_noise)
 
     # One-off selection work (SVP's proxy training) counts as selection time and wall time.
     t_prepare = time.perf_counter()
@@ -362,6 +386,12 @@ def train(
             progress.update(task, completed=step)
 
         done = epoch + 1
+        if (bad_step := _first_nonfinite_step(stats, step, world)) is not None:
+            kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no checkpoint yet"
+            raise TrainingDiverged(
+                f"the training loss became NaN or Inf at epoch {done}, step {bad_step}: stopped "
+                f"({kept}); lower train.lr or check the data, then start again with --overwrite"
+            )
         if done % config.eval.every == 0 or done == epochs:
             totals = _reduce_stats(stats, world)
             if world.is_main:
@@ -411,6 +441,49 @@ def train(
         rundir.write_summary(summary)
     barrier()
     return summary
+
+
+def _first_nonfinite_step(stats: EpochStats, step: int, world: World) -> int | None:
+    """The global step (1-based) of the first NaN/Inf loss since the last evaluation, on any
+    rank; None when there was none. One host sync."""
+    if stats.first_nonfinite is None:
+        return None
+    first = torch.where(stats.first_nonfinite < 0, stats.n_steps, stats.first_nonfinite)
+    first = int(all_reduce_min(first.clone()))
+    return None if first >= stats.n_steps else step - stats.n_steps + first + 1
+
+
+def _restore_metrics(
+    rundir: RunDir, epoch: int, ckpt: dict[str, Any], run: Run, has_noise: bool
+) -> None:
+    """Check metrics.jsonl against the checkpoint of ``epoch`` and rewrite it with the records
+    of epochs 1..epoch. A lost record of the checkpoint's own epoch is rebuilt: its model is
+    evaluated again; what only the epoch's steps knew (train loss, noise among selected) is
+    null. Whatever was damaged or lost is logged, never dropped silently."""
+    config = run.config
+    check = rundir.check_metrics(epoch, config.train.epochs, config.eval.every)
+    if epoch in check.lost:
+        acc, eval_loss = _evaluate_split(run.model, run, config)
+        prefix = _metric_prefix(config)
+        check.rebuild(
+            {
+                "epoch": epoch,
+                "step": ckpt["step"],
+                "samples_seen": ckpt["samples_seen"],
+                f"{prefix}_acc": acc,
+                f"{prefix}_loss": eval_loss,
+                "train_loss": None,
+                "selected_noisy_frac": None,
+                "base_noisy_frac": run.data.base_noisy_frac if has_noise else None,
+                "wall_s": ckpt["wall_s"],
+                "selection_s": ckpt["selection_s"],
+                "lr": run.optimizer.param_groups[0]["lr"],
+                "rebuilt": True,
+            }
+        )
+    rundir.write_metrics(check.records)
+    if (message := check.report(rundir.path / "metrics.jsonl")) is not None:
+        log.warning(message)
 
 
 def _metric_prefix(config: Config) -> str:
