@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -53,7 +54,8 @@ def _main() -> None:
     if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
         logger.addHandler(_ConsoleHandler())
         logger.propagate = False
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    if threading.current_thread() is threading.main_thread():  # signals reach only that one
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
