@@ -81,8 +81,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, DataError, RunDirError, TrainingDiverged, FileNotFoundError, ValueError)
 
 
+END_OF_DOCUMENT = "\n...\n"  # what yaml.safe_dump puts after a lone scalar
+
+
 def config_changes(cfg) -> list[str]:
-    """``key: value`` for every key whose value differs from the defaults."""
+    """``key=value`` (as --set takes it) for every key whose value differs from the defaults."""
+    import yaml
+
     from bdsel.config import Config
 
     def walk(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -91,7 +96,8 @@ def config_changes(cfg) -> list[str]:
             if isinstance(v, dict):
                 out += walk(v, b.get(k, {}), f"{prefix}{k}.")
             elif v != b.get(k):
-                out.append(f"{prefix}{k}: {v}")
+                text = yaml.safe_dump(v, default_flow_style=True, width=1000)
+                out.append(f"{prefix}{k}={text.removesuffix(END_OF_DOCUMENT).strip()}")
         return out
 
     return walk(cfg.to_dict(), Config().to_dict())
@@ -162,7 +168,7 @@ def train(
         changes = config_changes(cfg)
         console.print(
             "config (changes from the defaults; all of it in config.yaml): "
-            + (", ".join(changes) or "none"),
+            + ("  ".join(changes) or "none"),
             highlight=False,
         )
         mode = "resume" if resume else "overwrite" if overwrite else "new"

@@ -384,7 +384,8 @@ def test_train_prints_only_the_changed_keys(tmp_path: Path, tiny_config_values: 
     result = runner.invoke(app, ["train", "-c", str(cfg_path), "--run-dir", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     text = _out(result)
-    assert "select.n_candidates: 64" in text and "seed: 3" in text
+    assert "select.n_candidates=64" in text and "seed=3" in text
+    assert "report.targets=[0.3, 0.99]" in text
     assert "prior_precision" not in text and "candidate_bn" not in text  # defaults stay quiet
     assert len(result.output.splitlines()) < 20
 
