@@ -335,8 +335,19 @@ class RunDir:
             return None
         if saved != config.to_dict():
             return None
-        ckpt = self.load_checkpoint()
+        try:  # mmap: only the epoch is read, not gigabytes of weights
+            ckpt = torch.load(self.path / CHECKPOINT, map_location="cpu", mmap=True,
+                              weights_only=False)  # fmt: skip
+        except Exception:  # a damaged checkpoint: the resume proper says what is wrong
+            return None
         return summary if ckpt.get("epoch") == config.train.epochs else None
+
+    def finished_damage(self, config: Config) -> str | None:
+        """What is damaged in a finished run's metrics.jsonl (left as it is), or None."""
+        t = config.train
+        check = self.check_metrics(t.epochs, t.epochs, config.eval.every)
+        problem = check.report(self.path / METRICS)
+        return None if problem is None else f"{problem}; summary.json holds the final numbers"
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:

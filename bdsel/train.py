@@ -291,6 +291,8 @@ def train(
     """
     if mode == "resume" and (finished := RunDir(run_dir).finished_summary(config)) is not None:
         log.warning(f"{run_dir} is complete ({config.train.epochs} epochs): nothing to resume")
+        if (damage := RunDir(run_dir).finished_damage(config)) is not None:
+            log.warning(damage)
         return finished  # a finished run is never rewritten
     world = init_world(config.train.device)
     run = build_run(config, dataset, world)

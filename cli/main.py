@@ -163,6 +163,8 @@ def train(
                 f"(final acc {_final_acc(finished)}); nothing to resume, the run is left as it is",
                 soft_wrap=True,
             )
+            if (damage := RunDir(run_dir).finished_damage(cfg)) is not None:
+                console.print(f"[yellow]warning:[/] {damage}", soft_wrap=True)
             return
         console.rule(f"bdsel train → {run_dir}")
         changes = config_changes(cfg)

@@ -133,6 +133,7 @@ def test_resume_never_rewrites_a_finished_run(tmp_path: Path, tiny_config_values
     result = runner.invoke(app, ["train", "--run-dir", str(run_dir), "--resume"])
     assert result.exit_code == 0, result.output
     assert "finished all 2 epochs" in _out(result) and "nothing to resume" in _out(result)
+    assert "line(s) 2 of" in _out(result) and "summary.json holds the final numbers" in _out(result)
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
     # the library says the same and leaves the directory alone
     summary = train(load_config(values=tiny_config_values), run_dir, mode="resume")
