@@ -10,6 +10,8 @@ nothing from bdsel, so every other module can import it.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -135,7 +137,9 @@ class HoldoutConfig:
 @dataclass
 class ZeroshotConfig:
     predictor: str = "holdout"  # a registered predictor (bdsel.zeroshot.list_predictors)
-    cache: str | None = None  # None: cache/<dataset>-<predictor>[-<model>].h5
+    cache: str | None = (
+        None  # None: cache/<stem>-<settings hash>.h5 (the predictor declares the stem)
+    )
     temperature: float = 1.0  # applied at read time: log_softmax(logprobs / T)
     model: str = "RN50"  # clip: an open_clip architecture name, or a JSON architecture file
     pretrained: str = "openai"  # clip: a pretrained tag (needs internet) or a local checkpoint
@@ -144,6 +148,9 @@ class ZeroshotConfig:
     device: str = "auto"
     prompts: str | None = None  # YAML/JSON file with class_names and templates
     holdout: HoldoutConfig = field(default_factory=HoldoutConfig)
+    # train: use a cache whose stored predictor settings differ from these (bdsel train
+    # --accept-cache-mismatch); recorded here so that the run directory says so.
+    accept_mismatch: bool = False
 
 
 # An evaluated variant "<weights>/<BN statistics>" that eval.extra can add to every record.
@@ -243,6 +250,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         str: isinstance(value, str),
     }
     if ok.get(tp, False):
+        if tp is float and not math.isfinite(value):  # .inf / .nan make no sense for any key
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value) if tp is float else value
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
 
@@ -347,6 +356,9 @@ def load_config(
     return config
 
 
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
 def validate(config: Config) -> None:
     """Impossible values, named by key."""
     d, s, t = config.data, config.select, config.train
@@ -355,6 +367,8 @@ def validate(config: Config) -> None:
         if not ok:
             raise ConfigError(f"{key}: expected {expected}, got {config.get(key)!r}")
 
+    need(config.seed >= 0, "seed", "an int >= 0 (it also seeds the split unless data.split_seed)")
+    need(d.split_seed is None or d.split_seed >= 0, "data.split_seed", "null or an int >= 0")
     need(0.0 < d.train_fraction <= 1.0, "data.train_fraction", "a fraction in (0, 1]")
     need(0.0 <= d.holdout_fraction < 1.0, "data.holdout_fraction", "a fraction in [0, 1)")
     need(0.0 <= d.validation_fraction < 1.0, "data.validation_fraction", "a fraction in [0, 1)")
@@ -393,19 +407,28 @@ def validate(config: Config) -> None:
     need(0.0 <= s.anneal < 1.0, "select.anneal", "a fraction of the epochs in [0, 1)")
     need(0.0 < s.svp.fraction <= 1.0, "select.svp.fraction", "a fraction in (0, 1]")
     need(s.svp.epochs >= 1, "select.svp.epochs", "a positive int")
+    need(s.svp.lr > 0, "select.svp.lr", "a positive float")
+    need(s.svp.batch_size >= 1, "select.svp.batch_size", "a positive int")
     z = config.zeroshot
     need(z.temperature > 0, "zeroshot.temperature", "a positive float")
     need(z.batch_size >= 1, "zeroshot.batch_size", "a positive int")
     need(z.holdout.epochs >= 1, "zeroshot.holdout.epochs", "a positive int")
+    need(z.holdout.lr > 0, "zeroshot.holdout.lr", "a positive float")
+    need(z.holdout.weight_decay >= 0, "zeroshot.holdout.weight_decay", "a float >= 0")
+    need(z.holdout.batch_size >= 1, "zeroshot.holdout.batch_size", "a positive int")
     need(t.epochs >= 1, "train.epochs", "a positive int")
     need(t.lr > 0, "train.lr", "a positive float")
     need(t.weight_decay >= 0, "train.weight_decay", "a float >= 0")
     need(0 <= t.momentum < 1, "train.momentum", "a float in [0, 1)")
+    need(t.step_gamma > 0, "train.step_gamma", "a positive factor (the lr is multiplied by it)")
+    need(all(m >= 0 for m in t.step_milestones), "train.step_milestones", "epochs >= 0")
     need(t.log_every >= 1, "train.log_every", "a positive int")
     need(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "a decay in [0, 1) (0: no EMA)")
     if config.eval.model == "ema" and t.ema_decay == 0.0:
         raise ConfigError("eval.model=ema needs train.ema_decay > 0 (or set eval.model=online)")
     need(config.eval.bn_samples >= 1, "eval.bn_samples", "a positive int")
+    for key in ("train.device", "zeroshot.device"):
+        need(bool(DEVICE_PATTERN.fullmatch(config.get(key))), key, "auto, cpu, cuda, cuda:N or mps")
     need(config.eval.every >= 1, "eval.every", "a positive int")
     need(config.eval.batch_size >= 1, "eval.batch_size", "a positive int")
     need(

@@ -59,6 +59,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_min(tensor: torch.Tensor) -> torch.Tensor:
+    """Minimum over ranks, in place; the identity for one process."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return tensor
+
+
 def broadcast_from_main(obj: Any) -> Any:
     """Rank 0's ``obj`` on every rank (a picklable object, e.g. an error message or None)."""
     if not (dist.is_available() and dist.is_initialized()):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bdsel.config import TrainConfig
+from bdsel.config import ConfigError, TrainConfig
 from bdsel.data.batching import ImageSource
 from bdsel.selection import ForwardOutputs
 
@@ -46,12 +46,17 @@ def step_progress(console: Any = None) -> Any:
     )
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"{key}={name!r}: not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name!r} but CUDA is not available on this machine")
+        raise ConfigError(f"{key}={name!r} but CUDA is not available on this machine; use auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{key}={name!r} but MPS is not available on this machine; use auto")
     return device
 
 

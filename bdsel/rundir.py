@@ -19,6 +19,7 @@ without importing torch; saving and loading the checkpoint itself is in ``bdsel.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -43,6 +44,24 @@ REACH_TOLERANCE = 1e-6
 
 class RunDirError(RuntimeError):
     """A run directory that cannot be used as asked."""
+
+
+class DiskFullError(RunDirError):
+    """No space left while writing ``path``; the message says what is still intact."""
+
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(message)
+        self.path = Path(path)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """A full disk or quota: an OSError's errno, or the text HDF5 puts in the message of the
+    OSError or RuntimeError h5py raises."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, OSError | RuntimeError) and any(
+        text in str(exc) for text in ("No space left on device", "Disk quota exceeded")
+    )
 
 
 # ----------------------------------------------------------------------------- metric keys
@@ -81,7 +100,9 @@ def epochs_to_target(
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file in the same directory, fsync, rename."""
+    """Write ``data`` to ``path`` via a temporary file in the same directory, fsync, rename;
+    DiskFullError when the disk is full (``path`` then keeps its previous content, the
+    temporary file is gone)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -91,8 +112,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; runs and reports are meant to be shared
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise DiskFullError(f"no space left on the device writing {path}", path) from exc
         raise
     return path
 
@@ -102,11 +125,19 @@ def atomic_write_text(path: Path, text: str) -> Path:
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one record as a whole line, flushed to disk."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one record as a whole line, flushed to disk; on a full disk, DiskFullError and
+    no partial line left behind."""
+    with open(path, "ab") as f:
+        size = f.tell()
+        try:
+            f.write((json.dumps(record) + "\n").encode())
+            f.flush()
+            os.fsync(f.fileno())
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            f.truncate(size)  # truncating frees space
+            raise DiskFullError(f"no space left on the device writing {path}", path) from exc
 
 
 def write_config_text(run_dir: Path, text: str) -> None:

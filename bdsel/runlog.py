@@ -1,12 +1,19 @@
 """A run directory as ``train`` uses it: prepare it, append metrics, save and load the
 checkpoint (torch), write the summary. The format itself (file names, reading, atomic
 writes, metric keys) lives in the torch-free :mod:`bdsel.rundir`.
+
+A resume checks metrics.jsonl against the checkpoint (:func:`check_metrics_for_resume`) and
+rewrites it with the records of epochs 1..checkpoint epoch; a finished run is never resumed
+(:meth:`RunDir.finished_summary`). A full disk is a :class:`DiskFullError` that names the
+file and what is still intact.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,9 +27,11 @@ from bdsel.rundir import (
     METRICS,
     RUN_FILES,
     SUMMARY,
+    DiskFullError,
     RunDirError,
     atomic_write_bytes,
     atomic_write_text,
+    is_disk_full,
     read_jsonl,
 )
 
@@ -32,12 +41,106 @@ __all__ = [
     "METRICS",
     "RUN_FILES",
     "SUMMARY",
+    "DiskFullError",
     "RunDir",
     "RunDirError",
     "atomic_write_bytes",
     "atomic_write_text",
+    "is_disk_full",
     "read_jsonl",
 ]
+
+
+def evaluated_epochs(last_epoch: int, total_epochs: int, every: int) -> list[int]:
+    """The epochs in 1..``last_epoch`` that write a metrics record (every ``every``-th, the last)."""
+    return [e for e in range(1, last_epoch + 1) if e % every == 0 or e == total_epochs]
+
+
+@dataclass
+class MetricsCheck:
+    """metrics.jsonl read against a checkpoint: what a resume keeps, and what was lost."""
+
+    records: list[dict[str, Any]]  # whole records of the expected epochs, in epoch order
+    lost: list[int]  # expected epochs without a whole record
+    damaged_lines: list[int] = field(default_factory=list)  # 1-based; not a whole JSON record
+    unexpected: list[int] = field(default_factory=list)  # epochs <= checkpoint that write none
+    rebuilt: list[int] = field(default_factory=list)  # lost epochs rebuilt from the checkpoint
+
+    def rebuild(self, record: dict[str, Any]) -> None:
+        """Put back the record of a lost epoch (rebuilt from the checkpoint's state)."""
+        epoch = record["epoch"]
+        self.lost.remove(epoch)
+        self.rebuilt.append(epoch)
+        self.records = sorted([*self.records, record], key=lambda r: r["epoch"])
+
+    def report(self, path: Path) -> str | None:
+        """One line on what was damaged, rebuilt and lost; None when nothing was."""
+        parts = []
+        if self.damaged_lines:
+            parts.append(f"line(s) {_numbers(self.damaged_lines)} of {path} were not whole records")
+        if self.unexpected:
+            parts.append(f"dropped records of epoch(s) {_numbers(self.unexpected)} (not evaluated)")
+        if self.rebuilt:
+            parts.append(
+                f"rebuilt epoch(s) {_numbers(self.rebuilt)} from the checkpoint (accuracy and "
+                "loss evaluated again; train loss and noise among selected are lost)"
+            )
+        if self.lost:
+            parts.append(f"the records of epoch(s) {_numbers(self.lost)} are lost for good")
+        return "; ".join(parts) or None
+
+
+def _numbers(values: list[int]) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+def check_metrics_for_resume(
+    path: Path, checkpoint_epoch: int, total_epochs: int, every: int
+) -> MetricsCheck:
+    """Check ``path`` (metrics.jsonl) against a checkpoint written after ``checkpoint_epoch``.
+
+    The records must run over :func:`evaluated_epochs` up to the checkpoint's epoch, every line
+    whole. Records after it are dropped silently (written before a kill that came ahead of
+    their checkpoint; the resume writes them again); anything else is named in ``report``.
+    """
+    expected = evaluated_epochs(checkpoint_epoch, total_epochs, every)
+    lines = path.read_bytes().split(b"\n") if path.is_file() else []
+    by_epoch: dict[int, dict[str, Any]] = {}
+    damaged, unexpected = [], []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            record = None
+        epoch = record.get("epoch") if isinstance(record, dict) else None
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+            damaged.append(i + 1)
+        elif epoch > checkpoint_epoch:
+            continue
+        elif epoch not in expected or epoch in by_epoch:
+            unexpected.append(epoch)
+        else:
+            by_epoch[epoch] = record
+    lost = [e for e in expected if e not in by_epoch]
+    records = [by_epoch[e] for e in expected if e in by_epoch]
+    return MetricsCheck(records, lost, damaged, unexpected)
+
+
+def resume_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be resumed, with what to do instead; None when it can."""
+    path = Path(path)
+    if (path / CHECKPOINT).is_file():
+        return None
+    if not path.is_dir():
+        return f"--resume: {path} does not exist; start the run without --resume"
+    if (path / CONFIG).is_file():
+        return (
+            f"--resume: {path} has no {CHECKPOINT} yet (the run stopped before its first epoch "
+            "ended): nothing to resume; start it again with --overwrite"
+        )
+    return f"--resume: {path} holds no run; start the run without --resume"
 
 
 class RunDir:
@@ -54,8 +157,8 @@ class RunDir:
         run = cls(path)
         existing = [n for n in RUN_FILES if (run.path / n).exists()]
         if mode == "resume":
-            if not (run.path / CHECKPOINT).is_file():
-                raise RunDirError(f"--resume: {run.path} has no {CHECKPOINT} to resume from")
+            if (problem := resume_problem(run.path)) is not None:
+                raise RunDirError(problem)
             saved = run.saved_config()
             if saved != config.to_dict():
                 diff = _diff(saved, config.to_dict())
@@ -64,6 +167,7 @@ class RunDir:
                     f"({', '.join(diff[:5])}); resume with the saved config"
                 )
             run._check_writable()
+            run.remove_stale_temporaries()
             return run
         if existing and mode == "new":
             raise RunDirError(
@@ -77,7 +181,8 @@ class RunDir:
         run._check_writable()
         for name in existing:  # --overwrite: only the files a run writes
             (run.path / name).unlink()
-        rundir.write_config_text(run.path, dump_config(config))
+        run.remove_stale_temporaries()
+        run._write(CONFIG, dump_config(config).encode())
         return run
 
     def _check_writable(self) -> None:
@@ -90,25 +195,56 @@ class RunDir:
     def saved_config(self) -> dict[str, Any]:
         return rundir.read_config(self.path)
 
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete temporary files a kill between write and rename left behind."""
+        stale = [p for name in RUN_FILES for p in self.path.glob(f".{name}.*.tmp")]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return stale
+
+    def _resume_hint(self) -> str:
+        if (self.path / CHECKPOINT).is_file():
+            return (
+                f"the last checkpoint in {self.path} is intact; free some space and continue "
+                f"with: bdsel train --run-dir {self.path} --resume"
+            )
+        return "no checkpoint was written yet; free some space and start again with --overwrite"
+
+    def _write(self, name: str, data: bytes) -> None:
+        try:
+            atomic_write_bytes(self.path / name, data)
+        except DiskFullError as exc:
+            raise DiskFullError(f"{exc}: {self._resume_hint()}", exc.path) from exc.__cause__
+
     # -- metrics
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        rundir.append_metrics(self.path, record)
+        try:
+            rundir.append_metrics(self.path, record)
+        except DiskFullError as exc:
+            raise DiskFullError(f"{exc}: {self._resume_hint()}", exc.path) from exc.__cause__
 
     def read_metrics(self) -> list[dict[str, Any]]:
         return rundir.read_metrics(self.path)
 
+    def check_metrics(self, checkpoint_epoch: int, total_epochs: int, every: int) -> MetricsCheck:
+        return check_metrics_for_resume(self.path / METRICS, checkpoint_epoch, total_epochs, every)
+
+    def write_metrics(self, records: list[dict[str, Any]]) -> None:
+        """Replace metrics.jsonl with ``records`` (a resume's checked records)."""
+        self._write(METRICS, "".join(json.dumps(r) + "\n" for r in records).encode())
+
     def truncate_metrics(self, last_epoch: int) -> None:
         """Keep the records up to ``last_epoch`` (a resumed run rewrites what came after)."""
-        kept = [r for r in self.read_metrics() if r["epoch"] <= last_epoch]
-        rundir.write_metrics(self.path, kept)
+        self.write_metrics([r for r in self.read_metrics() if r["epoch"] <= last_epoch])
 
     # -- checkpoint and summary
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
+        self.remove_stale_temporaries()
         buf = io.BytesIO()
         torch.save(state, buf)
-        atomic_write_bytes(self.path / CHECKPOINT, buf.getvalue())
+        self._write(CHECKPOINT, buf.getvalue())
 
     def load_checkpoint(self, map_location: Any = "cpu") -> dict[str, Any]:
         path = self.path / CHECKPOINT
@@ -118,7 +254,37 @@ class RunDir:
             raise RunDirError(f"{path}: cannot read checkpoint ({exc})") from exc
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        rundir.write_summary(self.path, summary)
+        self._write(SUMMARY, (json.dumps(summary, indent=2) + "\n").encode())
+        self.remove_stale_temporaries()
+
+    def finished_summary(self, config: Config) -> dict[str, Any] | None:
+        """summary.json when this run is finished for ``config`` (summary complete, checkpoint
+        at the last epoch, same saved config): such a run is never resumed nor rewritten."""
+        path = self.path / SUMMARY
+        if not (path.is_file() and (self.path / CHECKPOINT).is_file()):
+            return None
+        try:
+            summary = json.loads(path.read_text())
+            saved = self.saved_config()
+        except (ValueError, RunDirError):
+            return None
+        if not isinstance(summary, dict) or summary.get("status") != "complete":
+            return None
+        if saved != config.to_dict():
+            return None
+        try:  # mmap: only the epoch is read, not gigabytes of weights
+            ckpt = torch.load(self.path / CHECKPOINT, map_location="cpu", mmap=True,
+                              weights_only=False)  # fmt: skip
+        except Exception:  # a damaged checkpoint: the resume proper says what is wrong
+            return None
+        return summary if ckpt.get("epoch") == config.train.epochs else None
+
+    def finished_damage(self, config: Config) -> str | None:
+        """What is damaged in a finished run's metrics.jsonl (left as it is), or None."""
+        t = config.train
+        check = self.check_metrics(t.epochs, t.epochs, config.eval.every)
+        problem = check.report(self.path / METRICS)
+        return None if problem is None else f"{problem}; summary.json holds the final numbers"
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:

@@ -14,6 +14,7 @@ log interval.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +28,14 @@ from torch import nn
 from bdsel.config import Config
 from bdsel.data import Dataset, RunData, derive_run_data, load_dataset, make_image_source
 from bdsel.data.batching import ImageSource
-from bdsel.distributed import World, all_reduce_sum, barrier, broadcast_from_main, init_world
+from bdsel.distributed import (
+    World,
+    all_reduce_min,
+    all_reduce_sum,
+    barrier,
+    broadcast_from_main,
+    init_world,
+)
 from bdsel.engine import (
     AUGMENTATION,
     PERMUTATION,
@@ -43,7 +51,7 @@ from bdsel.engine import (
 from bdsel.evaluation import Evaluator, WeightEMA, make_ema
 from bdsel.models import Classifier, create_model
 from bdsel.registries import check_names
-from bdsel.rundir import RunDirError, acc_key, epochs_to_target
+from bdsel.rundir import METRICS, RunDirError, acc_key, epochs_to_target
 from bdsel.runlog import RunDir
 from bdsel.selection import (
     Candidates,
@@ -54,6 +62,13 @@ from bdsel.selection import (
     prefilter,
     selector_class,
 )
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf; the run stopped with its last good checkpoint kept."""
+
 
 # ----------------------------------------------------------------------------- the run
 
@@ -168,11 +183,14 @@ class EpochStats:
     n_points: int
     scalars: dict[str, torch.Tensor]
     n_steps: int
+    # Index (in n_steps) of the first step whose loss was NaN or Inf, -1 for none; read once
+    # per epoch, so the step itself never syncs the host.
+    first_nonfinite: torch.Tensor | None = None
 
     @classmethod
     def zeros(cls, device: torch.device) -> EpochStats:
         z = torch.zeros((), device=device)
-        return cls(z.clone(), z.clone(), 0, {}, 0)
+        return cls(z.clone(), z.clone(), 0, {}, 0, torch.full((), -1, device=device))
 
     def state(self) -> dict[str, Any]:
         return {
@@ -191,6 +209,7 @@ class EpochStats:
             state["n_points"],
             {k: v.to(device) for k, v in state["scalars"].items()},
             state["n_steps"],
+            torch.full((), -1, device=device),  # a checkpoint is only written while finite
         )
 
 
@@ -242,6 +261,8 @@ def train_step(
         selected, ForwardOutputs(logits.detach().float(), features.detach().float())
     )
 
+    bad = ~torch.isfinite(loss.detach()) & (stats.first_nonfinite < 0)
+    stats.first_nonfinite = torch.where(bad, stats.n_steps, stats.first_nonfinite)
     stats.loss_sum += losses.detach().sum()
     stats.noisy_sum += run.noisy[selected.indices].sum()
     stats.n_points += int(pos.shape[0])
@@ -353,6 +374,11 @@ def train(
     selected per rank (per step, world_size * n_b points in all); rank 0 keeps the weight
     EMA, evaluates and writes.
     """
+    if mode == "resume" and (finished := RunDir(run_dir).finished_summary(config)) is not None:
+        log.warning(f"{run_dir} is complete ({config.train.epochs} epochs): nothing to resume")
+        if (damage := RunDir(run_dir).finished_damage(config)) is not None:
+            log.warning(damage)
+        return finished  # a finished run is never rewritten
     world = init_world(config.train.device)
     run = build_run(config, dataset, world)
     rundir = _prepare_rundir(Path(run_dir), config, mode, world)
@@ -383,7 +409,7 @@ def train(
         state, stats = load_checkpoint(rundir, run, timer, world)
         barrier()  # every rank has read the checkpoint before rank 0 touches the directory
         if world.is_main:
-            rundir.truncate_metrics(state.epoch)
+            _restore_metrics(rundir, state, timer, run, has_noise, evaluator)
 
     # One-off selection work (SVP's proxy training) counts as selection time and wall time.
     t_prepare = time.perf_counter()
@@ -436,6 +462,14 @@ def train(
         if task is not None:
             progress.update(task, completed=state.step)
 
+        if (bad_step := _first_nonfinite_step(stats, state.step, world)) is not None:
+            kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no checkpoint yet"
+            raise TrainingDiverged(
+                f"the training loss became NaN or Inf at epoch {state.epoch}, step {bad_step}: "
+                f"stopped ({kept}); lower train.lr or check the data, then start again with "
+                "--overwrite"
+            )
+
         # -- evaluate (rank 0) and log
         if state.epoch % config.eval.every == 0 or state.epoch == epochs:
             totals = _reduce_stats(stats, world)
@@ -486,6 +520,51 @@ def _record(
     for k, v in totals.scalars.items():
         record[f"select/{k}"] = float(v) / max(totals.n_steps, 1)
     return record
+
+
+def _first_nonfinite_step(stats: EpochStats, step: int, world: World) -> int | None:
+    """The global step (1-based) of the first NaN/Inf loss since the last evaluation, on any
+    rank; None when there was none. One host sync."""
+    if stats.first_nonfinite is None:
+        return None
+    first = torch.where(stats.first_nonfinite < 0, stats.n_steps, stats.first_nonfinite)
+    first = int(all_reduce_min(first.clone()))
+    return None if first >= stats.n_steps else step - stats.n_steps + first + 1
+
+
+def _restore_metrics(
+    rundir: RunDir,
+    state: TrainState,
+    timer: SectionTimer,
+    run: Run,
+    has_noise: bool,
+    evaluator: Evaluator | None,
+) -> None:
+    """Check metrics.jsonl against the checkpoint of ``state.epoch`` and rewrite it with the
+    records of epochs 1..epoch. A lost record of the checkpoint's own epoch is rebuilt: its
+    model (and EMA) is evaluated again; what only the epoch's steps knew (train loss, noise
+    among selected) is null. Whatever was damaged or lost is logged, never dropped silently."""
+    config = run.config
+    check = rundir.check_metrics(state.epoch, config.train.epochs, config.eval.every)
+    if state.epoch in check.lost and evaluator is not None:
+        check.rebuild(
+            {
+                "epoch": state.epoch,
+                "step": state.step,
+                "samples_seen": state.samples_seen,
+                **evaluator(run.model, run.ema),
+                "train_loss": None,
+                "selected_noisy_frac": None,
+                "base_noisy_frac": run.data.base_noisy_frac if has_noise else None,
+                "wall_s": state.wall_s,
+                "selection_s": timer.total,
+                "lr": run.optimizer.param_groups[0]["lr"],
+                "rebuilt": True,
+            }
+        )
+    rundir.write_metrics(check.records)
+    if (message := check.report(rundir.path / METRICS)) is not None:
+        log.warning(message)
 
 
 def summarize(config: Config, metrics: list[dict[str, Any]]) -> dict[str, Any]:

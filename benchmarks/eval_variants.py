@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bdsel.config import load_config
-from bdsel.rundir import has_summary, read_metrics
+from bdsel.rundir import CHECKPOINT, has_summary, read_metrics
 from bdsel.train import train
 
 VARIANTS = {  # label -> metrics key (the runs evaluate with eval.bn=running)
@@ -55,7 +55,7 @@ def run_all(args: argparse.Namespace, seeds: list[int], methods: list[str]) -> N
                 ],
             )
             print(f"training {method} seed {seed} -> {out}", flush=True)
-            mode = "resume" if (out / "checkpoint.pt").is_file() else "overwrite"
+            mode = "resume" if (out / CHECKPOINT).is_file() else "overwrite"
             train(config, out, mode=mode)
 
 

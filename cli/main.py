@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.syntax import Syntax
 
 app = typer.Typer(
     help="Bayesian data selection for accelerated training.",
@@ -29,14 +31,44 @@ SetOpt = Annotated[
 ]
 
 
+class _ConsoleHandler(logging.Handler):
+    """The library's warnings (a damaged metrics line, a complete run) as one console line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        console.print(f"[yellow]warning:[/] {record.getMessage()}", soft_wrap=True)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill), handled like Ctrl-C: the atomic writes clean up, exit 143."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 @app.callback()
 def _main() -> None:
     # Under torchrun every rank runs the command; only rank 0 talks.
     console.quiet = os.environ.get("RANK", "0") != "0"
+    logger = logging.getLogger("bdsel")
+    if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
+        logger.addHandler(_ConsoleHandler())
+        logger.propagate = False
+    if threading.current_thread() is threading.main_thread():  # signals reach only that one
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
+    # One line however long: a log or a pipe must not wrap the message at 80 columns.
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False)
+    return typer.Exit(code)
+
+
+def _interrupted(exc: KeyboardInterrupt, what: str) -> typer.Exit:
+    code = 143 if isinstance(exc, Terminated) else 130
+    console.print(
+        f"[yellow]{'terminated' if code == 143 else 'interrupted'}[/]: {what}", soft_wrap=True
+    )
     return typer.Exit(code)
 
 
@@ -44,8 +76,48 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from bdsel.config import ConfigError
     from bdsel.data import DataError
     from bdsel.rundir import RunDirError
+    from bdsel.train import TrainingDiverged
 
-    return (ConfigError, DataError, RunDirError, FileNotFoundError, ValueError)
+    return (ConfigError, DataError, RunDirError, TrainingDiverged, FileNotFoundError, ValueError)
+
+
+END_OF_DOCUMENT = "\n...\n"  # what yaml.safe_dump puts after a lone scalar
+
+
+def config_changes(cfg) -> list[str]:
+    """``key=value`` (as --set takes it) for every key whose value differs from the defaults."""
+    import yaml
+
+    from bdsel.config import Config
+
+    def walk(a: dict, b: dict, prefix: str = "") -> list[str]:
+        out = []
+        for k, v in a.items():
+            if isinstance(v, dict):
+                out += walk(v, b.get(k, {}), f"{prefix}{k}.")
+            elif v != b.get(k):
+                text = yaml.safe_dump(v, default_flow_style=True, width=1000)
+                out.append(f"{prefix}{k}={text.removesuffix(END_OF_DOCUMENT).strip()}")
+        return out
+
+    return walk(cfg.to_dict(), Config().to_dict())
+
+
+def epoch_line(record: dict, epochs: int) -> str:
+    """One epoch's numbers within 80 columns (a log or a pipe must not wrap them)."""
+    p = "test" if "test_acc" in record else "val"
+
+    def num(key: str, fmt: str) -> str:
+        value = record.get(key)
+        return "-" if value is None else format(value, fmt)
+
+    noisy = record.get("selected_noisy_frac")
+    return (
+        f"epoch {record['epoch']:>{len(str(epochs))}}  {p} acc {num(p + '_acc', '.2%')}"
+        f" loss {num(p + '_loss', '.3f')}  train loss {num('train_loss', '.3f')}"
+        + (f"  noisy {noisy:.1%}" if noisy is not None else "")
+        + f"  {record['wall_s']:.0f}s"
+    )
 
 
 @app.command()
@@ -59,39 +131,55 @@ def train(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing run.")
     ] = False,
+    accept_cache_mismatch: Annotated[
+        bool,
+        typer.Option(
+            "--accept-cache-mismatch",
+            help="Use a zero-shot cache made with other predictor settings (recorded in "
+            "config.yaml as zeroshot.accept_mismatch).",
+        ),
+    ] = False,
 ) -> None:
     """Train with online batch selection and write a run directory."""
-    from bdsel.config import dump_config, load_config
+    from bdsel.config import load_config
     from bdsel.registries import check_names
-    from bdsel.rundir import CONFIG, acc_key, loss_key, metric_prefix
+    from bdsel.rundir import CHECKPOINT, CONFIG
+    from bdsel.runlog import RunDir, resume_problem
     from bdsel.train import train as train_run
 
     if resume and overwrite:
         raise fail("--resume and --overwrite exclude each other")
     try:
+        if resume and run_dir is not None and (problem := resume_problem(run_dir)):
+            raise fail(problem)
         if resume and run_dir is not None and config is None and not set_:
             config = str(run_dir / CONFIG)  # resume with the run's own saved config
         if config is None:
             raise fail("--config is required (a YAML file or a shipped config name)")
-        cfg = load_config(config, set_ or [])
+        cfg = load_config(config, [*(set_ or []), *accept_overrides(accept_cache_mismatch)])
         check_names(cfg)
         if run_dir is None:
             run_dir = Path("runs") / f"{cfg.name or 'run'}-{cfg.select.method}-s{cfg.seed}"
+        if resume and (finished := RunDir(run_dir).finished_summary(cfg)) is not None:
+            console.print(
+                f"[bold green]complete[/]: {run_dir} finished all {cfg.train.epochs} epochs "
+                f"(final acc {_final_acc(finished)}); nothing to resume, the run is left as it is",
+                soft_wrap=True,
+            )
+            if (damage := RunDir(run_dir).finished_damage(cfg)) is not None:
+                console.print(f"[yellow]warning:[/] {damage}", soft_wrap=True)
+            return
         console.rule(f"bdsel train → {run_dir}")
-        console.print(Syntax(dump_config(cfg), "yaml", background_color="default"))
+        changes = config_changes(cfg)
+        console.print(
+            "config (changes from the defaults; all of it in config.yaml): "
+            + ("  ".join(changes) or "none"),
+            highlight=False,
+        )
         mode = "resume" if resume else "overwrite" if overwrite else "new"
-        # test_acc, or val_acc for eval.split=validation; "test" or "val" in what is printed
-        acc, loss = acc_key(cfg.eval.split), loss_key(cfg.eval.split)
-        shown = metric_prefix(cfg.eval.split)
 
         def show(record: dict) -> None:
-            noisy = record["selected_noisy_frac"]
-            noise = f"  noisy among selected {noisy:.1%}" if noisy is not None else ""
-            progress.console.print(
-                f"epoch {record['epoch']:>4}  {shown} acc {record[acc]:.2%}  "
-                f"{shown} loss {record[loss]:.3f}  train loss {record['train_loss']:.3f}"
-                f"{noise}  {record['wall_s']:.0f}s"
-            )
+            progress.console.print(epoch_line(record, cfg.train.epochs), highlight=False)
 
         from bdsel.distributed import shutdown
         from bdsel.engine import step_progress
@@ -99,23 +187,36 @@ def train(
         with step_progress(console) as progress:
             summary = train_run(cfg, run_dir, mode=mode, on_epoch=show, progress=progress)
         shutdown()  # under torchrun: leave the process group train() joined
-    except KeyboardInterrupt:
-        console.print(
-            f"[yellow]interrupted[/]: the last checkpoint in {run_dir} is intact; "
-            f"continue with: bdsel train --run-dir {run_dir} --resume"
-        )
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        if run_dir is not None and (run_dir / CHECKPOINT).is_file():
+            what = (
+                f"the last checkpoint in {run_dir} is intact; "
+                f"continue with: bdsel train --run-dir {run_dir} --resume"
+            )
+        else:
+            what = "stopped before the first checkpoint: nothing to resume; start again with --overwrite"
+        raise _interrupted(exc, what) from None
     except _user_errors() as exc:
         raise fail(str(exc)) from None
     reached = ", ".join(
         f"{float(t):.1%}: {'epoch ' + str(e) if e else 'not reached'}"
         for t, e in summary["epochs_to_target"].items()
     )
+    prefix = "test" if "final_test_acc" in summary else "val"
     console.print(
-        f"[bold green]done[/]: final {shown} acc {summary['final_' + acc]:.2%}, "
-        f"best {summary['best_' + acc]:.2%}, {summary['wall_s']:.0f}s training "
+        f"[bold green]done[/]: final {prefix} acc {_final_acc(summary)}, "
+        f"best {summary[f'best_{prefix}_acc']:.2%}, {summary['wall_s']:.0f}s training "
         f"({summary['selection_s']:.0f}s selecting); targets {reached}; run in {run_dir}"
     )
+
+
+def _final_acc(summary: dict) -> str:
+    acc = summary.get("final_test_acc", summary.get("final_val_acc"))
+    return f"{acc:.2%}" if isinstance(acc, float) else "-"
+
+
+def accept_overrides(accept_cache_mismatch: bool) -> list[str]:
+    return ["zeroshot.accept_mismatch=true"] if accept_cache_mismatch else []
 
 
 @app.command("cache-zeroshot")
@@ -146,9 +247,8 @@ def cache_zeroshot(
         console.rule(f"bdsel cache-zeroshot → {path}")
         summary = run_cache(cfg, path, overwrite=overwrite, console=console)
         shutdown()  # under torchrun: leave the process group cache_zeroshot() joined
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: run the same command again to resume")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        raise _interrupted(exc, "run the same command again to resume") from None
     except (CacheError, *_user_errors()) as exc:
         raise fail(str(exc)) from None
     from rich.table import Table

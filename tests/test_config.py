@@ -97,3 +97,39 @@ def test_unknown_config_name_lists_shipped(tmp_path: Path):
     bad.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="mapping at the top level"):
         load_config(str(bad))
+
+
+@pytest.mark.parametrize(
+    ("override", "pattern"),
+    [
+        ("train.lr=.inf", r"train\.lr: expected a finite number, got inf"),
+        ("train.weight_decay=.inf", r"train\.weight_decay: expected a finite number"),
+        ("select.alpha=.nan", r"select\.alpha: expected a finite number, got nan"),
+        ("zeroshot.temperature=-.inf", r"zeroshot\.temperature: expected a finite number"),
+        ("report.targets=[.nan]", r"report\.targets\[0\]: expected a finite number"),
+        ("train.step_gamma=-5", r"train\.step_gamma: expected a positive factor"),
+        ("train.step_gamma=0", r"train\.step_gamma: expected a positive factor"),
+        ("zeroshot.holdout.lr=0", r"zeroshot\.holdout\.lr: expected a positive float"),
+        ("select.svp.lr=-1", r"select\.svp\.lr: expected a positive float"),
+        ("train.device=tpu", r"train\.device: expected auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
+        ("zeroshot.device=gpu", r"zeroshot\.device: expected auto, cpu, cuda"),
+        ("seed=-1", r"^seed: expected an int >= 0"),
+        ("data.split_seed=-2", r"data\.split_seed: expected null or an int >= 0"),
+    ],
+)
+def test_impossible_numbers_and_devices_name_the_key(override: str, pattern: str):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config("fashion_mnist", [override])
+
+
+def test_cuda_device_without_cuda_is_a_config_error(monkeypatch: pytest.MonkeyPatch):
+    import torch
+
+    from bdsel.engine import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"train\.device='cuda' but CUDA is not available"):
+        resolve_device("cuda")
+    with pytest.raises(ConfigError, match=r"zeroshot\.device='cuda:1' but CUDA"):
+        resolve_device("cuda:1", "zeroshot.device")
+    assert resolve_device("auto").type == "cpu"

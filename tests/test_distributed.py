@@ -138,10 +138,19 @@ def test_two_process_run_killed_and_resumed(tmp_path: Path, dist_config: Path):
     assert [r["epoch"] for r in records] == list(range(1, 13))
     assert records[-1]["step"] == 12 * 4
 
-    single = subprocess.run(
-        [sys.executable, "-m", "bdsel_cli.main", "train", "--run-dir", str(run_dir), "--resume"],
-        capture_output=True, text=True, timeout=120, env=_env(),
-    )  # fmt: skip
+    single = [
+        sys.executable,
+        "-m",
+        "bdsel_cli.main",
+        "train",
+        "--run-dir",
+        str(run_dir),
+        "--resume",
+    ]
+    finished = subprocess.run(single, capture_output=True, text=True, timeout=120, env=_env())
+    assert finished.returncode == 0 and "nothing to resume" in finished.stdout + finished.stderr
+    (run_dir / "summary.json").unlink()  # as if killed between the last checkpoint and summary
+    single = subprocess.run(single, capture_output=True, text=True, timeout=120, env=_env())
     assert single.returncode == 2
     assert "resume at the same world size" in " ".join((single.stdout + single.stderr).split())
 

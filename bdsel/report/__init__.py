@@ -7,6 +7,7 @@ rich.print(render_table(report)); print(*report.warnings, sep="\\n")
 from __future__ import annotations
 
 import os
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def make_report(
     targets = _check_targets(targets)
     rows = build_rows(runs, targets)
     out = Path(out_dir) if out_dir is not None else default_out_dir([r.path for r in runs])
-    out.mkdir(parents=True, exist_ok=True)
+    _check_out_dir(out)
     report = Report(
         rows=rows,
         targets=targets,
@@ -104,10 +105,25 @@ def make_report(
     )
     figures, figure_warnings = make_figures(rows, targets)
     warnings.extend(figure_warnings)
-    for name, png in figures.items():
-        report.files[name] = atomic_write_bytes(out / name, png)
-    report.files["table.csv"] = atomic_write_text(out / "table.csv", to_csv(rows, targets))
-    report.files["table.md"] = atomic_write_text(out / "table.md", to_markdown(rows, targets))
-    html = render_html(report, figures)
-    report.files["report.html"] = atomic_write_text(out / "report.html", html)
+    try:
+        for name, png in figures.items():
+            report.files[name] = atomic_write_bytes(out / name, png)
+        report.files["table.csv"] = atomic_write_text(out / "table.csv", to_csv(rows, targets))
+        report.files["table.md"] = atomic_write_text(out / "table.md", to_markdown(rows, targets))
+        html = render_html(report, figures)
+        report.files["report.html"] = atomic_write_text(out / "report.html", html)
+    except OSError as exc:
+        raise ReportError(f"cannot write the report in {out}: {exc.strerror or exc}") from exc
     return report
+
+
+def _check_out_dir(out: Path) -> None:
+    """Create ``out`` and make sure files can be written in it, before any figure is drawn."""
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out} is a file; give a folder for the report's files")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".probe"):
+            pass
+    except OSError as exc:
+        raise ReportError(f"cannot write the report in {out}: {exc.strerror or exc}") from exc

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from rich.console import Console
 from rich.text import Text
 
 from bdsel.data.sources import int64_sha256
+from bdsel.rundir import is_disk_full
 
 if TYPE_CHECKING:
     from bdsel.data.sources import Dataset
@@ -136,13 +139,31 @@ def _versions() -> dict[str, str]:
 # ---------------------------------------------------------------------- opening and checking
 
 
+def check_cache_path(path: Path) -> None:
+    """CacheError when ``path`` cannot name a cache file (a directory)."""
+    if Path(path).is_dir():
+        raise CacheError(
+            f"{path} is a directory, not a cache file: point zeroshot.cache (or --out) at a "
+            f"file such as {Path(path) / 'cache.h5'}"
+        )
+
+
 def _open(path: Path, mode: str = "r") -> h5py.File:
+    check_cache_path(path)
     try:
         return h5py.File(path, mode)
     except OSError as exc:
         raise CacheError(
-            f"{path} is not a readable HDF5 file (corrupt or truncated?): {exc}"
+            f"{path} is not a readable HDF5 file (corrupt or truncated?): {_h5_reason(exc)}"
         ) from exc
+
+
+def _h5_reason(exc: BaseException) -> str:
+    """The gist of an h5py error, on one line (HDF5 adds time, descriptor, buffer, offset)."""
+    text = str(exc)
+    if found := re.search(r"error message = '([^']*)'", text):
+        return found.group(1)
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _read_attrs(f: h5py.File, path: Path) -> dict[str, Any]:
@@ -248,10 +269,69 @@ def load_zs_logprobs(
 # ---------------------------------------------------------------------- building
 
 
+def _file_bytes(fingerprint: dict, n_classes: int) -> int:
+    """About how large a cache file is: its rows, done flags and 64 KiB for HDF5's metadata."""
+    rows = fingerprint["n_train"] + fingerprint["n_test"]
+    return rows * (4 * n_classes + 1) + (1 << 16)
+
+
+def _disk_full_error(part: Path) -> CacheError:
+    return CacheError(
+        f"no space left on the device writing {part}: the rows written so far are kept; free "
+        "some space and run the same bdsel cache-zeroshot command again to resume"
+    )
+
+
+def _reserve(part: Path, fresh: bool) -> None:
+    """Allocate every block of ``part`` now, so that a full disk stops the build here, before
+    HDF5 writes a row: HDF5 cannot close a file cleanly once a write has failed. A ``fresh``
+    file (no row in it yet) is removed when there is no room for it."""
+    try:
+        fd = os.open(part, os.O_RDWR)
+    except OSError:
+        return
+    try:
+        os.posix_fallocate(fd, 0, max(os.fstat(fd).st_size, 1))
+    except OSError as exc:
+        if not is_disk_full(exc):
+            return  # a file system without fallocate: the writes find out, later
+        if not fresh:
+            raise _disk_full_error(part) from None
+        part.unlink(missing_ok=True)
+        raise CacheError(
+            f"no space left on the device for {part}; free some space and run the command again"
+        ) from None
+    finally:
+        os.close(fd)
+
+
 def _create(path: Path, fingerprint: dict, spec: dict, n_classes: int) -> None:
+    """Create the empty cache at ``path``; CacheError (and no file) when the disk is full."""
+    needed, free = _file_bytes(fingerprint, n_classes), shutil.disk_usage(path.parent).free
+    if free < needed:
+        raise CacheError(
+            f"not enough space for {path}: it needs about {needed / 2**20:.1f} MiB, "
+            f"{free / 2**20:.1f} MiB are free there; free some space and run the command again"
+        )
+    try:
+        _write_layout(path, fingerprint, spec, n_classes)
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        # The new file holds nothing yet: give its blocks back, so that HDF5 can flush what it
+        # still holds open when it lets go of it, and drop the file.
+        os.truncate(path, 0)
+        path.unlink(missing_ok=True)
+        raise CacheError(
+            f"no space left on the device creating {path}; free some space and run the "
+            "command again"
+        ) from None
+
+
+def _write_layout(path: Path, fingerprint: dict, spec: dict, n_classes: int) -> None:
     # Storage is allocated at creation (contiguous, never filled: a sparse file), so later row
     # writes touch raw data only and never HDF5 metadata: a kill between flushes cannot leave
-    # the file's structure half-written.
+    # the file's structure half-written. ``_reserve`` then backs the holes with real blocks.
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
@@ -410,11 +490,14 @@ def build_cache(
             if problem:
                 raise CacheError(f"{part} (an unfinished cache) {problem}; "
                                  "pass overwrite=True or delete it")  # fmt: skip
-    if not part.exists():
+    fresh = not part.exists()
+    if fresh:
         _create(part, fingerprint, spec, n_classes)
+    _reserve(part, fresh)
 
     computed = 0
-    with h5py.File(part, "r+") as f:
+    f = h5py.File(part, "r+")
+    try:
         done = {s: f[s]["done"][...].astype(bool) for s in SPLITS}
         for s in SPLITS:
             _reset_invalid_done(f[s]["logprobs"], done[s])
@@ -438,8 +521,25 @@ def build_cache(
         f.attrs["complete"] = True  # last: every row and statistic is already written
         f.flush()
         info = _read_attrs(f, part)
+        f.close()
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        _close_quietly(f)
+        raise _disk_full_error(part) from None
+    finally:
+        _close_quietly(f)
     os.replace(part, path)  # atomic: ``path`` appears only complete
     return _summary(path, fingerprint, info, t0, computed)
+
+
+def _close_quietly(f: h5py.File) -> None:
+    """Close ``f``; after a failed write HDF5 cannot flush, and its complaint is not news."""
+    try:
+        if f.id.valid:
+            f.close()
+    except (OSError, RuntimeError):
+        pass
 
 
 def _summary(path: Path, fp: dict, info: dict, t0: float, computed: int) -> CacheSummary:

@@ -55,13 +55,30 @@ def _resolve_pretrained(model: str, pretrained: str) -> tuple[str | None, str | 
         return pretrained, file_sha256(pretrained)
     tags = open_clip.list_pretrained_tags_by_model(model)
     if pretrained in tags:
-        return pretrained, None  # sha filled in after open_clip has downloaded the file
+        return pretrained, _fetch_pretrained(model, pretrained)
     if os.sep in pretrained or "/" in pretrained or pretrained.endswith(_CHECKPOINT_SUFFIXES):
         raise FileNotFoundError(f"CLIP checkpoint file {pretrained} does not exist")
     raise ValueError(
         f"pretrained={pretrained!r} is neither a checkpoint file nor a known tag of {model!r} "
         f"(known tags: {', '.join(tags) or 'none'})"
     )
+
+
+def _fetch_pretrained(model: str, tag: str) -> str | None:
+    """Download the weights of a pretrained tag (or find them in the local cache) before the
+    model is built, so that an offline machine fails at once and clearly; their sha256."""
+    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+
+    try:
+        path = download_pretrained(get_pretrained_cfg(model, tag))
+    except Exception as exc:  # requests, huggingface_hub and urllib each raise their own
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise ValueError(
+            f"zeroshot.pretrained={tag!r}: the {model} weights are not available offline "
+            f"({reason}); download them where there is internet and point zeroshot.pretrained "
+            f"at the file: --set zeroshot.pretrained=/path/to/{model}-{tag}.pt"
+        ) from None
+    return file_sha256(path) if path else None
 
 
 class ClipPredictor:
@@ -114,8 +131,6 @@ class ClipPredictor:
             model, pretrained=source, precision="fp32", device=self.device
         )
         self.model.eval()
-        if source is not None and self.checkpoint_sha256 is None:
-            self.checkpoint_sha256 = self._downloaded_sha256(model, source)
         cfg = self.model.visual.preprocess_cfg
         size = cfg["size"]
         self.image_size = (size, size) if isinstance(size, int) else tuple(size)
@@ -132,15 +147,6 @@ class ClipPredictor:
         # [C, D] unit rows; renormalised in fp32 because the mean may have been taken in bf16.
         self.classifier = F.normalize(weights.float().T, dim=-1)
         self.logit_scale = self.model.logit_scale.detach().float().exp().reshape(())
-
-    @staticmethod
-    def _downloaded_sha256(model: str, tag: str) -> str | None:
-        try:  # open_clip has just fetched the file; this returns its cached path
-            from open_clip.pretrained import download_pretrained, get_pretrained_cfg
-
-            return file_sha256(download_pretrained(get_pretrained_cfg(model, tag)))
-        except Exception:  # the hash is provenance only; never fail a run over it
-            return None
 
     def _autocast(self):
         dtype = PRECISIONS[self.precision]
@@ -285,6 +291,27 @@ class ClipZeroShot:
 
     def __init__(self, clip: ClipPredictor, dataset: Dataset) -> None:
         self.clip, self.dataset = clip, dataset
+
+    @staticmethod
+    def settings(config: Config) -> dict[str, Any]:
+        """The settings that shape its outputs, as its spec names them."""
+        z = config.zeroshot
+        model = Path(z.model).stem if z.model.endswith(".json") else z.model
+        return {
+            "kind": "clip",
+            "model": model,
+            "pretrained": z.pretrained,
+            "precision": z.precision,
+        }
+
+    @staticmethod
+    def expected_spec(config: Config, data: RunData) -> dict[str, Any]:
+        """The prompts its spec stores for ``data``'s dataset."""
+        from bdsel.zeroshot.prompts import prompts_for
+
+        ds = data.dataset
+        class_names, templates = prompts_for(ds.name, ds.class_names, config.zeroshot.prompts)
+        return {"templates": list(templates), "class_names": list(class_names)}
 
     @classmethod
     def from_config(cls, config: Config, data: RunData, device: torch.device) -> ClipZeroShot:

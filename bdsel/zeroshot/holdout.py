@@ -53,6 +53,14 @@ class HoldoutPredictor:
         ).to(source.device)
         self.trained = False
 
+    @staticmethod
+    def settings(config: Config) -> dict[str, Any]:
+        """The settings that shape its outputs, as its spec names them."""
+        h = config.zeroshot.holdout
+        return {"kind": "holdout", "model": h.model, "epochs": h.epochs,
+                "optimizer": h.optimizer, "lr": h.lr, "weight_decay": h.weight_decay,
+                "batch_size": h.batch_size, "ema_decay": config.train.ema_decay}  # fmt: skip
+
     @classmethod
     def from_config(cls, config: Config, data: RunData, device: torch.device) -> HoldoutPredictor:
         source = make_image_source(

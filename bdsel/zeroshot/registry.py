@@ -10,7 +10,11 @@ selects, with:
 - ``logprobs(split, rows)``: log p(c | x) for ``rows`` (int64 [n]) of ``split`` ("train" or
   "test") -> float32 [n, C] on the CPU;
 - ``spec()``: what identifies its outputs, stored in and checked against the cache; its
-  ``kind`` is the registered name.
+  ``kind`` is the registered name;
+- ``settings(config)`` (static): the config's settings that shape its outputs, as ``spec``
+  names them: ``train`` refuses a cache whose spec differs, and the default cache name
+  carries their hash. An optional ``expected_spec(config, data)`` adds dataset-dependent
+  keys (CLIP's prompts).
 
 A predictor that trains may add ``fit_or_load(weights, progress=None)`` and ``describe()``:
 ``cache-zeroshot`` says what it trains, calls it first and keeps the weights beside an
@@ -47,7 +51,7 @@ def register_predictor(
     def deco(cls: type) -> type:
         if name in _REGISTRY:
             raise ValueError(f"predictor {name!r} is already registered")
-        for method in ("from_config", "logprobs", "spec"):
+        for method in ("from_config", "settings", "logprobs", "spec"):
             if not callable(getattr(cls, method, None)):
                 raise TypeError(f"predictor {name!r}: {cls.__name__} has no {method}()")
         cls.name = name

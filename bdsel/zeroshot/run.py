@@ -8,7 +8,12 @@ training run its per-index zero-shot log-probs: ``zs_logprobs`` (at ``zeroshot.t
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -18,10 +23,12 @@ from bdsel.data import RunData, derive_run_data, int64_sha256, load_dataset
 from bdsel.distributed import World, barrier, broadcast_from_main, init_world
 from bdsel.engine import resolve_device, step_progress
 from bdsel.registries import check_names
+from bdsel.rundir import DiskFullError
 from bdsel.zeroshot.cache import (
     CacheError,
     CacheSummary,
     build_cache,
+    check_cache_path,
     partial_path,
     read_cache_info,
 )
@@ -29,17 +36,59 @@ from bdsel.zeroshot.registry import create_predictor, predictor_entry
 from bdsel.zeroshot.sharded import ShardedPredictor, serve
 
 LOOKUPS = ("zs_logprobs", "il_logprobs")
+log = logging.getLogger(__name__)
+
+
+def predictor_settings(config: Config) -> dict[str, Any]:
+    """The config's settings that shape the cached log-probs, as the predictor's spec names
+    them (each predictor's ``settings(config)``). Not the temperature (applied at read time),
+    not the split (its hash is checked apart), not a model's init seed (one cache serves
+    every run seed)."""
+    return predictor_entry(config.zeroshot.predictor).cls.settings(config)
+
+
+def settings_hash(config: Config) -> str:
+    """8 hex digits that tell one predictor setting's default cache file from another's."""
+    settings = dict(predictor_settings(config), prompts=config.zeroshot.prompts)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def default_cache_path(config: Config) -> Path:
-    """``zeroshot.cache``, or cache/<the predictor's cache_stem(config)>.h5."""
+    """``zeroshot.cache``, or cache/<the predictor's cache_stem(config)>-<settings hash>.h5."""
     if config.zeroshot.cache:
         return Path(config.zeroshot.cache)
-    return Path("cache") / f"{predictor_entry(config.zeroshot.predictor).cache_stem(config)}.h5"
+    stem = predictor_entry(config.zeroshot.predictor).cache_stem(config)
+    return Path("cache") / f"{stem}-{settings_hash(config)}.h5"
+
+
+def spec_mismatch(stored: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """The keys of ``expected`` whose value the cache's stored spec does not share."""
+    if stored.get("kind") != expected["kind"]:
+        return [f"kind (cache: {stored.get('kind')!r}, config: {expected['kind']!r})"]
+    out = []
+    for key, value in expected.items():
+        if stored.get(key) != value:
+            shown = (
+                ""
+                if isinstance(value, list)
+                else f" (cache: {stored.get(key)!r}, config: {value!r})"
+            )
+            out.append(f"{key}{shown}")
+    return out
+
+
+def expected_spec(config: Config, data: RunData) -> dict[str, Any]:
+    """What a cache made with ``config``'s predictor stores in its spec (see spec_mismatch):
+    the predictor's ``settings``, and what its ``expected_spec`` adds for a dataset."""
+    cls = predictor_entry(config.zeroshot.predictor).cls
+    expected = cls.settings(config)
+    if hasattr(cls, "expected_spec"):
+        expected.update(cls.expected_spec(config, data))
+    return expected
 
 
 def predictor_device(config: Config, world: World) -> torch.device:
-    device = resolve_device(config.zeroshot.device)
+    device = resolve_device(config.zeroshot.device, "zeroshot.device")
     if device.type == "cuda" and world.distributed:
         return torch.device("cuda", world.local_rank)
     return device
@@ -66,11 +115,14 @@ def cache_zeroshot(
     check_names(config)
     world = init_world(config.zeroshot.device)
     out = Path(out) if out is not None else default_cache_path(config)
+    check_cache_path(out)
     if world.is_main:
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=out.parent, prefix=".probe"):
+                pass  # before any model is trained: a read-only place is an error now
         except OSError as exc:
-            raise CacheError(f"cannot create {out.parent}: {exc.strerror}") from exc
+            raise CacheError(f"cannot write the cache in {out.parent}: {exc.strerror}") from exc
     else:
         console, progress = Console(quiet=True), False
     dataset = load_dataset(config.data)
@@ -88,11 +140,17 @@ def cache_zeroshot(
             if console is not None:
                 verb = "reloading" if weights.is_file() else "training"
                 console.print(f"{verb} {predictor.describe()}")
-            if progress:
-                with step_progress(console) as bar:
-                    predictor.fit_or_load(weights, bar)
-            else:
-                predictor.fit_or_load(weights)
+            try:
+                if progress:
+                    with step_progress(console) as bar:
+                        predictor.fit_or_load(weights, bar)
+                else:
+                    predictor.fit_or_load(weights)
+            except DiskFullError as exc:
+                raise CacheError(
+                    f"{exc}; no cache row was written yet: free some space and run the "
+                    "same bdsel cache-zeroshot command again"
+                ) from None
         barrier()
         if not world.is_main:
             predictor.fit_or_load(weights)
@@ -137,7 +195,15 @@ def load_lookups(
     if not names:
         return {}
     path = default_cache_path(config)
+    check_cache_path(path)
     method = config.select.method
+    legacy = path.with_name(f"{predictor_entry(config.zeroshot.predictor).cache_stem(config)}.h5")
+    if not config.zeroshot.cache and not path.exists() and legacy.exists():
+        raise CacheError(
+            f"select.method={method} needs the zero-shot cache {path}; {legacy} is one from "
+            "before cache names carried a hash of the predictor settings: rename it, or point "
+            "zeroshot.cache at it (its settings are checked either way)"
+        )
     if not path.exists() and partial_path(path).exists():
         raise CacheError(
             f"the zero-shot cache {path} is incomplete ({partial_path(path)} exists): "
@@ -150,6 +216,14 @@ def load_lookups(
             f"(zeroshot.predictor={config.zeroshot.predictor}), or point zeroshot.cache at one"
         )
     spec = read_cache_info(path).get("predictor", {})
+    if diff := spec_mismatch(spec, expected_spec(config, data)):
+        what = f"{path} was made with other predictor settings than this run's: {'; '.join(diff)}"
+        if not config.zeroshot.accept_mismatch:
+            raise CacheError(
+                f"{what}. Make a cache for this config with bdsel cache-zeroshot, or pass "
+                "--accept-cache-mismatch to train on this one anyway"
+            )
+        log.warning(f"{what} (accepted: --accept-cache-mismatch)")
     if spec.get("kind") == "holdout" and spec.get("holdout_sha256") != int64_sha256(
         data.holdout_idx
     ):
