@@ -124,10 +124,28 @@ class SelectConfig:
 
 @dataclass
 class HoldoutConfig:
-    """The ``holdout`` predictor: a bdsel model trained on the hold-out split's clean labels."""
+    """The ``holdout`` predictor: a bdsel model trained on the hold-out split's clean labels,
+    to its plateau: early stopping on a calibration split carved from the hold-out."""
 
     model: str = "small_cnn"
-    epochs: int = 10
+    epochs: int = 30  # at most; training stops after `patience` epochs without a better one
+    patience: int = 3  # epochs without a better calibration accuracy (0: train all epochs)
+    calibration_fraction: float = 0.1  # of the hold-out: early stopping and the temperature
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    batch_size: int = 128
+
+
+@dataclass
+class CrossfitConfig:
+    """The ``crossfit`` predictor: K models, each trained on the observed labels of all folds
+    of the training subset but one and predicting that one; no clean labels needed."""
+
+    folds: int = 2
+    model: str = "small_cnn"
+    epochs: int = 30  # at most; early stopping on the held-out fold's observed labels
+    patience: int = 3
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -140,7 +158,9 @@ class ZeroshotConfig:
     cache: str | None = (
         None  # None: cache/<stem>-<settings hash>.h5 (the predictor declares the stem)
     )
-    temperature: float = 1.0  # applied at read time: log_softmax(logprobs / T)
+    # Applied at read time, log_softmax(logprobs / T). auto: the T fitted when the cache was
+    # made, by the least NLL of labels the predictor never trained on (bdsel.zeroshot.calibration).
+    temperature: float | Literal["auto"] = "auto"
     model: str = "RN50"  # clip: an open_clip architecture name, or a JSON architecture file
     pretrained: str = "openai"  # clip: a pretrained tag (needs internet) or a local checkpoint
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -148,6 +168,7 @@ class ZeroshotConfig:
     device: str = "auto"
     prompts: str | None = None  # YAML/JSON file with class_names and templates
     holdout: HoldoutConfig = field(default_factory=HoldoutConfig)
+    crossfit: CrossfitConfig = field(default_factory=CrossfitConfig)
     # train: use a cache whose stored predictor settings differ from these (bdsel train
     # --accept-cache-mismatch); recorded here so that the run directory says so.
     accept_mismatch: bool = False
@@ -223,12 +244,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; ints are accepted where floats are."""
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
+        errors = []
         for arg in get_args(tp):
             try:
                 return _coerce(value, arg, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+            except ConfigError as exc:
+                errors.append(exc)
+        # A number of the right type but out of bounds says so, not "expected float or ...".
+        raise next((e for e in errors if "finite" in str(e)), None) or ConfigError(
+            f"{key}: expected {_type_name(tp)}, got {value!r}"
+        )
     if origin is Literal:
         if value in get_args(tp):
             return value
@@ -410,9 +435,26 @@ def validate(config: Config) -> None:
     need(s.svp.lr > 0, "select.svp.lr", "a positive float")
     need(s.svp.batch_size >= 1, "select.svp.batch_size", "a positive int")
     z = config.zeroshot
-    need(z.temperature > 0, "zeroshot.temperature", "a positive float")
+    need(
+        z.temperature == "auto" or z.temperature > 0,
+        "zeroshot.temperature",
+        "auto or a positive float",
+    )
     need(z.batch_size >= 1, "zeroshot.batch_size", "a positive int")
     need(z.holdout.epochs >= 1, "zeroshot.holdout.epochs", "a positive int")
+    need(z.holdout.patience >= 0, "zeroshot.holdout.patience", "an int >= 0 (0: no early stop)")
+    need(
+        0.0 < z.holdout.calibration_fraction < 1.0,
+        "zeroshot.holdout.calibration_fraction",
+        "a fraction in (0, 1)",
+    )
+    c = z.crossfit
+    need(c.folds >= 2, "zeroshot.crossfit.folds", "an int >= 2")
+    need(c.epochs >= 1, "zeroshot.crossfit.epochs", "a positive int")
+    need(c.patience >= 0, "zeroshot.crossfit.patience", "an int >= 0 (0: no early stop)")
+    need(c.lr > 0, "zeroshot.crossfit.lr", "a positive float")
+    need(c.weight_decay >= 0, "zeroshot.crossfit.weight_decay", "a float >= 0")
+    need(c.batch_size >= 1, "zeroshot.crossfit.batch_size", "a positive int")
     need(z.holdout.lr > 0, "zeroshot.holdout.lr", "a positive float")
     need(z.holdout.weight_decay >= 0, "zeroshot.holdout.weight_decay", "a float >= 0")
     need(z.holdout.batch_size >= 1, "zeroshot.holdout.batch_size", "a positive int")

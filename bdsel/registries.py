@@ -14,7 +14,7 @@ from bdsel.models import list_models
 from bdsel.selection import list_selectors
 from bdsel.zeroshot import list_predictors
 
-MODEL_KEYS = ("model.name", "select.svp.model", "zeroshot.holdout.model")
+MODEL_KEYS = ("model.name", "select.svp.model", "zeroshot.holdout.model", "zeroshot.crossfit.model")
 
 
 def check_names(config: Config) -> None:

@@ -261,10 +261,29 @@ def cache_zeroshot(
         ("train accuracy (clean labels)", f"{summary.train_accuracy:.2%}"),
         ("test accuracy", f"{summary.test_accuracy:.2%}"),
         ("mean log-prob of the clean label", f"{summary.mean_clean_logprob:.3f}"),
+        *predictor_rows(summary.predictor or {}),
+        (
+            "fitted temperature (zeroshot.temperature: auto)",
+            "-" if summary.temperature is None else f"{summary.temperature:.3f}",
+        ),
         ("time", f"{summary.seconds:.1f}s"),
     ):
         table.add_row(key, value)
     console.print(table)
+
+
+def predictor_rows(spec: dict) -> list[tuple[str, str]]:
+    """What a trained predictor's spec says about its training, as table rows."""
+    rows = []
+    if spec.get("calibration_accuracy") is not None:
+        rows.append(("calibration accuracy (clean labels)", f"{spec['calibration_accuracy']:.2%}"))
+    if spec.get("epochs_trained") is not None:
+        rows.append(("epochs (kept, by early stopping)", str(spec["epochs_trained"])))
+    if spec.get("fold_accuracy"):
+        accs = ", ".join(f"{a:.2%}" for a in spec["fold_accuracy"])
+        rows.append(("held-out fold accuracy (observed labels)", accs))
+        rows.append(("epochs per fold (kept)", ", ".join(map(str, spec["fold_epochs"]))))
+    return rows
 
 
 @app.command()

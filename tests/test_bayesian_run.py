@@ -50,10 +50,17 @@ def test_holdout_model_never_trains_on_training_subset(bayes_values: dict):
             yield idx, x
 
     source.iter_batches = spy
-    HoldoutPredictor(cfg, data, source).fit()
+    predictor = HoldoutPredictor(cfg, data, source)
+    predictor.fit()
     trained_on = set(torch.cat(seen).tolist())
-    assert trained_on == set(data.holdout_idx.tolist())
+    calibration = set(predictor.calibration_rows.tolist())
+    # It trains on the hold-out less its calibration split, never on a training-subset index.
+    assert trained_on == set(data.holdout_idx.tolist()) - calibration
+    assert len(calibration) == round(0.1 * len(data.holdout_idx))
     assert not trained_on & set(data.train_idx.tolist())
+    rows, labels = predictor.calibration()
+    assert torch.equal(labels, data.clean[rows])
+    assert 1 <= predictor.epochs_trained <= cfg.zeroshot.holdout.epochs
 
 
 def test_cache_then_bayesian_training_through_cli(bayes_values: dict, tmp_path: Path):

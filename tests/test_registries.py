@@ -92,6 +92,7 @@ def _tiny_clip(tmp_path: Path) -> dict:
 # Each registered predictor's zeroshot.* settings for a tiny, offline run.
 TINY_PREDICTOR = {
     "holdout": lambda tmp_path: {"holdout": {"epochs": 1, "batch_size": 32}},
+    "crossfit": lambda tmp_path: {"crossfit": {"epochs": 1, "batch_size": 32}},
     "clip": _tiny_clip,
 }
 

@@ -75,6 +75,8 @@ class CacheSummary:
     mean_clean_logprob: float
     seconds: float
     rows_computed: int = 0  # rows this call ran the predictor on (0: the cache was complete)
+    temperature: float | None = None  # fitted on the predictor's calibration labels, if any
+    predictor: dict[str, Any] | None = None  # the stored spec
 
 
 def partial_path(path: str | Path) -> Path:
@@ -187,6 +189,8 @@ def _read_attrs(f: h5py.File, path: Path) -> dict[str, Any]:
         elif isinstance(value, np.generic):
             value = value.item()
         info[key] = value
+    if "temperature" in f.attrs:  # optional: fitted when the predictor has calibration labels
+        info["temperature"] = float(f.attrs["temperature"])
     return info
 
 
@@ -456,8 +460,13 @@ def build_cache(
     progress: bool = True,
     console: Console | None = None,
     overwrite: bool = False,
+    calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> CacheSummary:
     """Run ``predictor`` over every train and test image and write the cache at ``path``.
+
+    ``calibration``: train-split rows and labels the predictor never trained on; the
+    temperature that fits them best (``bdsel.zeroshot.calibration``) is stored as the
+    ``temperature`` attribute, which ``zeroshot.temperature: auto`` reads.
 
     Resumes ``<path>.partial`` when it was made for the same dataset fingerprint and predictor
     spec; returns at once when ``path`` is already complete for them. A cache or partial file
@@ -518,6 +527,12 @@ def build_cache(
         f.attrs["train_accuracy"] = train_acc
         f.attrs["test_accuracy"] = test_acc
         f.attrs["mean_clean_logprob"] = train_lp
+        if calibration is not None:
+            from bdsel.zeroshot.calibration import fit_temperature
+
+            rows, labels = (t.cpu().long() for t in calibration)
+            logprobs = _read_rows(f["train"]["logprobs"], rows)
+            f.attrs["temperature"] = fit_temperature(logprobs, labels)
         f.attrs["complete"] = True  # last: every row and statistic is already written
         f.flush()
         info = _read_attrs(f, part)
@@ -546,4 +561,14 @@ def _summary(path: Path, fp: dict, info: dict, t0: float, computed: int) -> Cach
     stats = {k: float(info[k]) for k in ("train_accuracy", "test_accuracy", "mean_clean_logprob")}
     n_classes, seconds = len(fp["class_names"]), time.perf_counter() - t0
     return CacheSummary(path, fp["n_train"], fp["n_test"], n_classes, **stats, seconds=seconds,
-                        rows_computed=computed)  # fmt: skip
+                        rows_computed=computed, temperature=info.get("temperature"),
+                        predictor=info.get("predictor"))  # fmt: skip
+
+
+def _read_rows(dataset: h5py.Dataset, rows: torch.Tensor) -> torch.Tensor:
+    """``dataset[rows]`` as float64 [len(rows), C], in the order of ``rows``."""
+    order = torch.argsort(rows)
+    values = torch.from_numpy(dataset[rows[order].numpy()]).double()  # h5py wants sorted rows
+    out = torch.empty_like(values)
+    out[order] = values
+    return out

@@ -289,8 +289,8 @@ class ClipZeroShot:
     """The ``clip`` predictor: a :class:`ClipPredictor` over one dataset's splits, built from
     ``zeroshot.model``, ``pretrained``, ``precision``, ``prompts`` and ``batch_size``."""
 
-    def __init__(self, clip: ClipPredictor, dataset: Dataset) -> None:
-        self.clip, self.dataset = clip, dataset
+    def __init__(self, clip: ClipPredictor, dataset: Dataset, data: RunData | None = None) -> None:
+        self.clip, self.dataset, self.data = clip, dataset, data
 
     @staticmethod
     def settings(config: Config) -> dict[str, Any]:
@@ -328,7 +328,15 @@ class ClipZeroShot:
             device=device,
             batch_size=z.batch_size,
         )
-        return cls(clip, data.dataset)
+        return cls(clip, data.dataset, data)
+
+    def calibration(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Rows and labels for the temperature. The paper has no clean labels: the training
+        subset's observed (possibly noisy) labels, so that p_zs becomes a calibrated
+        probability that the observed label is right. CLIP never trained on them."""
+        if self.data is None:
+            return None
+        return self.data.train_idx, self.data.observed[self.data.train_idx]
 
     def logprobs(self, split: str, rows: torch.Tensor) -> torch.Tensor:
         """log p_zs(c | x) for ``rows`` of ``split`` ("train" / "test") -> float32 [n, C], CPU."""

@@ -18,10 +18,12 @@ import torch
 from bdsel.config import Config
 from bdsel.data import RunData, int64_sha256, make_image_source
 from bdsel.data.batching import ImageSource
-from bdsel.engine import build_optimizer, fit_supervised, predict_logprobs
+from bdsel.engine import EarlyStopping, build_optimizer, fit_supervised, predict_logprobs
 from bdsel.models import create_model
 from bdsel.rundir import atomic_write_bytes
 from bdsel.zeroshot.registry import register_predictor
+
+CALIBRATION_SEED = 15_485_863  # the calibration split's stream, apart from the split's
 
 
 def cache_stem(config: Config) -> str:
@@ -30,6 +32,29 @@ def cache_stem(config: Config) -> str:
     split_seed = config.seed if d.split_seed is None else d.split_seed
     stem = f"{d.name}-holdout-{h.model}-split{split_seed}-h{d.holdout_fraction:g}"
     return stem + (f"-lt{d.imbalance.ratio:g}" if d.imbalance.ratio > 1 else "")
+
+
+def split_calibration(
+    holdout_idx: torch.Tensor, fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hold-out cut into the rows the model trains on and a calibration split (early
+    stopping, temperature): two disjoint sorted int64 tensors whose union is ``holdout_idx``;
+    the calibration split has round(fraction * n) rows, at least 1 (none of an empty hold-out)."""
+    n = len(holdout_idx)
+    n_cal = min(n, max(1, round(fraction * n))) if n else 0
+    g = torch.Generator().manual_seed(seed * 1_000_003 + CALIBRATION_SEED)
+    perm = holdout_idx.cpu()[torch.randperm(n, generator=g)]
+    return perm[n_cal:].sort().values, perm[:n_cal].sort().values
+
+
+def weights_sha256(state_dicts: list[dict[str, torch.Tensor]]) -> str:
+    """Identifies trained weights: a partial cache resumes only with the same models."""
+    h = hashlib.sha256()
+    for state in state_dicts:
+        for name, tensor in sorted(state.items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 @register_predictor("holdout", section="zeroshot.holdout", cache_stem=cache_stem)
@@ -47,11 +72,16 @@ class HoldoutPredictor:
         h = config.zeroshot.holdout
         self.config, self.data, self.source = config, data, source
         self.dataset = data.dataset
+        self.fit_rows, self.calibration_rows = split_calibration(
+            data.holdout_idx, h.calibration_fraction, config.seed
+        )
         torch.manual_seed(config.seed)
         self.model = create_model(
             h.model, n_classes=self.dataset.n_classes, in_channels=self.dataset.in_channels
         ).to(source.device)
         self.trained = False
+        self.epochs_trained: int | None = None  # the kept (best) epoch
+        self.calibration_accuracy: float | None = None
 
     @staticmethod
     def settings(config: Config) -> dict[str, Any]:
@@ -59,7 +89,9 @@ class HoldoutPredictor:
         h = config.zeroshot.holdout
         return {"kind": "holdout", "model": h.model, "epochs": h.epochs,
                 "optimizer": h.optimizer, "lr": h.lr, "weight_decay": h.weight_decay,
-                "batch_size": h.batch_size, "ema_decay": config.train.ema_decay}  # fmt: skip
+                "batch_size": h.batch_size, "ema_decay": config.train.ema_decay,
+                "patience": h.patience,
+                "calibration_fraction": h.calibration_fraction}  # fmt: skip
 
     @classmethod
     def from_config(cls, config: Config, data: RunData, device: torch.device) -> HoldoutPredictor:
@@ -71,25 +103,45 @@ class HoldoutPredictor:
     def describe(self) -> str:
         """What ``cache-zeroshot`` says it is training."""
         h = self.config.zeroshot.holdout
-        n = len(self.data.holdout_idx)
-        return f"the hold-out model ({h.model}, {h.epochs} epochs on {n} points)"
+        n, n_cal = len(self.fit_rows), len(self.calibration_rows)
+        stop = f", early stopping after {h.patience} epochs" if h.patience else ""
+        return (
+            f"the hold-out model ({h.model}, at most {h.epochs} epochs on {n} points{stop}; "
+            f"{n_cal} calibration points)"
+        )
+
+    def calibration(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of the train split and labels it never trained on, for the temperature:
+        the calibration split and its clean labels."""
+        return self.calibration_rows, self.data.clean[self.calibration_rows]
 
     def fit(self, progress: Any = None) -> None:
         h = self.config.zeroshot.holdout
+        bs = self.config.zeroshot.batch_size
+        rows = self.calibration_rows.to(self.source.device)
+        labels = self.data.clean[self.calibration_rows].to(self.source.device)
+
+        def accuracy(model: torch.nn.Module) -> float:
+            logprobs = predict_logprobs(model, self.source, "train", rows, bs)
+            return float((logprobs.argmax(1) == labels).float().mean())
+
+        stop = EarlyStopping(accuracy, patience=h.patience or h.epochs)
         optimizer = build_optimizer(self.model, _as_train_config(self.config))
         self.model = fit_supervised(
             self.model,
             self.source,
-            self.data.holdout_idx,
+            self.fit_rows,
             self.data.clean,
             epochs=h.epochs,
             batch_size=h.batch_size,
             optimizer=optimizer,
             seed=self.config.seed + 7919,  # a stream of its own, apart from the main run's
             ema_decay=self.config.train.ema_decay,
+            early_stopping=stop,
             progress=progress,
             description="hold-out model",
         )
+        self.epochs_trained, self.calibration_accuracy = stop.best_epoch, stop.best_score
         self.trained = True
 
     def fit_or_load(self, weights: Path, progress: Any = None) -> None:
@@ -99,21 +151,27 @@ class HoldoutPredictor:
         retraining is deterministic on one machine but not across devices or thread counts.
         """
         if weights.is_file():
-            self.model.load_state_dict(torch.load(weights, map_location=self.source.device))
+            saved = torch.load(weights, map_location=self.source.device)
+            self.model.load_state_dict(saved["model"])
+            self.epochs_trained = saved["epochs_trained"]
+            self.calibration_accuracy = saved["calibration_accuracy"]
             self.model.eval()
             self.trained = True
             return
         self.fit(progress)
         buf = io.BytesIO()
-        torch.save(self.model.state_dict(), buf)
+        torch.save(
+            {
+                "model": self.model.state_dict(),
+                "epochs_trained": self.epochs_trained,
+                "calibration_accuracy": self.calibration_accuracy,
+            },
+            buf,
+        )
         atomic_write_bytes(weights, buf.getvalue())
 
     def weights_sha256(self) -> str:
-        h = hashlib.sha256()
-        for name, tensor in sorted(self.model.state_dict().items()):
-            h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()
+        return weights_sha256([self.model.state_dict()])
 
     def logprobs(self, split: str, rows: torch.Tensor) -> torch.Tensor:
         """log p(c | x) of the hold-out model for ``rows`` of ``split`` -> float32 [n, C], CPU."""
@@ -139,7 +197,11 @@ class HoldoutPredictor:
             "train_fraction": d.train_fraction,
             "holdout_fraction": d.holdout_fraction,
             "imbalance_ratio": d.imbalance.ratio,
+            "patience": h.patience,
+            "calibration_fraction": h.calibration_fraction,
             "holdout_sha256": int64_sha256(self.data.holdout_idx),
+            "epochs_trained": self.epochs_trained,
+            "calibration_accuracy": self.calibration_accuracy,
             # Identifies the trained weights: a partial cache resumes only with the same model.
             "weights_sha256": self.weights_sha256() if self.trained else None,
         }

@@ -36,6 +36,9 @@ from bdsel.zeroshot.registry import create_predictor, predictor_entry
 from bdsel.zeroshot.sharded import ShardedPredictor, serve
 
 LOOKUPS = ("zs_logprobs", "il_logprobs")
+# Predictors whose log-probs can serve as RHO-LOSS's irreducible loss: models that never
+# trained on the row they predict (the hold-out model, the cross-fitted models).
+IL_PREDICTORS = ("holdout", "crossfit")
 log = logging.getLogger(__name__)
 
 
@@ -168,6 +171,7 @@ def cache_zeroshot(
                 progress=progress,
                 console=console,
                 overwrite=overwrite,
+                calibration=predictor.calibration() if hasattr(predictor, "calibration") else None,
             )
         finally:
             if world.distributed:
@@ -232,15 +236,34 @@ def load_lookups(
             "run's (data.split_seed / train_fraction / holdout_fraction / imbalance differ): "
             "it may have seen this run's training points. Re-run bdsel cache-zeroshot"
         )
-    if "il_logprobs" in names and spec.get("kind") != "holdout":
+    if spec.get("kind") == "crossfit" and (
+        spec.get("train_sha256") != int64_sha256(data.train_idx)
+        or spec.get("observed_sha256") != int64_sha256(data.observed[data.train_idx])
+    ):
+        raise CacheError(
+            f"{path} was made by cross-fitted models on another training subset or other "
+            "observed labels than this run's (data.split_seed / train_fraction / noise differ): "
+            "its models may have seen the rows they predict. Re-run bdsel cache-zeroshot"
+        )
+    if "il_logprobs" in names and spec.get("kind") not in IL_PREDICTORS:
         raise CacheError(
             f"select.method={method} needs an irreducible-loss model: a cache made with "
-            f"zeroshot.predictor=holdout; {path} was made by {spec.get('kind')!r}"
+            f"zeroshot.predictor=holdout or crossfit; {path} was made by {spec.get('kind')!r}"
         )
+    info = read_cache_info(path)
+    zs_temperature = config.zeroshot.temperature
+    if zs_temperature == "auto" and "zs_logprobs" in names:
+        if info.get("temperature") is None:
+            raise CacheError(
+                f"zeroshot.temperature=auto reads the temperature fitted when {path} was made, "
+                "and it holds none (a cache from before bdsel fitted one, or a predictor without "
+                "calibration labels): re-run bdsel cache-zeroshot --overwrite, or set a number"
+            )
+        zs_temperature = info["temperature"]
     n_classes = data.dataset.n_classes
     out = {}
     for name in names:
-        temperature = config.zeroshot.temperature if name == "zs_logprobs" else 1.0
+        temperature = zs_temperature if name == "zs_logprobs" else 1.0
         logprobs = load_zs_logprobs(
             path, data.dataset, n_classes=n_classes, temperature=temperature
         )

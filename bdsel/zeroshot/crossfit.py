@@ -1,0 +1,215 @@
+"""The ``crossfit`` predictor: a stand-in for CLIP that needs no clean labels.
+
+The paper's point is that no clean hold-out set is needed. Offline there is no CLIP, so this
+is the next best thing that needs none: the training subset is split into K folds; model k
+trains on the observed (possibly noisy) labels of every fold but k, with the weight EMA,
+stopping early on fold k's observed labels, and predicts fold k. Every training row's
+log-probs therefore come from a model that never saw it. Rows outside the training subset
+(the test set, a hold-out) get the mean of the K models' probabilities.
+
+Its spec records hashes of the training subset and of its observed labels: ``train`` refuses
+the cache for a run whose training subset or noise differ (its models may have seen rows
+they predict).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bdsel.config import Config
+from bdsel.data import RunData, int64_sha256, make_image_source
+from bdsel.data.batching import ImageSource
+from bdsel.engine import EarlyStopping, build_optimizer, fit_supervised, predict_logprobs
+from bdsel.models import create_model
+from bdsel.rundir import atomic_write_bytes
+from bdsel.zeroshot.holdout import weights_sha256
+from bdsel.zeroshot.registry import register_predictor
+
+FOLD_SEED = 104_729  # the fold assignment's stream, apart from the split's and the models'
+
+
+def cache_stem(config: Config) -> str:
+    """Everything its outputs depend on: split, noise, folds and model."""
+    d, c = config.data, config.zeroshot.crossfit
+    split_seed = config.seed if d.split_seed is None else d.split_seed
+    stem = (
+        f"{d.name}-crossfit{c.folds}-{c.model}-split{split_seed}-t{d.train_fraction:g}"
+        f"-h{d.holdout_fraction:g}-{d.noise.kind}{d.noise.rate:g}-s{config.seed}"
+    )
+    return stem + (f"-lt{d.imbalance.ratio:g}" if d.imbalance.ratio > 1 else "")
+
+
+def assign_folds(train_idx: torch.Tensor, folds: int, seed: int) -> list[torch.Tensor]:
+    """The training subset cut into ``folds`` disjoint folds of near-equal size: a list of
+    int64 [n_k] sorted global indices whose union is ``train_idx``."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + FOLD_SEED)
+    perm = train_idx.cpu()[torch.randperm(len(train_idx), generator=g)]
+    return [perm[k::folds].sort().values for k in range(folds)]
+
+
+@register_predictor("crossfit", section="zeroshot.crossfit", cache_stem=cache_stem)
+class CrossfitPredictor:
+    """K models, each trained on the observed labels of all folds but its own."""
+
+    def __init__(self, config: Config, data: RunData, source: ImageSource) -> None:
+        c = config.zeroshot.crossfit
+        self.config, self.data, self.source = config, data, source
+        split_seed = config.seed if config.data.split_seed is None else config.data.split_seed
+        self.folds = assign_folds(data.train_idx, c.folds, split_seed)
+        n_rows = len(data.dataset.train.labels)
+        self.fold_of = torch.full((n_rows,), -1, dtype=torch.int64)  # -1: not in the subset
+        for k, rows in enumerate(self.folds):
+            self.fold_of[rows] = k
+        ds = data.dataset
+        self.models = []
+        for k in range(c.folds):
+            torch.manual_seed(config.seed * 31 + k)
+            model = create_model(c.model, n_classes=ds.n_classes, in_channels=ds.in_channels)
+            self.models.append(model.to(source.device))
+        self.fold_epochs: list[int] = []  # epochs each model trained (early stopping)
+        self.fold_accuracy: list[float] = []  # its accuracy on its fold's observed labels
+        self.trained = False
+
+    @staticmethod
+    def settings(config: Config) -> dict[str, Any]:
+        """The settings that shape its outputs, as its spec names them."""
+        c = config.zeroshot.crossfit
+        return {"kind": "crossfit", "folds": c.folds, "model": c.model, "epochs": c.epochs,
+                "patience": c.patience, "optimizer": c.optimizer, "lr": c.lr,
+                "weight_decay": c.weight_decay, "batch_size": c.batch_size,
+                "ema_decay": config.train.ema_decay}  # fmt: skip
+
+    @classmethod
+    def from_config(cls, config: Config, data: RunData, device: torch.device) -> CrossfitPredictor:
+        source = make_image_source(
+            data.dataset, device, augment=config.data.augment, num_workers=config.data.num_workers
+        )
+        return cls(config, data, source)
+
+    def describe(self) -> str:
+        c = self.config.zeroshot.crossfit
+        n = len(self.data.train_idx)
+        return (
+            f"{c.folds} cross-fitted models ({c.model}, at most {c.epochs} epochs each, on "
+            f"{c.folds - 1}/{c.folds} of {n} training points with their observed labels)"
+        )
+
+    def calibration(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows and labels for the temperature: the training subset's observed labels, each
+        predicted by the model that never saw it (p_zs becomes a calibrated probability that
+        the observed label is right)."""
+        return self.data.train_idx, self.data.observed[self.data.train_idx]
+
+    def fit(self, progress: Any = None) -> None:
+        c = self.config.zeroshot.crossfit
+        observed = self.data.observed
+        bs = self.config.zeroshot.batch_size
+        self.fold_epochs, self.fold_accuracy = [], []
+        for k, model in enumerate(self.models):
+            held_out = self.folds[k].to(self.source.device)
+            train_rows = torch.cat([f for j, f in enumerate(self.folds) if j != k])
+            labels = observed[held_out.cpu()].to(self.source.device)
+
+            def accuracy(m: torch.nn.Module, rows=held_out, labels=labels) -> float:
+                lp = predict_logprobs(m, self.source, "train", rows, bs)
+                return float((lp.argmax(1) == labels).float().mean())
+
+            stop = EarlyStopping(accuracy, patience=c.patience or c.epochs)
+            optimizer = build_optimizer(model, _as_train_config(self.config))
+            self.models[k] = fit_supervised(
+                model,
+                self.source,
+                train_rows,
+                observed,
+                epochs=c.epochs,
+                batch_size=c.batch_size,
+                optimizer=optimizer,
+                seed=self.config.seed + 7919 * (k + 2),  # a stream per fold model
+                ema_decay=self.config.train.ema_decay,
+                early_stopping=stop,
+                progress=progress,
+                description=f"crossfit model {k + 1}/{c.folds}",
+            )
+            self.fold_epochs.append(stop.best_epoch)
+            self.fold_accuracy.append(stop.best_score)
+        self.trained = True
+
+    def fit_or_load(self, weights: Path, progress: Any = None) -> None:
+        """Train, or reload the models an interrupted ``cache-zeroshot`` saved at ``weights``."""
+        if weights.is_file():
+            saved = torch.load(weights, map_location=self.source.device)
+            for model, state in zip(self.models, saved["models"], strict=True):
+                model.load_state_dict(state)
+                model.eval()
+            self.fold_epochs, self.fold_accuracy = saved["epochs"], saved["accuracy"]
+            self.trained = True
+            return
+        self.fit(progress)
+        buf = io.BytesIO()
+        state = {
+            "models": [m.state_dict() for m in self.models],
+            "epochs": self.fold_epochs,
+            "accuracy": self.fold_accuracy,
+        }
+        torch.save(state, buf)
+        atomic_write_bytes(weights, buf.getvalue())
+
+    def logprobs(self, split: str, rows: torch.Tensor) -> torch.Tensor:
+        """Out-of-fold log p(c | x) for training rows, the K models' mean probability for any
+        other row -> float32 [n, C] on the CPU."""
+        if not self.trained:
+            self.fit()
+        rows = rows.cpu()
+        bs = self.config.zeroshot.batch_size
+        device_rows = rows.to(self.source.device)
+        per_model = torch.stack(
+            [predict_logprobs(m, self.source, split, device_rows, bs).cpu() for m in self.models]
+        )  # [K, n, C]
+        k = len(self.models)
+        mean = torch.logsumexp(per_model, dim=0) - torch.log(torch.tensor(float(k)))
+        if split != "train":
+            return mean
+        fold = self.fold_of[rows]
+        out = mean.clone()
+        inside = fold >= 0
+        out[inside] = per_model[fold[inside], torch.nonzero(inside).squeeze(1)]
+        return out
+
+    def spec(self) -> dict[str, Any]:
+        c, d = self.config.zeroshot.crossfit, self.config.data
+        train_idx = self.data.train_idx
+        return {
+            "kind": "crossfit",
+            "folds": c.folds,
+            "model": c.model,
+            "epochs": c.epochs,
+            "patience": c.patience,
+            "optimizer": c.optimizer,
+            "lr": c.lr,
+            "weight_decay": c.weight_decay,
+            "batch_size": c.batch_size,
+            "ema_decay": self.config.train.ema_decay,
+            "seed": self.config.seed,
+            "split_seed": self.config.seed if d.split_seed is None else d.split_seed,
+            "train_fraction": d.train_fraction,
+            "noise": {"kind": d.noise.kind, "rate": d.noise.rate},
+            "imbalance_ratio": d.imbalance.ratio,
+            "train_sha256": int64_sha256(train_idx),
+            "observed_sha256": int64_sha256(self.data.observed[train_idx]),
+            "fold_epochs": self.fold_epochs,
+            "fold_accuracy": self.fold_accuracy,
+            "weights_sha256": (
+                weights_sha256([m.state_dict() for m in self.models]) if self.trained else None
+            ),
+        }
+
+
+def _as_train_config(config: Config):
+    """The crossfit models' optimizer settings in the shape build_optimizer takes."""
+    c = config.zeroshot.crossfit
+    return replace(config.train, optimizer=c.optimizer, lr=c.lr, weight_decay=c.weight_decay)

@@ -1,0 +1,151 @@
+"""The crossfit predictor: every training row predicted by a model that never trained on it."""
+
+import json
+from pathlib import Path
+
+import h5py
+import pytest
+import torch
+import yaml
+from bdsel_cli.main import app
+from typer.testing import CliRunner
+
+from bdsel.config import load_config
+from bdsel.data import derive_run_data, load_dataset, make_image_source
+from bdsel.zeroshot.crossfit import CrossfitPredictor, assign_folds
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def crossfit_values(tiny_config_values: dict, tmp_path: Path) -> dict:
+    values = dict(tiny_config_values)
+    values["zeroshot"] = {
+        "predictor": "crossfit",
+        "cache": str(tmp_path / "cf.h5"),
+        "batch_size": 256,
+        "crossfit": {"folds": 3, "epochs": 2, "patience": 1, "batch_size": 64},
+    }
+    return values
+
+
+def test_folds_partition_the_training_subset():
+    train_idx = torch.tensor([3, 5, 8, 13, 21, 34, 55, 89, 144, 233])
+    folds = assign_folds(train_idx, 3, seed=4)
+    assert sorted(torch.cat(folds).tolist()) == train_idx.tolist()
+    assert sorted(len(f) for f in folds) == [3, 3, 4]
+    assert [f.tolist() for f in folds] == [f.tolist() for f in assign_folds(train_idx, 3, seed=4)]
+
+
+def test_no_row_is_predicted_by_a_model_that_trained_on_it(crossfit_values: dict):
+    cfg = load_config(values=crossfit_values)
+    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
+    source = make_image_source(data.dataset, torch.device("cpu"))
+    trained_on: list[set[int]] = []
+    original = source.iter_batches
+
+    def spy(split, order, batch_size, **kw):
+        if kw.get("generator") is not None:  # training batches are the augmented ones
+            trained_on[-1].update(order.tolist())
+        yield from original(split, order, batch_size, **kw)
+
+    source.iter_batches = spy
+    predictor = CrossfitPredictor(cfg, data, source)
+    real_fit = predictor.fit
+
+    import bdsel.zeroshot.crossfit as crossfit_module
+
+    real_supervised = crossfit_module.fit_supervised
+
+    def fit_supervised(*args, **kw):
+        trained_on.append(set())
+        return real_supervised(*args, **kw)
+
+    crossfit_module.fit_supervised = fit_supervised
+    try:
+        real_fit()
+    finally:
+        crossfit_module.fit_supervised = real_supervised
+    assert len(trained_on) == 3
+    # Which model predicts each training row: the one of its fold, which never trained on it.
+    for k, fold in enumerate(predictor.folds):
+        assert not trained_on[k] & set(fold.tolist())
+        assert trained_on[k] | set(fold.tolist()) == set(data.train_idx.tolist())
+    rows = data.train_idx[:40]
+    out = predictor.logprobs("train", rows)
+    for k, model in enumerate(predictor.models):
+        own = predictor.fold_of[rows] == k
+        from bdsel.engine import predict_logprobs
+
+        expected = predict_logprobs(model, source, "train", rows[own], 256)
+        torch.testing.assert_close(out[own], expected)
+    # Rows outside the training subset (the test set): the mean of the models' probabilities.
+    test_rows = torch.arange(5)
+    per_model = torch.stack(
+        [predict_logprobs(m, source, "test", test_rows, 256) for m in predictor.models]
+    )
+    mean = per_model.exp().mean(0).log()
+    torch.testing.assert_close(predictor.logprobs("test", test_rows), mean, atol=1e-5, rtol=0)
+
+
+class _Kill(KeyboardInterrupt):
+    pass
+
+
+def test_crossfit_cache_resumes_after_a_kill(crossfit_values: dict, tmp_path: Path, monkeypatch):
+    cfg_path = tmp_path / "cf.yaml"
+    cfg_path.write_text(yaml.safe_dump(crossfit_values))
+    result = runner.invoke(app, ["cache-zeroshot", "-c", str(cfg_path)])
+    assert result.exit_code == 0, result.output
+    assert "held-out fold accuracy" in " ".join(result.output.split())
+    with h5py.File(tmp_path / "cf.h5") as f:
+        full = {s: f[f"{s}/logprobs"][...] for s in ("train", "test")}
+        spec = json.loads(f.attrs["predictor"])
+        temperature = float(f.attrs["temperature"])
+    assert spec["kind"] == "crossfit" and len(spec["fold_epochs"]) == 3
+    assert 0.01 < temperature < 100
+
+    # Kill mid-rows: the second write of rows raises; the weights and the partial file stay.
+    other = dict(
+        crossfit_values, zeroshot=dict(crossfit_values["zeroshot"], cache=str(tmp_path / "k.h5"))
+    )
+    cfg2 = tmp_path / "k.yaml"
+    cfg2.write_text(yaml.safe_dump(other))
+    import bdsel.zeroshot.cache as cache_module
+
+    real_fill = cache_module._fill_split
+    calls = {"n": 0}
+
+    def killing_fill(f, split, *args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:  # after the train rows, before the test rows
+            raise _Kill
+        return real_fill(f, split, *args, **kw)
+
+    monkeypatch.setattr(cache_module, "_fill_split", killing_fill)
+    result = runner.invoke(app, ["cache-zeroshot", "-c", str(cfg2)])
+    assert result.exit_code == 130
+    assert (tmp_path / "k.h5.partial").exists() and not (tmp_path / "k.h5").exists()
+    monkeypatch.setattr(cache_module, "_fill_split", real_fill)
+    result = runner.invoke(app, ["cache-zeroshot", "-c", str(cfg2)])
+    assert result.exit_code == 0, result.output
+    with h5py.File(tmp_path / "k.h5") as f:
+        for s in ("train", "test"):
+            assert (f[f"{s}/logprobs"][...] == full[s]).all(), s
+        assert float(f.attrs["temperature"]) == temperature
+
+    # rho_loss takes its irreducible loss from the cross-fitted models: a hold-out-free variant.
+    run_dir = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "-c",
+            str(cfg_path),
+            "--run-dir",
+            str(run_dir),
+            "--set",
+            "select.method=rho_loss",
+        ],
+    )
+    assert result.exit_code == 0, result.output
