@@ -103,3 +103,21 @@ def tiny_config_values(fashion_dir: Path) -> dict:
         "eval": {"every": 1, "batch_size": 128},
         "report": {"targets": [0.3, 0.99]},
     }
+
+
+def write_tiny_clip(tmp_path: Path, name: str, patch_size: int = 16) -> tuple[Path, Path]:
+    """A one-layer open_clip architecture file registered as ``name`` and a random-init local
+    checkpoint: (architecture file, checkpoint). No download."""
+    import json
+
+    import open_clip
+
+    arch = tmp_path / f"{name}.json"
+    text_cfg = {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}
+    vision_cfg = {"image_size": 32, "layers": 1, "width": 64, "patch_size": patch_size}
+    arch.write_text(json.dumps({"embed_dim": 32, "vision_cfg": vision_cfg, "text_cfg": text_cfg}))
+    open_clip.add_model_config(arch)
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "tiny-clip.pt"
+    torch.save(open_clip.create_model(arch.stem).state_dict(), checkpoint)
+    return arch, checkpoint

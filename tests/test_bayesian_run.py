@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 from bdsel_cli.main import app
+from conftest import write_tiny_clip
 from typer.testing import CliRunner
 
 from bdsel.config import load_config
@@ -180,28 +181,7 @@ def test_holdout_cache_resumes_with_the_same_model(
 def test_clip_cache_from_local_checkpoint_through_cli(bayes_values: dict, tmp_path: Path):
     """The real cache-zeroshot command with an open_clip architecture file and a local
     random-init checkpoint (no download), then bayesian training on that cache."""
-    import open_clip
-
-    arch = tmp_path / "bdsel-cli-tiny-clip.json"
-    arch.write_text(
-        json.dumps(
-            {
-                "embed_dim": 32,
-                "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8},
-                "text_cfg": {
-                    "context_length": 16,
-                    "vocab_size": 49408,
-                    "width": 64,
-                    "heads": 2,
-                    "layers": 1,
-                },
-            }
-        )
-    )
-    open_clip.add_model_config(arch)
-    torch.manual_seed(0)
-    checkpoint = tmp_path / "tiny-clip.pt"
-    torch.save(open_clip.create_model(arch.stem).state_dict(), checkpoint)
+    arch, checkpoint = write_tiny_clip(tmp_path, "bdsel-cli-tiny-clip", patch_size=8)
     values = dict(bayes_values)
     values["zeroshot"] = {
         "predictor": "clip",

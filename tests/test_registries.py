@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 from bdsel_cli.main import app
-from conftest import make_cifar_dir, make_fashion_dir, synthetic_images
+from conftest import make_cifar_dir, make_fashion_dir, synthetic_images, write_tiny_clip
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -64,28 +64,7 @@ TINY_DATA = {
 
 def _tiny_clip(tmp_path: Path) -> dict:
     """A one-layer open_clip architecture file and a random-init local checkpoint: no download."""
-    import open_clip
-
-    arch = tmp_path / "bdsel-registry-tiny-clip.json"
-    arch.write_text(
-        json.dumps(
-            {
-                "embed_dim": 32,
-                "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
-                "text_cfg": {
-                    "context_length": 16,
-                    "vocab_size": 49408,
-                    "width": 64,
-                    "heads": 2,
-                    "layers": 1,
-                },
-            }
-        )
-    )
-    open_clip.add_model_config(arch)
-    torch.manual_seed(0)
-    checkpoint = tmp_path / "tiny-clip.pt"
-    torch.save(open_clip.create_model(arch.stem).state_dict(), checkpoint)
+    arch, checkpoint = write_tiny_clip(tmp_path, "bdsel-registry-tiny-clip", patch_size=16)
     return {"model": str(arch), "pretrained": str(checkpoint), "device": "cpu"}
 
 

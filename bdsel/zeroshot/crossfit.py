@@ -22,12 +22,12 @@ from typing import Any
 import torch
 
 from bdsel.config import Config
-from bdsel.data import RunData, int64_sha256, make_image_source
+from bdsel.data import RunData, int64_sha256
 from bdsel.data.batching import ImageSource
 from bdsel.engine import EarlyStopping, build_optimizer, fit_supervised, predict_logprobs
 from bdsel.models import create_model
 from bdsel.rundir import atomic_write_bytes
-from bdsel.zeroshot.holdout import weights_sha256
+from bdsel.zeroshot.holdout import training_source, weights_sha256
 from bdsel.zeroshot.registry import register_predictor
 
 FOLD_SEED = 104_729  # the fold assignment's stream, apart from the split's and the models'
@@ -86,10 +86,7 @@ class CrossfitPredictor:
 
     @classmethod
     def from_config(cls, config: Config, data: RunData, device: torch.device) -> CrossfitPredictor:
-        source = make_image_source(
-            data.dataset, device, augment=config.data.augment, num_workers=config.data.num_workers
-        )
-        return cls(config, data, source)
+        return cls(config, data, training_source(config, data, device))
 
     def describe(self) -> str:
         c = self.config.zeroshot.crossfit

@@ -47,6 +47,13 @@ def split_calibration(
     return perm[n_cal:].sort().values, perm[:n_cal].sort().values
 
 
+def training_source(config: Config, data: RunData, device: torch.device) -> ImageSource:
+    """The image source a predictor that trains bdsel models reads (augmented as the run's)."""
+    return make_image_source(
+        data.dataset, device, augment=config.data.augment, num_workers=config.data.num_workers
+    )
+
+
 def weights_sha256(state_dicts: list[dict[str, torch.Tensor]]) -> str:
     """Identifies trained weights: a partial cache resumes only with the same models."""
     h = hashlib.sha256()
@@ -95,10 +102,7 @@ class HoldoutPredictor:
 
     @classmethod
     def from_config(cls, config: Config, data: RunData, device: torch.device) -> HoldoutPredictor:
-        source = make_image_source(
-            data.dataset, device, augment=config.data.augment, num_workers=config.data.num_workers
-        )
-        return cls(config, data, source)
+        return cls(config, data, training_source(config, data, device))
 
     def describe(self) -> str:
         """What ``cache-zeroshot`` says it is training."""
