@@ -123,14 +123,13 @@ class SelectConfig:
 
 
 @dataclass
-class HoldoutConfig:
-    """The ``holdout`` predictor: a bdsel model trained on the hold-out split's clean labels,
-    to its plateau: early stopping on a calibration split carved from the hold-out."""
+class FitConfig:
+    """A bdsel model a predictor trains (with the weight EMA) to its plateau: at most
+    ``epochs``, stopping after ``patience`` epochs without a better score (0: all epochs)."""
 
     model: str = "small_cnn"
-    epochs: int = 30  # at most; training stops after `patience` epochs without a better one
-    patience: int = 3  # epochs without a better calibration accuracy (0: train all epochs)
-    calibration_fraction: float = 0.1  # of the hold-out: early stopping and the temperature
+    epochs: int = 30
+    patience: int = 3
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -138,18 +137,20 @@ class HoldoutConfig:
 
 
 @dataclass
-class CrossfitConfig:
+class HoldoutConfig(FitConfig):
+    """The ``holdout`` predictor: trained on the hold-out split's clean labels, scored for
+    early stopping on a calibration split carved from the hold-out."""
+
+    calibration_fraction: float = 0.1  # of the hold-out: early stopping and the temperature
+
+
+@dataclass
+class CrossfitConfig(FitConfig):
     """The ``crossfit`` predictor: K models, each trained on the observed labels of all folds
-    of the training subset but one and predicting that one; no clean labels needed."""
+    of the training subset but one (early stopping on that one's) and predicting it; no clean
+    labels needed."""
 
     folds: int = 2
-    model: str = "small_cnn"
-    epochs: int = 30  # at most; early stopping on the held-out fold's observed labels
-    patience: int = 3
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    batch_size: int = 128
 
 
 @dataclass

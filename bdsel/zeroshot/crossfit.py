@@ -15,7 +15,6 @@ they predict).
 from __future__ import annotations
 
 import io
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,12 @@ from bdsel.data.batching import ImageSource
 from bdsel.engine import EarlyStopping, build_optimizer, fit_supervised, predict_logprobs
 from bdsel.models import create_model
 from bdsel.rundir import atomic_write_bytes
-from bdsel.zeroshot.holdout import training_source, weights_sha256
+from bdsel.zeroshot.holdout import (
+    as_train_config,
+    fit_settings,
+    training_source,
+    weights_sha256,
+)
 from bdsel.zeroshot.registry import register_predictor
 
 FOLD_SEED = 104_729  # the fold assignment's stream, apart from the split's and the models'
@@ -78,11 +82,7 @@ class CrossfitPredictor:
     @staticmethod
     def settings(config: Config) -> dict[str, Any]:
         """The settings that shape its outputs, as its spec names them."""
-        c = config.zeroshot.crossfit
-        return {"kind": "crossfit", "folds": c.folds, "model": c.model, "epochs": c.epochs,
-                "patience": c.patience, "optimizer": c.optimizer, "lr": c.lr,
-                "weight_decay": c.weight_decay, "batch_size": c.batch_size,
-                "ema_decay": config.train.ema_decay}  # fmt: skip
+        return fit_settings("crossfit", config, config.zeroshot.crossfit)
 
     @classmethod
     def from_config(cls, config: Config, data: RunData, device: torch.device) -> CrossfitPredictor:
@@ -117,7 +117,7 @@ class CrossfitPredictor:
                 return float((lp.argmax(1) == labels).float().mean())
 
             stop = EarlyStopping(accuracy, patience=c.patience or c.epochs)
-            optimizer = build_optimizer(model, _as_train_config(self.config))
+            optimizer = build_optimizer(model, as_train_config(self.config, c))
             self.models[k] = fit_supervised(
                 model,
                 self.source,
@@ -178,19 +178,10 @@ class CrossfitPredictor:
         return out
 
     def spec(self) -> dict[str, Any]:
-        c, d = self.config.zeroshot.crossfit, self.config.data
+        d = self.config.data
         train_idx = self.data.train_idx
         return {
-            "kind": "crossfit",
-            "folds": c.folds,
-            "model": c.model,
-            "epochs": c.epochs,
-            "patience": c.patience,
-            "optimizer": c.optimizer,
-            "lr": c.lr,
-            "weight_decay": c.weight_decay,
-            "batch_size": c.batch_size,
-            "ema_decay": self.config.train.ema_decay,
+            **self.settings(self.config),
             "seed": self.config.seed,
             "split_seed": self.config.seed if d.split_seed is None else d.split_seed,
             "train_fraction": d.train_fraction,
@@ -204,9 +195,3 @@ class CrossfitPredictor:
                 weights_sha256([m.state_dict() for m in self.models]) if self.trained else None
             ),
         }
-
-
-def _as_train_config(config: Config):
-    """The crossfit models' optimizer settings in the shape build_optimizer takes."""
-    c = config.zeroshot.crossfit
-    return replace(config.train, optimizer=c.optimizer, lr=c.lr, weight_decay=c.weight_decay)

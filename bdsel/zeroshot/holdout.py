@@ -8,6 +8,7 @@ model may have seen its training subset.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from bdsel.config import Config
+from bdsel.config import Config, FitConfig
 from bdsel.data import RunData, int64_sha256, make_image_source
 from bdsel.data.batching import ImageSource
 from bdsel.engine import EarlyStopping, build_optimizer, fit_supervised, predict_logprobs
@@ -93,12 +94,7 @@ class HoldoutPredictor:
     @staticmethod
     def settings(config: Config) -> dict[str, Any]:
         """The settings that shape its outputs, as its spec names them."""
-        h = config.zeroshot.holdout
-        return {"kind": "holdout", "model": h.model, "epochs": h.epochs,
-                "optimizer": h.optimizer, "lr": h.lr, "weight_decay": h.weight_decay,
-                "batch_size": h.batch_size, "ema_decay": config.train.ema_decay,
-                "patience": h.patience,
-                "calibration_fraction": h.calibration_fraction}  # fmt: skip
+        return fit_settings("holdout", config, config.zeroshot.holdout)
 
     @classmethod
     def from_config(cls, config: Config, data: RunData, device: torch.device) -> HoldoutPredictor:
@@ -130,7 +126,7 @@ class HoldoutPredictor:
             return float((logprobs.argmax(1) == labels).float().mean())
 
         stop = EarlyStopping(accuracy, patience=h.patience or h.epochs)
-        optimizer = build_optimizer(self.model, _as_train_config(self.config))
+        optimizer = build_optimizer(self.model, as_train_config(self.config, h))
         self.model = fit_supervised(
             self.model,
             self.source,
@@ -185,24 +181,14 @@ class HoldoutPredictor:
         return predict_logprobs(self.model, self.source, split, rows, bs).cpu()
 
     def spec(self) -> dict[str, Any]:
-        h = self.config.zeroshot.holdout
         d = self.config.data
         return {
-            "kind": "holdout",
-            "model": h.model,
-            "epochs": h.epochs,
-            "optimizer": h.optimizer,
-            "lr": h.lr,
-            "weight_decay": h.weight_decay,
-            "batch_size": h.batch_size,
-            "ema_decay": self.config.train.ema_decay,
+            **self.settings(self.config),
             "seed": self.config.seed,
             "split_seed": self.config.seed if d.split_seed is None else d.split_seed,
             "train_fraction": d.train_fraction,
             "holdout_fraction": d.holdout_fraction,
             "imbalance_ratio": d.imbalance.ratio,
-            "patience": h.patience,
-            "calibration_fraction": h.calibration_fraction,
             "holdout_sha256": int64_sha256(self.data.holdout_idx),
             "epochs_trained": self.epochs_trained,
             "calibration_accuracy": self.calibration_accuracy,
@@ -211,9 +197,13 @@ class HoldoutPredictor:
         }
 
 
-def _as_train_config(config: Config):
-    """The hold-out model's optimizer settings in the shape build_optimizer takes."""
-    from dataclasses import replace
+def fit_settings(kind: str, config: Config, fit: FitConfig) -> dict[str, Any]:
+    """A trained predictor's settings: its config section and the EMA decay it trains with."""
+    return {"kind": kind, **dataclasses.asdict(fit), "ema_decay": config.train.ema_decay}
 
-    h = config.zeroshot.holdout
-    return replace(config.train, optimizer=h.optimizer, lr=h.lr, weight_decay=h.weight_decay)
+
+def as_train_config(config: Config, fit: FitConfig):
+    """A predictor model's optimizer settings in the shape build_optimizer takes."""
+    return dataclasses.replace(
+        config.train, optimizer=fit.optimizer, lr=fit.lr, weight_decay=fit.weight_decay
+    )
