@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from typing import Any, get_args
+from typing import Any
 
 import torch
 from torch import nn
 
-from bdsel.config import Config, EvalVariant
+from bdsel.config import Config
 from bdsel.data import RunData
 from bdsel.data.batching import ImageSource
 from bdsel.engine import evaluate, stream_generator
@@ -157,20 +157,16 @@ def with_running_stats_of(model: nn.Module, other: nn.Module) -> nn.Module:
 BN_SAMPLE = 3
 
 
-# Extra variants a record can carry (``eval.extra``), "<weights>/<BN statistics>": the
-# online or EMA weights with their own running statistics, recalibrated ones, or (EMA only)
-# the online model's running statistics. For measuring what to evaluate; each costs one
-# evaluation.
-EXTRA_VARIANTS: tuple[str, ...] = get_args(EvalVariant)
-
-
 class Evaluator:
     """The metrics of one evaluation: which model (``eval.model``), which BN statistics
     (``eval.bn``), on which split (``eval.split``).
 
     A record holds ``<split>_acc``/``<split>_loss`` of the evaluated model, and
     ``<split>_acc_online`` and (EMA on) ``<split>_acc_ema`` with the same BN statistics,
-    plus ``<split>_acc/<variant>`` for each of ``eval.extra``.
+    plus ``<split>_acc/<variant>`` for each of ``eval.extra`` ("<weights>/<BN statistics>":
+    the online or EMA weights with their own running statistics, recalibrated ones, or the
+    EMA's weights with the online model's running statistics, ``online_bn``; for measuring
+    what to evaluate, each costs one evaluation).
     """
 
     def __init__(self, config: Config, data: RunData, source: ImageSource) -> None:
