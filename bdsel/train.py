@@ -103,6 +103,20 @@ def build_lookups(
     return load_lookups(names, config, data, device)
 
 
+def prefilter_size(config: Config, selector: Selector) -> int:
+    """How many of the n_B candidates select.prefilter leaves for the candidate forward (n_B
+    when it is off); never fewer than n_b."""
+    s = config.select
+    if s.prefilter >= 1.0:
+        return s.n_candidates
+    if type(selector).plausibility is Selector.plausibility:
+        raise ValueError(
+            f"select.prefilter: select.method={s.method} has no cached score "
+            "to prefilter with (bayesian, rho_loss and irreducible_loss have)"
+        )
+    return max(s.n_selected, round(s.prefilter * s.n_candidates))
+
+
 def build_run(config: Config, dataset: Dataset | None = None, world: World | None = None) -> Run:
     """Load data, derive the run's splits, build model, selector and optimizer."""
     check_names(config)
@@ -143,15 +157,7 @@ def build_run(config: Config, dataset: Dataset | None = None, world: World | Non
         extras={"data": data, "source": source},
     )
     selector = create_selector(config.select.method, context)
-    n_prefiltered = n_candidates
-    if config.select.prefilter < 1.0:
-        if type(selector).plausibility is Selector.plausibility:
-            raise ValueError(
-                f"select.prefilter: select.method={config.select.method} has no cached score "
-                "to prefilter with (bayesian, rho_loss and irreducible_loss have)"
-            )
-        kept = round(config.select.prefilter * n_candidates)
-        n_prefiltered = max(config.select.n_selected, kept)
+    n_prefiltered = prefilter_size(config, selector)
     optimizer = build_optimizer(model, config.train)
     steps_per_epoch = n_train // n_candidates
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -233,7 +239,7 @@ def train_step(
             noisy = run.noisy[candidates.indices].float().mean()
             stats.scalars["prefiltered_noisy"] = stats.scalars.get("prefiltered_noisy", 0) + noisy
     outputs = None
-    if run.selector.needs_forward:
+    if run.selector.wants_forward():
         outputs = candidate_forward(
             score_forward,
             candidates.inputs,

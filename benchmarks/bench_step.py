@@ -37,8 +37,14 @@ from bdsel.engine import (
 )
 from bdsel.evaluation import make_ema
 from bdsel.models import create_model
-from bdsel.selection import Candidates, Selector, SelectorContext, create_selector
-from bdsel.train import EpochStats, Run, train_step
+from bdsel.selection import (
+    Candidates,
+    Selector,
+    SelectorContext,
+    create_selector,
+    selector_class,
+)
+from bdsel.train import EpochStats, Run, prefilter_size, train_step
 
 PHASES = ("candidate_forward", "select", "train_step", "observe")
 
@@ -98,6 +104,11 @@ def _record_agreement(agreement: list[float], forward, args, candidates, outputs
     agreement.append(_top_agreement(forward, candidates.inputs, candidates.labels, outputs, args))
 
 
+def has_cached_score(method: str) -> bool:
+    """Whether ``method`` can prefilter its candidates (select.prefilter)."""
+    return selector_class(method).plausibility is not Selector.plausibility
+
+
 def bench(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     torch.manual_seed(0)
@@ -125,6 +136,8 @@ def bench(args: argparse.Namespace) -> dict:
                     "n_selected": args.n_selected,
                     "n_samples": args.n_samples,
                     "shared_noise": not args.independent_noise,
+                    # a method without a cached score to prefilter with runs unfiltered
+                    "prefilter": args.prefilter if has_cached_score(method) else 1.0,
                 },
                 "data": {"train_fraction": 1.0},
             }
@@ -161,7 +174,7 @@ def bench(args: argparse.Namespace) -> dict:
             optimizer=opt,
             scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0),
             steps_per_epoch=args.warmup + args.steps,
-            n_prefiltered=args.n_candidates,  # select.prefilter off
+            n_prefiltered=prefilter_size(cfg, selector),
             observed=data.observed.to(device),
             noisy=data.noisy.to(device),
             ema=make_ema(model, cfg.train.ema_decay),  # the step updates it, as in training
@@ -217,6 +230,12 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--compile", action="store_true")
     p.add_argument(
+        "--prefilter",
+        type=float,
+        default=1.0,
+        help="select.prefilter where the method has a cached score (others run unfiltered)",
+    )
+    p.add_argument(
         "--independent-noise",
         action="store_true",
         help="bayesian: independent noise per candidate (S·B·C² work) instead of shared",
@@ -238,7 +257,8 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
     print(
         f"# {args.model}, C={args.classes}, n_B={args.n_candidates}, n_b={args.n_selected}, "
-        f"S={args.n_samples}{' (independent noise)' if args.independent_noise else ''}; "
+        f"S={args.n_samples}{' (independent noise)' if args.independent_noise else ''}, "
+        f"prefilter {args.prefilter:g}; "
         f"candidate forward {args.candidate_precision}, {'NCHW' if args.nchw else 'NHWC'} "
         f"weights; {device.type} ({name}), {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}; mean over {args.steps} steps after {args.warmup} warm-up"

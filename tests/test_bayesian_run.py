@@ -271,6 +271,31 @@ def test_prefilter_scores_only_the_most_plausible_candidates(bayes_values: dict,
         build_run(load_config(values=dict(values, select=dict(values["select"], method="uniform"))))
 
 
+def test_uniform_epochs_skip_the_candidate_forward(bayes_values: dict, tmp_path: Path):
+    """In a warm-up (or annealed) epoch bayesian picks as uniform: no candidate forward is run;
+    once it selects, the forward sees every candidate."""
+    from bdsel.engine import SectionTimer, autocast_for
+    from bdsel.selection import Candidates
+    from bdsel.train import EpochStats, build_run, train_step
+
+    values = dict(bayes_values, select=dict(bayes_values["select"], warmup_epochs=1))
+    assert runner.invoke(app, ["cache-zeroshot", "-c", _write(tmp_path, values)]).exit_code == 0
+    run = build_run(load_config(values=values))
+    sizes: list[int] = []
+    run.model.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
+    idx = run.data.train_idx[:64]
+    cands = Candidates(idx, run.source.rows("train", idx), run.observed[idx])
+    plain = autocast_for(run.device, "fp32")
+    for epoch, expected in [(0, [16]), (1, [64, 16])]:
+        run.selector.set_epoch(epoch)
+        assert run.selector.wants_forward() == (epoch == 1)
+        sizes.clear()
+        g = torch.Generator().manual_seed(0)
+        stats, timer = EpochStats.zeros(run.device), SectionTimer(run.device)
+        train_step(run, cands, g, plain, stats, timer, run.model, run.model, plain)
+        assert sizes == expected
+
+
 def _write(tmp_path: Path, values: dict) -> str:
     path = tmp_path / "prefilter.yaml"
     path.write_text(yaml.safe_dump(values))

@@ -70,6 +70,11 @@ class Selector:
     ) -> Selection:
         raise NotImplementedError
 
+    def wants_forward(self) -> bool:
+        """Whether this step's selection reads the candidate forward (``needs_forward``, unless
+        the method is picking without it, e.g. in a uniform epoch)."""
+        return self.needs_forward
+
     def plausibility(self, candidates: Candidates) -> torch.Tensor | None:
         """A cached, free score of how plausible each candidate's observed label is, float
         [n_B] (higher: more plausible), for ``select.prefilter``; None when the method has

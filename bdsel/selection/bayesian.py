@@ -57,9 +57,9 @@ class Bayesian(WarmupSelector):
         outputs: ForwardOutputs | None,
         generator: torch.Generator,
     ) -> Selection:
-        assert outputs is not None
         if self.uniform_epoch:
             return self.uniform.select(candidates, outputs, generator)
+        assert outputs is not None
         labels = candidates.labels
         n = labels.shape[0]
 
@@ -105,6 +105,9 @@ class Bayesian(WarmupSelector):
                 "zs_agree": zs_agree,
             },
         )
+
+    def wants_forward(self) -> bool:
+        return not self.uniform_epoch  # uniform picks (warm-up, annealing) need no forward
 
     def plausibility(self, candidates: Candidates) -> torch.Tensor | None:
         """The zero-shot log-prob of the observed label: the score's free, cached term."""
