@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from bdsel.config import Config
 from bdsel.data import Dataset, RunData, derive_run_data, load_dataset, make_image_source
@@ -230,51 +231,65 @@ def train_step(
     train_forward: Callable,
     score_autocast: Callable,
 ) -> int:
-    """Select from one candidate batch, take one optimizer step; returns the points trained on."""
+    """Select from one candidate batch, take one optimizer step; returns the points trained on.
+
+    Its phases are labelled for torch.profiler (``bdsel/...``; benchmarks/bench_step.py
+    --profile prints the breakdown); a label costs about a microsecond when nothing profiles.
+    """
     timer.start()
     if run.n_prefiltered < candidates.indices.shape[0]:
-        plausibility = run.selector.plausibility(candidates)
-        if plausibility is not None:
-            candidates = prefilter(candidates, plausibility, run.n_prefiltered)
-            noisy = run.noisy[candidates.indices].float().mean()
-            stats.scalars["prefiltered_noisy"] = stats.scalars.get("prefiltered_noisy", 0) + noisy
+        with record_function("bdsel/prefilter"):
+            plausibility = run.selector.plausibility(candidates)
+            if plausibility is not None:
+                candidates = prefilter(candidates, plausibility, run.n_prefiltered)
+                noisy = run.noisy[candidates.indices].float().mean()
+                prior = stats.scalars.get("prefiltered_noisy", 0)
+                stats.scalars["prefiltered_noisy"] = prior + noisy
     outputs = None
     if run.selector.wants_forward():
-        outputs = candidate_forward(
-            score_forward,
-            candidates.inputs,
-            score_autocast,
-            run.config.select.candidate_bn,
-        )
-    selection = run.selector.select(candidates, outputs, generator)
+        with record_function("bdsel/candidate_forward"):
+            outputs = candidate_forward(
+                score_forward,
+                candidates.inputs,
+                score_autocast,
+                run.config.select.candidate_bn,
+            )
+    with record_function("bdsel/select"):
+        selection = run.selector.select(candidates, outputs, generator)
     timer.stop()
 
-    pos = selection.positions
-    x, y = candidates.inputs[pos], candidates.labels[pos]
-    with autocast():
-        logits, features = train_forward(x)
-    losses = F.cross_entropy(logits.float(), y, reduction="none")
-    loss = (losses * selection.weights).mean() if selection.weights is not None else losses.mean()
-    run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    run.optimizer.step()
-    run.scheduler.step()
+    with record_function("bdsel/train_forward_backward"):
+        pos = selection.positions
+        x, y = candidates.inputs[pos], candidates.labels[pos]
+        with autocast():
+            logits, features = train_forward(x)
+        losses = F.cross_entropy(logits.float(), y, reduction="none")
+        weights = selection.weights
+        loss = (losses * weights).mean() if weights is not None else losses.mean()
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    with record_function("bdsel/optimizer"):
+        run.optimizer.step()
+        run.scheduler.step()
     if run.ema is not None:
-        run.ema.update(run.model)
+        with record_function("bdsel/ema_update"):
+            run.ema.update(run.model)
 
-    selected = Candidates(candidates.indices[pos], x, y)
-    run.selector.observe(
-        selected, ForwardOutputs(logits.detach().float(), features.detach().float())
-    )
+    with record_function("bdsel/observe"):
+        selected = Candidates(candidates.indices[pos], x, y)
+        run.selector.observe(
+            selected, ForwardOutputs(logits.detach().float(), features.detach().float())
+        )
 
-    bad = ~torch.isfinite(loss.detach()) & (stats.first_nonfinite < 0)
-    stats.first_nonfinite = torch.where(bad, stats.n_steps, stats.first_nonfinite)
-    stats.loss_sum += losses.detach().sum()
-    stats.noisy_sum += run.noisy[selected.indices].sum()
-    stats.n_points += int(pos.shape[0])
-    stats.n_steps += 1
-    for k, v in selection.scalars.items():
-        stats.scalars[k] = stats.scalars.get(k, 0) + v.detach().float()
+    with record_function("bdsel/bookkeeping"):
+        bad = ~torch.isfinite(loss.detach()) & (stats.first_nonfinite < 0)
+        stats.first_nonfinite = torch.where(bad, stats.n_steps, stats.first_nonfinite)
+        stats.loss_sum += losses.detach().sum()
+        stats.noisy_sum += run.noisy[selected.indices].sum()
+        stats.n_points += int(pos.shape[0])
+        stats.n_steps += 1
+        for k, v in selection.scalars.items():
+            stats.scalars[k] = stats.scalars.get(k, 0) + v.detach().float()
     return int(pos.shape[0])
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import ProfilerActivity, profile, record_function
 
 from bdsel.config import load_config
 from bdsel.data import derive_run_data, from_tensors, make_image_source
@@ -122,7 +123,7 @@ def bench(args: argparse.Namespace) -> dict:
     autocast = autocast_for(device)
     score_autocast = autocast_for(device, args.candidate_precision)
     zs = torch.log_softmax(torch.randn(n, c, device=device) * 3, dim=1)
-    results = {}
+    results, profiles = {}, {}
     # The first model built pays one-off costs (kernel selection, allocator growth); a
     # discarded round of the first method keeps them out of every method's figures.
     methods = args.methods.split(",")
@@ -183,7 +184,10 @@ def bench(args: argparse.Namespace) -> dict:
         stats, section = EpochStats.zeros(device), SectionTimer(device)
         g = torch.Generator(device=device).manual_seed(0)
 
+        t_warmup = time.perf_counter()
         for step in range(args.warmup + args.steps):
+            if step == args.warmup:  # what the first steps cost: compilation, with --compile
+                warmup_s = time.perf_counter() - t_warmup
             phase.record = step >= args.warmup
             idx = torch.randint(0, n, (args.n_candidates,), device=device, generator=g)
             cand = Candidates(idx, source.rows("train", idx, g), run.observed[idx])
@@ -195,10 +199,67 @@ def bench(args: argparse.Namespace) -> dict:
         totals["train_step"] = totals["step"] - totals["excluded"] - sum(totals[p] for p in PHASES)
         ms = {k: 1000 * totals[k] / args.steps for k in PHASES}
         ms["step"] = sum(ms.values())
+        ms["warmup_s"] = warmup_s
         if agreement:
             ms["top_agreement"] = sum(agreement) / len(agreement)
         results[method] = ms  # the discarded first round is overwritten here
-    return results
+        if args.profile:
+            del selector.select, selector.observe  # the untimed, unwrapped methods again
+
+            step = functools.partial(
+                _plain_step, run, n, args.n_candidates, g, (autocast, score_autocast), forward
+            )
+            profiles[method] = profile_steps(step, args.steps, device)
+    return {"ms": results, "profile": profiles}
+
+
+def _plain_step(run: Run, n: int, n_candidates: int, g, autocasts, forward) -> None:
+    """One train_step on random candidates, labelled ``bdsel/step``, with nothing timed."""
+    idx = torch.randint(0, n, (n_candidates,), device=run.device, generator=g)
+    cand = Candidates(idx, run.source.rows("train", idx, g), run.observed[idx])
+    stats, section = EpochStats.zeros(run.device), SectionTimer(run.device)
+    with record_function("bdsel/step"):
+        train_step(run, cand, g, autocasts[0], stats, section, forward, forward, autocasts[1])
+
+
+def profile_steps(step: Callable[[], None], n_steps: int, device: torch.device) -> dict:
+    """torch.profiler over ``n_steps`` calls of ``step``: per ``bdsel/<phase>`` label of
+    train_step, the mean ms per step (inclusive), and the ops with the most self time."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(n_steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    phases = {
+        e.key.removeprefix("bdsel/"): e.cpu_time_total / 1000 / n_steps
+        for e in events
+        if e.key.startswith("bdsel/")
+    }
+    ops = sorted(
+        (e for e in events if not e.key.startswith("bdsel/")),
+        key=lambda e: e.self_cpu_time_total,
+        reverse=True,
+    )
+    top = {e.key: e.self_cpu_time_total / 1000 / n_steps for e in ops[:12]}
+    return {"phases_ms": phases, "top_ops_self_ms": top}
+
+
+def print_profile(method: str, prof: dict) -> None:
+    phases = dict(prof["phases_ms"])
+    total = phases.pop("step")
+    print(
+        f"\n## {method}: one step under torch.profiler, {total:.1f} ms (profiler overhead included)"
+    )
+    print(f"{'phase':<24}{'ms/step':>10}{'share':>9}")
+    for name, ms in sorted(phases.items(), key=lambda kv: -kv[1]):
+        print(f"{name:<24}{ms:>10.2f}{ms / total:>9.1%}")
+    rest = total - sum(phases.values())
+    print(f"{'(outside the phases)':<24}{rest:>10.2f}{rest / total:>9.1%}")
+    print(f"{'op (self time)':<40}{'ms/step':>10}")
+    for name, ms in prof["top_ops_self_ms"].items():
+        print(f"{name[:40]:<40}{ms:>10.2f}")
 
 
 def _top_agreement(forward, inputs, labels, outputs, args) -> float:
@@ -230,6 +291,11 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--compile", action="store_true")
     p.add_argument(
+        "--profile",
+        action="store_true",
+        help="then profile --steps more steps per method (torch.profiler, phases of the step)",
+    )
+    p.add_argument(
         "--prefilter",
         type=float,
         default=1.0,
@@ -252,7 +318,8 @@ def main() -> None:
     from bdsel.selection import list_selectors
 
     args.methods = ",".join(m for m in args.methods.split(",") if m in list_selectors())
-    results = bench(args)
+    out = bench(args)
+    results = out["ms"]
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
     print(
@@ -267,14 +334,15 @@ def main() -> None:
     header = (
         f"{'method':<18}"
         + "".join(f"{p:>18}" for p in (*PHASES, "step"))
-        + f"{'vs uniform':>12}{'steps/s':>10}{'samples/s':>11}"
+        + f"{'vs uniform':>12}{'steps/s':>10}{'samples/s':>11}{'warm-up':>10}"
     )
     print(header)
     for method, ms in results.items():
         ratio = f"{ms['step'] / base:.2f}x" if base else "-"
         row = f"{method:<18}" + "".join(f"{ms[p]:>16.1f}ms" for p in (*PHASES, "step"))
         sps = 1000 / ms["step"]
-        print(row + f"{ratio:>12}{sps:>10.2f}{sps * args.n_selected:>11.0f}")
+        warm = f"{ms['warmup_s']:.1f}s"
+        print(row + f"{ratio:>12}{sps:>10.2f}{sps * args.n_selected:>11.0f}{warm:>10}")
         if "top_agreement" in ms:
             print(
                 f"{'':<18}top-{args.n_selected} by loss, {args.candidate_precision} vs fp32 "
@@ -285,10 +353,11 @@ def main() -> None:
             print(
                 f"{'':<18}posterior work (sampling + score + update): {posterior:.1f}ms = {posterior / ms['step']:.1%} of the step"
             )
+    for method, prof in out["profile"].items():
+        print_profile(method, prof)
     if args.json:
-        args.json.write_text(
-            json.dumps({"args": vars(args) | {"json": str(args.json)}, "ms": results}, indent=2)
-        )
+        record = {"args": vars(args) | {"json": str(args.json)}, **out}
+        args.json.write_text(json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":
