@@ -96,6 +96,18 @@ def epochs_to_target(
     return None
 
 
+def seconds_to_target(
+    records: list[dict[str, Any]], target: float, key: str = "test_acc"
+) -> float | None:
+    """Training wall-clock (``wall_s``: selection included, evaluation excluded) at the first
+    record whose ``key`` reaches ``target``; None when none does or the record has no time."""
+    for record in records:
+        if float(record[key]) >= target - REACH_TOLERANCE:
+            seconds = record.get("wall_s")
+            return None if seconds is None else float(seconds)
+    return None
+
+
 # ----------------------------------------------------------------------------- writing
 
 

@@ -40,7 +40,14 @@ import torch
 from bdsel.config import load_config
 from bdsel.data import load_dataset
 from bdsel.report import make_report
-from bdsel.rundir import acc_key, epochs_to_target, has_summary, read_metrics, read_summary
+from bdsel.rundir import (
+    acc_key,
+    epochs_to_target,
+    has_summary,
+    read_metrics,
+    read_summary,
+    seconds_to_target,
+)
 from bdsel.train import train
 from bdsel.zeroshot.run import cache_zeroshot, default_cache_path
 
@@ -258,11 +265,6 @@ def choose_targets(runs: list[Path]) -> list[float]:
     return [round(high - 0.05, 2), high]
 
 
-def time_to_target(metrics: list[dict[str, Any]], target: float) -> float | None:
-    epoch = epochs_to_target(metrics, target)
-    return None if epoch is None else next(r["wall_s"] for r in metrics if r["epoch"] == epoch)
-
-
 def phase_report(args: argparse.Namespace) -> None:
     sections = []
     for noise in sorted(args.noise):
@@ -299,7 +301,7 @@ def per_run_csv(args: argparse.Namespace, noise: float, targets: list[float]) ->
             cells = [method, d.name.removeprefix("seed"), f"{noise:g}", str(last["step"])]
             cells += [f"{last['wall_s']:.2f}", f"{last['selection_s']:.2f}", f"{last['test_acc']}"]
             cells += [str(epochs_to_target(m, t) or "") for t in targets]
-            times = [time_to_target(m, t) for t in targets]
+            times = [seconds_to_target(m, t) for t in targets]
             cells += ["" if x is None else f"{x:.2f}" for x in times]
             cells.append(f"{np.mean(noisy):.4f}" if noisy else "")
             lines.append(",".join(cells))
@@ -320,7 +322,7 @@ def cost_table(args: argparse.Namespace, noise: float, targets: list[float]) -> 
             per_step.append(m[-1]["wall_s"] / m[-1]["step"])
             share.append(m[-1]["selection_s"] / m[-1]["wall_s"])
             for t in targets:
-                to_target[t].append(time_to_target(m, t))
+                to_target[t].append(seconds_to_target(m, t))
         step_ms = 1000 * float(np.mean(per_step))
         if method == "uniform":
             base_step = step_ms

@@ -18,7 +18,7 @@ from bdsel.report import (
     make_report,
     render_table,
 )
-from bdsel.rundir import epochs_to_target
+from bdsel.rundir import epochs_to_target, seconds_to_target
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -150,6 +150,7 @@ def test_every_file_written_and_valid(tmp_path):
     assert rows[0]["epochs_to_0.7"] == "2.0" and rows[0]["epochs_to_0.8"] == "3.0"
     assert rows[1]["epochs_to_0.7"] == "3.0" and rows[1]["epochs_to_0.8"] == ""
     assert rows[1]["reached_0.8"] == "0"
+    assert rows[0]["seconds_to_0.8"] == "30.0" and rows[1]["seconds_to_0.8"] == ""
     assert float(rows[1]["final_acc_mean"]) == pytest.approx(0.72)
     assert float(rows[0]["selection_share"]) == pytest.approx(0.25)
     assert float(rows[0]["base_noisy_frac"]) == pytest.approx(0.2)
@@ -204,6 +205,11 @@ def test_seeds_form_one_row(tmp_path):
     assert row["seeds"] == "2 (0, 1)"
     assert row["epochs to 80%"] == "3"  # mean of 2 and 4
     assert row["epochs to 90%"] == "3 (1/2)"  # only seed 0 reached it
+    # training seconds (wall_s = 10 s per epoch here) when each seed first reached it
+    assert row["time to 80%"] == "30.0s"  # mean of 20 s and 40 s
+    assert row["time to 90%"] == "30.0s (1/2)"
+    assert seconds_to_target(report.rows[0].runs[1].records, 0.8) == pytest.approx(40.0)
+    assert seconds_to_target(report.rows[0].runs[1].records, 0.9) is None
     assert row["final acc"] == "85.0 ± 7.1%"
     assert report.rows[0].label == "uniform (2 seeds)"
 

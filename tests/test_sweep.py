@@ -44,8 +44,8 @@ def test_targets_time_to_target_and_cost(tmp_path: Path):
     # mean final 0.815 -> 81% and 76%
     assert sweep.choose_targets([u0, u1]) == [0.76, 0.81]
     metrics = sweep.read_metrics(u1)
-    assert sweep.time_to_target(metrics, 0.75) == pytest.approx(20.0)
-    assert sweep.time_to_target(metrics, 0.9) is None
+    assert sweep.seconds_to_target(metrics, 0.75) == pytest.approx(20.0)
+    assert sweep.seconds_to_target(metrics, 0.9) is None
     args = argparse.Namespace(runs=tmp_path, methods=["uniform", "bayesian"])
     table = sweep.cost_table(args, 0.2, [0.76, 0.81]).splitlines()
     uniform = [c.strip() for c in table[2].split("|")[1:-1]]

@@ -20,7 +20,7 @@ import numpy as np
 from rich.table import Table as RichTable
 
 from bdsel.report.runs import RunRecord, flatten_config
-from bdsel.rundir import epochs_to_target
+from bdsel.rundir import epochs_to_target, seconds_to_target
 
 # Config keys that do not split a group: runs differing only here are seeds of one setting.
 GROUP_IGNORED_KEYS = ("seed", "name")
@@ -72,11 +72,29 @@ def format_duration(seconds: float) -> str:
 
 @dataclass
 class TargetCell:
-    """Epochs to one target for every run of a row (None: never reached)."""
+    """Epochs (and training seconds) to one target for every run of a row (None: never
+    reached)."""
 
     target: float
     epochs: list[int | None]
     final_acc: float  # the row's mean final accuracy, shown when no run reached the target
+    seconds: list[float | None] = field(default_factory=list)  # wall_s when first reached
+
+    @property
+    def mean_seconds(self) -> float:
+        """Mean over the runs that reached the target (NaN when none did)."""
+        return _mean([s for s in self.seconds if s is not None])
+
+    def seconds_text(self) -> str:
+        reached = [s for s in self.seconds if s is not None]
+        if not reached:
+            return "-"
+        text = format_duration(self.mean_seconds)
+        return (
+            text
+            if len(reached) == len(self.seconds)
+            else f"{text} ({len(reached)}/{len(self.seconds)})"
+        )
 
     @property
     def n_reached(self) -> int:
@@ -203,7 +221,13 @@ def build_rows(runs: list[RunRecord], targets: list[float]) -> list[TableRow]:
         )
         final = _mean(row.final_accs)
         row.cells = [
-            TargetCell(t, [epochs_to_target(r.records, t) for r in members], final) for t in targets
+            TargetCell(
+                t,
+                [epochs_to_target(r.records, t) for r in members],
+                final,
+                [seconds_to_target(r.records, t) for r in members],
+            )
+            for t in targets
         ]
         rows.append(row)
     _label_rows(rows)
@@ -240,6 +264,7 @@ def display_table(rows: list[TableRow], targets: list[float]) -> tuple[list[str]
     with_variant = any(r.variant for r in rows)
     headers = ["method", "dataset", "noise"] + (["config"] if with_variant else [])
     headers += ["seeds"] + [f"epochs to {pct(t)}" for t in targets]
+    headers += [f"time to {pct(t)}" for t in targets]
     headers += ["final acc", "best acc", "epochs", "wall time", "selecting"]
     headers += ["noisy: selected vs base"]
     body = []
@@ -249,6 +274,7 @@ def display_table(rows: list[TableRow], targets: list[float]) -> tuple[list[str]
             [_variant_text(r.variant)] if with_variant else []
         )
         cells += [f"{len(r.runs)} ({seeds})"] + [c.text() for c in r.cells]
+        cells += [c.seconds_text() for c in r.cells]
         share = _mean([run.selection_share for run in r.runs])
         cells += [r.acc_text(r.final_accs), r.acc_text(r.best_accs), r.epochs_text()]
         cells += [format_duration(_mean([run.wall_s for run in r.runs]))]
@@ -266,7 +292,7 @@ def to_csv(rows: list[TableRow], targets: list[float]) -> str:
     variant_keys = list(dict.fromkeys(k for r in rows for k in r.variant))
     headers = ["method", "dataset", "noise_kind", "noise_rate", *variant_keys, "n_seeds", "seeds"]
     for t in targets:
-        headers += [f"epochs_to_{t:g}", f"reached_{t:g}"]
+        headers += [f"epochs_to_{t:g}", f"reached_{t:g}", f"seconds_to_{t:g}"]
     headers += ["final_acc_mean", "final_acc_std", "best_acc_mean", "best_acc_std"]
     headers += ["epochs_run", "wall_s", "selection_share"]
     headers += ["selected_noisy_frac", "base_noisy_frac", "runs"]
@@ -278,7 +304,7 @@ def to_csv(rows: list[TableRow], targets: list[float]) -> str:
         line += [str(r.variant[k]) if k in r.variant else "" for k in variant_keys]
         line += [len(r.runs), " ".join(str(s) for s in r.seeds)]
         for cell in r.cells:
-            line += [_csv_value(cell.mean_epoch), cell.n_reached]
+            line += [_csv_value(cell.mean_epoch), cell.n_reached, _csv_value(cell.mean_seconds)]
         line += [_csv_value(_mean(r.final_accs)), _csv_value(_std(r.final_accs))]
         line += [_csv_value(_mean(r.best_accs)), _csv_value(_std(r.best_accs))]
         line += [_csv_value(_mean([run.epochs_run for run in r.runs]))]
@@ -303,7 +329,9 @@ def to_markdown(rows: list[TableRow], targets: list[float]) -> str:
         "",
         'Epochs to a target: first epoch with test accuracy >= target; "-" never reached '
         "(final accuracy in parentheses); for several seeds the mean over the seeds that "
-        'reached it, with "k/n" when not all did. Accuracies: mean ± std over seeds. '
+        'reached it, with "k/n" when not all did. Time to a target: training wall-clock at '
+        "that epoch (selection included, evaluation excluded), mean over the seeds that reached "
+        "it. Accuracies: mean ± std over seeds. "
         "selecting: share of wall time spent selecting. noisy: mean fraction of noisy labels "
         "among the selected points vs the base rate.",
     ]
