@@ -241,7 +241,8 @@ def train_step(
         with record_function("bdsel/prefilter"):
             plausibility = run.selector.plausibility(candidates)
             if plausibility is not None:
-                candidates = prefilter(candidates, plausibility, run.n_prefiltered)
+                n_classes = run.selector.context.n_classes
+                candidates = prefilter(candidates, plausibility, run.n_prefiltered, n_classes)
                 noisy = run.noisy[candidates.indices].float().mean()
                 prior = stats.scalars.get("prefiltered_noisy", 0)
                 stats.scalars["prefiltered_noisy"] = prior + noisy

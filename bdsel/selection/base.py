@@ -107,10 +107,33 @@ class Selector:
         pass
 
 
-def prefilter(candidates: Candidates, plausibility: torch.Tensor, keep: int) -> Candidates:
-    """The ``keep`` candidates with the most plausible labels, as a smaller candidate batch."""
-    pos = top_k_positions(plausibility, keep)
+def prefilter(
+    candidates: Candidates, plausibility: torch.Tensor, keep: int, n_classes: int
+) -> Candidates:
+    """The ``keep`` candidates with the most plausible labels *within their observed class*,
+    as a smaller candidate batch.
+
+    Ranking by plausibility across classes starves the classes the predictor is unsure of:
+    on the offline default, keeping the top 30% of 320 candidates by the hold-out model's
+    log-prob left 0.1% shirts (10% of the candidates) and cost 9 points of test accuracy.
+    Here each candidate's rank is a quantile among the batch's candidates of its own
+    observed label, so every class keeps about the same share and a mislabeled point, which
+    its observed class's genuine members outrank, is still the first to go.
+    """
+    pos = top_k_positions(-class_quantile(plausibility, candidates.labels, n_classes), keep)
     return Candidates(candidates.indices[pos], candidates.inputs[pos], candidates.labels[pos])
+
+
+def class_quantile(scores: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Per point, (rank - 1/2) / count among the points with its label, rank 1 the highest
+    score: float [n] in (0, 1). Fixed shapes, no host sync."""
+    order = torch.argsort(scores.float(), descending=True, stable=True)
+    onehot = torch.nn.functional.one_hot(labels[order], n_classes)
+    rank_sorted = onehot.cumsum(0).gather(1, labels[order, None]).squeeze(1)  # 1-based
+    rank = torch.empty_like(rank_sorted)
+    rank[order] = rank_sorted
+    count = onehot.sum(0)[labels]
+    return (rank.float() - 0.5) / count.float()
 
 
 def top_k_positions(scores: torch.Tensor, k: int) -> torch.Tensor:
