@@ -133,3 +133,16 @@ def test_cuda_device_without_cuda_is_a_config_error(monkeypatch: pytest.MonkeyPa
     with pytest.raises(ConfigError, match=r"zeroshot\.device='cuda:1' but CUDA"):
         resolve_device("cuda:1", "zeroshot.device")
     assert resolve_device("auto").type == "cpu"
+
+
+def test_compile_auto_is_cuda_only_and_explicit_values_win():
+    import torch
+
+    from bdsel.train import compile_enabled
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert load_config(values={}).train.compile == "auto"
+    assert not compile_enabled("auto", cpu) and compile_enabled("auto", cuda)
+    assert compile_enabled(True, cpu) and not compile_enabled(False, cuda)
+    with pytest.raises(ConfigError, match="train.compile"):
+        load_config(values={"train": {"compile": "yes"}})
