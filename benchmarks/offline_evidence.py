@@ -34,7 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from bdsel.report import make_report
-from bdsel.rundir import epochs_to_target, has_summary, read_metrics, seconds_to_target
+from bdsel.rundir import (
+    epochs_to_target,
+    has_summary,
+    read_metrics,
+    read_summary,
+    seconds_to_target,
+)
 
 BAYES = ["select.method=bayesian", "select.prefilter=1.0", "select.anneal=0"]
 RHO = ["select.method=rho_loss", "select.prefilter=1.0"]
@@ -197,8 +203,7 @@ def report(args: argparse.Namespace) -> None:
             text += ["Per run, relative to uniform of the same seed:", ""]
             text += [speedup_lines(args, [n for n in names if not n.startswith("u")])]
     (args.out / "README.md").write_text("\n".join(text) + "\n")
-    summary = {n: json.loads((args.runs / n / "summary.json").read_text()) for n in RUNS
-               if has_summary(args.runs / n)}  # fmt: skip
+    summary = {n: read_summary(args.runs / n) for n in RUNS if has_summary(args.runs / n)}
     (args.out / "summaries.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
