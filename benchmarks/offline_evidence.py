@@ -35,6 +35,9 @@ from typing import Any
 
 from bdsel.report import make_report
 from bdsel.rundir import (
+    CONFIG,
+    METRICS,
+    SUMMARY,
     epochs_to_target,
     has_summary,
     read_metrics,
@@ -143,8 +146,10 @@ def hundred_comparison(args: argparse.Namespace) -> str:
         if has_summary(u_dir):
             u = _acc(read_metrics(u_dir))
             epochs = sorted(u)
-            tail = [e for e in epochs if e >= epochs[-1] - 10]
-            flat.append(f"seed {seed}: {100 * (u[tail[-1]] - u[tail[0]]):+.2f} pts")
+            # from the last evaluation at least 10 epochs before the end, to the end
+            ref = max((e for e in epochs if e <= epochs[-1] - 10), default=epochs[0])
+            change = 100 * (u[epochs[-1]] - u[ref])
+            flat.append(f"seed {seed}: {change:+.2f} pts (epoch {ref} to {epochs[-1]})")
     note = "Uniform over its last 10 epochs (flat means at most +0.3): " + ", ".join(flat)
     return "\n".join(lines) + "\n\n" + note + "\n"
 
@@ -203,6 +208,12 @@ def report(args: argparse.Namespace) -> None:
             text += ["Per run, relative to uniform of the same seed:", ""]
             text += [speedup_lines(args, [n for n in names if not n.startswith("u")])]
     (args.out / "README.md").write_text("\n".join(text) + "\n")
+    # The records behind every table: each finished run's config, metrics and summary.
+    for name in RUNS:
+        if has_summary(args.runs / name):
+            (args.out / "runs" / name).mkdir(parents=True, exist_ok=True)
+            for file in (CONFIG, METRICS, SUMMARY):
+                shutil.copyfile(args.runs / name / file, args.out / "runs" / name / file)
     summary = {n: read_summary(args.runs / n) for n in RUNS if has_summary(args.runs / n)}
     (args.out / "summaries.json").write_text(json.dumps(summary, indent=1) + "\n")
 
