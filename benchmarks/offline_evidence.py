@@ -4,7 +4,8 @@ the evaluation (weight EMA, recalibrated BN) and the plateau-fit predictors.
 Three studies on Fashion-MNIST at 20% symmetric noise (configs/fashion_mnist.yaml):
 
 - ``thirty``: the demo's 30 epochs, seeds 0 and 1: uniform, bayesian, rho_loss with the
-  hold-out predictor (fitted temperature), and bayesian with the ``crossfit`` predictor.
+  hold-out predictor (fitted temperature), and bayesian with the ``crossfit`` predictor
+  (seed 0's crossfit models serve both seeds, as the hold-out model does).
 - ``hundred``: uniform against bayesian for 100 epochs (seeds 0 and 1, evaluated every 4th
   epoch), long enough for uniform to flatten: does selection cap the final accuracy?
 - ``ratio``: n_B = 160 instead of 320 (n_b = 32; 15 epochs = as many steps as 30 at 320),
@@ -78,14 +79,25 @@ def command(name: str, runs: Path) -> list[str]:
     bdsel = shutil.which("bdsel") or str(Path(sys.executable).parent / "bdsel")
     cmd = [bdsel, "train", "--config", "fashion_mnist", "--run-dir", str(runs / name)]
     cmd += ["--overwrite"]
-    for value in RUNS[name][1]:
+    values = RUNS[name][1]
+    if CROSSFIT[0] in values:  # seed 0's crossfit predictor serves every seed, as holdout does
+        values = [*values, f"zeroshot.cache={crossfit_cache()}"]
+    for value in values:
         cmd += ["--set", value]
     return cmd
 
 
+def crossfit_cache() -> Path:
+    """The crossfit cache of seed 0 (its models are seeded by the run's seed)."""
+    from bdsel.config import load_config
+    from bdsel.zeroshot.run import default_cache_path
+
+    return default_cache_path(load_config("fashion_mnist", ["seed=0", *CROSSFIT]))
+
+
 def cache_commands() -> list[list[str]]:
     bdsel = shutil.which("bdsel") or str(Path(sys.executable).parent / "bdsel")
-    base = [bdsel, "cache-zeroshot", "--config", "fashion_mnist", "--set"]
+    base = [bdsel, "cache-zeroshot", "--config", "fashion_mnist", "--set", "seed=0", "--set"]
     return [base + ["zeroshot.predictor=holdout"], base + ["zeroshot.predictor=crossfit"]]
 
 
