@@ -104,6 +104,11 @@ def test_crossfit_cache_resumes_after_a_kill(crossfit_values: dict, tmp_path: Pa
         temperature = float(f.attrs["temperature"])
     assert spec["kind"] == "crossfit" and len(spec["fold_epochs"]) == 3
     assert 0.01 < temperature < 100
+    # The same command again finds the complete cache and leaves it as it is (no refit).
+    before = (tmp_path / "cf.h5").stat().st_mtime_ns
+    result = runner.invoke(app, ["cache-zeroshot", "-c", str(cfg_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "cf.h5").stat().st_mtime_ns == before
 
     # Kill mid-rows: the second write of rows raises; the weights and the partial file stay.
     other = dict(

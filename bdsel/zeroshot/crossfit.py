@@ -189,8 +189,10 @@ class CrossfitPredictor:
             "imbalance_ratio": d.imbalance.ratio,
             "train_sha256": int64_sha256(train_idx),
             "observed_sha256": int64_sha256(self.data.observed[train_idx]),
-            "fold_epochs": self.fold_epochs,
-            "fold_accuracy": self.fold_accuracy,
+            # Fit results: None (matches any stored value) until the models are trained, so
+            # that a complete cache is recognised before anything is refit.
+            "fold_epochs": self.fold_epochs if self.trained else None,
+            "fold_accuracy": self.fold_accuracy if self.trained else None,
             "weights_sha256": (
                 weights_sha256([m.state_dict() for m in self.models]) if self.trained else None
             ),
