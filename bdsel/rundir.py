@@ -86,14 +86,19 @@ def loss_key(split: str) -> str:
     return f"{metric_prefix(split)}_loss"
 
 
+def first_reaching(
+    records: list[dict[str, Any]], target: float, key: str = "test_acc"
+) -> dict[str, Any] | None:
+    """The first record whose ``key`` reaches ``target`` (within REACH_TOLERANCE), or None."""
+    return next((r for r in records if float(r[key]) >= target - REACH_TOLERANCE), None)
+
+
 def epochs_to_target(
     records: list[dict[str, Any]], target: float, key: str = "test_acc"
 ) -> int | None:
     """First record's ``epoch`` whose ``key`` reaches ``target`` (within REACH_TOLERANCE)."""
-    for record in records:
-        if float(record[key]) >= target - REACH_TOLERANCE:
-            return int(record["epoch"])
-    return None
+    record = first_reaching(records, target, key)
+    return None if record is None else int(record["epoch"])
 
 
 def seconds_to_target(
@@ -101,11 +106,9 @@ def seconds_to_target(
 ) -> float | None:
     """Training wall-clock (``wall_s``: selection included, evaluation excluded) at the first
     record whose ``key`` reaches ``target``; None when none does or the record has no time."""
-    for record in records:
-        if float(record[key]) >= target - REACH_TOLERANCE:
-            seconds = record.get("wall_s")
-            return None if seconds is None else float(seconds)
-    return None
+    record = first_reaching(records, target, key)
+    seconds = None if record is None else record.get("wall_s")
+    return None if seconds is None else float(seconds)
 
 
 # ----------------------------------------------------------------------------- writing

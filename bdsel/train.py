@@ -110,7 +110,7 @@ def prefilter_size(config: Config, selector: Selector) -> int:
     s = config.select
     if s.prefilter >= 1.0:
         return s.n_candidates
-    if type(selector).plausibility is Selector.plausibility:
+    if not selector.has_plausibility():
         raise ValueError(
             f"select.prefilter: select.method={s.method} has no cached score "
             "to prefilter with (bayesian, rho_loss and irreducible_loss have)"

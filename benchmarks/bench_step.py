@@ -105,11 +105,6 @@ def _record_agreement(agreement: list[float], forward, args, candidates, outputs
     agreement.append(_top_agreement(forward, candidates.inputs, candidates.labels, outputs, args))
 
 
-def has_cached_score(method: str) -> bool:
-    """Whether ``method`` can prefilter its candidates (select.prefilter)."""
-    return selector_class(method).plausibility is not Selector.plausibility
-
-
 def bench(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     torch.manual_seed(0)
@@ -139,7 +134,9 @@ def bench(args: argparse.Namespace) -> dict:
                     "shared_noise": not args.independent_noise,
                     "candidate_bn": args.candidate_bn,
                     # a method without a cached score to prefilter with runs unfiltered
-                    "prefilter": args.prefilter if has_cached_score(method) else 1.0,
+                    "prefilter": args.prefilter
+                    if selector_class(method).has_plausibility()
+                    else 1.0,
                 },
                 "data": {"train_fraction": 1.0},
             }

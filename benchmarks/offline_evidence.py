@@ -75,9 +75,13 @@ def log(msg: str) -> None:
     print(f"[{datetime.datetime.now():%H:%M:%S}] {msg}", flush=True)
 
 
+def bdsel_executable() -> str:
+    """The bdsel command: on the PATH, or beside this interpreter (a venv not activated)."""
+    return shutil.which("bdsel") or str(Path(sys.executable).parent / "bdsel")
+
+
 def command(name: str, runs: Path) -> list[str]:
-    bdsel = shutil.which("bdsel") or str(Path(sys.executable).parent / "bdsel")
-    cmd = [bdsel, "train", "--config", "fashion_mnist", "--run-dir", str(runs / name)]
+    cmd = [bdsel_executable(), "train", "--config", "fashion_mnist", "--run-dir", str(runs / name)]
     cmd += ["--overwrite"]
     values = RUNS[name][1]
     if CROSSFIT[0] in values:  # seed 0's crossfit predictor serves every seed, as holdout does
@@ -96,8 +100,15 @@ def crossfit_cache() -> Path:
 
 
 def cache_commands() -> list[list[str]]:
-    bdsel = shutil.which("bdsel") or str(Path(sys.executable).parent / "bdsel")
-    base = [bdsel, "cache-zeroshot", "--config", "fashion_mnist", "--set", "seed=0", "--set"]
+    base = [
+        bdsel_executable(),
+        "cache-zeroshot",
+        "--config",
+        "fashion_mnist",
+        "--set",
+        "seed=0",
+        "--set",
+    ]
     return [base + ["zeroshot.predictor=holdout"], base + ["zeroshot.predictor=crossfit"]]
 
 

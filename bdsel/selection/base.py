@@ -75,6 +75,11 @@ class Selector:
         the method is picking without it, e.g. in a uniform epoch)."""
         return self.needs_forward
 
+    @classmethod
+    def has_plausibility(cls) -> bool:
+        """Whether the method has a cached score to prefilter with (overrides plausibility)."""
+        return cls.plausibility is not Selector.plausibility
+
     def plausibility(self, candidates: Candidates) -> torch.Tensor | None:
         """A cached, free score of how plausible each candidate's observed label is, float
         [n_B] (higher: more plausible), for ``select.prefilter``; None when the method has
