@@ -200,6 +200,7 @@ def evaluate(
 class EarlyStopping:
     """Stop a fit when ``score(model)`` (higher is better, e.g. accuracy on a calibration
     split) has not improved for ``patience`` epochs, and keep the best epoch's weights.
+    ``patience`` 0: no early stop, every epoch runs and only the last is scored and kept.
     After the fit: ``best_epoch`` (1-based), ``best_score``, ``epochs_run``, ``scores``."""
 
     score: Callable[[nn.Module], float]
@@ -222,6 +223,7 @@ def fit_supervised(
     seed: int,
     ema_decay: float = 0.0,
     early_stopping: EarlyStopping | None = None,
+    schedule: str = "none",
     on_batch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     progress: Any = None,
     description: str = "fit",
@@ -231,7 +233,8 @@ def fit_supervised(
     For the models bdsel trains besides the selected one: the hold-out (IL) predictor and
     SVP's proxy. Returns the trained model in eval mode: with ``ema_decay`` > 0 the weight
     EMA's copy (as the main run evaluates), else ``model`` itself; with ``early_stopping``,
-    at most ``epochs`` epochs and the weights of the best-scoring one.
+    at most ``epochs`` epochs and the weights of the best-scoring one. ``schedule``: "none"
+    (the optimizer's rate throughout) or "cosine" (decayed to 0 over ``epochs`` epochs).
     ``on_batch(epoch, idx, logits)`` sees every training batch's global indices and detached
     logits of the online model (SVP counts forgetting events with it). ``progress``: a rich
     Progress.
@@ -248,6 +251,14 @@ def fit_supervised(
     autocast = autocast_for(device)
     ema = make_ema(model, ema_decay)
     result = ema.module if ema is not None else model
+    total_steps = epochs * steps_per_epoch
+    scheduler = (
+        torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+        )
+        if schedule == "cosine"
+        else None
+    )
     best_state = None
     model.train()
     for epoch in range(epochs):
@@ -261,14 +272,16 @@ def fit_supervised(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             if ema is not None:
                 ema.update(model)
             if on_batch is not None:
                 on_batch(epoch, idx, logits.detach())
         if task is not None:
             progress.update(task, completed=(epoch + 1) * steps_per_epoch)
-        if early_stopping is not None:
-            stop = early_stopping
+        stop = early_stopping
+        if stop is not None and (stop.patience > 0 or epoch + 1 == epochs):
             score = stop.score(result)
             result.train(result is model)  # scoring may switch modes; the online model trains
             stop.scores.append(score)
@@ -276,7 +289,7 @@ def fit_supervised(
             if score > stop.best_score:
                 stop.best_score, stop.best_epoch = score, epoch + 1
                 best_state = copy.deepcopy(result.state_dict())
-            elif epoch + 1 - stop.best_epoch >= stop.patience:
+            elif stop.patience and epoch + 1 - stop.best_epoch >= stop.patience:
                 break
     if best_state is not None:
         result.load_state_dict(best_state)

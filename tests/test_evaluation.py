@@ -189,6 +189,23 @@ def test_records_carry_the_ema_and_the_extra_variants(tmp_path: Path, tiny_confi
     assert bn_means and not all(torch.equal(a, b) for a, b in zip(bn_means, ema_means, strict=True))
 
 
+def test_other_weights_off_evaluates_only_the_named_weights(
+    tmp_path: Path, tiny_config_values: dict
+):
+    """eval.other_weights=false drops the other weights' evaluation and nothing else: the
+    evaluated accuracy and the training are the same as with both evaluated."""
+    values = dict(tiny_config_values, eval={"batch_size": 128, "bn_samples": 200})
+    train(load_config(values=values), tmp_path / "both")
+    values["eval"] = dict(values["eval"], other_weights=False)
+    train(load_config(values=values), tmp_path / "one")
+    both, one = _records(tmp_path / "both"), _records(tmp_path / "one")
+    assert [r["test_acc"] for r in one] == [r["test_acc"] for r in both]
+    assert [r["train_loss"] for r in one] == [r["train_loss"] for r in both]
+    assert all("test_acc_online" in r for r in both)
+    assert not any("test_acc_online" in r for r in one)
+    assert [r["test_acc_ema"] for r in one] == [r["test_acc"] for r in one]
+
+
 def test_ema_config_is_checked(tiny_config_values: dict):
     with pytest.raises(ConfigError, match="eval.model=ema needs train.ema_decay"):
         load_config(values=dict(tiny_config_values, train={"ema_decay": 0.0}))
@@ -236,3 +253,46 @@ def test_early_stopping_keeps_the_best_epoch(tiny_config_values: dict):
     assert all(torch.equal(final[k], snapshots[1][k]) for k in final)  # epoch 2's weights
     assert not all(torch.equal(final[k], snapshots[3][k]) for k in final)
     assert out is not model and not out.training  # the EMA's copy, in eval mode
+
+
+def test_no_patience_scores_only_the_last_epoch_and_cosine_ends_at_zero(tiny_config_values: dict):
+    """patience 0 runs every epoch and scores (and keeps) only the last; the cosine schedule
+    takes the learning rate from its base to 0 over the fit, as the brute-force formula."""
+    import math
+
+    from bdsel.data import derive_run_data, load_dataset, make_image_source
+    from bdsel.engine import EarlyStopping, build_optimizer, fit_supervised
+
+    cfg = load_config(values=tiny_config_values)
+    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
+    source = make_image_source(data.dataset, torch.device("cpu"))
+    model = create_model("small_cnn", n_classes=10, in_channels=1)
+    optimizer = build_optimizer(model, cfg.train)
+    base_lr = optimizer.param_groups[0]["lr"]
+    rates: list[float] = []
+    scored: list[dict] = []
+
+    def score(m: nn.Module) -> float:
+        scored.append({k: v.clone() for k, v in m.state_dict().items()})
+        return 0.5
+
+    stop = EarlyStopping(score, patience=0)
+    out = fit_supervised(
+        model,
+        source,
+        data.holdout_idx[:128],  # 2 steps per epoch
+        data.clean,
+        epochs=3,
+        batch_size=64,
+        optimizer=optimizer,
+        seed=0,
+        early_stopping=stop,
+        schedule="cosine",
+        on_batch=lambda *_: rates.append(optimizer.param_groups[0]["lr"]),
+    )
+    assert len(scored) == 1 and stop.epochs_run == 3 and stop.best_epoch == 3
+    assert all(torch.equal(out.state_dict()[k], v) for k, v in scored[0].items())
+    # on_batch runs after the step: the rate the next step will use
+    expected = [base_lr * 0.5 * (1 + math.cos(math.pi * s / 6)) for s in range(1, 7)]
+    assert rates == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert rates[-1] == pytest.approx(0.0, abs=1e-15)

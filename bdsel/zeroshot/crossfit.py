@@ -116,7 +116,7 @@ class CrossfitPredictor:
                 lp = predict_logprobs(m, self.source, "train", rows, bs)
                 return float((lp.argmax(1) == labels).float().mean())
 
-            stop = EarlyStopping(accuracy, patience=c.patience or c.epochs)
+            stop = EarlyStopping(accuracy, patience=c.patience)
             optimizer = build_optimizer(model, as_train_config(self.config, c))
             self.models[k] = fit_supervised(
                 model,
@@ -129,6 +129,7 @@ class CrossfitPredictor:
                 seed=self.config.seed + 7919 * (k + 2),  # a stream per fold model
                 ema_decay=self.config.train.ema_decay,
                 early_stopping=stop,
+                schedule=c.schedule,
                 progress=progress,
                 description=f"crossfit model {k + 1}/{c.folds}",
             )

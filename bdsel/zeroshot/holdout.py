@@ -125,7 +125,7 @@ class HoldoutPredictor:
             logprobs = predict_logprobs(model, self.source, "train", rows, bs)
             return float((logprobs.argmax(1) == labels).float().mean())
 
-        stop = EarlyStopping(accuracy, patience=h.patience or h.epochs)
+        stop = EarlyStopping(accuracy, patience=h.patience)
         optimizer = build_optimizer(self.model, as_train_config(self.config, h))
         self.model = fit_supervised(
             self.model,
@@ -138,6 +138,7 @@ class HoldoutPredictor:
             seed=self.config.seed + 7919,  # a stream of its own, apart from the main run's
             ema_decay=self.config.train.ema_decay,
             early_stopping=stop,
+            schedule=h.schedule,
             progress=progress,
             description="hold-out model",
         )
@@ -198,8 +199,13 @@ class HoldoutPredictor:
 
 
 def fit_settings(kind: str, config: Config, fit: FitConfig) -> dict[str, Any]:
-    """A trained predictor's settings: its config section and the EMA decay it trains with."""
-    return {"kind": kind, **dataclasses.asdict(fit), "ema_decay": config.train.ema_decay}
+    """A trained predictor's settings: its config section and the EMA decay it trains with.
+    ``schedule`` is left out at "none", its value before it was a setting, so that caches made
+    then keep matching."""
+    settings = dataclasses.asdict(fit)
+    if settings["schedule"] == "none":
+        del settings["schedule"]
+    return {"kind": kind, **settings, "ema_decay": config.train.ema_decay}
 
 
 def as_train_config(config: Config, fit: FitConfig):
