@@ -54,3 +54,10 @@ def test_targets_time_to_target_and_cost(tmp_path: Path):
     assert uniform == ["uniform", "2", "1000.0", "1.00x", "0%", "30 s", "30 s (1/2)"]
     # bayesian: 4x the step; 76% and 81% at epoch 2 by seed 0 only (80 s)
     assert bayes == ["bayesian", "2", "4000.0", "4.00x", "75%", "80 s (1/2)", "80 s (1/2)"]
+
+
+def test_tuning_keeps_the_current_value_within_the_margin():
+    scores = {0.1: 0.871, 0.2: 0.870, 0.4: 0.865}
+    assert sweep.choose(scores, 0.2, margin=0.002) == 0.2  # +0.1 point: not evidence
+    assert sweep.choose(scores, 0.2, margin=0.0005) == 0.1
+    assert sweep.choose(scores, 0.4, margin=0.002) == 0.1  # +0.6 points
