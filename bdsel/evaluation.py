@@ -166,7 +166,8 @@ class Evaluator:
     (``eval.bn``), on which split (``eval.split``).
 
     A record holds ``<split>_acc``/``<split>_loss`` of the evaluated model, and
-    ``<split>_acc_online`` and (EMA on) ``<split>_acc_ema`` with the same BN statistics,
+    ``<split>_acc_online`` and (EMA on) ``<split>_acc_ema`` with the same BN statistics
+    (only the evaluated one's with ``eval.other_weights`` off),
     plus ``<split>_acc/<variant>`` for each of ``eval.extra`` ("<weights>/<BN statistics>":
     the online or EMA weights with their own running statistics, recalibrated ones, or the
     EMA's weights with the online model's running statistics, ``online_bn``; for measuring
@@ -221,10 +222,12 @@ class Evaluator:
                 done[which, variant_bn] = self.accuracy(models[which], variant_bn, online)
             return done[which, variant_bn]
 
-        out: dict[str, float] = {f"{p}_acc_online": measure("online", bn)[0]}
-        if ema is not None:
-            out[f"{p}_acc_ema"] = measure("ema", bn)[0]
-        acc, loss = measure(self.config.eval.model, bn)
+        evaluated = self.config.eval.model
+        acc, loss = measure(evaluated, bn)
+        out: dict[str, float] = {}
+        for which in ("online", "ema"):
+            if models[which] is not None and (which == evaluated or self.config.eval.other_weights):
+                out[f"{p}_acc_{which}"] = measure(which, bn)[0]
         for variant in self.config.eval.extra:
             which, variant_bn = variant.split("/")
             if models[which] is not None:
