@@ -223,6 +223,30 @@ def test_other_config_difference_splits_groups(tmp_path):
     assert [r["config"] for r in rows] == ["select.n_selected=32", "select.n_selected=64"]
 
 
+def test_unset_keys_and_unused_predictor_settings_do_not_split(tmp_path):
+    """A key a run's config lacks (written before it existed) is at its default; the settings
+    of a predictor a run does not use do not split its seeds; where they apply, they do."""
+    runs = tmp_path / "runs"
+    holdout = {"zeroshot.predictor": "holdout"}
+    write_run(runs / "s0", [0.5, 0.8], seed=0, extra={**holdout, "zeroshot.crossfit.epochs": 30})
+    write_run(
+        runs / "s1",
+        [0.5, 0.8],
+        seed=1,
+        extra={**holdout, "zeroshot.crossfit.epochs": 10, "eval.other_weights": True},
+    )
+    crossfit = {"zeroshot.predictor": "crossfit", "zeroshot.crossfit.epochs": 10}
+    write_run(runs / "cf", [0.5, 0.8], seed=0, extra=crossfit)
+    rows = {r.variant["zeroshot.predictor"]: r for r in make_report([runs]).rows}
+    assert {k: len(r.runs) for k, r in rows.items()} == {"holdout": 2, "crossfit": 1}
+    assert [r.variant for r in rows.values()] == [{"zeroshot.predictor": k} for k in rows]
+    write_run(runs / "cf30", [0.5, 0.8], seed=1, extra={**crossfit, "zeroshot.crossfit.epochs": 30})
+    variants = [r.variant for r in make_report([runs]).rows]
+    assert len(variants) == 3
+    assert {"zeroshot.predictor": "crossfit", "zeroshot.crossfit.epochs": 30} in variants
+    assert {"zeroshot.predictor": "holdout"} in variants
+
+
 def test_a_methods_own_settings_split_only_its_rows(tmp_path):
     runs = tmp_path / "runs"
     write_run(runs / "u", [0.5, 0.8], method="uniform")

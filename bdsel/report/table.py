@@ -10,6 +10,7 @@ noisy labels among the selected points against the base rate.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 from dataclasses import dataclass, field
@@ -175,17 +176,36 @@ class TableRow:
         return f"{pct(self.selected_noisy_frac)} vs {pct(self.base_noisy_frac)}"
 
 
+def grouping_view(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's config, flattened, as rows compare it: without GROUP_IGNORED_KEYS; a key its
+    config.yaml lacks (written before the key existed) at today's default; without the
+    settings of the zero-shot predictors it does not use (``zeroshot.<other predictor>.*``)."""
+    from bdsel.config import Config  # dataclasses only: no torch
+
+    flat = {**_defaults(Config), **flatten_config(config)}
+    predictor = flat.get("zeroshot.predictor")
+    for key in list(flat):
+        parts = key.split(".")
+        unused_predictor = parts[0] == "zeroshot" and len(parts) > 2 and parts[1] != predictor
+        if key in GROUP_IGNORED_KEYS or unused_predictor:
+            del flat[key]
+    return flat
+
+
+def _defaults(config_class: type) -> dict[str, Any]:
+    return flatten_config(dataclasses.asdict(config_class()))
+
+
 def build_rows(runs: list[RunRecord], targets: list[float]) -> list[TableRow]:
     """Group runs by config (ignoring seed and name), in order of first appearance."""
-    flats = [flatten_config(run.config) for run in runs]
-    for flat in flats:
-        for key in GROUP_IGNORED_KEYS:
-            flat.pop(key, None)
+    flats = [grouping_view(run.config) for run in runs]
     all_keys = sorted({k for flat in flats for k in flat} - set(MAIN_KEYS))
     missing = "<unset>"
 
     def varies(keys: list[str], members: list[dict[str, Any]]) -> list[str]:
-        return [k for k in keys if len({repr(f.get(k, missing)) for f in members}) > 1]
+        """Keys with more than one value among the members that have them (a key a run
+        lacks does not apply to it: another predictor's settings)."""
+        return [k for k in keys if len({repr(f[k]) for f in members if k in f}) > 1]
 
     # A method's own settings (bayesian's α means nothing to uniform) split rows only between
     # runs of that method and setting; other keys (the batch sizes included) split any runs.
@@ -209,8 +229,8 @@ def build_rows(runs: list[RunRecord], targets: list[float]) -> list[TableRow]:
         groups.setdefault(key, []).append(run)
     rows = []
     for members in groups.values():
-        first = flatten_config(members[0].config)
-        keys = shared_keys + own_keys[setting(members[0])]
+        first = grouping_view(members[0].config)
+        keys = [k for k in shared_keys + own_keys[setting(members[0])] if k in first]
         row = TableRow(
             method=members[0].method,
             dataset=members[0].dataset,
