@@ -31,6 +31,7 @@ import json
 import math
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,7 @@ def phase_tune(args: argparse.Namespace, dataset: Any) -> dict[str, Any]:
         "select.method": "bayesian",
     }
     seeds = args.tune_seeds
+    t_start = time.perf_counter()
 
     def run_dir(values: dict[str, Any], seed: int) -> Path:
         name = "-".join(f"{k.split('.')[-1]}{v:g}" for k, v in values.items())
@@ -217,6 +219,9 @@ def phase_tune(args: argparse.Namespace, dataset: Any) -> dict[str, Any]:
         )
         best[key] = choose(scores, best[key], args.tune_margin)
     result = {
+        "command": "python " + " ".join(sys.argv),
+        "date": datetime.date.today().isoformat(),
+        "wall_s": round(time.perf_counter() - t_start),
         "criterion": f"final validation accuracy (EMA weights), mean over seeds {seeds}",
         "margin": args.tune_margin,
         "setting": common,
@@ -253,6 +258,9 @@ def _write_tuning_md(path: Path, result: dict[str, Any]) -> None:
     lines = [
         "# Tuning of the Bayesian score (validation split, never the test set)",
         "",
+        f"`{result.get('command', '?')}` on {result.get('date', '?')}, "
+        f"{result.get('wall_s', 0) / 60:.0f} minutes.",
+        "",
         f"Setting: {json.dumps(result['setting'])}, seeds {seeds}; {result['n_validation']} "
         "clean-labelled validation images carved from the part of Fashion-MNIST's training set "
         "that neither the train subset nor the hold-out model uses.",
@@ -280,7 +288,15 @@ def _write_tuning_md(path: Path, result: dict[str, Any]) -> None:
         f"| {100 * ref['val_acc_final']:.2f}% | | {100 * ref['val_acc_mean']:.2f}% |"
     )
     chosen = ", ".join(f"{k} = {v:g}" for k, v in result["chosen"].items())
+    finals = [t["val_acc_final"] for t in result["trials"]]
+    seed_gap = max(
+        max(t["val_acc_final_seeds"]) - min(t["val_acc_final_seeds"]) for t in result["trials"]
+    )
     lines += [
+        "",
+        f"The trials span {100 * min(finals):.2f}% to {100 * max(finals):.2f}% "
+        f"({100 * (max(finals) - min(finals)):.2f} points); the seeds of one trial differ by up "
+        f"to {100 * seed_gap:.2f} points.",
         "",
         f"Chosen: {chosen}.",
         "",
