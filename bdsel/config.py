@@ -158,7 +158,7 @@ class CrossfitConfig(FitConfig):
     labels needed. A fixed budget with a cosine rate instead of a fit to the plateau: noisy
     labels take many epochs to plateau, 10 cosine epochs at lr 0.01 came within 1.5 points
     of it (86.6% against 88.2% test accuracy, Fashion-MNIST at 20% noise) in a third of the
-    time (269 s against 796 s on one CPU thread; docs/results/offline/predictor_budget.md)."""
+    time (304 s against 796 s on one CPU thread; docs/results/offline/predictor_budget.md)."""
 
     folds: int = 2
     epochs: int = 10

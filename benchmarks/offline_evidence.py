@@ -1,13 +1,14 @@
 """The offline default's evidence (docs/results/offline/): what the demo setting shows, with
-the evaluation (weight EMA, recalibrated BN) and the plateau-fit predictors.
+the evaluation (weight EMA, recalibrated BN), the plateau-fit hold-out predictor and the
+fixed-budget crossfit predictor.
 
 Three studies on Fashion-MNIST at 20% symmetric noise (configs/fashion_mnist.yaml):
 
 - ``thirty``: the demo's 30 epochs, seeds 0 and 1: uniform, bayesian, rho_loss with the
   hold-out predictor (fitted temperature), and bayesian with the ``crossfit`` predictor
   (seed 0's crossfit models serve both seeds, as the hold-out model does).
-- ``hundred``: uniform against bayesian for 100 epochs (seeds 0 and 1, evaluated every 4th
-  epoch), long enough for uniform to flatten: does selection cap the final accuracy?
+- ``hundred``: uniform against bayesian for 100 epochs (seeds 0, 1 and 2, evaluated every
+  4th epoch), long enough for uniform to flatten: does selection cap the final accuracy?
 - ``ratio``: n_B = 160 instead of 320 (n_b = 32; 15 epochs = as many steps as 30 at 320),
   seeds 0 and 1.
 
@@ -59,6 +60,9 @@ for seed in (0, 1):
     RUNS[f"b30_s{seed}"] = ("thirty", [*s, *BAYES])
     RUNS[f"r30_s{seed}"] = ("thirty", [*s, *RHO])
     RUNS[f"bcf_s{seed}"] = ("thirty", [*s, *BAYES, *CROSSFIT])
+HUNDRED_SEEDS = (0, 1, 2)
+for seed in HUNDRED_SEEDS:
+    s = [f"seed={seed}"]
     RUNS[f"u100_s{seed}"] = ("hundred", [*s, "select.method=uniform", *LONG])
     RUNS[f"b100_s{seed}"] = ("hundred", [*s, *BAYES, *LONG])
 for seed in (0, 1):
@@ -150,7 +154,7 @@ def hundred_comparison(args: argparse.Namespace) -> str:
     lines = ["| seed | epochs evaluated | min (bayesian − uniform) after epoch 5 | at epoch |"]
     lines[0] += " final uniform | final bayesian | final difference |"
     lines.append("|---|---|---|---|---|---|---|")
-    for seed in (0, 1):
+    for seed in HUNDRED_SEEDS:
         u_dir, b_dir = args.runs / f"u100_s{seed}", args.runs / f"b100_s{seed}"
         if not (has_summary(u_dir) and has_summary(b_dir)):
             continue
@@ -164,7 +168,7 @@ def hundred_comparison(args: argparse.Namespace) -> str:
             f"{100 * u[last]:.2f}% | {100 * b[last]:.2f}% | {100 * (b[last] - u[last]):+.2f} pts |"
         )
     flat = []
-    for seed in (0, 1):
+    for seed in HUNDRED_SEEDS:
         u_dir = args.runs / f"u100_s{seed}"
         if has_summary(u_dir):
             u = _acc(read_metrics(u_dir))
@@ -223,6 +227,13 @@ def report(args: argparse.Namespace) -> None:
         "|---|---|---|",
     ]
     text += [f"| {n} | {s} | `{' '.join(o)}` |" for n, (s, o) in RUNS.items()]
+    text += [
+        "",
+        "Also here: [predictor_budget.md](predictor_budget.md) (how long to fit the stand-in",
+        "predictors), [crossfit_plateau/](crossfit_plateau/README.md) (the crossfit rows with",
+        "the earlier plateau-fit crossfit models), [prefilter_partial/](prefilter_partial/README.md)",
+        "(two stopped `select.prefilter` runs).",
+    ]
     for study, table, names in sections:
         text += ["", f"## {study}", "", table]
         if study == "hundred":

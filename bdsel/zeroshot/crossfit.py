@@ -91,8 +91,11 @@ class CrossfitPredictor:
     def describe(self) -> str:
         c = self.config.zeroshot.crossfit
         n = len(self.data.train_idx)
+        epochs = f"{'at most ' if c.patience else ''}{c.epochs} epochs each"
+        if c.schedule == "cosine":
+            epochs += ", cosine learning rate"
         return (
-            f"{c.folds} cross-fitted models ({c.model}, at most {c.epochs} epochs each, on "
+            f"{c.folds} cross-fitted models ({c.model}, {epochs}, on "
             f"{c.folds - 1}/{c.folds} of {n} training points with their observed labels)"
         )
 
