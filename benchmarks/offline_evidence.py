@@ -8,7 +8,8 @@ Three studies on Fashion-MNIST at 20% symmetric noise (configs/fashion_mnist.yam
   hold-out predictor (fitted temperature), and bayesian with the ``crossfit`` predictor
   (seed 0's crossfit models serve both seeds, as the hold-out model does).
 - ``hundred``: uniform against bayesian for 100 epochs (seeds 0, 1 and 2, evaluated every
-  4th epoch), long enough for uniform to flatten: does selection cap the final accuracy?
+  4th epoch; rho_loss beside them, seeds 0 and 1), long enough for uniform to flatten:
+  does selection cap the final accuracy?
 - ``ratio``: n_B = 160 instead of 320 (n_b = 32; 15 epochs = as many steps as 30 at 320),
   seeds 0 and 1.
 
@@ -65,6 +66,8 @@ for seed in HUNDRED_SEEDS:
     s = [f"seed={seed}"]
     RUNS[f"u100_s{seed}"] = ("hundred", [*s, "select.method=uniform", *LONG])
     RUNS[f"b100_s{seed}"] = ("hundred", [*s, *BAYES, *LONG])
+for seed in (0, 1):
+    RUNS[f"r100_s{seed}"] = ("hundred", [f"seed={seed}", *RHO, *LONG])
 for seed in (0, 1):
     ratio = ["select.n_candidates=160", "train.epochs=15"]
     RUNS[f"b160_s{seed}"] = ("ratio", [f"seed={seed}", *BAYES, *ratio])
