@@ -87,11 +87,15 @@ def stream_generator(
 PERMUTATION, AUGMENTATION, SELECTION = 0, 1, 2
 
 
+def cosine_factor(step: int, total: int) -> float:
+    """The cosine schedule's multiplier after ``step`` of ``total`` steps: 1 down to 0."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+
 def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     """Multiplier of the base learning rate after ``step`` optimizer steps."""
     if cfg.schedule == "cosine":
-        total = cfg.epochs * steps_per_epoch
-        return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+        return cosine_factor(step, cfg.epochs * steps_per_epoch)
     if cfg.schedule == "step":
         passed = sum(step >= m * steps_per_epoch for m in cfg.step_milestones)
         return cfg.step_gamma**passed
@@ -253,9 +257,7 @@ def fit_supervised(
     result = ema.module if ema is not None else model
     total_steps = epochs * steps_per_epoch
     scheduler = (
-        torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
-        )
+        torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total_steps))
         if schedule == "cosine"
         else None
     )

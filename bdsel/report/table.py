@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import math
 from dataclasses import dataclass, field
@@ -180,9 +181,7 @@ def grouping_view(config: dict[str, Any]) -> dict[str, Any]:
     """A run's config, flattened, as rows compare it: without GROUP_IGNORED_KEYS; a key its
     config.yaml lacks (written before the key existed) at today's default; without the
     settings of the zero-shot predictors it does not use (``zeroshot.<other predictor>.*``)."""
-    from bdsel.config import Config  # dataclasses only: no torch
-
-    flat = {**_defaults(Config), **flatten_config(config)}
+    flat = {**_config_defaults(), **flatten_config(config)}
     predictor = flat.get("zeroshot.predictor")
     for key in list(flat):
         parts = key.split(".")
@@ -192,8 +191,12 @@ def grouping_view(config: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def _defaults(config_class: type) -> dict[str, Any]:
-    return flatten_config(dataclasses.asdict(config_class()))
+@functools.cache
+def _config_defaults() -> dict[str, Any]:
+    """Today's defaults, flattened (read only: callers merge it into a new dict)."""
+    from bdsel.config import Config  # dataclasses only: no torch
+
+    return flatten_config(dataclasses.asdict(Config()))
 
 
 def build_rows(runs: list[RunRecord], targets: list[float]) -> list[TableRow]:
@@ -223,20 +226,22 @@ def build_rows(runs: list[RunRecord], targets: list[float]) -> list[TableRow]:
         s: varies([k for k in all_keys if own(k)], members) for s, members in by_setting.items()
     }
     groups: dict[tuple, list[RunRecord]] = {}
+    first_flat: dict[tuple, dict[str, Any]] = {}  # each group's first run's grouping view
     for run, flat in zip(runs, flats, strict=True):
         keys = shared_keys + own_keys[setting(run)]
         key = setting(run) + tuple((k, repr(flat.get(k, missing))) for k in keys)
         groups.setdefault(key, []).append(run)
+        first_flat.setdefault(key, flat)
     rows = []
-    for members in groups.values():
-        first = grouping_view(members[0].config)
+    for key, members in groups.items():
+        first = first_flat[key]
         keys = [k for k in shared_keys + own_keys[setting(members[0])] if k in first]
         row = TableRow(
             method=members[0].method,
             dataset=members[0].dataset,
             noise_kind=members[0].noise_kind,
             noise_rate=members[0].noise_rate,
-            variant={k: first.get(k, missing) for k in keys},
+            variant={k: first[k] for k in keys},
             runs=members,
         )
         final = _mean(row.final_accs)
