@@ -55,3 +55,42 @@ def test_every_run_is_a_plain_bdsel_train_with_its_overrides(tmp_path: Path):
     sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
     assert "select.n_candidates=160" in sets and "seed=1" in sets
     assert "select.method=bayesian" in sets and "select.prefilter=1.0" in sets
+
+
+def test_targets_are_uniforms_final_rounded_down_and_five_points_under():
+    assert evidence.uniform_targets([0.8741, 0.8770, 0.8748]) == (0.82, 0.87)
+    assert evidence.uniform_targets([0.87, 0.87]) == (0.82, 0.87)  # a whole percent stays
+    assert evidence.uniform_targets([0.8699]) == (0.81, 0.86)
+
+
+def test_long_table_compares_each_method_with_uniform_and_rho_loss(tmp_path: Path):
+    for seed, (u_final, b_final) in enumerate([(0.855, 0.88), (0.87, 0.88)]):
+        _run(tmp_path, f"u100_s{seed}", {4: 0.80, 8: 0.82, 12: u_final}, 1.0)
+        _run(tmp_path, f"b100_s{seed}", {4: 0.82 + seed / 100, 8: 0.85, 12: b_final}, 4.0)
+    _run(tmp_path, "r100_s0", {4: 0.80, 8: 0.86, 12: 0.87}, 2.0)
+    args = argparse.Namespace(runs=tmp_path)
+    assert evidence.study_targets(args, "hundred") == (0.81, 0.86)  # uniform's mean 86.25%
+    text = evidence.long_table(args, "hundred", (0.81, 0.86))
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in text.splitlines()[2:]}
+    u, b, r = rows["uniform"], rows["bayesian (holdout)"], rows["rho_loss (holdout)"]
+    # 81%: uniform at epoch 8 (8 s), bayesian at 4 (16 s), rho_loss at 8
+    assert u[2:7] == ["8.0", "1.00", "1.00", "8", "1.00"]
+    assert b[2:7] == ["4.0", "0.50", "0.50", "16", "2.00"]
+    # 86%: uniform at 12 (seed 0 misses it: 1/2), bayesian 12 and 12 at 48 s
+    assert u[7] == "12.0 (1/2)" and b[7:12] == ["12.0", "1.00", "1.50", "48", "4.00"]
+    assert r[1] == "0" and r[7:10] == ["8.0", "0.67", "1.00"]
+    assert b[12] == "88.00%" and b[13] == "+1.75 ± 1.06 pts |"  # +2.5 and +1 against uniform
+    assert u[13] == "- |"
+
+
+def test_crossfit_runs_get_one_cache_per_noise_setting():
+    names = ["bcf100n0_s0", "bcf100n0_s1", "bcf100n40_s0", "b100n40_s0", "u100_s0"]
+    caches = dict(evidence.cache_commands(names))
+    assert list(caches) == ["cache_holdout", "cache_crossfit_none_0.0", "cache_crossfit_0.4"]
+    assert caches["cache_crossfit_0.4"][-4:] == [
+        "--set", "data.noise.rate=0.4", "--set", "zeroshot.predictor=crossfit",
+    ]  # fmt: skip
+    assert list(dict(evidence.cache_commands(["u100_s0", "b100_s1"]))) == ["cache_holdout"]
+    assert evidence.command("bcf100n40_s2", Path("r"))[-1].endswith(
+        str(evidence.crossfit_cache(["data.noise.rate=0.4"]))
+    )
