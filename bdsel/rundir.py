@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -91,6 +92,16 @@ def first_reaching(
 ) -> dict[str, Any] | None:
     """The first record whose ``key`` reaches ``target`` (within REACH_TOLERANCE), or None."""
     return next((r for r in records if float(r[key]) >= target - REACH_TOLERANCE), None)
+
+
+def uniform_targets(finals: list[float]) -> list[float]:
+    """Target accuracies chosen as RHO-LOSS chose them, from uniform selection alone: its mean
+    final accuracy (``finals``, one per seed) rounded down to a whole percent, and 5 points
+    under it. Returns ``[lower, higher]``."""
+    if not finals:
+        raise ValueError("uniform_targets: no final accuracies")
+    high = math.floor(100 * sum(finals) / len(finals) + 1e-9) / 100  # 0.87 stays 87%
+    return [round(high - 0.05, 2), round(high, 2)]
 
 
 def epochs_to_target(

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import platform
 import subprocess
 import sys
@@ -49,6 +48,7 @@ from bdsel.rundir import (
     read_metrics,
     read_summary,
     seconds_to_target,
+    uniform_targets,
 )
 from bdsel.train import train
 from bdsel.zeroshot.run import cache_zeroshot, default_cache_path
@@ -337,9 +337,7 @@ def finished_runs(args: argparse.Namespace, noise: float, method: str) -> list[P
 
 
 def choose_targets(runs: list[Path]) -> list[float]:
-    finals = [read_metrics(r)[-1]["test_acc"] for r in runs]
-    high = math.floor(100 * float(np.mean(finals))) / 100
-    return [round(high - 0.05, 2), high]
+    return uniform_targets([read_metrics(r)[-1]["test_acc"] for r in runs])
 
 
 def phase_report(args: argparse.Namespace) -> None:

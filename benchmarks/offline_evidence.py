@@ -9,7 +9,7 @@ Studies on Fashion-MNIST (configs/fashion_mnist.yaml), 20% symmetric noise unles
   (seed 0's crossfit models serve every seed, as the hold-out model does).
 - ``hundred``: the long table. Every method for 100 epochs (long enough for uniform's EMA
   accuracy to flatten), seeds 0, 1 and 2, evaluated every 4th epoch, bayesian with either
-  predictor; its targets come from uniform alone (RHO-LOSS's rule, ``uniform_targets``).
+  predictor; its targets come from uniform alone (RHO-LOSS's rule, ``bdsel.rundir.uniform_targets``).
   Does selection cap the final accuracy, how many epochs and seconds does it save?
 - ``noise0``, ``noise40``: the same length at 0% and 40% noise for uniform, rho_loss and
   bayesian with either predictor, seeds 0, 1 and 2.
@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import shutil
 import statistics
@@ -51,6 +50,7 @@ from bdsel.rundir import (
     read_metrics,
     read_summary,
     seconds_to_target,
+    uniform_targets,
 )
 
 BAYES = ["select.method=bayesian", "select.prefilter=1.0", "select.anneal=0"]
@@ -272,13 +272,6 @@ def _pm(xs: list[float], scale: float = 100.0, unit: str = "") -> str:
     return f"{scale * _mean(xs):+.2f} ± {scale * std:.2f}{unit}"
 
 
-def uniform_targets(finals: list[float]) -> tuple[float, float]:
-    """RHO-LOSS's targets: uniform's mean final accuracy rounded down to a whole percent, and
-    5 points under it."""
-    top = math.floor(100 * _mean(finals) + 1e-9) / 100
-    return round(top - 0.05, 2), round(top, 2)
-
-
 def study_groups(args: argparse.Namespace, study: str) -> dict[str, list[str]]:
     """Finished runs of a study by their name's prefix (one method, several seeds)."""
     groups: dict[str, list[str]] = {}
@@ -292,7 +285,7 @@ def study_targets(args: argparse.Namespace, study: str) -> tuple[float, ...]:
     uniform = [names for prefix, names in study_groups(args, study).items() if prefix[0] == "u"]
     if study not in LONG_STUDIES or not uniform:
         return TARGETS
-    return uniform_targets([read_metrics(args.runs / n)[-1]["test_acc"] for n in uniform[0]])
+    return tuple(uniform_targets([read_metrics(args.runs / n)[-1]["test_acc"] for n in uniform[0]]))
 
 
 def long_table(args: argparse.Namespace, study: str, targets: tuple[float, ...]) -> str:

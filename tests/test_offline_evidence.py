@@ -57,12 +57,6 @@ def test_every_run_is_a_plain_bdsel_train_with_its_overrides(tmp_path: Path):
     assert "select.method=bayesian" in sets and "select.prefilter=1.0" in sets
 
 
-def test_targets_are_uniforms_final_rounded_down_and_five_points_under():
-    assert evidence.uniform_targets([0.8741, 0.8770, 0.8748]) == (0.82, 0.87)
-    assert evidence.uniform_targets([0.87, 0.87]) == (0.82, 0.87)  # a whole percent stays
-    assert evidence.uniform_targets([0.8699]) == (0.81, 0.86)
-
-
 def test_long_table_compares_each_method_with_uniform_and_rho_loss(tmp_path: Path):
     for seed, (u_final, b_final) in enumerate([(0.855, 0.88), (0.87, 0.88)]):
         _run(tmp_path, f"u100_s{seed}", {4: 0.80, 8: 0.82, 12: u_final}, 1.0)

@@ -69,6 +69,14 @@ def test_epochs_to_target_one_rule():
     assert rundir.epochs_to_target(records, 0.5, "val_acc") == 1
 
 
+def test_targets_are_uniforms_final_rounded_down_and_five_points_under():
+    assert rundir.uniform_targets([0.8741, 0.8770, 0.8748]) == [0.82, 0.87]
+    assert rundir.uniform_targets([0.87, 0.87]) == [0.82, 0.87]  # 86.999...: a whole percent
+    assert rundir.uniform_targets([0.8699]) == [0.81, 0.86]
+    with pytest.raises(ValueError, match="no final accuracies"):
+        rundir.uniform_targets([])
+
+
 def test_jsonl_skips_a_torn_last_line_and_refuses_a_bad_middle_one(tmp_path: Path):
     rundir.append_metrics(tmp_path, {"epoch": 1})
     rundir.append_metrics(tmp_path, {"epoch": 2})
