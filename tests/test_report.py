@@ -227,7 +227,7 @@ def test_unset_keys_and_unused_predictor_settings_do_not_split(tmp_path):
     """A key a run's config lacks (written before it existed) is at its default; the settings
     of a predictor a run does not use do not split its seeds; where they apply, they do."""
     runs = tmp_path / "runs"
-    holdout = {"zeroshot.predictor": "holdout"}
+    holdout = holdout_variant = {"zeroshot.predictor": "holdout"}
     write_run(runs / "s0", [0.5, 0.8], seed=0, extra={**holdout, "zeroshot.crossfit.epochs": 30})
     write_run(
         runs / "s1",
@@ -245,6 +245,12 @@ def test_unset_keys_and_unused_predictor_settings_do_not_split(tmp_path):
     assert len(variants) == 3
     assert {"zeroshot.predictor": "crossfit", "zeroshot.crossfit.epochs": 30} in variants
     assert {"zeroshot.predictor": "holdout"} in variants
+    # Evaluating the other weights beside the reported ones does not split seeds either.
+    extra = {**holdout, "eval.other_weights": False, "eval.every": 1}
+    write_run(runs / "s2", [0.5, 0.8], seed=2, extra=extra)
+    assert [len(r.runs) for r in make_report([runs]).rows if r.variant == holdout_variant] == [3]
+    write_run(runs / "s3", [0.5, 0.8], seed=3, extra={**extra, "eval.every": 2})
+    assert len(make_report([runs]).rows) == 4  # eval.every still does
 
 
 def test_a_methods_own_settings_split_only_its_rows(tmp_path):

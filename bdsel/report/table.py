@@ -24,8 +24,9 @@ from rich.table import Table as RichTable
 from bdsel.report.runs import RunRecord, flatten_config
 from bdsel.rundir import epochs_to_target, seconds_to_target
 
-# Config keys that do not split a group: runs differing only here are seeds of one setting.
-GROUP_IGNORED_KEYS = ("seed", "name")
+# Config keys that do not split a group: runs differing only here are seeds of one setting
+# (eval.other_weights only adds the other weights' accuracy beside the one reported).
+GROUP_IGNORED_KEYS = ("seed", "name", "eval.other_weights")
 # The four keys every row names; other differing keys show in the "config" column.
 MAIN_KEYS = ("select.method", "data.name", "data.noise.kind", "data.noise.rate")
 # select.* keys of the selection loop itself, which every method shares.
