@@ -121,7 +121,10 @@ LONG_NOTE = (
     " ({1}) and 5 points under it ({0}). Per method, means over its seeds (a target some seeds"
     " missed: the mean over those that reached it, k/n); × uniform, × rho_loss: that mean over"
     " theirs; s: training seconds (selection included, evaluation excluded); final − uniform:"
-    " against uniform of the same seed, mean ± std over seeds.\n"
+    " against uniform of the same seed, mean ± std over seeds; noisy among selected: the mean"
+    " over evaluations and seeds of the share of mislabeled points among those trained on."
+    " The runs are evaluated every 4th epoch, so a seed's epochs to a target are a multiple"
+    " of 4 (the first evaluation at or above it).\n"
 )
 
 
@@ -275,8 +278,9 @@ def _mean(xs: list[float]) -> float:
 
 
 def _pm(xs: list[float], scale: float = 100.0, unit: str = "") -> str:
-    std = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{scale * _mean(xs):+.2f} ± {scale * std:.2f}{unit}"
+    """Mean ± sample std (the mean alone for one value)."""
+    std = f" ± {scale * statistics.stdev(xs):.2f}" if len(xs) > 1 else ""
+    return f"{scale * _mean(xs):+.2f}{std}{unit}"
 
 
 def study_groups(args: argparse.Namespace, study: str) -> dict[str, list[str]]:
@@ -304,7 +308,7 @@ def long_table(args: argparse.Namespace, study: str, targets: tuple[float, ...])
     head = ["method", "seeds"]
     for t in targets:
         head += [f"epochs to {t:.0%}", "× uniform", "× rho_loss", f"s to {t:.0%}", "× uniform"]
-    head += ["final acc", "final − uniform (same seed)"]
+    head += ["final acc", "final − uniform (same seed)", "noisy among selected"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def mean_to(names: list[str], t: float, fn: Any) -> tuple[float | None, int]:
@@ -334,6 +338,13 @@ def long_table(args: argparse.Namespace, study: str, targets: tuple[float, ...])
             if sd in uniform
         ]
         cells.append(_pm(diffs, unit=" pts") if diffs and prefix[0] != "u" else "-")
+        noisy = [
+            r["selected_noisy_frac"]
+            for n in names
+            for r in read_metrics(args.runs / n)
+            if r.get("selected_noisy_frac") is not None
+        ]
+        cells.append(f"{100 * _mean(noisy):.1f}%" if noisy else "-")
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 

@@ -73,8 +73,8 @@ def test_long_table_compares_each_method_with_uniform_and_rho_loss(tmp_path: Pat
     # 86%: uniform at 12 (seed 0 misses it: 1/2), bayesian 12 and 12 at 48 s
     assert u[7] == "12.0 (1/2)" and b[7:12] == ["12.0", "1.00", "1.50", "48", "4.00"]
     assert r[1] == "0" and r[7:10] == ["8.0", "0.67", "1.00"]
-    assert b[12] == "88.00%" and b[13] == "+1.75 ± 1.06 pts |"  # +2.5 and +1 against uniform
-    assert u[13] == "- |"
+    assert b[12] == "88.00%" and b[13] == "+1.75 ± 1.06 pts"  # +2.5 and +1 against uniform
+    assert u[13] == "-" and r[13] == "+1.50 pts" and b[14] == "- |"  # one seed: no ±; no noise
 
 
 def test_crossfit_runs_get_one_cache_per_noise_setting():
