@@ -374,3 +374,18 @@ def test_accuracy_plot_draws_the_other_weights(tmp_path):
     assert other == "online" and list(xs) == [1, 2] and list(mean) == [0.4, 0.6]
     other, (xs, _, _) = other_weights_series(by_method["bayesian"])
     assert other == "ema" and xs.size == 0
+
+
+def test_legend_labels_name_what_tells_a_methods_rows_apart(tmp_path):
+    runs = tmp_path / "runs"
+    cache = "cache/" + "fashion_mnist-crossfit2-small_cnn-split20-" * 3 + "s0.h5"
+    write_run(runs / "u", [0.5, 0.8], extra={"zeroshot.predictor": "holdout"})
+    write_run(runs / "b", [0.5, 0.8], method="bayesian", extra={"zeroshot.predictor": "holdout"})
+    crossfit = {"zeroshot.predictor": "crossfit", "zeroshot.cache": cache}
+    write_run(runs / "bcf", [0.5, 0.8], method="bayesian", extra=crossfit)
+    labels = {r.runs[0].path.name: r.label for r in make_report([runs]).rows}
+    assert labels["u"] == "uniform"  # its one row: the predictor settings say nothing of it
+    assert labels["b"] == "bayesian · zeroshot.cache=None, zeroshot.predictor=holdout"
+    cf = labels["bcf"]  # the short value first, the path by its name, cut at 60 characters
+    assert cf.startswith("bayesian · zeroshot.predictor=crossfit, zeroshot.cache=fash")
+    assert "cache/" not in cf and len(cf) == 60 and cf.endswith("…")

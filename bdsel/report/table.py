@@ -27,6 +27,7 @@ from bdsel.rundir import epochs_to_target, seconds_to_target
 # Config keys that do not split a group: runs differing only here are seeds of one setting
 # (eval.other_weights only adds the other weights' accuracy beside the one reported).
 GROUP_IGNORED_KEYS = ("seed", "name", "eval.other_weights")
+LABEL_MAX = 60  # characters of a legend label, seeds excluded
 # The four keys every row names; other differing keys show in the "config" column.
 MAIN_KEYS = ("select.method", "data.name", "data.noise.kind", "data.noise.rate")
 # select.* keys of the selection loop itself, which every method shares.
@@ -265,11 +266,21 @@ def _variant_text(variant: dict[str, Any]) -> str:
 
 
 def _label_rows(rows: list[TableRow]) -> None:
-    """Legend labels name only what differs between rows."""
-    parts = [[r.method, r.dataset, r.noise, _variant_text(r.variant)] for r in rows]
-    varying = [i for i in range(4) if len({p[i] for p in parts}) > 1] or [0]
+    """Legend labels name only what differs between rows: the method, dataset and noise where
+    they vary, and of the config only the keys that tell apart rows of the same method (a
+    path by its file name, the shortest values first; a label longer than LABEL_MAX is cut)."""
+    parts = [[r.method, r.dataset, r.noise] for r in rows]
+    varying = [i for i in range(3) if len({p[i] for p in parts}) > 1] or [0]
     for row, p in zip(rows, parts, strict=True):
-        label = " · ".join(p[i] for i in varying if p[i])
+        peers = [r for r in rows if r.method == row.method]
+        own = {
+            k: v for k, v in row.variant.items() if len({repr(r.variant.get(k)) for r in peers}) > 1
+        }
+        short = {k: Path(v).name if isinstance(v, str) and "/" in v else v for k, v in own.items()}
+        short = dict(sorted(short.items(), key=lambda kv: len(str(kv[1]))))  # long ones last
+        label = " · ".join(x for x in [*(p[i] for i in varying), _variant_text(short)] if x)
+        if len(label) > LABEL_MAX:
+            label = label[: LABEL_MAX - 1] + "…"
         n = len(row.runs)
         row.label = label + (f" ({n} seeds)" if n > 1 else "")
 
