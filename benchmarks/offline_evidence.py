@@ -93,8 +93,8 @@ for seed in HUNDRED_SEEDS:
         RUNS["r100_s2"] = ("hundred", ["seed=2", *RHO, *LONG, *EMA_ONLY])
     for prefix, values in LONG_METHODS.items():
         name = f"{prefix}_s{seed}"
-        RUNS[name] = ("hundred", [f"seed={seed}", *values, *LONG])
-        RUNS[name][1].extend([] if name in BOTH_WEIGHTS else EMA_ONLY)
+        evaluation = [] if name in BOTH_WEIGHTS else EMA_ONLY
+        RUNS[name] = ("hundred", [f"seed={seed}", *values, *LONG, *evaluation])
 # 0% and 40% noise, same length: uniform, rho_loss and bayesian with both predictors. The
 # hold-out model learns clean labels, so one holdout cache serves every rate; crossfit learns
 # the observed ones and gets a cache per rate.
@@ -311,8 +311,10 @@ def long_table(args: argparse.Namespace, study: str, targets: tuple[float, ...])
     head += ["final acc", "final − uniform (same seed)", "noisy among selected"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
+    records = {n: read_metrics(args.runs / n) for names in groups.values() for n in names}
+
     def mean_to(names: list[str], t: float, fn: Any) -> tuple[float | None, int]:
-        hits = [v for n in names if (v := fn(read_metrics(args.runs / n), t)) is not None]
+        hits = [v for n in names if (v := fn(records[n], t)) is not None]
         return (_mean(hits) if hits else None), len(hits)
 
     for prefix, names in groups.items():
@@ -329,11 +331,11 @@ def long_table(args: argparse.Namespace, study: str, targets: tuple[float, ...])
             su = mean_to(ref["u"], t, seconds_to_target)[0] if "u" in ref else None
             cells.append("-" if sec is None else f"{sec:.0f}")
             cells.append(f"{sec / su:.2f}" if sec is not None and su else "-")
-        finals = [read_metrics(args.runs / n)[-1]["test_acc"] for n in names]
+        finals = [records[n][-1]["test_acc"] for n in names]
         cells.append(f"{100 * _mean(finals):.2f}%")
         uniform = {n.rsplit("_s", 1)[1]: n for n in ref.get("u", [])}
         diffs = [
-            f - read_metrics(args.runs / uniform[sd])[-1]["test_acc"]
+            f - records[uniform[sd]][-1]["test_acc"]
             for f, sd in zip(finals, seeds, strict=True)
             if sd in uniform
         ]
@@ -341,7 +343,7 @@ def long_table(args: argparse.Namespace, study: str, targets: tuple[float, ...])
         noisy = [
             r["selected_noisy_frac"]
             for n in names
-            for r in read_metrics(args.runs / n)
+            for r in records[n]
             if r.get("selected_noisy_frac") is not None
         ]
         cells.append(f"{100 * _mean(noisy):.1f}%" if noisy else "-")
