@@ -37,8 +37,11 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from matplotlib.figure import Figure
 
 from bdsel.report import make_report
 from bdsel.rundir import (
@@ -125,6 +128,13 @@ LONG_NOTE = (
     " over evaluations and seeds of the share of mislabeled points among those trained on."
     " The runs are evaluated every 4th epoch, so a seed's epochs to a target are a multiple"
     " of 4 (the first evaluation at or above it).\n"
+)
+NOISE_NOTE = (
+    "uniform, rho_loss and bayesian with either predictor at each noise rate (20%: the long"
+    " table's runs), 100 epochs. Each rate has its own targets, from its uniform runs; the"
+    " higher one is uniform's mean final accuracy rounded down. Epochs and seconds to it: the"
+    " mean over the seeds that reached it (k/n when some did not), × uniform: against"
+    " uniform's at that rate."
 )
 
 
@@ -277,10 +287,15 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
 
+def _mean_std(xs: list[float], scale: float = 100.0) -> tuple[float, float]:
+    """Mean and sample std (0 for one value), times ``scale``."""
+    return scale * _mean(xs), scale * statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
 def _pm(xs: list[float], scale: float = 100.0, unit: str = "") -> str:
     """Mean ± sample std (the mean alone for one value)."""
-    std = f" ± {scale * statistics.stdev(xs):.2f}" if len(xs) > 1 else ""
-    return f"{scale * _mean(xs):+.2f}{std}{unit}"
+    mean, std = _mean_std(xs, scale)
+    return f"{mean:+.2f}" + (f" ± {std:.2f}" if len(xs) > 1 else "") + unit
 
 
 def study_groups(args: argparse.Namespace, study: str) -> dict[str, list[str]]:
@@ -299,56 +314,181 @@ def study_targets(args: argparse.Namespace, study: str) -> tuple[float, ...]:
     return tuple(uniform_targets([read_metrics(args.runs / n)[-1]["test_acc"] for n in uniform[0]]))
 
 
-def long_table(args: argparse.Namespace, study: str, targets: tuple[float, ...]) -> str:
-    """Per method (mean over its seeds): epochs to each target and their ratio to uniform's and
-    rho_loss's, training seconds to each target and their ratio to uniform's, the final
-    accuracy and its difference to uniform's of the same seed (mean ± std over seeds)."""
-    groups = study_groups(args, study)
-    ref = {p[0]: names for p, names in groups.items() if p[0] in "ur" and p[:3] != "bcf"}
-    head = ["method", "seeds"]
-    for t in targets:
-        head += [f"epochs to {t:.0%}", "× uniform", "× rho_loss", f"s to {t:.0%}", "× uniform"]
-    head += ["final acc", "final − uniform (same seed)", "noisy among selected"]
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+@dataclass
+class MethodStats:
+    """One method of a study over its seeds: the numbers behind a row of the long table."""
 
+    label: str
+    seeds: list[str]
+    epochs: dict[float, float | None]  # per target: mean over the seeds that reached it
+    reached: dict[float, int]  # per target: how many seeds reached it
+    seconds: dict[float, float | None]  # per target: mean training seconds, same seeds
+    finals: list[float]  # final accuracy per seed
+    diffs: list[float]  # final minus uniform's of the same seed (seeds uniform has)
+    noisy: float | None  # mean share of mislabeled points among the selected
+
+    def ratio(self, other: MethodStats | None, t: float, field: str = "epochs") -> float | None:
+        mine, theirs = getattr(self, field)[t], other and getattr(other, field)[t]
+        return mine / theirs if mine is not None and theirs else None
+
+
+def method_stats(
+    args: argparse.Namespace, study: str, targets: tuple[float, ...]
+) -> dict[str, MethodStats]:
+    """Every method of a study (its runs' name prefix) with its numbers, in RUNS order."""
+    groups = study_groups(args, study)
     records = {n: read_metrics(args.runs / n) for names in groups.values() for n in names}
+    uniform = next((names for p, names in groups.items() if p[0] == "u"), [])
+    uniform_final = {n.rsplit("_s", 1)[1]: records[n][-1]["test_acc"] for n in uniform}
 
     def mean_to(names: list[str], t: float, fn: Any) -> tuple[float | None, int]:
         hits = [v for n in names if (v := fn(records[n], t)) is not None]
         return (_mean(hits) if hits else None), len(hits)
 
+    stats = {}
     for prefix, names in groups.items():
         seeds = [n.rsplit("_s", 1)[1] for n in names]
-        cells = [label(RUNS[names[0]][1]), ", ".join(seeds)]
-        for t in targets:
-            e, k = mean_to(names, t, epochs_to_target)
-            sec, _ = mean_to(names, t, seconds_to_target)
-            reach = "" if k == len(names) else f" ({k}/{len(names)})"
-            cells.append("-" if e is None else f"{e:.1f}{reach}")
-            for r in ("u", "r"):
-                er = mean_to(ref[r], t, epochs_to_target)[0] if r in ref else None
-                cells.append(f"{e / er:.2f}" if e is not None and er else "-")
-            su = mean_to(ref["u"], t, seconds_to_target)[0] if "u" in ref else None
-            cells.append("-" if sec is None else f"{sec:.0f}")
-            cells.append(f"{sec / su:.2f}" if sec is not None and su else "-")
         finals = [records[n][-1]["test_acc"] for n in names]
-        cells.append(f"{100 * _mean(finals):.2f}%")
-        uniform = {n.rsplit("_s", 1)[1]: n for n in ref.get("u", [])}
-        diffs = [
-            f - records[uniform[sd]][-1]["test_acc"]
-            for f, sd in zip(finals, seeds, strict=True)
-            if sd in uniform
-        ]
-        cells.append(_pm(diffs, unit=" pts") if diffs and prefix[0] != "u" else "-")
-        noisy = [
-            r["selected_noisy_frac"]
-            for n in names
-            for r in records[n]
-            if r.get("selected_noisy_frac") is not None
-        ]
-        cells.append(f"{100 * _mean(noisy):.1f}%" if noisy else "-")
+        noisy = [r["selected_noisy_frac"] for n in names for r in records[n]
+                 if r.get("selected_noisy_frac") is not None]  # fmt: skip
+        reach = {t: mean_to(names, t, epochs_to_target) for t in targets}
+        stats[prefix] = MethodStats(
+            label=label(RUNS[names[0]][1]),
+            seeds=seeds,
+            epochs={t: e for t, (e, _) in reach.items()},
+            reached={t: k for t, (_, k) in reach.items()},
+            seconds={t: mean_to(names, t, seconds_to_target)[0] for t in targets},
+            finals=finals,
+            diffs=[
+                f - uniform_final[sd]
+                for f, sd in zip(finals, seeds, strict=True)
+                if sd in uniform_final and prefix[0] != "u"
+            ],
+            noisy=_mean(noisy) if noisy else None,
+        )
+    return stats
+
+
+def _reference(stats: dict[str, MethodStats], letter: str) -> MethodStats | None:
+    """uniform's ("u") or rho_loss's ("r") stats among a study's methods."""
+    return next((m for p, m in stats.items() if p[0] == letter and p[:3] != "bcf"), None)
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def long_table(args: argparse.Namespace, study: str, targets: tuple[float, ...]) -> str:
+    """Per method (mean over its seeds): epochs to each target and their ratio to uniform's and
+    rho_loss's, training seconds to each target and their ratio to uniform's, the final
+    accuracy and its difference to uniform's of the same seed (mean ± std over seeds)."""
+    stats = method_stats(args, study, targets)
+    u, r = _reference(stats, "u"), _reference(stats, "r")
+    head = ["method", "seeds"]
+    for t in targets:
+        head += [f"epochs to {t:.0%}", "× uniform", "× rho_loss", f"s to {t:.0%}", "× uniform"]
+    head += ["final acc", "final − uniform (same seed)", "noisy among selected"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in stats.values():
+        cells = [m.label, ", ".join(m.seeds)]
+        for t in targets:
+            n = len(m.seeds)
+            reach = "" if m.reached[t] == n else f" ({m.reached[t]}/{n})"
+            cells.append("-" if m.epochs[t] is None else f"{m.epochs[t]:.1f}{reach}")
+            cells += [_fmt(m.ratio(u, t), ".2f"), _fmt(m.ratio(r, t), ".2f")]
+            cells += [_fmt(m.seconds[t], ".0f"), _fmt(m.ratio(u, t, "seconds"), ".2f")]
+        cells.append(f"{100 * _mean(m.finals):.2f}%")
+        cells.append(_pm(m.diffs, unit=" pts") if m.diffs else "-")
+        cells.append("-" if m.noisy is None else f"{100 * m.noisy:.1f}%")
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
+
+
+# The 20% study and the two others, by noise rate; the methods all three have, by name prefix.
+RATES = {"noise0": 0.0, "hundred": 0.2, "noise40": 0.4}
+
+
+def _method(prefix: str) -> str:
+    """A run-name prefix without its length and noise suffix: "bcf100n40" -> "bcf"."""
+    return prefix.split("100", 1)[0]
+
+
+def noise_rates(args: argparse.Namespace) -> tuple[str, dict[str, dict[float, MethodStats]]]:
+    """uniform, rho_loss and bayesian with either predictor at 0%, 20% and 40% noise: final
+    accuracy, its difference to uniform's, epochs and seconds to the rate's higher target
+    (from uniform at that rate) relative to uniform's, and the noise among the selected."""
+    head = "| noise | targets | method | seeds | final acc | final − uniform (same seed) |"
+    head += (
+        " epochs to the higher target (× uniform) | s to it (× uniform) | noisy among selected |"
+    )
+    out = [head, "|" + "---|" * (head.count("|") - 1)]
+    by_method: dict[str, dict[float, MethodStats]] = {}
+    for study, rate in RATES.items():
+        targets = study_targets(args, study)
+        if not any(p[0] == "u" for p in study_groups(args, study)):
+            continue
+        stats = method_stats(args, study, targets)
+        u, high = _reference(stats, "u"), targets[-1]
+        for prefix, m in stats.items():
+            if _method(prefix) not in NOISE_METHODS:
+                continue
+            by_method.setdefault(m.label, {})[rate] = m
+            e, sec = m.epochs[high], m.seconds[high]
+            n, k = len(m.seeds), m.reached[high]
+            reach = "" if k == n else f", {k}/{n}"
+            out.append(" | ".join([
+                f"| {rate:.0%}", " / ".join(f"{t:.0%}" for t in targets), m.label,
+                ", ".join(m.seeds), f"{100 * _mean(m.finals):.2f}%",
+                _pm(m.diffs, unit=" pts") if m.diffs else "-",
+                "never" if e is None else f"{e:.1f} ({_fmt(m.ratio(u, high), '.2f')}{reach})",
+                "-" if sec is None else f"{sec:.0f} ({_fmt(m.ratio(u, high, 'seconds'), '.2f')})",
+                "-" if m.noisy is None else f"{100 * m.noisy:.1f}%",
+            ]) + " |")  # fmt: skip
+    return "\n".join(out) + "\n", by_method
+
+
+def noise_rates_plot(by_method: dict[str, dict[float, MethodStats]], path: Path) -> None:
+    """Against the noise rate: final accuracy (mean ± std over seeds), final − uniform's, and
+    the epochs to the rate's higher target relative to uniform's."""
+    fig = Figure(figsize=(15, 4.2), dpi=120)
+    left, right, speed = fig.subplots(1, 3)
+    uniform = by_method.get("uniform", {})
+    style = {"marker": "o", "capsize": 3}
+    for i, (label_, per_rate) in enumerate(by_method.items()):
+        color = f"C{i}"  # one color per method in every panel
+        rates = sorted(per_rate)
+        finals = [_mean_std(per_rate[r].finals) for r in rates]
+        left.errorbar(
+            [100 * r for r in rates], *zip(*finals, strict=True), label=label_, color=color, **style
+        )
+        rates = [r for r in rates if per_rate[r].diffs]  # uniform has no difference to itself
+        if rates:
+            diffs = [_mean_std(per_rate[r].diffs) for r in rates]
+            right.errorbar(
+                [100 * r for r in rates],
+                *zip(*diffs, strict=True),
+                label=label_,
+                color=color,
+                **style,
+            )
+        ratios = {r: m.ratio(uniform.get(r), max(m.epochs)) for r, m in per_rate.items()}
+        rates = sorted(r for r, x in ratios.items() if x is not None)
+        speed.plot([100 * r for r in rates], [ratios[r] for r in rates], "o-", color=color,
+                   label=label_)  # fmt: skip
+    right.axhline(0.0, color="black", lw=0.8)
+    left.set(xlabel="label noise (%)", ylabel="final EMA test accuracy (%)",
+             title="Final accuracy, mean ± std over seeds")  # fmt: skip
+    right.set(xlabel="label noise (%)", ylabel="points",
+              title="Final accuracy − uniform's (same seed)")  # fmt: skip
+    speed.set(xlabel="label noise (%)", ylabel="× uniform's epochs", ylim=(0, None),
+              title="Epochs to the rate's higher target")  # fmt: skip
+    for ax in (left, right, speed):
+        ax.set_xticks([0, 20, 40])
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle("Fashion-MNIST, 100 epochs, 320 candidates → 32 selected")
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 def report(args: argparse.Namespace) -> None:
@@ -394,6 +534,11 @@ def report(args: argparse.Namespace) -> None:
         elif study not in LONG_STUDIES:
             text += ["Per run, relative to uniform of the same seed:", ""]
             text += [speedup_lines(args, [n for n in names if not n.startswith("u")])]
+    rates, by_method = noise_rates(args)
+    if len(by_method.get("uniform", {})) > 1:
+        text += ["", "## By noise rate", "", NOISE_NOTE, "", rates]
+        text += ["![Final accuracy against the noise rate](noise_rates.png)"]
+        noise_rates_plot(by_method, args.out / "noise_rates.png")
     (args.out / "README.md").write_text("\n".join(text) + "\n")
     # The records behind every table: each finished run's config, metrics and summary.
     for name in RUNS:

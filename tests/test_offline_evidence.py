@@ -3,12 +3,14 @@
 import argparse
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 _spec = importlib.util.spec_from_file_location(
     "offline_evidence", Path(__file__).parents[1] / "benchmarks" / "offline_evidence.py"
 )
 evidence = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = evidence  # dataclasses look their module up there
 _spec.loader.exec_module(evidence)
 
 
@@ -88,3 +90,30 @@ def test_crossfit_runs_get_one_cache_per_noise_setting():
     assert evidence.command("bcf100n40_s2", Path("r"))[-1].endswith(
         str(evidence.crossfit_cache(["data.noise.rate=0.4"]))
     )
+
+
+def test_noise_rates_compare_each_rate_with_its_own_uniform(tmp_path: Path):
+    # 20% (the long table's names) and 40%; 0% has no run, so it has no row
+    _run(tmp_path, "u100_s0", {4: 0.80, 8: 0.87}, 1.0)
+    _run(tmp_path, "b100_s0", {4: 0.87, 8: 0.89}, 3.0)
+    _run(tmp_path, "tl100_s0", {4: 0.50, 8: 0.40}, 3.0)  # not a noise-study method
+    for seed, u_final in enumerate([0.825, 0.845]):
+        _run(tmp_path, f"u100n40_s{seed}", {4: 0.70, 8: 0.78, 12: u_final}, 1.0)
+        _run(tmp_path, f"bcf100n40_s{seed}", {4: 0.79 + seed / 100, 8: 0.80, 12: 0.81}, 2.0)
+    text, by_method = evidence.noise_rates(argparse.Namespace(runs=tmp_path))
+    rows = [line.split(" | ") for line in text.splitlines()[2:]]
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("| 20%", "82% / 87%", "uniform"),
+        ("| 20%", "82% / 87%", "bayesian (holdout)"),
+        ("| 40%", "78% / 83%", "uniform"),  # uniform's mean 83.5% at 40%
+        ("| 40%", "78% / 83%", "bayesian (crossfit)"),
+    ]
+    assert rows[1][4:7] == ["89.00%", "+2.00 pts", "4.0 (0.50)"]  # 87% at epoch 4 of 8
+    assert rows[1][7] == "12 (1.50)"  # 12 s against uniform's 8 s
+    # 83% at 40%: uniform's seed 1 alone (epoch 12), crossfit never
+    assert rows[2][6] == "12.0 (1.00, 1/2)" and rows[3][6] == "never"
+    assert rows[3][5] == "-2.50 ± 1.41 pts"  # -1.5 and -3.5
+    assert sorted(by_method) == ["bayesian (crossfit)", "bayesian (holdout)", "uniform"]
+    assert sorted(by_method["uniform"]) == [0.2, 0.4]
+    evidence.noise_rates_plot(by_method, tmp_path / "rates.png")
+    assert (tmp_path / "rates.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
