@@ -236,18 +236,21 @@ def hundred_comparison(args: argparse.Namespace) -> str:
             f"| {seed} | {len(epochs)} | {100 * (b[worst] - u[worst]):+.2f} pts | {worst} | "
             f"{100 * u[last]:.2f}% | {100 * b[last]:.2f}% | {100 * (b[last] - u[last]):+.2f} pts |"
         )
+    return "\n".join(lines) + "\n\n" + uniform_flatness(args, "hundred")
+
+
+def uniform_flatness(args: argparse.Namespace, study: str) -> str:
+    """How much each uniform run of a study gained over its last 10 epochs: from the last
+    evaluation at least 10 epochs before the end, to the end."""
     flat = []
-    for seed in HUNDRED_SEEDS:
-        u_dir = args.runs / f"u100_s{seed}"
-        if has_summary(u_dir):
-            u = _acc(read_metrics(u_dir))
-            epochs = sorted(u)
-            # from the last evaluation at least 10 epochs before the end, to the end
-            ref = max((e for e in epochs if e <= epochs[-1] - 10), default=epochs[0])
-            change = 100 * (u[epochs[-1]] - u[ref])
-            flat.append(f"seed {seed}: {change:+.2f} pts (epoch {ref} to {epochs[-1]})")
-    note = "Uniform over its last 10 epochs (flat means at most +0.3): " + ", ".join(flat)
-    return "\n".join(lines) + "\n\n" + note + "\n"
+    for name in next((ns for p, ns in study_groups(args, study).items() if p[0] == "u"), []):
+        u = _acc(read_metrics(args.runs / name))
+        epochs = sorted(u)
+        ref = max((e for e in epochs if e <= epochs[-1] - 10), default=epochs[0])
+        change = 100 * (u[epochs[-1]] - u[ref])
+        seed = name.rsplit("_s", 1)[1]
+        flat.append(f"seed {seed}: {change:+.2f} pts (epoch {ref} to {epochs[-1]})")
+    return "Uniform over its last 10 epochs (flat means at most +0.3): " + ", ".join(flat) + "\n"
 
 
 def speedup_lines(args: argparse.Namespace, names: list[str]) -> str:
@@ -531,6 +534,8 @@ def report(args: argparse.Namespace) -> None:
         text += ["", f"## {study}", "", table]
         if study == "hundred":
             text += [hundred_comparison(args)]
+        elif study in LONG_STUDIES:
+            text += [uniform_flatness(args, study)]
         elif study not in LONG_STUDIES:
             text += ["Per run, relative to uniform of the same seed:", ""]
             text += [speedup_lines(args, [n for n in names if not n.startswith("u")])]

@@ -114,6 +114,8 @@ def test_noise_rates_compare_each_rate_with_its_own_uniform(tmp_path: Path):
     assert rows[2][6] == "12.0 (1.00, 1/2)" and rows[3][6] == "never"
     assert rows[3][5] == "-2.50 ± 1.41 pts"  # -1.5 and -3.5
     assert sorted(by_method) == ["bayesian (crossfit)", "bayesian (holdout)", "uniform"]
+    flat = evidence.uniform_flatness(argparse.Namespace(runs=tmp_path), "noise40")
+    assert "seed 0: +12.50 pts (epoch 4 to 12), seed 1: +14.50 pts" in flat
     assert sorted(by_method["uniform"]) == [0.2, 0.4]
     evidence.noise_rates_plot(by_method, tmp_path / "rates.png")
     assert (tmp_path / "rates.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
