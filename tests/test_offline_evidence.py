@@ -119,3 +119,17 @@ def test_noise_rates_compare_each_rate_with_its_own_uniform(tmp_path: Path):
     assert sorted(by_method["uniform"]) == [0.2, 0.4]
     evidence.noise_rates_plot(by_method, tmp_path / "rates.png")
     assert (tmp_path / "rates.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_only_runs_the_named_runs_that_have_not_finished(tmp_path: Path, monkeypatch):
+    _run(tmp_path, "bcfT033_s0", {4: 0.8}, 1.0)  # finished: never rerun
+    pools = []
+    monkeypatch.setattr(evidence, "run_pool", lambda jobs, args: pools.append([n for n, _ in jobs]))
+    evidence.run_missing(argparse.Namespace(runs=tmp_path, only="bcfT033_*,u100n0_s2", jobs=2))
+    caches, runs = pools
+    assert runs == ["u100n0_s2", "bcfT033_s1"]  # in RUNS order
+    assert caches == ["cache_holdout", "cache_crossfit_default"]  # the config's 20%
+    sets = evidence.command("bcfT033_s1", tmp_path)
+    assert "zeroshot.temperature=0.33" in sets and "zeroshot.predictor=crossfit" in sets
+    assert evidence.label(evidence.RUNS["bcfT033_s1"][1]) == "bayesian (crossfit, T=0.33)"
+    assert evidence.label(evidence.RUNS["bcf100_s1"][1]) == "bayesian (crossfit)"
