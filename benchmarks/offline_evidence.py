@@ -223,15 +223,19 @@ def run_pool(jobs: list[tuple[str, list[str]]], args: argparse.Namespace) -> Non
                 raise SystemExit(f"{name} failed: see {args.runs / 'logs' / (name + '.txt')}")
 
 
+def selected(only: str) -> list[str]:
+    """The runs ``--only`` names (comma-separated names or patterns), in the order of the first
+    pattern each matches, then RUNS order; every run for an empty ``only``."""
+    patterns = only.split(",") if only else ["*"]
+    unknown = [p for p in patterns if not fnmatch.filter(RUNS, p)]
+    if unknown:
+        raise SystemExit(f"--only: no run is named {', '.join(unknown)}")
+    return list(dict.fromkeys(n for p in patterns for n in RUNS if fnmatch.fnmatchcase(n, p)))
+
+
 def run_missing(args: argparse.Namespace) -> None:
-    """The caches the missing runs need, then the runs, in RUNS order."""
-    only = args.only.split(",") if args.only else ["*"]
-    todo = [
-        n
-        for n in RUNS
-        if any(fnmatch.fnmatchcase(n, pattern) for pattern in only)
-        and not has_summary(args.runs / n)
-    ]
+    """The caches the missing runs need, then the runs, in ``selected`` order."""
+    todo = [n for n in selected(args.only) if not has_summary(args.runs / n)]
     run_pool(cache_commands(todo), args)
     run_pool([(name, command(name, args.runs)) for name in todo], args)
 
@@ -593,7 +597,9 @@ def main() -> None:
     p.add_argument("--phase", choices=["all", "run", "report"], default="all")
     p.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each")
     p.add_argument(
-        "--only", default="", help="run only these runs: names or patterns, comma-separated"
+        "--only",
+        default="",
+        help="run only these runs, in this order: names or patterns, comma-separated",
     )
     args = p.parse_args()
     if args.phase in ("all", "run"):

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 _spec = importlib.util.spec_from_file_location(
     "offline_evidence", Path(__file__).parents[1] / "benchmarks" / "offline_evidence.py"
 )
@@ -127,9 +129,14 @@ def test_only_runs_the_named_runs_that_have_not_finished(tmp_path: Path, monkeyp
     monkeypatch.setattr(evidence, "run_pool", lambda jobs, args: pools.append([n for n, _ in jobs]))
     evidence.run_missing(argparse.Namespace(runs=tmp_path, only="bcfT033_*,u100n0_s2", jobs=2))
     caches, runs = pools
-    assert runs == ["u100n0_s2", "bcfT033_s1"]  # in RUNS order
+    assert runs == ["bcfT033_s1", "u100n0_s2"]  # in the order named
+    assert evidence.selected("bcfT033_s1,u100n0_s*,u100n0_s1") == [
+        "bcfT033_s1", "u100n0_s0", "u100n0_s1", "u100n0_s2",
+    ]  # in the order named, each once  # fmt: skip
     assert caches == ["cache_holdout", "cache_crossfit_default"]  # the config's 20%
     sets = evidence.command("bcfT033_s1", tmp_path)
     assert "zeroshot.temperature=0.33" in sets and "zeroshot.predictor=crossfit" in sets
     assert evidence.label(evidence.RUNS["bcfT033_s1"][1]) == "bayesian (crossfit, T=0.33)"
     assert evidence.label(evidence.RUNS["bcf100_s1"][1]) == "bayesian (crossfit)"
+    with pytest.raises(SystemExit, match="no run is named bcf_T"):
+        evidence.selected("u100_s0,bcf_T*")
