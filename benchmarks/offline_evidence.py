@@ -465,9 +465,11 @@ def noise_rates(args: argparse.Namespace) -> tuple[str, dict[str, dict[float, Me
             continue
         stats = method_stats(args, study, targets)
         u, high = _reference(stats, "u"), targets[-1]
-        for prefix, m in stats.items():
-            if _method(prefix) not in NOISE_METHODS:
-                continue
+        order = list(NOISE_METHODS)  # the same order of rows at every rate
+        for prefix in sorted(
+            (p for p in stats if _method(p) in order), key=lambda p: order.index(_method(p))
+        ):
+            m = stats[prefix]
             by_method.setdefault(m.label, {})[rate] = m
             e, sec = m.epochs[high], m.seconds[high]
             n, k = len(m.seeds), m.reached[high]

@@ -98,6 +98,7 @@ def test_noise_rates_compare_each_rate_with_its_own_uniform(tmp_path: Path):
     # 20% (the long table's names) and 40%; 0% has no run, so it has no row
     _run(tmp_path, "u100_s0", {4: 0.80, 8: 0.87}, 1.0)
     _run(tmp_path, "b100_s0", {4: 0.87, 8: 0.89}, 3.0)
+    _run(tmp_path, "r100_s0", {4: 0.86, 8: 0.88}, 3.0)  # after bayesian in RUNS, before here
     _run(tmp_path, "tl100_s0", {4: 0.50, 8: 0.40}, 3.0)  # not a noise-study method
     for seed, u_final in enumerate([0.825, 0.845]):
         _run(tmp_path, f"u100n40_s{seed}", {4: 0.70, 8: 0.78, 12: u_final}, 1.0)
@@ -106,16 +107,19 @@ def test_noise_rates_compare_each_rate_with_its_own_uniform(tmp_path: Path):
     rows = [line.split(" | ") for line in text.splitlines()[2:]]
     assert [(r[0], r[1], r[2]) for r in rows] == [
         ("| 20%", "82% / 87%", "uniform"),
+        ("| 20%", "82% / 87%", "rho_loss (holdout)"),
         ("| 20%", "82% / 87%", "bayesian (holdout)"),
         ("| 40%", "78% / 83%", "uniform"),  # uniform's mean 83.5% at 40%
         ("| 40%", "78% / 83%", "bayesian (crossfit)"),
     ]
-    assert rows[1][4:7] == ["89.00%", "+2.00 pts", "4.0 (0.50)"]  # 87% at epoch 4 of 8
-    assert rows[1][7] == "12 (1.50)"  # 12 s against uniform's 8 s
+    assert rows[2][4:7] == ["89.00%", "+2.00 pts", "4.0 (0.50)"]  # 87% at epoch 4 of 8
+    assert rows[2][7] == "12 (1.50)"  # 12 s against uniform's 8 s
     # 83% at 40%: uniform's seed 1 alone (epoch 12), crossfit never
-    assert rows[2][6] == "12.0 (1.00, 1/2)" and rows[3][6] == "never"
-    assert rows[3][5] == "-2.50 ± 1.41 pts"  # -1.5 and -3.5
-    assert sorted(by_method) == ["bayesian (crossfit)", "bayesian (holdout)", "uniform"]
+    assert rows[3][6] == "12.0 (1.00, 1/2)" and rows[4][6] == "never"
+    assert rows[4][5] == "-2.50 ± 1.41 pts"  # -1.5 and -3.5
+    assert list(by_method) == [
+        "uniform", "rho_loss (holdout)", "bayesian (holdout)", "bayesian (crossfit)",
+    ]  # fmt: skip
     flat = evidence.uniform_flatness(argparse.Namespace(runs=tmp_path), "noise40")
     assert "seed 0: +12.50 pts (epoch 4 to 12), seed 1: +14.50 pts" in flat
     assert sorted(by_method["uniform"]) == [0.2, 0.4]
