@@ -532,7 +532,7 @@ def noise_rates_plot(by_method: dict[str, dict[float, MethodStats]], path: Path)
 def report(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     sections = []
-    for study in ("thirty", "hundred", *NOISE_STUDIES, "ratio"):
+    for study in ("thirty", "hundred", *NOISE_STUDIES, "sharpen", "ratio"):
         names = study_names(study)
         dirs = [args.runs / n for n in names if has_summary(args.runs / n)]
         if not dirs:
