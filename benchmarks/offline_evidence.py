@@ -269,13 +269,12 @@ def uniform_flatness(args: argparse.Namespace, study: str) -> str:
     """How much each uniform run of a study gained over its last 10 epochs: from the last
     evaluation at least 10 epochs before the end, to the end."""
     flat = []
-    for name in next((ns for p, ns in study_groups(args, study).items() if p[0] == "u"), []):
+    for name in uniform_runs(study_groups(args, study)):
         u = _acc(read_metrics(args.runs / name))
         epochs = sorted(u)
         ref = max((e for e in epochs if e <= epochs[-1] - 10), default=epochs[0])
         change = 100 * (u[epochs[-1]] - u[ref])
-        seed = name.rsplit("_s", 1)[1]
-        flat.append(f"seed {seed}: {change:+.2f} pts (epoch {ref} to {epochs[-1]})")
+        flat.append(f"seed {_seed(name)}: {change:+.2f} pts (epoch {ref} to {epochs[-1]})")
     return "Uniform over its last 10 epochs (flat means at most +0.3): " + ", ".join(flat) + "\n"
 
 
@@ -302,6 +301,15 @@ def speedup_lines(args: argparse.Namespace, names: list[str]) -> str:
 
 def _prefix(name: str) -> str:
     return name.rsplit("_s", 1)[0]
+
+
+def _seed(name: str) -> str:
+    return name.rsplit("_s", 1)[1]
+
+
+def uniform_runs(groups: dict[str, list[str]]) -> list[str]:
+    """The uniform runs among a study's groups (``study_groups``); none if it has none."""
+    return next((names for prefix, names in groups.items() if prefix[0] == "u"), [])
 
 
 def label(values: list[str]) -> str:
@@ -344,10 +352,10 @@ def study_groups(args: argparse.Namespace, study: str) -> dict[str, list[str]]:
 
 
 def study_targets(args: argparse.Namespace, study: str) -> tuple[float, ...]:
-    uniform = [names for prefix, names in study_groups(args, study).items() if prefix[0] == "u"]
+    uniform = uniform_runs(study_groups(args, study))
     if study not in LONG_STUDIES or not uniform:
         return TARGETS
-    return tuple(uniform_targets([read_metrics(args.runs / n)[-1]["test_acc"] for n in uniform[0]]))
+    return tuple(uniform_targets([read_metrics(args.runs / n)[-1]["test_acc"] for n in uniform]))
 
 
 @dataclass
@@ -374,8 +382,7 @@ def method_stats(
     """Every method of a study (its runs' name prefix) with its numbers, in RUNS order."""
     groups = study_groups(args, study)
     records = {n: read_metrics(args.runs / n) for names in groups.values() for n in names}
-    uniform = next((names for p, names in groups.items() if p[0] == "u"), [])
-    uniform_final = {n.rsplit("_s", 1)[1]: records[n][-1]["test_acc"] for n in uniform}
+    uniform_final = {_seed(n): records[n][-1]["test_acc"] for n in uniform_runs(groups)}
 
     def mean_to(names: list[str], t: float, fn: Any) -> tuple[float | None, int]:
         hits = [v for n in names if (v := fn(records[n], t)) is not None]
@@ -383,7 +390,7 @@ def method_stats(
 
     stats = {}
     for prefix, names in groups.items():
-        seeds = [n.rsplit("_s", 1)[1] for n in names]
+        seeds = [_seed(n) for n in names]
         finals = [records[n][-1]["test_acc"] for n in names]
         noisy = [r["selected_noisy_frac"] for n in names for r in records[n]
                  if r.get("selected_noisy_frac") is not None]  # fmt: skip
@@ -461,7 +468,7 @@ def noise_rates(args: argparse.Namespace) -> tuple[str, dict[str, dict[float, Me
     by_method: dict[str, dict[float, MethodStats]] = {}
     for study, rate in RATES.items():
         targets = study_targets(args, study)
-        if not any(p[0] == "u" for p in study_groups(args, study)):
+        if not uniform_runs(study_groups(args, study)):
             continue
         stats = method_stats(args, study, targets)
         u, high = _reference(stats, "u"), targets[-1]
