@@ -176,6 +176,11 @@ class ZeroshotConfig:
     # Applied at read time, log_softmax(logprobs / T). auto: the T fitted when the cache was
     # made, by the least NLL of labels the predictor never trained on (bdsel.zeroshot.calibration).
     temperature: float | Literal["auto"] = "auto"
+    # auto, when the predictor calibrates on observed labels (crossfit, clip): the T fitted
+    # together with a symmetric label-noise rate, so that p_zs is the probability of the clean
+    # label, not of the observed one (which gives every mislabeled point about ε/(K − 1)).
+    # false: the plain fit to the observed labels (what bdsel did before; README, Results).
+    calibrate_noise: bool = True
     model: str = "RN50"  # clip: an open_clip architecture name, or a JSON architecture file
     pretrained: str = "openai"  # clip: a pretrained tag (needs internet) or a local checkpoint
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"

@@ -30,7 +30,8 @@ QUANTILES = (0.1, 0.5, 0.9)
 CROSSFIT = "zeroshot.predictor=crossfit,select.method=bayesian"
 SETTINGS = {
     "holdout (fitted T)": "zeroshot.predictor=holdout,select.method=bayesian",
-    "crossfit (fitted T)": CROSSFIT,
+    "crossfit (plain T)": f"{CROSSFIT},zeroshot.calibrate_noise=false",
+    "crossfit (denoised T)": CROSSFIT,
     "crossfit, T=0.5": f"{CROSSFIT},zeroshot.temperature=0.5",
     "crossfit, T=0.33": f"{CROSSFIT},zeroshot.temperature=0.33",
 }
@@ -83,7 +84,7 @@ def main() -> None:
     p.add_argument(
         "--setting",
         action="append",
-        help="NAME=KEY=VALUE,KEY=VALUE (repeatable); default: holdout, crossfit at T fitted/0.5/0.33",
+        help="NAME=KEY=VALUE,KEY=VALUE (repeatable); default: holdout, crossfit at T plain/denoised/0.5/0.33",
     )
     p.add_argument("--out", type=Path, help="also write the table here (markdown)")
     args = p.parse_args()

@@ -266,13 +266,24 @@ def cache_zeroshot(
         ("mean log-prob of the clean label", f"{summary.mean_clean_logprob:.3f}"),
         *predictor_rows(summary.predictor or {}),
         (
-            "fitted temperature (zeroshot.temperature: auto)",
+            "fitted temperature",
             "-" if summary.temperature is None else f"{summary.temperature:.3f}",
         ),
+        *denoised_rows(summary),
         ("time (fitting the predictor included)", f"{seconds:.1f}s"),
     ):
         table.add_row(key, value)
     console.print(table)
+
+
+def denoised_rows(summary) -> list[tuple[str, str]]:
+    """The fit under label noise (a predictor calibrated on observed labels), as table rows."""
+    if summary.label_noise_rate is None:
+        return []
+    return [
+        ("temperature fitted with label noise (auto)", f"{summary.temperature_denoised:.3f}"),
+        ("estimated label noise (symmetric)", f"{summary.label_noise_rate:.1%}"),
+    ]
 
 
 def predictor_rows(spec: dict) -> list[tuple[str, str]]:

@@ -1,4 +1,5 @@
-"""Temperature scaling of a cached predictor, against float64 brute force."""
+"""Temperature scaling of a cached predictor, with and without label noise, against float64
+brute force."""
 
 import math
 
@@ -6,7 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from bdsel.zeroshot.calibration import T_MAX, T_MIN, fit_temperature, nll_at
+from bdsel.zeroshot.calibration import (
+    T_MAX,
+    T_MIN,
+    fit_temperature,
+    fit_temperature_and_noise,
+    nll_at,
+)
 
 
 def _synthetic(t_true: float, n: int = 20000, c: int = 10, seed: int = 0):
@@ -42,3 +49,67 @@ def test_fit_tolerates_impossible_classes():
     keep = labels != 0
     t = fit_temperature(logprobs[keep], labels[keep])
     assert math.isfinite(t) and T_MIN < t < T_MAX
+
+
+def _noisy(t_true: float, eps: float, n: int = 10000, c: int = 10, seed: int = 0):
+    """Labels drawn from softmax(logits / t_true), then each, with probability eps, replaced by
+    one of the other c − 1 classes uniformly: symmetric noise of rate eps."""
+    logprobs, labels = _synthetic(t_true, n, c, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    flip = torch.rand(n, generator=g, dtype=torch.float64) < eps
+    shift = torch.randint(1, c, (n,), generator=g)
+    return logprobs, torch.where(flip, (labels + shift) % c, labels)
+
+
+def _noisy_nll(logprobs, labels, t: float, eps: float) -> float:
+    """The channel's NLL, written out: q_y = (1 − eps)·p_y + eps·(1 − p_y)/(c − 1)."""
+    c = logprobs.shape[1]
+    p = torch.softmax(logprobs.double() / t, 1).gather(1, labels[:, None]).squeeze(1)
+    return float(-((1 - eps) * p + eps * (1 - p) / (c - 1)).log().mean())
+
+
+def _noisy_nll_grid(logprobs, labels, t: float, epss: np.ndarray) -> np.ndarray:
+    """_noisy_nll at one T for every eps in ``epss`` (one softmax)."""
+    c = logprobs.shape[1]
+    p = torch.softmax(logprobs.double() / t, 1).gather(1, labels[:, None]).squeeze(1)
+    e = torch.as_tensor(epss, dtype=torch.float64)[:, None]
+    return (-((1 - e) * p + e * (1 - p) / (c - 1)).log().mean(1)).numpy()
+
+
+@pytest.mark.parametrize("t_true, eps_true", [(0.5, 0.2), (1.0, 0.4), (2.0, 0.1)])
+def test_noise_fit_recovers_a_known_temperature_and_noise_rate(t_true: float, eps_true: float):
+    logprobs, labels = _noisy(t_true, eps_true)
+    t, eps = fit_temperature_and_noise(logprobs, labels)
+    assert t == pytest.approx(t_true, rel=0.08)
+    assert eps == pytest.approx(eps_true, abs=0.015)
+    # The plain fit explains the wrong labels with a flatter predictor instead.
+    assert fit_temperature(logprobs, labels) > 1.2 * t
+
+
+def test_noise_fit_is_the_least_nll_on_a_brute_force_grid():
+    logprobs, labels = _noisy(0.7, 0.25, n=3000, seed=3)
+    t, eps = fit_temperature_and_noise(logprobs, labels)
+    best = _noisy_nll(logprobs, labels, t, eps)
+    ts = np.exp(np.linspace(math.log(t / 1.3), math.log(t * 1.3), 61))
+    epss = np.linspace(max(eps - 0.06, 0.0), eps + 0.06, 61)
+    grid = np.array([_noisy_nll_grid(logprobs, labels, float(a), epss) for a in ts])
+    assert best <= grid.min() + 1e-9
+    i, j = np.unravel_index(int(grid.argmin()), grid.shape)
+    assert ts[i] == pytest.approx(t, rel=2 * (ts[1] / ts[0] - 1))
+    assert epss[j] == pytest.approx(eps, abs=2 * (epss[1] - epss[0]))
+
+
+def test_noise_fit_without_noise_is_the_plain_fit():
+    logprobs, labels = _synthetic(0.8, n=10000)
+    t, eps = fit_temperature_and_noise(logprobs, labels)
+    assert 0.0 <= eps < 0.01
+    assert t == pytest.approx(fit_temperature(logprobs, labels), rel=0.03)
+
+
+def test_noise_fit_on_random_labels_finds_them_random():
+    logprobs, _ = _synthetic(1.0, n=5000)
+    labels = torch.randint(0, 10, (5000,), generator=torch.Generator().manual_seed(9))
+    _, eps = fit_temperature_and_noise(logprobs, labels)
+    assert eps > 0.85  # 0.9 = (c − 1)/c: every label as likely as any other
+    with pytest.raises(ValueError, match="no labelled rows"):
+        fit_temperature_and_noise(logprobs[:0], labels[:0])

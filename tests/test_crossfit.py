@@ -109,6 +109,7 @@ def test_crossfit_cache_resumes_after_a_kill(crossfit_values: dict, tmp_path: Pa
     result = runner.invoke(app, ["cache-zeroshot", "-c", str(cfg_path)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "cf.h5").stat().st_mtime_ns == before
+    check_label_noise_fit(cfg_path, tmp_path / "cf.h5", full, temperature)
 
     # Kill mid-rows: the second write of rows raises; the weights and the partial file stay.
     other = dict(
@@ -154,3 +155,40 @@ def test_crossfit_cache_resumes_after_a_kill(crossfit_values: dict, tmp_path: Pa
         ],
     )
     assert result.exit_code == 0, result.output
+
+
+def check_label_noise_fit(cfg_path: Path, path: Path, logprobs: dict, temperature: float):
+    """The crossfit predictor calibrates on observed labels (20% noise here): its cache holds
+    the fit under label noise too, ``auto`` reads it, and a cache made before bdsel fitted it
+    gets it from ``cache-zeroshot`` without its log-probs being recomputed."""
+    from bdsel.train import build_lookups
+    from bdsel.zeroshot.calibration import fit_temperature_and_noise
+
+    cfg = load_config(str(cfg_path))
+    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
+    rows = data.train_idx
+    expected = fit_temperature_and_noise(
+        torch.from_numpy(logprobs["train"])[rows], data.observed[rows]
+    )
+    with h5py.File(path, "r+") as f:
+        stored = (float(f.attrs["temperature_denoised"]), float(f.attrs["label_noise_rate"]))
+        assert stored == pytest.approx(expected, rel=1e-9)
+        del f.attrs["temperature_denoised"], f.attrs["label_noise_rate"]  # as an older bdsel
+    result = runner.invoke(app, ["cache-zeroshot", "-c", str(cfg_path)])
+    assert result.exit_code == 0, result.output
+    assert "estimated label noise" in " ".join(result.output.split())
+    with h5py.File(path) as f:
+        assert (float(f.attrs["temperature_denoised"]), float(f.attrs["label_noise_rate"])) == (
+            pytest.approx(expected, rel=1e-9)
+        )
+        assert float(f.attrs["temperature"]) == temperature
+        for s in ("train", "test"):
+            assert (f[f"{s}/logprobs"][...] == logprobs[s]).all(), s
+    raw = torch.from_numpy(logprobs["train"]).float()
+    for calibrate_noise, t in ((True, expected[0]), (False, temperature)):
+        cfg = load_config(
+            str(cfg_path),
+            ["select.method=bayesian", f"zeroshot.calibrate_noise={str(calibrate_noise).lower()}"],
+        )
+        zs = build_lookups(("zs_logprobs",), cfg, data, torch.device("cpu"))["zs_logprobs"]
+        torch.testing.assert_close(zs, torch.log_softmax(raw / t, 1), atol=1e-5, rtol=0)

@@ -110,7 +110,7 @@ def test_noise_rates_compare_each_rate_with_its_own_uniform(tmp_path: Path):
         ("| 20%", "82% / 87%", "rho_loss (holdout)"),
         ("| 20%", "82% / 87%", "bayesian (holdout)"),
         ("| 40%", "78% / 83%", "uniform"),  # uniform's mean 83.5% at 40%
-        ("| 40%", "78% / 83%", "bayesian (crossfit)"),
+        ("| 40%", "78% / 83%", "bayesian (crossfit, plain T)"),
     ]
     assert rows[2][4:7] == ["89.00%", "+2.00 pts", "4.0 (0.50)"]  # 87% at epoch 4 of 8
     assert rows[2][7] == "12 (1.50)"  # 12 s against uniform's 8 s
@@ -118,7 +118,7 @@ def test_noise_rates_compare_each_rate_with_its_own_uniform(tmp_path: Path):
     assert rows[3][6] == "12.0 (1.00, 1/2)" and rows[4][6] == "never"
     assert rows[4][5] == "-2.50 ± 1.41 pts"  # -1.5 and -3.5
     assert list(by_method) == [
-        "uniform", "rho_loss (holdout)", "bayesian (holdout)", "bayesian (crossfit)",
+        "uniform", "rho_loss (holdout)", "bayesian (holdout)", "bayesian (crossfit, plain T)",
     ]  # fmt: skip
     flat = evidence.uniform_flatness(argparse.Namespace(runs=tmp_path), "noise40")
     assert "seed 0: +12.50 pts (epoch 4 to 12), seed 1: +14.50 pts" in flat
@@ -141,6 +141,8 @@ def test_only_runs_the_named_runs_that_have_not_finished(tmp_path: Path, monkeyp
     sets = evidence.command("bcfT033_s1", tmp_path)
     assert "zeroshot.temperature=0.33" in sets and "zeroshot.predictor=crossfit" in sets
     assert evidence.label(evidence.RUNS["bcfT033_s1"][1]) == "bayesian (crossfit, T=0.33)"
-    assert evidence.label(evidence.RUNS["bcf100_s1"][1]) == "bayesian (crossfit)"
+    assert evidence.label(evidence.RUNS["bcf100_s1"][1]) == "bayesian (crossfit, plain T)"
+    assert evidence.label(evidence.RUNS["bcfN_s1"][1]) == "bayesian (crossfit, denoised T)"
+    assert "zeroshot.calibrate_noise=false" not in evidence.command("bcfNn40_s0", tmp_path)
     with pytest.raises(SystemExit, match="no run is named bcf_T"):
         evidence.selected("u100_s0,bcf_T*")

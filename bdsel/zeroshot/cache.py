@@ -45,6 +45,8 @@ REQUIRED_ATTRS = (
     "format_version", "fingerprint", "class_names", "predictor", "created_at", "versions",
     "complete", "train_accuracy", "test_accuracy", "mean_clean_logprob",
 )  # fmt: skip
+# optional: the temperature fits (bdsel.zeroshot.calibration), when the predictor has labels
+CALIBRATION_ATTRS = ("temperature", "temperature_denoised", "label_noise_rate")
 RERUN = "re-run bdsel cache-zeroshot to resume"
 LOGSUMEXP_TOL = 1e-3  # |logsumexp(row)| above this is not a float32 log-probability row
 _READ_ROWS = 1 << 16  # rows per chunk when scanning a whole split
@@ -76,6 +78,9 @@ class CacheSummary:
     seconds: float
     rows_computed: int = 0  # rows this call ran the predictor on (0: the cache was complete)
     temperature: float | None = None  # fitted on the predictor's calibration labels, if any
+    # fitted with the labels' symmetric noise (calibration on observed labels), if any
+    temperature_denoised: float | None = None
+    label_noise_rate: float | None = None  # the ε of that fit: estimated share of wrong labels
     predictor: dict[str, Any] | None = None  # the stored spec
 
 
@@ -189,9 +194,25 @@ def _read_attrs(f: h5py.File, path: Path) -> dict[str, Any]:
         elif isinstance(value, np.generic):
             value = value.item()
         info[key] = value
-    if "temperature" in f.attrs:  # optional: fitted when the predictor has calibration labels
-        info["temperature"] = float(f.attrs["temperature"])
+    for key in CALIBRATION_ATTRS:  # optional: fitted when the predictor has calibration labels
+        if key in f.attrs:
+            info[key] = float(f.attrs[key])
     return info
+
+
+def _calibrate(
+    f: h5py.File, calibration: tuple[torch.Tensor, torch.Tensor], label_noise: bool
+) -> None:
+    """Fit the temperature to the calibration rows' labels and store it in ``f``'s attrs;
+    with ``label_noise`` (labels that may be wrong) also the fit under symmetric label noise."""
+    from bdsel.zeroshot.calibration import fit_temperature, fit_temperature_and_noise
+
+    rows, labels = (t.cpu().long() for t in calibration)
+    logprobs = _read_rows(f["train"]["logprobs"], rows)
+    f.attrs["temperature"] = fit_temperature(logprobs, labels)
+    if label_noise:
+        t, eps = fit_temperature_and_noise(logprobs, labels)
+        f.attrs["temperature_denoised"], f.attrs["label_noise_rate"] = t, eps
 
 
 def _bad_rows(logprobs: torch.Tensor) -> torch.Tensor:
@@ -461,12 +482,16 @@ def build_cache(
     console: Console | None = None,
     overwrite: bool = False,
     calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
+    label_noise: bool = False,
 ) -> CacheSummary:
     """Run ``predictor`` over every train and test image and write the cache at ``path``.
 
     ``calibration``: train-split rows and labels the predictor never trained on; the
     temperature that fits them best (``bdsel.zeroshot.calibration``) is stored as the
-    ``temperature`` attribute, which ``zeroshot.temperature: auto`` reads.
+    ``temperature`` attribute, which ``zeroshot.temperature: auto`` reads. ``label_noise``:
+    the calibration labels are observed ones that noise may have changed; the fit under
+    symmetric label noise is stored too (``temperature_denoised``, ``label_noise_rate``), and
+    added to a complete cache made before bdsel fitted it (its log-probs are not recomputed).
 
     Resumes ``<path>.partial`` when it was made for the same dataset fingerprint and predictor
     spec; returns at once when ``path`` is already complete for them. A cache or partial file
@@ -486,6 +511,10 @@ def build_cache(
         if problem or info["missing"] or not info["complete"]:
             why = problem or "is incomplete"
             raise CacheError(f"{path} exists and {why}; pass overwrite=True or delete it")
+        if calibration is not None and label_noise and "label_noise_rate" not in info:
+            with _open(path, "r+") as f:
+                _calibrate(f, calibration, label_noise)
+                info = _read_attrs(f, path)
         return _summary(path, fingerprint, info, t0, 0)
     if part.exists() and overwrite:
         part.unlink()
@@ -528,11 +557,7 @@ def build_cache(
         f.attrs["test_accuracy"] = test_acc
         f.attrs["mean_clean_logprob"] = train_lp
         if calibration is not None:
-            from bdsel.zeroshot.calibration import fit_temperature
-
-            rows, labels = (t.cpu().long() for t in calibration)
-            logprobs = _read_rows(f["train"]["logprobs"], rows)
-            f.attrs["temperature"] = fit_temperature(logprobs, labels)
+            _calibrate(f, calibration, label_noise)
         f.attrs["complete"] = True  # last: every row and statistic is already written
         f.flush()
         info = _read_attrs(f, part)
@@ -562,6 +587,8 @@ def _summary(path: Path, fp: dict, info: dict, t0: float, computed: int) -> Cach
     n_classes, seconds = len(fp["class_names"]), time.perf_counter() - t0
     return CacheSummary(path, fp["n_train"], fp["n_test"], n_classes, **stats, seconds=seconds,
                         rows_computed=computed, temperature=info.get("temperature"),
+                        temperature_denoised=info.get("temperature_denoised"),
+                        label_noise_rate=info.get("label_noise_rate"),
                         predictor=info.get("predictor"))  # fmt: skip
 
 

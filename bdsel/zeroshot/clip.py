@@ -330,6 +330,8 @@ class ClipZeroShot:
         )
         return cls(clip, data.dataset, data)
 
+    calibration_labels = "observed"  # noise included: the temperature is fitted with it
+
     def calibration(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Rows and labels for the temperature. The paper has no clean labels: the training
         subset's observed (possibly noisy) labels, so that p_zs becomes a calibrated

@@ -60,6 +60,8 @@ def assign_folds(train_idx: torch.Tensor, folds: int, seed: int) -> list[torch.T
 class CrossfitPredictor:
     """K models, each trained on the observed labels of all folds but its own."""
 
+    calibration_labels = "observed"  # noise included: the temperature is fitted with it
+
     def __init__(self, config: Config, data: RunData, source: ImageSource) -> None:
         c = config.zeroshot.crossfit
         self.config, self.data, self.source = config, data, source

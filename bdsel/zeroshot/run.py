@@ -172,6 +172,7 @@ def cache_zeroshot(
                 console=console,
                 overwrite=overwrite,
                 calibration=predictor.calibration() if hasattr(predictor, "calibration") else None,
+                label_noise=getattr(predictor, "calibration_labels", "clean") == "observed",
             )
         finally:
             if world.distributed:
@@ -260,6 +261,8 @@ def load_lookups(
                 "calibration labels): re-run bdsel cache-zeroshot --overwrite, or set a number"
             )
         zs_temperature = info["temperature"]
+        if config.zeroshot.calibrate_noise and info.get("temperature_denoised") is not None:
+            zs_temperature = info["temperature_denoised"]
     n_classes = data.dataset.n_classes
     out = {}
     for name in names:
