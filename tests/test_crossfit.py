@@ -1,6 +1,7 @@
 """The crossfit predictor: every training row predicted by a model that never trained on it."""
 
 import json
+import logging
 from pathlib import Path
 
 import h5py
@@ -92,7 +93,9 @@ class _Kill(KeyboardInterrupt):
     pass
 
 
-def test_crossfit_cache_resumes_after_a_kill(crossfit_values: dict, tmp_path: Path, monkeypatch):
+def test_crossfit_cache_resumes_after_a_kill(
+    crossfit_values: dict, tmp_path: Path, monkeypatch, caplog
+):
     cfg_path = tmp_path / "cf.yaml"
     cfg_path.write_text(yaml.safe_dump(crossfit_values))
     result = runner.invoke(app, ["cache-zeroshot", "-c", str(cfg_path)])
@@ -109,7 +112,7 @@ def test_crossfit_cache_resumes_after_a_kill(crossfit_values: dict, tmp_path: Pa
     result = runner.invoke(app, ["cache-zeroshot", "-c", str(cfg_path)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "cf.h5").stat().st_mtime_ns == before
-    check_label_noise_fit(cfg_path, tmp_path / "cf.h5", full, temperature)
+    check_label_noise_fit(cfg_path, tmp_path / "cf.h5", full, temperature, caplog)
 
     # Kill mid-rows: the second write of rows raises; the weights and the partial file stay.
     other = dict(
@@ -157,10 +160,13 @@ def test_crossfit_cache_resumes_after_a_kill(crossfit_values: dict, tmp_path: Pa
     assert result.exit_code == 0, result.output
 
 
-def check_label_noise_fit(cfg_path: Path, path: Path, logprobs: dict, temperature: float):
+def check_label_noise_fit(
+    cfg_path: Path, path: Path, logprobs: dict, temperature: float, caplog
+) -> None:
     """The crossfit predictor calibrates on observed labels (20% noise here): its cache holds
-    the fit under label noise too, ``auto`` reads it, and a cache made before bdsel fitted it
-    gets it from ``cache-zeroshot`` without its log-probs being recomputed."""
+    the fit under label noise too and ``auto`` reads it; a cache made before bdsel fitted it
+    gives the plain fit with a warning, and gets the fit from ``cache-zeroshot`` without its
+    log-probs being recomputed."""
     from bdsel.train import build_lookups
     from bdsel.zeroshot.calibration import fit_temperature_and_noise
 
@@ -174,6 +180,16 @@ def check_label_noise_fit(cfg_path: Path, path: Path, logprobs: dict, temperatur
         stored = (float(f.attrs["temperature_denoised"]), float(f.attrs["label_noise_rate"]))
         assert stored == pytest.approx(expected, rel=1e-9)
         del f.attrs["temperature_denoised"], f.attrs["label_noise_rate"]  # as an older bdsel
+    raw = torch.from_numpy(logprobs["train"]).float()
+    bayesian = load_config(str(cfg_path), ["select.method=bayesian"])
+    logger = logging.getLogger("bdsel")  # the CLI stops it propagating to caplog's root handler
+    logger.addHandler(caplog.handler)
+    try:  # such a cache: the plain fit, and a warning that says so
+        zs = build_lookups(("zs_logprobs",), bayesian, data, torch.device("cpu"))["zs_logprobs"]
+    finally:
+        logger.removeHandler(caplog.handler)
+    torch.testing.assert_close(zs, torch.log_softmax(raw / temperature, 1), atol=1e-5, rtol=0)
+    assert "no temperature fitted with the labels' noise" in caplog.text
     result = runner.invoke(app, ["cache-zeroshot", "-c", str(cfg_path)])
     assert result.exit_code == 0, result.output
     assert "estimated label noise" in " ".join(result.output.split())
@@ -184,7 +200,6 @@ def check_label_noise_fit(cfg_path: Path, path: Path, logprobs: dict, temperatur
         assert float(f.attrs["temperature"]) == temperature
         for s in ("train", "test"):
             assert (f[f"{s}/logprobs"][...] == logprobs[s]).all(), s
-    raw = torch.from_numpy(logprobs["train"]).float()
     for calibrate_noise, t in ((True, expected[0]), (False, temperature)):
         cfg = load_config(
             str(cfg_path),

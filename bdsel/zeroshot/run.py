@@ -261,8 +261,15 @@ def load_lookups(
                 "calibration labels): re-run bdsel cache-zeroshot --overwrite, or set a number"
             )
         zs_temperature = info["temperature"]
+        noisy = getattr(predictor_entry(config.zeroshot.predictor).cls, "calibration_labels", "")
         if config.zeroshot.calibrate_noise and info.get("temperature_denoised") is not None:
             zs_temperature = info["temperature_denoised"]
+        elif config.zeroshot.calibrate_noise and noisy == "observed":
+            log.warning(
+                f"{path} holds no temperature fitted with the labels' noise (made before bdsel "
+                f"fitted one): using the plain fit, T = {zs_temperature:.3f}. Run the same bdsel "
+                "cache-zeroshot command to add it (seconds), or set zeroshot.calibrate_noise=false"
+            )
     n_classes = data.dataset.n_classes
     out = {}
     for name in names:
