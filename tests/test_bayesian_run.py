@@ -73,6 +73,8 @@ def test_cache_then_bayesian_training_through_cli(bayes_values: dict, tmp_path: 
     with h5py.File(tmp_path / "zs.h5") as f:
         assert f["train/logprobs"].shape == (1200, 10) and f["train/done"][...].all()
         assert json.loads(f.attrs["predictor"])["kind"] == "holdout"
+        # Clean calibration labels: the plain temperature fit only, no label-noise fit.
+        assert "temperature" in f.attrs and "label_noise_rate" not in f.attrs
 
     run_dir = tmp_path / "run"
     result = runner.invoke(app, ["train", "-c", str(cfg_path), "--run-dir", str(run_dir)])

@@ -69,6 +69,8 @@ def weights_sha256(state_dicts: list[dict[str, torch.Tensor]]) -> str:
 class HoldoutPredictor:
     """Trains on ``data.holdout_idx`` with clean labels, then predicts any row's log-probs."""
 
+    calibration_labels = "clean"  # the calibration split's: the plain temperature fit
+
     def __init__(self, config: Config, data: RunData, source: ImageSource) -> None:
         if len(data.holdout_idx) == 0:
             raise ValueError(
