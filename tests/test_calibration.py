@@ -61,15 +61,9 @@ def _noisy(t_true: float, eps: float, n: int = 10000, c: int = 10, seed: int = 0
     return logprobs, torch.where(flip, (labels + shift) % c, labels)
 
 
-def _noisy_nll(logprobs, labels, t: float, eps: float) -> float:
-    """The channel's NLL, written out: q_y = (1 − eps)·p_y + eps·(1 − p_y)/(c − 1)."""
-    c = logprobs.shape[1]
-    p = torch.softmax(logprobs.double() / t, 1).gather(1, labels[:, None]).squeeze(1)
-    return float(-((1 - eps) * p + eps * (1 - p) / (c - 1)).log().mean())
-
-
 def _noisy_nll_grid(logprobs, labels, t: float, epss: np.ndarray) -> np.ndarray:
-    """_noisy_nll at one T for every eps in ``epss`` (one softmax)."""
+    """The channel's NLL at one T for every eps in ``epss``, written out:
+    q_y = (1 − eps)·p_y + eps·(1 − p_y)/(c − 1)."""
     c = logprobs.shape[1]
     p = torch.softmax(logprobs.double() / t, 1).gather(1, labels[:, None]).squeeze(1)
     e = torch.as_tensor(epss, dtype=torch.float64)[:, None]
@@ -89,7 +83,7 @@ def test_noise_fit_recovers_a_known_temperature_and_noise_rate(t_true: float, ep
 def test_noise_fit_is_the_least_nll_on_a_brute_force_grid():
     logprobs, labels = _noisy(0.7, 0.25, n=3000, seed=3)
     t, eps = fit_temperature_and_noise(logprobs, labels)
-    best = _noisy_nll(logprobs, labels, t, eps)
+    best = float(_noisy_nll_grid(logprobs, labels, t, np.array([eps]))[0])
     ts = np.exp(np.linspace(math.log(t / 1.3), math.log(t * 1.3), 61))
     epss = np.linspace(max(eps - 0.06, 0.0), eps + 0.06, 61)
     grid = np.array([_noisy_nll_grid(logprobs, labels, float(a), epss) for a in ts])

@@ -30,14 +30,19 @@ def _slope(z: torch.Tensor, z_label: torch.Tensor, beta: float) -> float:
     return float(((p * z).sum(1) - z_label).mean())
 
 
-def fit_temperature(logprobs: torch.Tensor, labels: torch.Tensor, iterations: int = 100) -> float:
-    """The T in [T_MIN, T_MAX] that minimises the mean NLL of ``labels`` under
-    softmax(logprobs / T). logprobs: [N, C] log-probabilities (or logits); labels: int64 [N]."""
+def _centred(logprobs: torch.Tensor) -> torch.Tensor:
+    """float64 logprobs minus each row's max, clamped at -1e4: finite where a class has
+    log-prob -inf, and softmax(z / T) unchanged. A ValueError for no rows."""
     if logprobs.shape[0] == 0:
         raise ValueError("cannot fit a temperature on no labelled rows")
     z = logprobs.double()
-    z = z - z.max(1, keepdim=True).values  # finite where a class has log-prob -inf
-    z = z.clamp_min(-1e4)
+    return (z - z.max(1, keepdim=True).values).clamp_min(-1e4)
+
+
+def fit_temperature(logprobs: torch.Tensor, labels: torch.Tensor, iterations: int = 100) -> float:
+    """The T in [T_MIN, T_MAX] that minimises the mean NLL of ``labels`` under
+    softmax(logprobs / T). logprobs: [N, C] log-probabilities (or logits); labels: int64 [N]."""
+    z = _centred(logprobs)
     z_label = z.gather(1, labels[:, None].long()).squeeze(1)
     lo, hi = math.log(1.0 / T_MAX), math.log(1.0 / T_MIN)  # over log β
     if _slope(z, z_label, math.exp(lo)) >= 0:
@@ -98,13 +103,10 @@ def fit_temperature_and_noise(
     ``grid`` of points, then golden-section search between the best one's neighbours (the
     profile NLL need not be convex in T; the grid keeps a distant minimum from being missed).
     logprobs: [N, C]; labels: int64 [N]; C >= 2."""
-    if logprobs.shape[0] == 0:
-        raise ValueError("cannot fit a temperature on no labelled rows")
+    z = _centred(logprobs)
     n_classes = logprobs.shape[1]
     if n_classes < 2:
         raise ValueError("label noise needs at least two classes")
-    z = logprobs.double()
-    z = (z - z.max(1, keepdim=True).values).clamp_min(-1e4)
     y = labels[:, None].long()
 
     def profile(log_t: float) -> tuple[float, float]:
@@ -128,6 +130,8 @@ def fit_temperature_and_noise(
             d = lo + g * (hi - lo)
             fd = profile(d)[1]
     log_t = 0.5 * (lo + hi)
-    if nlls[i] < profile(log_t)[1]:  # the minimum sits on a grid point at the range's edge
+    eps, nll = profile(log_t)
+    if nlls[i] < nll:  # the minimum sits on a grid point at the range's edge
         log_t = log_ts[i]
-    return math.exp(log_t), profile(log_t)[0]
+        eps = profile(log_t)[0]
+    return math.exp(log_t), eps

@@ -97,6 +97,12 @@ def predictor_device(config: Config, world: World) -> torch.device:
     return device
 
 
+def calibrates_on_observed_labels(predictor: Any) -> bool:
+    """Whether a predictor (class or instance) fits its temperature to the observed, possibly
+    noisy labels (``calibration_labels = "observed"``: crossfit, clip) rather than clean ones."""
+    return getattr(predictor, "calibration_labels", "clean") == "observed"
+
+
 def make_predictor(config: Config, data: RunData, world: World | None = None):
     """The predictor ``zeroshot.predictor`` names, ready to call ``.logprobs(split, rows)``."""
     return create_predictor(config, data, predictor_device(config, world or World()))
@@ -172,7 +178,7 @@ def cache_zeroshot(
                 console=console,
                 overwrite=overwrite,
                 calibration=predictor.calibration() if hasattr(predictor, "calibration") else None,
-                label_noise=getattr(predictor, "calibration_labels", "clean") == "observed",
+                label_noise=calibrates_on_observed_labels(predictor),
             )
         finally:
             if world.distributed:
@@ -261,10 +267,10 @@ def load_lookups(
                 "calibration labels): re-run bdsel cache-zeroshot --overwrite, or set a number"
             )
         zs_temperature = info["temperature"]
-        noisy = getattr(predictor_entry(config.zeroshot.predictor).cls, "calibration_labels", "")
+        observed = calibrates_on_observed_labels(predictor_entry(config.zeroshot.predictor).cls)
         if config.zeroshot.calibrate_noise and info.get("temperature_denoised") is not None:
             zs_temperature = info["temperature_denoised"]
-        elif config.zeroshot.calibrate_noise and noisy == "observed":
+        elif config.zeroshot.calibrate_noise and observed:
             log.warning(
                 f"{path} holds no temperature fitted with the labels' noise (made before bdsel "
                 f"fitted one): using the plain fit, T = {zs_temperature:.3f}. Run the same bdsel "
