@@ -25,6 +25,46 @@ class ConfigError(ValueError):
     """A configuration that cannot run; the message names the key and what was expected."""
 
 
+# ----------------------------------------------------------------------------- YAML
+
+
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: ``1e-4``, ``1E-4``, ``5e3`` and ``-1e-3``
+    are numbers, as everyone types them (YAML 1.1, PyYAML's default, reads them as strings
+    unless they carry a dot: ``1.0e-4``)."""
+
+
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)?\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+# Keep every resolver but 1.1's float, then add the 1.2 one (matched before int, as in PyYAML).
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:float"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text as bdsel reads every config: :class:`YamlLoader`."""
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def yaml_error_line(exc: yaml.YAMLError) -> str:
+    """A YAML syntax error in one line: where, and what (PyYAML's own text takes four)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
+
+
+NON_FINITE = re.compile(r"[-+]?\.?(nan|inf|infinity)", re.I)
+
+
 @dataclass
 class NoiseConfig:
     # symmetric: a chosen point gets another class uniformly; pairflip: class c -> c+1;
@@ -301,6 +341,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if tp is float and not math.isfinite(value):  # .inf / .nan make no sense for any key
             raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value) if tp is float else value
+    if tp is float and isinstance(value, str) and NON_FINITE.fullmatch(value.strip()):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r} (not finite)")
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
 
 
@@ -336,9 +378,11 @@ def parse_override(text: str) -> dict[str, Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {text!r}: expected key.path=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: cannot parse {raw!r} as YAML ({exc})") from exc
+        raise ConfigError(
+            f"--set {key}: cannot parse {raw!r} as YAML ({yaml_error_line(exc)})"
+        ) from None
     node: dict[str, Any] = {}
     cur = node
     parts = key.split(".")
@@ -376,6 +420,24 @@ def resolve_config_path(name_or_path: str) -> Path:
     )
 
 
+def read_yaml_mapping(path: Path, error: type[Exception]) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (an empty file: ``{}``); ``error`` in one line
+    naming the file otherwise."""
+    try:
+        loaded = yaml_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML ({yaml_error_line(exc)})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise error(
+            f"{path}: expected a mapping at the top level (key: value lines), got {loaded!r:.60}"
+        )
+    return loaded
+
+
 def load_config(
     name_or_path: str | None = None,
     overrides: list[str] | tuple[str, ...] = (),
@@ -385,12 +447,15 @@ def load_config(
     merged: dict[str, Any] = {}
     if name_or_path is not None:
         path = resolve_config_path(name_or_path)
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+        loaded = read_yaml_mapping(path, ConfigError)
+        if not loaded:
+            # Training on the built-in defaults (no noise, 20 epochs, ...) is never what an
+            # empty file meant: a truncated copy, a wrong path, an unsaved editor buffer.
+            raise ConfigError(
+                f"{path}: the config is empty; an empty config would train on the built-in "
+                "defaults. Give at least one key (e.g. data.name), or a shipped config "
+                f"({', '.join(list_shipped_configs())})"
+            )
         merged = _merge(merged, loaded)
         merged.setdefault("name", None)
         if merged["name"] is None and path.parent == shipped_config_dir():

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
+from bdsel.config import read_yaml_mapping
 
 CONFIG, METRICS, CHECKPOINT, SUMMARY = (
     "config.yaml",
@@ -45,6 +45,11 @@ REACH_TOLERANCE = 1e-6
 
 class RunDirError(RuntimeError):
     """A run directory that cannot be used as asked."""
+
+
+class MetricsOrderError(RunDirError):
+    """metrics.jsonl repeats an epoch or goes back: two trainers wrote into one directory, or
+    records were appended from elsewhere. Its numbers cannot be trusted."""
 
 
 class DiskFullError(RunDirError):
@@ -192,13 +197,17 @@ def is_run_dir(path: Path) -> bool:
 
 
 def read_jsonl(
-    path: Path, check: Callable[[Any], str | None] | None = None
+    path: Path,
+    check: Callable[[Any], str | None] | None = None,
+    increasing: str | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Complete records of a JSON-lines file; a partial last line is skipped.
 
-    ``check(record)`` returns a problem (e.g. a missing key) or None. Returns (records, a
-    note naming the skipped last line and why, or None). A bad line anywhere but last
-    raises RunDirError naming the line. A missing file has no records.
+    ``check(record)`` returns a problem (e.g. a missing key) or None. ``increasing``: a key
+    whose values must strictly increase from record to record (``"epoch"`` in
+    metrics.jsonl); a repeat or a step back is a :class:`MetricsOrderError` naming the line.
+    Returns (records, a note naming the skipped last line and why, or None). A bad line
+    anywhere but last raises RunDirError naming the line. A missing file has no records.
     """
     path = Path(path)
     if not path.is_file():
@@ -206,6 +215,7 @@ def read_jsonl(
     text = path.read_bytes().decode("utf-8", errors="replace")
     lines = [(i + 1, line) for i, line in enumerate(text.split("\n")) if line.strip()]
     records: list[dict[str, Any]] = []
+    previous: tuple[int, Any] | None = None  # (line, value) of the last record's ``increasing``
     for k, (lineno, line) in enumerate(lines):
         try:
             record = json.loads(line)
@@ -216,6 +226,8 @@ def read_jsonl(
             if problem is None and check is not None:
                 problem = check(record)
         if problem is None:
+            if increasing is not None:
+                previous = _check_increasing(path, increasing, previous, lineno, record)
             records.append(record)
         elif k == len(lines) - 1:  # the last line of a file being written, or killed mid-write
             return records, f"line {lineno} is incomplete ({problem})"
@@ -224,9 +236,24 @@ def read_jsonl(
     return records, None
 
 
+def _check_increasing(
+    path: Path, key: str, previous: tuple[int, Any] | None, lineno: int, record: dict[str, Any]
+) -> tuple[int, Any]:
+    value = record.get(key)
+    if previous is not None and isinstance(value, int | float) and value <= previous[1]:
+        how = "repeats" if value == previous[1] else "goes back to"
+        raise MetricsOrderError(
+            f"{path}: line {lineno} {how} {key} {value} after {key} {previous[1]} (line "
+            f"{previous[0]}): two runs wrote into this directory, or records were added to it; "
+            "its numbers cannot be trusted"
+        )
+    return (lineno, value)
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The complete records of a run's metrics.jsonl (none if it has none yet)."""
-    return read_jsonl(Path(run_dir) / METRICS)[0]
+    """The complete records of a run's metrics.jsonl (none if it has none yet); a repeated or
+    decreasing epoch is a :class:`MetricsOrderError`."""
+    return read_jsonl(Path(run_dir) / METRICS, increasing="epoch")[0]
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
@@ -234,13 +261,7 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise RunDirError(f"{run_dir} has no {CONFIG}")
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise RunDirError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(config, dict):
-        raise RunDirError(f"{path}: expected a mapping at the top level")
-    return config
+    return read_yaml_mapping(path, RunDirError)
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:

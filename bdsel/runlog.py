@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 
 from bdsel import rundir
 from bdsel.config import Config, dump_config
+from bdsel.locking import LOCK_FILE, ExclusiveLock
 from bdsel.rundir import (
     CHECKPOINT,
     CONFIG,
@@ -28,6 +30,7 @@ from bdsel.rundir import (
     RUN_FILES,
     SUMMARY,
     DiskFullError,
+    MetricsOrderError,
     RunDirError,
     atomic_write_bytes,
     atomic_write_text,
@@ -102,11 +105,13 @@ def check_metrics_for_resume(
     The records must run over :func:`evaluated_epochs` up to the checkpoint's epoch, every line
     whole. Records after it are dropped silently (written before a kill that came ahead of
     their checkpoint; the resume writes them again); anything else is named in ``report``.
+    A repeated or decreasing epoch is a :class:`MetricsOrderError`: two trainers wrote here.
     """
     expected = evaluated_epochs(checkpoint_epoch, total_epochs, every)
     lines = path.read_bytes().split(b"\n") if path.is_file() else []
     by_epoch: dict[int, dict[str, Any]] = {}
     damaged, unexpected = [], []
+    last: tuple[int, int] | None = None  # (line, epoch) of the last whole record
     for i, line in enumerate(lines):
         if not line.strip():
             continue
@@ -117,9 +122,18 @@ def check_metrics_for_resume(
         epoch = record.get("epoch") if isinstance(record, dict) else None
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
             damaged.append(i + 1)
-        elif epoch > checkpoint_epoch:
             continue
-        elif epoch not in expected or epoch in by_epoch:
+        if last is not None and epoch <= last[1]:
+            how = "repeats" if epoch == last[1] else "goes back to"
+            raise MetricsOrderError(
+                f"--resume: {path}: line {i + 1} {how} epoch {epoch} after epoch {last[1]} "
+                f"(line {last[0]}): two runs wrote into this directory, or records were added "
+                "to it; it cannot be resumed safely. Start the run again with --overwrite"
+            )
+        last = (i + 1, epoch)
+        if epoch > checkpoint_epoch:
+            continue
+        if epoch not in expected:
             unexpected.append(epoch)
         else:
             by_epoch[epoch] = record
@@ -141,6 +155,26 @@ def resume_problem(path: Path) -> str | None:
             "ended): nothing to resume; start it again with --overwrite"
         )
     return f"--resume: {path} holds no run; start the run without --resume"
+
+
+def lock_rundir(path: Path, mode: str) -> ExclusiveLock:
+    """Take ``path``'s lock (``<path>/.lock``) before anything in it is written or deleted:
+    a second trainer on the same directory, ``--overwrite`` included, stops with
+    :class:`LockedError` naming the holder. A new run's directory is created for it."""
+    path = Path(path)
+    if mode == "resume":
+        if (problem := resume_problem(path)) is not None:
+            raise RunDirError(problem)
+    else:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(f"cannot create run directory {path}: {exc.strerror}") from exc
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200]
+    try:
+        return ExclusiveLock(path / LOCK_FILE, f"run directory {path}", command).acquire()
+    except OSError as exc:
+        raise RunDirError(f"run directory {path} is not writable: {exc.strerror}") from exc
 
 
 class RunDir:

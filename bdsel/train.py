@@ -13,10 +13,11 @@ log interval.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -50,10 +51,11 @@ from bdsel.engine import (
     stream_generator,
 )
 from bdsel.evaluation import Evaluator, WeightEMA, make_ema
+from bdsel.locking import LockedError
 from bdsel.models import Classifier, create_model
 from bdsel.registries import check_names
 from bdsel.rundir import METRICS, RunDirError, acc_key, epochs_to_target
-from bdsel.runlog import RunDir
+from bdsel.runlog import RunDir, lock_rundir
 from bdsel.selection import (
     Candidates,
     ForwardOutputs,
@@ -299,18 +301,27 @@ def train_step(
     return int(pos.shape[0])
 
 
-def _prepare_rundir(path: Path, config: Config, mode: str, world: World) -> RunDir:
-    """Rank 0 checks and creates the run directory; its error, if any, stops every rank."""
-    error = None
+@contextlib.contextmanager
+def _locked_rundir(path: Path, config: Config, mode: str, world: World) -> Iterator[RunDir]:
+    """Rank 0 takes the run directory's lock (held until the block ends), then checks and
+    creates the directory; an error on rank 0 stops every rank."""
+    error, lock = None, None
     if world.is_main:
         try:
+            lock = lock_rundir(path, mode)
             RunDir.prepare(path, config, mode)  # type: ignore[arg-type]
-        except RunDirError as exc:
+        except (RunDirError, LockedError) as exc:
             error = str(exc)
+            if lock is not None:
+                lock.release()
     error = broadcast_from_main(error)
     if error is not None:
         raise RunDirError(error)
-    return RunDir(path)
+    try:
+        yield RunDir(path)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _reduce_stats(stats: EpochStats, world: World) -> EpochStats:
@@ -408,7 +419,20 @@ def train(
         return finished  # a finished run is never rewritten
     world = init_world(config.train.device)
     run = build_run(config, dataset, world)
-    rundir = _prepare_rundir(Path(run_dir), config, mode, world)
+    with _locked_rundir(Path(run_dir), config, mode, world) as rundir:
+        return _train(run, rundir, mode, world, on_epoch, progress)
+
+
+def _train(
+    run: Run,
+    rundir: RunDir,
+    mode: str,
+    world: World,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+    progress: Any,
+) -> dict[str, Any]:
+    """The loop of :func:`train`, in a run directory this process holds the lock of."""
+    config = run.config
     if not world.is_main:
         on_epoch, progress = None, None
     device, model = run.device, run.model

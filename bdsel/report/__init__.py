@@ -31,7 +31,7 @@ from bdsel.report.table import (
     to_csv,
     to_markdown,
 )
-from bdsel.rundir import atomic_write_bytes, atomic_write_text
+from bdsel.rundir import RunDirError, atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "Report",
@@ -112,8 +112,13 @@ def make_report(
         report.files["table.md"] = atomic_write_text(out / "table.md", to_markdown(rows, targets))
         html = render_html(report, figures)
         report.files["report.html"] = atomic_write_text(out / "report.html", html)
-    except OSError as exc:
-        raise ReportError(f"cannot write the report in {out}: {exc.strerror or exc}") from exc
+    except (OSError, RunDirError) as exc:  # DiskFullError is a RunDirError
+        written = ", ".join(p.name for p in report.files.values()) or "none"
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ReportError(
+            f"cannot write the report in {out}: {reason} (files written whole before it: "
+            f"{written}; none is half-written); free some space and run bdsel report again"
+        ) from None
     return report
 
 

@@ -21,7 +21,7 @@ from bdsel import rundir
 from bdsel.rundir import CONFIG as CONFIG_FILE
 from bdsel.rundir import METRICS as METRICS_FILE
 from bdsel.rundir import SUMMARY as SUMMARY_FILE
-from bdsel.rundir import RunDirError
+from bdsel.rundir import MetricsOrderError, RunDirError
 
 SELECT_PREFIX = "select/"
 
@@ -231,8 +231,11 @@ def _check_record(path: Path, record: dict[str, Any]) -> str | None:
 
 def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """Records of a metrics.jsonl file; a torn last line is dropped with a warning."""
+    check = lambda r: _check_record(path, r)  # noqa: E731
     try:
-        records, torn = rundir.read_jsonl(path, check=lambda r: _check_record(path, r))
+        records, torn = rundir.read_jsonl(path, check=check, increasing="epoch")
+    except MetricsOrderError as exc:
+        raise ReportError(str(exc)) from None
     except RunDirError as exc:
         raise ReportError(
             f"{exc}; expected one JSON object per line with at least 'epoch' and 'test_acc'"

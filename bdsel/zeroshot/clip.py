@@ -66,19 +66,73 @@ def _resolve_pretrained(model: str, pretrained: str) -> tuple[str | None, str | 
 
 def _fetch_pretrained(model: str, tag: str) -> str | None:
     """Download the weights of a pretrained tag (or find them in the local cache) before the
-    model is built, so that an offline machine fails at once and clearly; their sha256."""
+    model is built, so that an offline machine fails at once and clearly; their sha256.
+
+    Offline, huggingface_hub and urllib retry for about a minute before they give up: a
+    two-second connection to the weights' host decides first."""
     from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 
-    try:
-        path = download_pretrained(get_pretrained_cfg(model, tag))
-    except Exception as exc:  # requests, huggingface_hub and urllib each raise their own
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+    cfg = get_pretrained_cfg(model, tag)
+    host = None if _cached_weights(cfg) else _weights_host(cfg)
+    reason = None
+    if host is not None and not _reachable(host):
+        reason = f"{host} cannot be reached from this machine"
+    else:
+        try:
+            path = download_pretrained(cfg)
+        except Exception as exc:  # requests, huggingface_hub and urllib each raise their own
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            reason = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    if reason is not None:
         raise ValueError(
-            f"zeroshot.pretrained={tag!r}: the {model} weights are not available offline "
-            f"({reason}); download them where there is internet and point zeroshot.pretrained "
-            f"at the file: --set zeroshot.pretrained=/path/to/{model}-{tag}.pt"
+            f"zeroshot.pretrained={tag!r}: the {model} weights are not available offline: "
+            f"they are not in the local cache and cannot be downloaded ({reason}); download "
+            "them where there is internet and point zeroshot.pretrained at the file: "
+            f"--set zeroshot.pretrained=/path/to/{model}-{tag}.pt"
         ) from None
     return file_sha256(path) if path else None
+
+
+def _cached_weights(cfg: dict[str, Any]) -> str | None:
+    """The local copy of a pretrained config's weights, if a download left one."""
+    if cfg.get("hf_hub"):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            return None
+        model_id, filename = os.path.split(cfg["hf_hub"])
+        found = try_to_load_from_cache(model_id, filename or "open_clip_pytorch_model.bin")
+        return found if isinstance(found, str) else None
+    if cfg.get("url"):
+        local = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(cfg["url"])
+        return str(local) if local.is_file() else None
+    return None
+
+
+def _weights_host(cfg: dict[str, Any]) -> str | None:
+    """The host a pretrained config downloads from (the HF hub's when it names one, as
+    open_clip prefers it), or None when it names no download."""
+    from urllib.parse import urlparse
+
+    if cfg.get("hf_hub"):
+        try:
+            from huggingface_hub import constants
+        except ImportError:
+            pass
+        else:
+            return urlparse(constants.ENDPOINT).hostname
+    return urlparse(cfg["url"]).hostname if cfg.get("url") else None
+
+
+def _reachable(host: str, timeout: float = 2.0) -> bool:
+    """Whether a TCP connection to ``host``:443 opens within ``timeout`` seconds."""
+    import socket
+
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 class ClipPredictor:

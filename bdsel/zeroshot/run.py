@@ -22,6 +22,7 @@ from bdsel.config import Config
 from bdsel.data import RunData, derive_run_data, int64_sha256, load_dataset
 from bdsel.distributed import World, barrier, broadcast_from_main, init_world
 from bdsel.engine import resolve_device, step_progress
+from bdsel.locking import ExclusiveLock, LockedError
 from bdsel.registries import check_names
 from bdsel.rundir import DiskFullError
 from bdsel.zeroshot.cache import (
@@ -125,14 +126,49 @@ def cache_zeroshot(
     world = init_world(config.zeroshot.device)
     out = Path(out) if out is not None else default_cache_path(config)
     check_cache_path(out)
+    lock = _lock_cache(out, world)
+    try:
+        return _write_cache(config, out, world, overwrite, progress, console)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def cache_lock_path(cache: Path) -> Path:
+    """The lock file a cache writer holds: ``<cache>.lock`` beside it."""
+    return cache.with_name(cache.name + ".lock")
+
+
+def _lock_cache(out: Path, world: World) -> ExclusiveLock | None:
+    """Rank 0 checks that the cache's folder is writable and takes the cache's lock, before any
+    model is trained; its error stops every rank."""
+    error, lock = None, None
     if world.is_main:
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=out.parent, prefix=".probe"):
                 pass  # before any model is trained: a read-only place is an error now
+            lock = ExclusiveLock(cache_lock_path(out), f"the zero-shot cache {out}").acquire()
         except OSError as exc:
-            raise CacheError(f"cannot write the cache in {out.parent}: {exc.strerror}") from exc
-    else:
+            error = f"cannot write the cache in {out.parent}: {exc.strerror}"
+        except LockedError as exc:
+            error = str(exc)
+    error = broadcast_from_main(error)
+    if error is not None:
+        raise CacheError(error)
+    return lock
+
+
+def _write_cache(
+    config: Config,
+    out: Path,
+    world: World,
+    overwrite: bool,
+    progress: bool,
+    console: Console | None,
+) -> CacheSummary:
+    """The body of :func:`cache_zeroshot`, with the cache's lock held on rank 0."""
+    if not world.is_main:
         console, progress = Console(quiet=True), False
     dataset = load_dataset(config.data)
     data = derive_run_data(dataset, config.data, config.seed)
@@ -194,6 +230,42 @@ def holdout_weights_path(cache: Path) -> Path:
     return partial_path(cache).with_suffix(".model.pt")
 
 
+# The data settings a trained predictor's spec records (spec key -> config key), which decide
+# its split and observed labels.
+SPLIT_KEYS = {
+    "split_seed": "data.split_seed",
+    "train_fraction": "data.train_fraction",
+    "holdout_fraction": "data.holdout_fraction",
+    "noise": "data.noise",
+    "imbalance_ratio": "data.imbalance.ratio",
+}
+
+
+def split_differences(spec: dict[str, Any], config: Config) -> str:
+    """The data settings in which a cache's stored spec and ``config`` differ, each with both
+    values (``data.noise: cache {...}, this run {...}``); for a spec that records none of
+    them, the keys that could differ."""
+    d = config.data
+    current = {
+        "split_seed": config.seed if d.split_seed is None else d.split_seed,
+        "train_fraction": d.train_fraction,
+        "holdout_fraction": d.holdout_fraction,
+        "noise": {"kind": d.noise.kind, "rate": d.noise.rate},
+        "imbalance_ratio": d.imbalance.ratio,
+    }
+    differ = [
+        f"{SPLIT_KEYS[k]}: cache {spec[k]!r}, this run {current[k]!r}"
+        for k in SPLIT_KEYS
+        if k in spec and spec[k] != current[k]
+    ]
+    recorded = [SPLIT_KEYS[k] for k in SPLIT_KEYS if k in spec]
+    return "; ".join(differ) or (
+        f"{', '.join(recorded)} are the same: the dataset's order or labels differ"
+        if recorded
+        else " / ".join(SPLIT_KEYS.values()) + " differ"
+    )
+
+
 def load_lookups(
     names: tuple[str, ...], config: Config, data: RunData, device: torch.device
 ) -> dict[str, torch.Tensor]:
@@ -240,8 +312,8 @@ def load_lookups(
     ):
         raise CacheError(
             f"{path} was made by a hold-out model trained on another hold-out split than this "
-            "run's (data.split_seed / train_fraction / holdout_fraction / imbalance differ): "
-            "it may have seen this run's training points. Re-run bdsel cache-zeroshot"
+            f"run's ({split_differences(spec, config)}): it may have seen this run's training "
+            "points. Re-run bdsel cache-zeroshot"
         )
     if spec.get("kind") == "crossfit" and (
         spec.get("train_sha256") != int64_sha256(data.train_idx)
@@ -249,8 +321,8 @@ def load_lookups(
     ):
         raise CacheError(
             f"{path} was made by cross-fitted models on another training subset or other "
-            "observed labels than this run's (data.split_seed / train_fraction / noise differ): "
-            "its models may have seen the rows they predict. Re-run bdsel cache-zeroshot"
+            f"observed labels than this run's ({split_differences(spec, config)}): its models "
+            "may have seen the rows they predict. Re-run bdsel cache-zeroshot"
         )
     if "il_logprobs" in names and spec.get("kind") not in IL_PREDICTORS:
         raise CacheError(
