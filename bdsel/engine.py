@@ -11,7 +11,7 @@ import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,8 @@ from torch import nn
 
 from bdsel.config import ConfigError, TrainConfig
 from bdsel.data.batching import ImageSource
-from bdsel.selection import ForwardOutputs
+from bdsel.forward import autocast_for, batchnorm_batch_stats
+from bdsel.selection.base import ForwardOutputs
 
 
 def step_progress(console: Any = None) -> Any:
@@ -60,21 +61,6 @@ def resolve_device(name: str, key: str = "train.device") -> torch.device:
     return device
 
 
-def autocast_for(
-    device: torch.device, precision: str = "auto"
-) -> Callable[[], contextlib.AbstractContextManager]:
-    """An autocast factory: ``auto`` is bf16 on CUDA and full precision elsewhere.
-
-    ``bf16`` forces bf16 autocast on any device (the candidate forward uses it on CPU too: it
-    keeps the top-32 of 320 ranking, see README "Speed"), ``fp32`` forces full precision.
-    """
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"unknown precision {precision!r}; valid: auto, bf16, fp32")
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
-
-
 def stream_generator(
     seed: int, epoch: int, stream: int, device: torch.device, rank: int = 0
 ) -> torch.Generator:
@@ -108,27 +94,6 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
-
-
-@contextlib.contextmanager
-def batchnorm_batch_stats(model: nn.Module) -> Iterator[None]:
-    """Batch-norm on the current batch's statistics without touching the running ones.
-
-    With ``track_running_stats`` off in train mode, BatchNorm normalises with batch statistics
-    and neither reads nor updates its running buffers.
-    """
-    bns = [
-        m
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-    ]
-    for m in bns:
-        m.track_running_stats = False
-    try:
-        yield
-    finally:
-        for m in bns:
-            m.track_running_stats = True
 
 
 def candidate_forward(

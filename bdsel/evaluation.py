@@ -24,6 +24,7 @@ from bdsel.config import Config
 from bdsel.data import RunData
 from bdsel.data.batching import ImageSource
 from bdsel.engine import evaluate, stream_generator
+from bdsel.forward import batchnorms
 from bdsel.rundir import metric_prefix
 
 # ----------------------------------------------------------------------------- weight EMA
@@ -82,11 +83,7 @@ def make_ema(model: nn.Module, decay: float) -> WeightEMA | None:
 
 
 def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [
-        m
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-    ]
+    return [m for m in batchnorms(model) if m.track_running_stats]
 
 
 @torch.no_grad()

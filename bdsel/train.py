@@ -58,12 +58,11 @@ from bdsel.rundir import METRICS, RunDirError, acc_key, epochs_to_target
 from bdsel.runlog import RunDir, lock_rundir
 from bdsel.selection import (
     Candidates,
-    ForwardOutputs,
     Selector,
     SelectorContext,
-    create_selector,
     prefilter,
     selector_class,
+    selector_from_config,
 )
 
 log = logging.getLogger(__name__)
@@ -156,7 +155,7 @@ def build_run(config: Config, dataset: Dataset | None = None, world: World | Non
         weights=config.model.weights,
     ).to(device)
     cls = selector_class(config.select.method)
-    context = SelectorContext(
+    context = SelectorContext(  # the config's settings for the method: selector_from_config
         config=config,
         n_classes=dataset.n_classes,
         n_features=model.n_features,
@@ -164,7 +163,7 @@ def build_run(config: Config, dataset: Dataset | None = None, world: World | Non
         lookups=build_lookups(cls.requires, config, data, device),
         extras={"data": data, "source": source},
     )
-    selector = create_selector(config.select.method, context)
+    selector = selector_from_config(config.select.method, context)
     n_prefiltered = prefilter_size(config, selector)
     optimizer = build_optimizer(model, config.train)
     steps_per_epoch = n_train // n_candidates
@@ -248,22 +247,26 @@ def train_step(
         with record_function("bdsel/prefilter"):
             plausibility = run.selector.plausibility(candidates)
             if plausibility is not None:
-                n_classes = run.selector.context.n_classes
+                n_classes = run.data.dataset.n_classes
                 candidates = prefilter(candidates, plausibility, run.n_prefiltered, n_classes)
                 noisy = run.noisy[candidates.indices].float().mean()
                 prior = stats.scalars.get("prefiltered_noisy", 0)
                 stats.scalars["prefiltered_noisy"] = prior + noisy
-    outputs = None
+    logits = features = None
     if run.selector.wants_forward():
         with record_function("bdsel/candidate_forward"):
-            outputs = candidate_forward(
+            scored = candidate_forward(
                 score_forward,
                 candidates.inputs,
                 score_autocast,
                 run.config.select.candidate_bn,
             )
+            logits, features = scored.logits, scored.features
     with record_function("bdsel/select"):
-        selection = run.selector.select(candidates, outputs, generator)
+        idx, labels = candidates.indices, candidates.labels
+        selection = run.selector.select(
+            idx, labels, logits, features, generator=generator, inputs=candidates.inputs
+        )
     timer.stop()
 
     with record_function("bdsel/train_forward_backward"):
@@ -284,16 +287,13 @@ def train_step(
             run.ema.update(run.model)
 
     with record_function("bdsel/observe"):
-        selected = Candidates(candidates.indices[pos], x, y)
-        run.selector.observe(
-            selected, ForwardOutputs(logits.detach().float(), features.detach().float())
-        )
+        run.selector.observe(idx[pos], y, logits, features)
 
     with record_function("bdsel/bookkeeping"):
         bad = ~torch.isfinite(loss.detach()) & (stats.first_nonfinite < 0)
         stats.first_nonfinite = torch.where(bad, stats.n_steps, stats.first_nonfinite)
         stats.loss_sum += losses.detach().sum()
-        stats.noisy_sum += run.noisy[selected.indices].sum()
+        stats.noisy_sum += run.noisy[idx[pos]].sum()
         stats.n_points += int(pos.shape[0])
         stats.n_steps += 1
         for k, v in selection.scalars.items():

@@ -40,10 +40,11 @@ from bdsel.evaluation import make_ema
 from bdsel.models import create_model
 from bdsel.selection import (
     Candidates,
+    ForwardOutputs,
     Selector,
     SelectorContext,
-    create_selector,
     selector_class,
+    selector_from_config,
 )
 from bdsel.train import EpochStats, Run, prefilter_size, train_step
 
@@ -84,25 +85,26 @@ class TimedForward(nn.Module):
 
 def _time_selector(selector: Selector, phase: PhaseTimer, on_select: Callable | None) -> None:
     """Time the selector's ``select`` and ``observe`` as phases of the step that calls them;
-    ``on_select(candidates, outputs)`` runs untimed first, before the step changes the model."""
+    ``on_select(inputs, labels, outputs)`` runs untimed first, before the step changes the
+    model."""
     select, observe = selector.select, selector.observe
 
-    def timed_select(candidates, outputs, generator):
-        if on_select is not None and outputs is not None and phase.record:
+    def timed_select(indices, labels, logits=None, features=None, **kw):
+        if on_select is not None and logits is not None and phase.record:
             with phase("excluded"):  # taken out of the step's time again
-                on_select(candidates, outputs)
+                on_select(kw["inputs"], labels, ForwardOutputs(logits, features))
         with phase("select"):
-            return select(candidates, outputs, generator)
+            return select(indices, labels, logits, features, **kw)
 
-    def timed_observe(selected, outputs):
+    def timed_observe(*args):
         with phase("observe"):
-            observe(selected, outputs)
+            observe(*args)
 
     selector.select, selector.observe = timed_select, timed_observe
 
 
-def _record_agreement(agreement: list[float], forward, args, candidates, outputs) -> None:
-    agreement.append(_top_agreement(forward, candidates.inputs, candidates.labels, outputs, args))
+def _record_agreement(agreement: list[float], forward, args, inputs, labels, outputs) -> None:
+    agreement.append(_top_agreement(forward, inputs, labels, outputs, args))
 
 
 def bench(args: argparse.Namespace) -> dict:
@@ -155,7 +157,7 @@ def bench(args: argparse.Namespace) -> dict:
             lookups={"zs_logprobs": zs, "il_logprobs": zs},
             extras={"data": data, "source": source, "model": model},
         )
-        selector = create_selector(method, ctx)
+        selector = selector_from_config(method, ctx)
         totals = dict.fromkeys((*PHASES, "step", "excluded"), 0.0)
         phase = PhaseTimer(device, totals)
         agreement: list[float] = []

@@ -271,9 +271,9 @@ def test_prefilter_scores_only_the_most_plausible_candidates(bayes_values: dict,
     scored: list[torch.Tensor] = []
     real_select = run.selector.select
 
-    def spy(candidates, outputs, generator):
-        scored.append(candidates.indices.clone())
-        return real_select(candidates, outputs, generator)
+    def spy(indices, labels, logits=None, features=None, **kw):
+        scored.append(indices.clone())
+        return real_select(indices, labels, logits, features, **kw)
 
     run.selector.select = spy
     idx = run.data.train_idx[:64]

@@ -20,9 +20,9 @@ from bdsel.selection import (
     Candidates,
     ForwardOutputs,
     SelectorContext,
-    create_selector,
     list_selectors,
     selector_class,
+    selector_from_config,
 )
 from bdsel.selection.svp import build_coreset, forgetting_events
 from bdsel.train import build_run, train
@@ -93,7 +93,7 @@ def test_every_selector_keeps_the_contract(method: str):
             lookups,
             {"data": data, "source": source, "model": model},
         )
-        return create_selector(method, ctx)
+        return selector_from_config(method, ctx)
 
     selector = build()
     selector.prepare()
@@ -107,8 +107,9 @@ def test_every_selector_keeps_the_contract(method: str):
     outputs = None
     if selector.needs_forward:
         outputs = candidate_forward(model, cands.inputs, autocast_for(CPU))
-    first = selector.select(cands, outputs, gen(7))
-    again = selector.select(cands, outputs, gen(7))
+    logits, features = (None, None) if outputs is None else (outputs.logits, outputs.features)
+    first = selector.select(idx, cands.labels, logits, features, generator=gen(7))
+    again = selector.select(idx, cands.labels, logits, features, generator=gen(7))
 
     n_expected = N_CANDIDATES if method == "full" else N_SELECTED
     pos = first.positions
@@ -125,17 +126,17 @@ def test_every_selector_keeps_the_contract(method: str):
         assert value.ndim == 0 and bool(torch.isfinite(value)), key
 
     x = cands.inputs[pos]
-    logits, features = model(x)
+    trained_logits, trained_features = model(x)
     selected = Candidates(idx[pos], x, cands.labels[pos])
-    selector.observe(selected, ForwardOutputs(logits.detach(), features.detach()))
+    selector.observe(selected.indices, selected.labels, trained_logits, trained_features)
 
     # A selector restored from its state_dict (as on resume) chooses as the original does.
     restored = build()
     restored.load_state_dict(selector.state_dict())
     restored.prepare()
     restored.set_epoch(0)
-    want = selector.select(cands, outputs, gen(9))
-    got = restored.select(cands, outputs, gen(9))
+    want = selector.select(idx, cands.labels, logits, features, generator=gen(9))
+    got = restored.select(idx, cands.labels, logits, features, generator=gen(9))
     assert torch.equal(want.positions, got.positions)
 
 
@@ -161,7 +162,7 @@ def fixed_batch(
 
 def bare_selector(method: str, il_logprobs: torch.Tensor | None = None, **select):
     lookups = {} if il_logprobs is None else {"il_logprobs": il_logprobs}
-    return create_selector(
+    return selector_from_config(
         method, SelectorContext(tiny_config(method, **select), N_CLASSES, 8, CPU, lookups)
     )
 
@@ -190,7 +191,7 @@ def brute_scores(method: str, cands: Candidates, outputs: ForwardOutputs, il: to
 @pytest.mark.parametrize("method", ["train_loss", "grad_norm", "irreducible_loss", "rho_loss"])
 def test_choice_equals_brute_force(method: str):
     cands, outputs, il = fixed_batch()
-    selection = bare_selector(method, il).select(cands, outputs, gen(0))
+    selection = bare_selector(method, il).pick(cands, outputs, gen(0))
     scores = brute_scores(method, cands, outputs, il)
     winners = set(np.argsort(-scores)[:N_SELECTED].tolist())
     assert set(selection.positions.tolist()) == winners
@@ -204,15 +205,15 @@ def test_choice_equals_brute_force(method: str):
 
 def test_rho_loss_uses_the_irreducible_loss():
     cands, outputs, il = fixed_batch(seed=3)
-    rho = bare_selector("rho_loss", il).select(cands, outputs, gen(0)).positions
-    loss = bare_selector("train_loss").select(cands, outputs, gen(0)).positions
+    rho = bare_selector("rho_loss", il).pick(cands, outputs, gen(0)).positions
+    loss = bare_selector("train_loss").pick(cands, outputs, gen(0)).positions
     assert set(rho.tolist()) != set(loss.tolist())
 
 
 def test_missing_lookup_names_the_method():
     cfg = tiny_config("rho_loss")
     with pytest.raises(ValueError, match="select.method=rho_loss needs il_logprobs"):
-        create_selector("rho_loss", SelectorContext(cfg, N_CLASSES, 8, CPU))
+        selector_from_config("rho_loss", SelectorContext(cfg, N_CLASSES, 8, CPU))
 
 
 # ----------------------------------------------------------------------------- grad_norm_is
@@ -220,7 +221,7 @@ def test_missing_lookup_names_the_method():
 
 def test_grad_norm_is_weights_match_brute_force():
     cands, outputs, il = fixed_batch()
-    selection = bare_selector("grad_norm_is").select(cands, outputs, gen(1))
+    selection = bare_selector("grad_norm_is").pick(cands, outputs, gen(1))
     bound = brute_scores("grad_norm_is", cands, outputs, il)
     p = (bound + 1e-8) / (bound + 1e-8).sum()
     expected = 1.0 / (N_CANDIDATES * p[selection.positions.numpy()])
@@ -232,7 +233,7 @@ def test_grad_norm_is_all_zero_bounds_sample_uniformly():
     # the observed label's logit so large that softmax is exactly one-hot: every bound is 0
     logits = torch.zeros(N_CANDIDATES, N_CLASSES, dtype=torch.float64)
     logits[torch.arange(N_CANDIDATES), cands.labels] = 1000.0
-    selection = bare_selector("grad_norm_is").select(cands, ForwardOutputs(logits, logits), gen(2))
+    selection = bare_selector("grad_norm_is").pick(cands, ForwardOutputs(logits, logits), gen(2))
     assert selection.positions.shape == (N_SELECTED,)
     np.testing.assert_allclose(selection.weights.numpy(), 1.0, rtol=1e-12)
 
@@ -243,7 +244,7 @@ def test_grad_norm_is_is_unbiased_and_samples_proportionally():
     cands, outputs, il = fixed_batch(n=n_b_cands, scale=2.5, seed=4, dtype=torch.float32)
     selector = bare_selector("grad_norm_is", n_candidates=n_b_cands, n_selected=n_sel)
     g = gen(11)
-    draws = [selector.select(cands, outputs, g) for _ in range(n_calls)]
+    draws = [selector.pick(cands, outputs, g) for _ in range(n_calls)]
     positions = torch.cat([d.positions for d in draws]).numpy()
     weights = torch.cat([d.weights for d in draws]).numpy()
     m = positions.shape[0]
@@ -270,16 +271,16 @@ def test_warmup_selects_as_uniform(method: str):
     warm = bare_selector(method, il, warmup_epochs=2)
     cold = bare_selector(method, il)
     uniform = bare_selector("uniform")
-    uniform_pick = uniform.select(cands, outputs, gen(3)).positions
+    uniform_pick = uniform.pick(cands, outputs, gen(3)).positions
 
     warm.set_epoch(1)
-    during = warm.select(cands, outputs, gen(3))
+    during = warm.pick(cands, outputs, gen(3))
     assert torch.equal(during.positions, uniform_pick) and during.weights is None
     assert len(during.scalars) == 2  # the score is still logged during warm-up
 
     warm.set_epoch(2)
-    after = warm.select(cands, outputs, gen(3)).positions
-    assert torch.equal(after, cold.select(cands, outputs, gen(3)).positions)
+    after = warm.pick(cands, outputs, gen(3)).positions
+    assert torch.equal(after, cold.pick(cands, outputs, gen(3)).positions)
     assert not torch.equal(after, uniform_pick)
 
 
@@ -288,14 +289,14 @@ def test_anneal_selects_as_uniform_in_the_final_epochs(method: str):
     cands, outputs, il = fixed_batch(seed=5)
     cfg = tiny_config(method, anneal=0.25)
     cfg.train.epochs = epochs = 8  # the last 2 epochs pick as uniform
-    annealed = create_selector(method, SelectorContext(cfg, N_CLASSES, 8, CPU, {"il_logprobs": il}))
-    uniform_pick = bare_selector("uniform").select(cands, outputs, gen(3)).positions
+    annealed = selector_from_config(method, SelectorContext(cfg, N_CLASSES, 8, CPU, {"il_logprobs": il}))
+    uniform_pick = bare_selector("uniform").pick(cands, outputs, gen(3)).positions
     last_selecting = 5
     annealed.set_epoch(last_selecting)
-    assert not torch.equal(annealed.select(cands, outputs, gen(3)).positions, uniform_pick)
+    assert not torch.equal(annealed.pick(cands, outputs, gen(3)).positions, uniform_pick)
     for epoch in range(last_selecting + 1, epochs):
         annealed.set_epoch(epoch)
-        assert torch.equal(annealed.select(cands, outputs, gen(3)).positions, uniform_pick)
+        assert torch.equal(annealed.pick(cands, outputs, gen(3)).positions, uniform_pick)
 
 
 # ----------------------------------------------------------------------------- SVP
@@ -367,7 +368,7 @@ def test_svp_is_deterministic_and_resumes_without_retraining(monkeypatch):
     extras = {"data": data, "source": make_image_source(ds, CPU, augment=False)}
 
     def build():
-        return create_selector("svp", SelectorContext(cfg, N_CLASSES, 8, CPU, {}, extras))
+        return selector_from_config("svp", SelectorContext(cfg, N_CLASSES, 8, CPU, {}, extras))
 
     a, b = build(), build()
     a.prepare()
@@ -388,7 +389,7 @@ def test_svp_epoch_order_tiles_the_coreset_and_honours_warmup():
     train_idx = torch.arange(100, 196)  # 96 points
     coreset = torch.tensor([101, 107, 130, 150, 151, 160, 170, 180, 190, 195])
     cfg = tiny_config("svp", warmup_epochs=1)
-    selector = create_selector("svp", SelectorContext(cfg, N_CLASSES, 8, CPU))
+    selector = selector_from_config("svp", SelectorContext(cfg, N_CLASSES, 8, CPU))
     selector.load_state_dict({"coreset": coreset})
 
     selector.set_epoch(0)  # warm-up: the whole train subset, as uniform sees it

@@ -10,11 +10,13 @@ from bdsel.selection.base import (
     prefilter,
     top_k_positions,
 )
+from bdsel.selection.configured import selector_from_config
 from bdsel.selection.registry import (
     create_selector,
     list_selectors,
     register_selector,
     selector_class,
+    selector_settings,
 )
 
 __all__ = [
@@ -28,5 +30,7 @@ __all__ = [
     "prefilter",
     "register_selector",
     "selector_class",
+    "selector_from_config",
+    "selector_settings",
     "top_k_positions",
 ]

@@ -1,8 +1,8 @@
-"""The selector contract: what the training loop hands a selection method and gets back.
+"""The selector contract: what a training loop hands a selection method and gets back.
 
-A selector sees the candidate batch (global indices, inputs, observed labels), the candidate
-forward outputs when it declares ``needs_forward``, and per-index quantities from the run
-(``lookups``: e.g. zero-shot log-probs, by global index). It returns the chosen positions,
+A selector sees the candidate batch (global indices, observed labels), the candidate
+forward outputs (logits, last-layer features) when it reads them, and per-index tables it
+was built with (e.g. zero-shot log-probs, by global index). It returns the chosen positions,
 optional per-point loss weights and a few 0-d tensors to log. Nothing here may sync the host.
 """
 
@@ -19,7 +19,7 @@ from bdsel.config import Config
 @dataclass
 class Candidates:
     indices: torch.Tensor  # int64 [n_B] global indices, on the device
-    inputs: torch.Tensor  # [n_B, C, H, W] model-ready inputs
+    inputs: torch.Tensor | None  # [n_B, C, H, W] model-ready inputs (None: not given)
     labels: torch.Tensor  # int64 [n_B] observed (possibly noisy) labels
 
 
@@ -38,7 +38,9 @@ class Selection:
 
 @dataclass
 class SelectorContext:
-    """What the run offers a selector when it is built."""
+    """What a ``bdsel train`` run offers a selector when it is built from the run's config
+    (:func:`bdsel.selection.configured.selector_from_config` maps it onto the method's
+    settings)."""
 
     config: Config
     n_classes: int
@@ -49,52 +51,97 @@ class SelectorContext:
 
 
 class Selector:
-    """Base class; subclasses register with ``@register_selector(name)``."""
+    """A selection method: from a candidate batch, the positions to train on.
+
+    In a training loop, per step::
+
+        selection = selector.select(indices, labels, logits=..., features=...)
+        ...train on the points at selection.positions (weighted by selection.weights)...
+        selector.observe(indices[pos], labels[pos], logits=..., features=...)
+
+    ``indices`` int64 [n] are the candidates' global indices (rows of any per-index table the
+    method reads), ``labels`` int64 [n] their observed labels, ``logits`` [n, C] and
+    ``features`` [n, D] (the input of the model's last linear layer) the candidate forward's
+    outputs, needed when :meth:`wants_forward` says so. Call :meth:`set_epoch` at every
+    epoch's start (warm-up and annealing count epochs).
+
+    Subclasses register with ``@register_selector(name)``, take their settings as keyword
+    arguments, and implement :meth:`pick` (and :meth:`_observe` when they learn from the
+    trained points). Nothing here syncs the host except the index check on CPU tensors.
+    """
 
     name: ClassVar[str] = ""
-    needs_forward: ClassVar[bool] = False  # run the no-grad candidate forward for this method
-    requires: ClassVar[tuple[str, ...]] = ()  # lookups that must be present in the context
+    needs_forward: ClassVar[bool] = False  # select() reads logits and features
+    requires: ClassVar[tuple[str, ...]] = ()  # per-index tables (bdsel train's lookups)
 
-    def __init__(self, context: SelectorContext) -> None:
-        self.context = context
-        self.n_selected = context.config.select.n_selected
-        missing = [k for k in self.requires if k not in context.lookups]
-        if missing:
-            raise ValueError(f"select.method={self.name} needs {', '.join(missing)}")
+    def __init__(self, n_selected: int, *, seed: int = 0) -> None:
+        if not isinstance(n_selected, int) or isinstance(n_selected, bool) or n_selected < 1:
+            raise ValueError(f"n_selected: expected a positive int, got {n_selected!r}")
+        self.n_selected = n_selected
+        self.seed = seed
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self.n_rows: int | None = None  # rows of the per-index tables the method reads
+
+    # -- the public interface
 
     def select(
         self,
-        candidates: Candidates,
-        outputs: ForwardOutputs | None,
-        generator: torch.Generator,
+        indices: torch.Tensor,
+        labels: torch.Tensor,
+        logits: torch.Tensor | None = None,
+        features: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        inputs: torch.Tensor | None = None,
     ) -> Selection:
-        raise NotImplementedError
+        """Choose from one candidate batch: a :class:`Selection` of positions into it (int64
+        [n_selected]; ``full`` returns all n), optional loss weights [n_selected] and 0-d
+        scalars to log. ``generator`` drives any randomness (default: the selector's own,
+        seeded with ``seed``); ``inputs`` are passed through for methods that want them."""
+        n = self._check_batch(indices, labels, logits, features)
+        if n < self.n_selected:
+            raise ValueError(
+                f"indices: {n} candidates, fewer than n_selected={self.n_selected}"
+            )
+        outputs = None
+        if logits is not None and features is not None:
+            outputs = ForwardOutputs(logits, features)
+        elif self.wants_forward():
+            missing = "logits" if logits is None else "features"
+            raise ValueError(
+                f"{missing}: select.method={self.name} scores the candidates with the model's "
+                "logits and last-layer features (the candidate forward); pass both"
+            )
+        candidates = Candidates(indices, inputs, labels)
+        return self.pick(candidates, outputs, generator or self._generator(indices.device))
+
+    def observe(
+        self,
+        indices: torch.Tensor,
+        labels: torch.Tensor,
+        logits: torch.Tensor,
+        features: torch.Tensor,
+    ) -> None:
+        """After the optimizer step: the trained points' indices [m], observed labels [m], and
+        their training forward's logits [m, C] and features [m, D] (detached or not: they are
+        detached here). Methods with a posterior (bayesian) update it; under
+        ``torch.distributed`` the update is all-reduced over the ranks."""
+        self._check_batch(indices, labels, logits, features)
+        if logits is None or features is None:
+            raise ValueError("observe needs the trained points' logits and features")
+        self._observe(indices, labels, logits.detach().float(), features.detach().float())
 
     def wants_forward(self) -> bool:
         """Whether this step's selection reads the candidate forward (``needs_forward``, unless
         the method is picking without it, e.g. in a uniform epoch)."""
         return self.needs_forward
 
-    @classmethod
-    def has_plausibility(cls) -> bool:
-        """Whether the method has a cached score to prefilter with (overrides plausibility)."""
-        return cls.plausibility is not Selector.plausibility
-
-    def plausibility(self, candidates: Candidates) -> torch.Tensor | None:
-        """A cached, free score of how plausible each candidate's observed label is, float
-        [n_B] (higher: more plausible), for ``select.prefilter``; None when the method has
-        none or is not selecting (warm-up)."""
-        return None
-
-    def observe(self, selected: Candidates, outputs: ForwardOutputs) -> None:
-        """After the optimizer step: the selected points and their training-forward outputs."""
-
     def set_epoch(self, epoch: int) -> None:
         """Called at the start of every epoch (0-based)."""
 
     def prepare(self) -> None:
         """Called once before the first step (and again on resume): one-off work such as
-        training a proxy model. ``context.extras`` holds the run's data and image source."""
+        building SVP's coreset."""
 
     def epoch_order(self, train_idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The global indices this epoch's candidate batches are cut from, in order.
@@ -111,6 +158,79 @@ class Selector:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    # -- for subclasses
+
+    def pick(
+        self,
+        candidates: Candidates,
+        outputs: ForwardOutputs | None,
+        generator: torch.Generator,
+    ) -> Selection:
+        """The method's choice from checked candidates (``outputs`` None when no candidate
+        forward ran)."""
+        raise NotImplementedError
+
+    def _observe(
+        self, indices: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor, features: torch.Tensor
+    ) -> None:
+        """What the method learns from the trained points (nothing by default)."""
+
+    @classmethod
+    def has_plausibility(cls) -> bool:
+        """Whether the method has a cached score to prefilter with (overrides plausibility)."""
+        return cls.plausibility is not Selector.plausibility
+
+    def plausibility(self, candidates: Candidates) -> torch.Tensor | None:
+        """A cached, free score of how plausible each candidate's observed label is, float
+        [n_B] (higher: more plausible), for ``select.prefilter``; None when the method has
+        none or is not selecting (warm-up)."""
+        return None
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generators[device]
+
+    def _check_batch(
+        self,
+        indices: torch.Tensor,
+        labels: torch.Tensor,
+        logits: torch.Tensor | None,
+        features: torch.Tensor | None,
+    ) -> int:
+        """The batch size n, after checking every argument's shape (and, on CPU, that the
+        indices are rows of the method's tables); ValueError naming the argument."""
+        _need(isinstance(indices, torch.Tensor) and indices.ndim == 1, "indices", "int64 [n]", indices)
+        _need(not indices.dtype.is_floating_point, "indices", "integer global indices", indices)
+        n = indices.shape[0]
+        _need(
+            isinstance(labels, torch.Tensor) and labels.shape == (n,)
+            and not labels.dtype.is_floating_point,
+            "labels", f"int64 [{n}] (one observed label per index)", labels,
+        )  # fmt: skip
+        if logits is not None:
+            _need(logits.ndim == 2 and logits.shape[0] == n, "logits", f"[{n}, C]", logits)
+        if features is not None:
+            _need(features.ndim == 2 and features.shape[0] == n, "features", f"[{n}, D]", features)
+        if self.n_rows is not None and indices.device.type == "cpu" and n:
+            low, high = int(indices.min()), int(indices.max())
+            if low < 0 or high >= self.n_rows:
+                raise ValueError(
+                    f"indices: {low if low < 0 else high} is outside the per-index table of "
+                    f"{self.n_rows} rows (global indices 0..{self.n_rows - 1})"
+                )
+        return n
+
+
+def _need(ok: bool, name: str, expected: str, value: Any) -> None:
+    if not ok:
+        got = (
+            f"{value.dtype} {tuple(value.shape)}"
+            if isinstance(value, torch.Tensor)
+            else type(value).__name__
+        )
+        raise ValueError(f"{name}: expected {expected}, got {got}")
+
 
 def prefilter(
     candidates: Candidates, plausibility: torch.Tensor, keep: int, n_classes: int
@@ -126,7 +246,8 @@ def prefilter(
     its observed class's genuine members outrank, is still the first to go.
     """
     pos = top_k_positions(-class_quantile(plausibility, candidates.labels, n_classes), keep)
-    return Candidates(candidates.indices[pos], candidates.inputs[pos], candidates.labels[pos])
+    inputs = None if candidates.inputs is None else candidates.inputs[pos]
+    return Candidates(candidates.indices[pos], inputs, candidates.labels[pos])
 
 
 def class_quantile(scores: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:

@@ -3,8 +3,8 @@
 score(x, y) = α · mean_s log p(y | f_s) + (1 − α) · log p_zs(y | x) − log mean_s p(y | f_s)
 
 with f_s samples from the last-layer KFAC Laplace posterior of the model being trained
-(``bdsel.laplace``) and p_zs the cached zero-shot predictor (``zs_logprobs`` lookup, with
-``zeroshot.temperature`` already applied). The posterior is updated after every step from
+(``bdsel.laplace``) and p_zs the cached zero-shot predictor (``zs_logprobs``, a table by global
+index with its temperature already applied). The posterior is updated after every step from
 the selected batch's training forward.
 """
 
@@ -15,13 +15,7 @@ from typing import Any
 import torch
 
 from bdsel.laplace import LastLayerLaplace
-from bdsel.selection.base import (
-    Candidates,
-    ForwardOutputs,
-    Selection,
-    SelectorContext,
-    top_k_positions,
-)
+from bdsel.selection.base import Candidates, ForwardOutputs, Selection, top_k_positions
 from bdsel.selection.bayesian_score import (
     adaptive_alpha,
     score_from_terms,
@@ -29,39 +23,93 @@ from bdsel.selection.bayesian_score import (
 )
 from bdsel.selection.registry import register_selector
 from bdsel.selection.simple import WarmupSelector
+from bdsel.table import ZeroShotTable, as_table
 
 
 @register_selector("bayesian")
 class Bayesian(WarmupSelector):
+    """The paper's score with a last-layer KFAC Laplace posterior of the trained model.
+
+    Args:
+        n_selected: n_b, the points trained on per step.
+        zs_logprobs: log p_zs(c | x) [N, C] by global index: a
+            :class:`~bdsel.table.ZeroShotTable` (its temperature applied) or a tensor.
+        n_features: D, the width of the features (the last linear layer's ``in_features``).
+        alpha: α, the weight of the model's mean log-likelihood against the zero-shot term.
+        n_samples: S, logit samples from the posterior per candidate.
+        prior_precision, n_effective, momentum, fisher: the posterior's τ0, n_e, m and
+            Fisher kind (:class:`~bdsel.laplace.LastLayerLaplace`).
+        adaptive_alpha: α = CE_zs / (CE_bayes + CE_zs) from each candidate batch instead.
+        shared_noise: one ε per sample shared by the candidates (cheaper, same marginals).
+        warmup_epochs, anneal, epochs: uniform picks first / in the last fraction of epochs.
+        device: where the posterior lives (default: the table's device).
+    """
+
     needs_forward = True
     requires = ("zs_logprobs",)
 
-    def __init__(self, context: SelectorContext) -> None:
-        super().__init__(context)
-        s = context.config.select
-        self.select_config = s
-        self.posterior = LastLayerLaplace(
-            context.n_features,
-            context.n_classes,
-            prior_precision=s.prior_precision,
-            n_effective=s.n_effective,
-            momentum=s.momentum,
-            fisher=s.fisher,
-            device=context.device,
+    def __init__(
+        self,
+        n_selected: int,
+        *,
+        zs_logprobs: ZeroShotTable | torch.Tensor,
+        n_features: int,
+        alpha: float = 0.2,
+        n_samples: int = 256,
+        prior_precision: float = 10.0,
+        n_effective: float = 200.0,
+        momentum: float = 0.99,
+        fisher: str = "empirical",
+        adaptive_alpha: bool = False,
+        shared_noise: bool = True,
+        warmup_epochs: int = 0,
+        anneal: float = 0.0,
+        epochs: int | None = None,
+        device: torch.device | str | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            n_selected, warmup_epochs=warmup_epochs, anneal=anneal, epochs=epochs, seed=seed
         )
-        self.zs_logprobs = context.lookups["zs_logprobs"]
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha: expected a weight in [0, 1], got {alpha!r}")
+        if n_samples < 1:
+            raise ValueError(f"n_samples: expected a positive int, got {n_samples!r}")
+        self.zs_logprobs = as_table(zs_logprobs, "zs_logprobs").logprobs
+        self.n_rows, n_classes = (int(d) for d in self.zs_logprobs.shape)
+        self.alpha, self.n_samples = float(alpha), int(n_samples)
+        self.adaptive_alpha, self.shared_noise = bool(adaptive_alpha), bool(shared_noise)
+        self.posterior = LastLayerLaplace(
+            n_features,
+            n_classes,
+            prior_precision=prior_precision,
+            n_effective=n_effective,
+            momentum=momentum,
+            fisher=fisher,
+            device=device if device is not None else self.zs_logprobs.device,
+        )
 
-    def select(
+    def pick(
         self,
         candidates: Candidates,
         outputs: ForwardOutputs | None,
         generator: torch.Generator,
     ) -> Selection:
         if self.uniform_epoch:
-            return self.uniform.select(candidates, outputs, generator)
+            return self.uniform.pick(candidates, outputs, generator)
         assert outputs is not None
         labels = candidates.labels
         n = labels.shape[0]
+        if outputs.logits.shape[1] != self.posterior.n_classes:
+            raise ValueError(
+                f"logits: {outputs.logits.shape[1]} classes, the zero-shot table has "
+                f"{self.posterior.n_classes}"
+            )
+        if outputs.features.shape[1] != self.posterior.n_features:
+            raise ValueError(
+                f"features: width {outputs.features.shape[1]}, the selector was built with "
+                f"n_features={self.posterior.n_features}"
+            )
 
         zs = self.zs_logprobs[candidates.indices]  # [n_B, C]
         first: list[torch.Tensor] = []
@@ -70,19 +118,19 @@ class Bayesian(WarmupSelector):
             for piece in self.posterior.iter_logit_samples(
                 outputs.logits,
                 outputs.features,
-                self.select_config.n_samples,
+                self.n_samples,
                 generator,
-                shared_noise=self.select_config.shared_noise,
+                shared_noise=self.shared_noise,
             ):
                 if not first:
                     first.append(piece)
                 yield piece
 
         terms = streaming_score_terms(chunks(), zs, labels)
-        if self.select_config.adaptive_alpha:
+        if self.adaptive_alpha:
             alpha = adaptive_alpha(terms.zs_logprob, terms.log_mean_lik)
         else:
-            alpha = torch.tensor(self.select_config.alpha, device=labels.device)
+            alpha = torch.tensor(self.alpha, device=labels.device)
         scores = score_from_terms(terms, alpha)
         positions = top_k_positions(scores, self.n_selected)
 
@@ -115,12 +163,19 @@ class Bayesian(WarmupSelector):
             return None
         return self.zs_logprobs[candidates.indices, candidates.labels].float()
 
-    def observe(self, selected: Candidates, outputs: ForwardOutputs) -> None:
-        probs = torch.softmax(outputs.logits.float(), dim=1)
+    def _observe(
+        self, indices: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor, features: torch.Tensor
+    ) -> None:
+        if features.shape[1] != self.posterior.n_features:
+            raise ValueError(
+                f"features: width {features.shape[1]}, the selector was built with "
+                f"n_features={self.posterior.n_features}"
+            )
+        probs = torch.softmax(logits, dim=1)
         # Under torchrun every rank folds the union of all ranks' selected batches into A and G,
         # so all ranks hold the same posterior.
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        self.posterior.update(outputs.features, probs, selected.labels, all_reduce=distributed)
+        self.posterior.update(features, probs, labels, all_reduce=distributed)
 
     def state_dict(self) -> dict[str, Any]:
         return {"posterior": self.posterior.state_dict()}

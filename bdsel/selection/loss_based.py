@@ -28,6 +28,7 @@ from bdsel.selection.base import (
 )
 from bdsel.selection.registry import register_selector
 from bdsel.selection.simple import WarmupSelector
+from bdsel.table import ZeroShotTable, as_table
 
 
 class ScoreSelector(WarmupSelector):
@@ -48,12 +49,12 @@ class ScoreSelector(WarmupSelector):
     def choose(self, scores: torch.Tensor, generator: torch.Generator) -> Selection:
         return Selection(top_k_positions(-scores if self.lowest else scores, self.n_selected))
 
-    def select(
+    def pick(
         self, candidates: Candidates, outputs: ForwardOutputs | None, generator: torch.Generator
     ) -> Selection:
         scores = self.scores(candidates, outputs)
         if self.uniform_epoch:
-            selection = self.uniform.select(candidates, outputs, generator)
+            selection = self.uniform.pick(candidates, outputs, generator)
         else:
             selection = self.choose(scores, generator)
         selection.scalars[f"{self.score_name}_selected"] = scores[selection.positions].mean()
@@ -116,16 +117,29 @@ class GradNormIS(GradNorm):
 
 
 class UsesIrreducibleLoss(ScoreSelector):
-    """A method with the IL model's cached log-probs; they make its prefilter."""
+    """A method with the IL model's log-probs, ``il_logprobs`` [N, C] by global index (a
+    :class:`~bdsel.table.ZeroShotTable` or a tensor, at T = 1); they make its prefilter."""
 
     requires = ("il_logprobs",)
 
-    def plausibility(self, candidates: Candidates) -> torch.Tensor | None:
-        return (
-            None
-            if self.uniform_epoch
-            else -il_loss(self.context.lookups["il_logprobs"], candidates)
+    def __init__(
+        self,
+        n_selected: int,
+        *,
+        il_logprobs: ZeroShotTable | torch.Tensor,
+        warmup_epochs: int = 0,
+        anneal: float = 0.0,
+        epochs: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            n_selected, warmup_epochs=warmup_epochs, anneal=anneal, epochs=epochs, seed=seed
         )
+        self.il_logprobs = as_table(il_logprobs, "il_logprobs").logprobs
+        self.n_rows = int(self.il_logprobs.shape[0])
+
+    def plausibility(self, candidates: Candidates) -> torch.Tensor | None:
+        return None if self.uniform_epoch else -il_loss(self.il_logprobs, candidates)
 
 
 @register_selector("irreducible_loss")
@@ -135,7 +149,7 @@ class IrreducibleLoss(UsesIrreducibleLoss):
     lowest = True
 
     def scores(self, candidates: Candidates, outputs: ForwardOutputs | None) -> torch.Tensor:
-        return il_loss(self.context.lookups["il_logprobs"], candidates)
+        return il_loss(self.il_logprobs, candidates)
 
 
 @register_selector("rho_loss")
@@ -145,6 +159,4 @@ class RhoLoss(UsesIrreducibleLoss):
     score_name = "rho"
 
     def scores(self, candidates: Candidates, outputs: ForwardOutputs | None) -> torch.Tensor:
-        return training_loss(candidates, outputs) - il_loss(
-            self.context.lookups["il_logprobs"], candidates
-        )
+        return training_loss(candidates, outputs) - il_loss(self.il_logprobs, candidates)

@@ -12,14 +12,13 @@ from bdsel.selection.base import (
     ForwardOutputs,
     Selection,
     Selector,
-    SelectorContext,
 )
 from bdsel.selection.registry import register_selector
 
 
 @register_selector("uniform")
 class Uniform(Selector):
-    def select(
+    def pick(
         self, candidates: Candidates, outputs: ForwardOutputs | None, generator: torch.Generator
     ) -> Selection:
         n = candidates.indices.shape[0]
@@ -31,7 +30,10 @@ class Uniform(Selector):
 class Full(Selector):
     """Ordinary training on every candidate: the reference without selection."""
 
-    def select(
+    def __init__(self, n_selected: int = 1, *, seed: int = 0) -> None:
+        super().__init__(n_selected, seed=seed)  # every candidate is trained on
+
+    def pick(
         self, candidates: Candidates, outputs: ForwardOutputs | None, generator: torch.Generator
     ) -> Selection:
         n = candidates.indices.shape[0]
@@ -40,17 +42,30 @@ class Full(Selector):
 
 class WarmupSelector(Selector):
     """Tracks the epoch; ``uniform_epoch`` is true in the epochs that pick as ``uniform``:
-    before ``select.warmup_epochs``, and in the final ``select.anneal`` fraction of the run
-    (InfoBatch's annealing: the last epochs see an unbiased sample of the data)."""
+    before ``warmup_epochs``, and in the final ``anneal`` fraction of the ``epochs`` the run
+    has (InfoBatch's annealing: the last epochs see an unbiased sample of the data)."""
 
-    def __init__(self, context: SelectorContext) -> None:
-        super().__init__(context)
-        s, epochs = context.config.select, context.config.train.epochs
-        self.warmup_epochs = s.warmup_epochs
-        self.anneal_start = epochs - round(s.anneal * epochs) if s.anneal > 0 else math.inf
+    def __init__(
+        self,
+        n_selected: int,
+        *,
+        warmup_epochs: int = 0,
+        anneal: float = 0.0,
+        epochs: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(n_selected, seed=seed)
+        if warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs: expected an int >= 0, got {warmup_epochs!r}")
+        if not 0.0 <= anneal < 1.0:
+            raise ValueError(f"anneal: expected a fraction of the epochs in [0, 1), got {anneal!r}")
+        if anneal > 0 and epochs is None:
+            raise ValueError("anneal: needs epochs, the number of epochs the run has")
+        self.warmup_epochs = warmup_epochs
+        self.anneal_start = epochs - round(anneal * epochs) if anneal > 0 else math.inf
         self.epoch = 0
         # Uniform picks delegate to uniform itself, so they match it draw for draw.
-        self.uniform = Uniform(context)
+        self.uniform = Uniform(n_selected)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -18,6 +18,7 @@ the whole train subset, as ``uniform`` does.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,7 +27,7 @@ from bdsel.config import Config
 from bdsel.data import ImageSource, RunData
 from bdsel.distributed import broadcast_from_main
 from bdsel.models import Classifier, create_model
-from bdsel.selection.base import Candidates, ForwardOutputs, Selection, SelectorContext
+from bdsel.selection.base import Candidates, ForwardOutputs, Selection
 from bdsel.selection.registry import register_selector
 from bdsel.selection.simple import WarmupSelector
 
@@ -137,20 +138,39 @@ def build_coreset(
 
 @register_selector("svp")
 class SVP(WarmupSelector):
-    def __init__(self, context: SelectorContext) -> None:
-        super().__init__(context)
-        self.coreset: torch.Tensor | None = None  # int64 [k] global indices, CPU
+    """Trains on a one-shot coreset, picking n_b of n_B at random from it.
+
+    Its proxy phase comes first, outside the step: pass the coreset itself (``coreset``, int64
+    global indices), or ``build_coreset``, a callable that :meth:`prepare` calls once to make
+    it (``bdsel train`` passes one that trains the proxy, :func:`build_coreset`). The coreset
+    is in the state dict, so a resumed run does not rebuild it.
+    """
+
+    def __init__(
+        self,
+        n_selected: int,
+        *,
+        coreset: torch.Tensor | None = None,
+        build_coreset: Callable[[], torch.Tensor] | None = None,
+        warmup_epochs: int = 0,
+        anneal: float = 0.0,
+        epochs: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            n_selected, warmup_epochs=warmup_epochs, anneal=anneal, epochs=epochs, seed=seed
+        )
+        self.coreset = None if coreset is None else coreset.long().cpu()  # [k] global indices
+        self.build_coreset = build_coreset
 
     def prepare(self) -> None:
-        if self.coreset is not None:  # restored from a checkpoint: keep it, no proxy retraining
+        if self.coreset is not None:  # given, or restored from a checkpoint: no proxy training
             return
-        extras = self.context.extras
-        self.coreset = build_coreset(
-            self.context.config, extras["data"], extras["source"], self.context.device
-        )
+        if self.build_coreset is None:
+            raise ValueError("svp: pass coreset= (the global indices to train on) or build_coreset=")
         # Under torchrun every rank must cut its slice from the same coreset order; a proxy
         # trained on a GPU need not come out bit-identical on every rank.
-        self.coreset = broadcast_from_main(self.coreset)
+        self.coreset = broadcast_from_main(self.build_coreset())
 
     def epoch_order(self, train_idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.uniform_epoch:
@@ -162,10 +182,10 @@ class SVP(WarmupSelector):
         # A point may then appear twice in one candidate batch, where two permutations meet.
         return tile_order(self.coreset.to(train_idx.device), len(train_idx), generator)
 
-    def select(
+    def pick(
         self, candidates: Candidates, outputs: ForwardOutputs | None, generator: torch.Generator
     ) -> Selection:
-        return self.uniform.select(candidates, outputs, generator)
+        return self.uniform.pick(candidates, outputs, generator)
 
     def state_dict(self) -> dict[str, Any]:
         return {} if self.coreset is None else {"coreset": self.coreset.cpu()}

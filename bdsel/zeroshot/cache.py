@@ -237,19 +237,37 @@ def read_cache_info(path: str | Path) -> dict[str, Any]:
     return info
 
 
+def auto_temperature(info: dict[str, Any], calibrate_noise: bool, path: str | Path) -> float:
+    """``temperature: auto``: the temperature fitted when the cache was made, the one fitted
+    with the labels' noise when ``calibrate_noise`` and the cache holds it (predictors that
+    calibrate on observed labels); CacheError when the cache holds no fit."""
+    if info.get("temperature") is None:
+        raise CacheError(
+            f"zeroshot.temperature=auto reads the temperature fitted when {path} was made, "
+            "and it holds none (a cache from before bdsel fitted one, or a predictor without "
+            "calibration labels): re-run bdsel cache-zeroshot --overwrite, or set a number"
+        )
+    if calibrate_noise and info.get("temperature_denoised") is not None:
+        return float(info["temperature_denoised"])
+    return float(info["temperature"])
+
+
 def load_zs_logprobs(
     path: str | Path,
-    dataset: Dataset,
+    dataset: Dataset | None,
     *,
     n_classes: int | None = None,
     temperature: float = 1.0,
     split: str = "train",
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """log p_zs(c | x_i) at temperature T for every row of ``split`` -> float32 [N, C] (CPU).
 
     T is applied as log_softmax(logprobs / T), which equals log_softmax(logits / T). Raises
-    CacheError for a file that is missing, unreadable, not a cache, for another dataset,
-    incomplete, non-finite, or with a class count other than ``n_classes``.
+    CacheError for a file that is missing, unreadable, not a cache, for another dataset
+    (``dataset``'s fingerprint; None: not checked), with other labels than ``labels`` [N] of
+    ``split`` (when given), incomplete, non-finite, or with a class count other than
+    ``n_classes``.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -265,11 +283,16 @@ def load_zs_logprobs(
         raise CacheError(f"zero-shot cache {path} does not exist; run bdsel cache-zeroshot")
     with _open(path) as f:
         info = _read_attrs(f, path)
-        problems = _fingerprint_problems(info["fingerprint"], dataset_fingerprint(dataset))
+        problems = []
+        if dataset is not None:
+            problems = _fingerprint_problems(info["fingerprint"], dataset_fingerprint(dataset))
+        if labels is not None and info["fingerprint"].get(f"{split}_labels_sha256") != (
+            int64_sha256(labels)
+        ):
+            problems.append(f"labels differ: the cache was made for other {split} labels")
         if problems:
-            raise CacheError(
-                f"{path} does not match dataset {dataset.name!r}: " + "; ".join(problems)
-            )
+            name = f"dataset {dataset.name!r}" if dataset is not None else "these labels"
+            raise CacheError(f"{path} does not match {name}: " + "; ".join(problems))
         missing = _missing_rows(f)
         if missing or not info["complete"]:
             raise CacheError(f"incomplete cache {path}: {missing} rows missing; {RERUN}")

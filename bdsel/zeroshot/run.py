@@ -28,6 +28,7 @@ from bdsel.rundir import DiskFullError
 from bdsel.zeroshot.cache import (
     CacheError,
     CacheSummary,
+    auto_temperature,
     build_cache,
     check_cache_path,
     partial_path,
@@ -298,7 +299,8 @@ def load_lookups(
             f"Create it first: bdsel cache-zeroshot --config <the same config> "
             f"(zeroshot.predictor={config.zeroshot.predictor}), or point zeroshot.cache at one"
         )
-    spec = read_cache_info(path).get("predictor", {})
+    info = read_cache_info(path)
+    spec = info.get("predictor", {})
     if diff := spec_mismatch(spec, expected_spec(config, data)):
         what = f"{path} was made with other predictor settings than this run's: {'; '.join(diff)}"
         if not config.zeroshot.accept_mismatch:
@@ -329,20 +331,11 @@ def load_lookups(
             f"select.method={method} needs an irreducible-loss model: a cache made with "
             f"zeroshot.predictor=holdout or crossfit; {path} was made by {spec.get('kind')!r}"
         )
-    info = read_cache_info(path)
     zs_temperature = config.zeroshot.temperature
     if zs_temperature == "auto" and "zs_logprobs" in names:
-        if info.get("temperature") is None:
-            raise CacheError(
-                f"zeroshot.temperature=auto reads the temperature fitted when {path} was made, "
-                "and it holds none (a cache from before bdsel fitted one, or a predictor without "
-                "calibration labels): re-run bdsel cache-zeroshot --overwrite, or set a number"
-            )
-        zs_temperature = info["temperature"]
+        zs_temperature = auto_temperature(info, config.zeroshot.calibrate_noise, path)
         observed = calibrates_on_observed_labels(predictor_entry(config.zeroshot.predictor).cls)
-        if config.zeroshot.calibrate_noise and info.get("temperature_denoised") is not None:
-            zs_temperature = info["temperature_denoised"]
-        elif config.zeroshot.calibrate_noise and observed:
+        if config.zeroshot.calibrate_noise and observed and info.get("temperature_denoised") is None:
             log.warning(
                 f"{path} holds no temperature fitted with the labels' noise (made before bdsel "
                 f"fitted one): using the plain fit, T = {zs_temperature:.3f}. Run the same bdsel "

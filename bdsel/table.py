@@ -1,0 +1,130 @@
+"""Per-index tables: a predictor's log-probabilities for every training point, by global index.
+
+The Bayesian score reads log p_zs(y | x) of each candidate from a :class:`ZeroShotTable`;
+RHO-LOSS and irreducible-loss read their IL model's log-probs from one. A table comes from a
+zero-shot cache file (``bdsel cache-zeroshot`` or :func:`bdsel.write_zeroshot_cache`), or from
+a tensor a user computed::
+
+    table = ZeroShotTable.from_cache("cache/fm-crossfit.h5")        # temperature="auto"
+    table = ZeroShotTable(logprobs)                                 # float [N, C], T = 1
+    table = ZeroShotTable.calibrated(logprobs, observed_labels)     # T fitted, label noise too
+
+Imports nothing of bdsel's at module level (reading a cache file loads h5py when called).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+
+class ZeroShotTable:
+    """log p(c | x_i) for every row i (a global index): float32 [N, C], at ``temperature``.
+
+    The temperature is applied once, here, as ``log_softmax(logprobs / T)``; ``logprobs`` must
+    be log-probabilities (each row's logsumexp 0) or logits.
+    """
+
+    def __init__(self, logprobs: torch.Tensor, temperature: float = 1.0) -> None:
+        if not isinstance(logprobs, torch.Tensor) or logprobs.ndim != 2:
+            got = tuple(logprobs.shape) if isinstance(logprobs, torch.Tensor) else type(logprobs)
+            raise ValueError(f"logprobs: expected a float tensor [N, C], got {got}")
+        if not logprobs.dtype.is_floating_point:
+            raise ValueError(f"logprobs: expected a float tensor, got {logprobs.dtype}")
+        if not (isinstance(temperature, int | float) and temperature > 0 and math.isfinite(temperature)):
+            raise ValueError(f"temperature: expected a positive number, got {temperature!r}")
+        lp = logprobs.float()
+        self.logprobs = torch.log_softmax(lp / temperature, dim=1) if temperature != 1 else (
+            torch.log_softmax(lp, dim=1)
+        )  # fmt: skip
+        self.temperature = float(temperature)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.logprobs.shape[0])
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.logprobs.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.logprobs.device
+
+    def to(self, device: torch.device | str) -> ZeroShotTable:
+        table = ZeroShotTable.__new__(ZeroShotTable)
+        table.logprobs, table.temperature = self.logprobs.to(device), self.temperature
+        return table
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
+        """Rows at ``indices`` (int64 [n], global indices) -> float32 [n, C]. On CPU an index
+        outside 0..N-1 is a ValueError naming it (on a GPU the check would sync the host)."""
+        if indices.device.type == "cpu" and indices.numel():
+            low, high = int(indices.min()), int(indices.max())
+            if low < 0 or high >= self.n_rows:
+                raise ValueError(
+                    f"indices: {low if low < 0 else high} is outside the table of {self.n_rows} "
+                    f"rows (global indices 0..{self.n_rows - 1})"
+                )
+        return self.logprobs[indices]
+
+    def __repr__(self) -> str:
+        return (
+            f"ZeroShotTable(n_rows={self.n_rows}, n_classes={self.n_classes}, "
+            f"temperature={self.temperature:.3f})"
+        )
+
+    @classmethod
+    def from_cache(
+        cls,
+        path: str | Path,
+        *,
+        temperature: float | str = "auto",
+        calibrate_noise: bool = True,
+        split: str = "train",
+        labels: torch.Tensor | None = None,
+        device: torch.device | str | None = None,
+    ) -> ZeroShotTable:
+        """The ``split`` rows of a zero-shot cache file. ``temperature="auto"``: the one
+        fitted when the cache was made (with ``calibrate_noise``, the fit with the labels'
+        noise where the cache has one: see docs/predictors.md). ``labels`` [N], if given,
+        are checked against the labels the cache was made with."""
+        from bdsel.zeroshot.cache import auto_temperature, load_zs_logprobs, read_cache_info
+
+        if temperature == "auto":
+            temperature = auto_temperature(read_cache_info(path), calibrate_noise, path)
+        logprobs = load_zs_logprobs(path, None, split=split, labels=labels)
+        table = cls(logprobs, float(temperature))
+        return table.to(device) if device is not None else table
+
+    @classmethod
+    def calibrated(
+        cls, logprobs: torch.Tensor, labels: torch.Tensor, *, label_noise: bool = True
+    ) -> ZeroShotTable:
+        """A table at the temperature that fits ``labels`` [N] best. With ``label_noise`` (the
+        labels are observed ones that may be wrong) the fit models symmetric label noise, so
+        that the table gives the clean label's probability (bdsel.zeroshot.calibration)."""
+        from bdsel.zeroshot.calibration import fit_temperature, fit_temperature_and_noise
+
+        lp = torch.log_softmax(logprobs.double().cpu(), dim=1)
+        y = labels.long().cpu()
+        t = fit_temperature_and_noise(lp, y)[0] if label_noise else fit_temperature(lp, y)
+        return cls(logprobs, t)
+
+
+def as_table(value: ZeroShotTable | torch.Tensor, name: str) -> ZeroShotTable:
+    """A selector's per-index table argument: a ZeroShotTable, or log-probs [N, C] as they are."""
+    if isinstance(value, ZeroShotTable):
+        return value
+    if isinstance(value, torch.Tensor):
+        if value.ndim != 2:
+            raise ValueError(f"{name}: expected log-probs [N, C], got {tuple(value.shape)}")
+        table = ZeroShotTable.__new__(ZeroShotTable)
+        table.logprobs, table.temperature = value, 1.0  # as given: no copy, no renormalising
+        return table
+    raise ValueError(f"{name}: expected a ZeroShotTable or a tensor [N, C], got {type(value).__name__}")
