@@ -33,7 +33,9 @@ class ZeroShotTable:
             raise ValueError(f"logprobs: expected a float tensor [N, C], got {got}")
         if not logprobs.dtype.is_floating_point:
             raise ValueError(f"logprobs: expected a float tensor, got {logprobs.dtype}")
-        if not (isinstance(temperature, int | float) and temperature > 0 and math.isfinite(temperature)):
+        if not (
+            isinstance(temperature, int | float) and temperature > 0 and math.isfinite(temperature)
+        ):
             raise ValueError(f"temperature: expected a positive number, got {temperature!r}")
         lp = logprobs.float()
         self.logprobs = torch.log_softmax(lp / temperature, dim=1) if temperature != 1 else (
@@ -127,4 +129,6 @@ def as_table(value: ZeroShotTable | torch.Tensor, name: str) -> ZeroShotTable:
         table = ZeroShotTable.__new__(ZeroShotTable)
         table.logprobs, table.temperature = value, 1.0  # as given: no copy, no renormalising
         return table
-    raise ValueError(f"{name}: expected a ZeroShotTable or a tensor [N, C], got {type(value).__name__}")
+    raise ValueError(
+        f"{name}: expected a ZeroShotTable or a tensor [N, C], got {type(value).__name__}"
+    )

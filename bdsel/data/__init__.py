@@ -3,6 +3,7 @@ device-side batching."""
 
 from bdsel.data import cifar, fashion_mnist, imagefolder  # noqa: E402,F401,I001  (registers them)
 from bdsel.data.batching import FolderImages, ImageSource, TensorImages, make_image_source
+from bdsel.data.indexed import IndexedDataset
 from bdsel.data.registry import (
     dataset_entry,
     dataset_prompts,
@@ -18,6 +19,7 @@ __all__ = [
     "Dataset",
     "FolderImages",
     "ImageSet",
+    "IndexedDataset",
     "ImageSource",
     "RunData",
     "TensorImages",

@@ -100,12 +100,10 @@ class Selector:
         seeded with ``seed``); ``inputs`` are passed through for methods that want them."""
         n = self._check_batch(indices, labels, logits, features)
         if n < self.n_selected:
-            raise ValueError(
-                f"indices: {n} candidates, fewer than n_selected={self.n_selected}"
-            )
+            raise ValueError(f"indices: {n} candidates, fewer than n_selected={self.n_selected}")
         outputs = None
-        if logits is not None and features is not None:
-            outputs = ForwardOutputs(logits, features)
+        if logits is not None and features is not None:  # bf16 from an autocast forward: fp32
+            outputs = ForwardOutputs(logits.float(), features.float())
         elif self.wants_forward():
             missing = "logits" if logits is None else "features"
             raise ValueError(
@@ -171,7 +169,11 @@ class Selector:
         raise NotImplementedError
 
     def _observe(
-        self, indices: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor, features: torch.Tensor
+        self,
+        indices: torch.Tensor,
+        labels: torch.Tensor,
+        logits: torch.Tensor,
+        features: torch.Tensor,
     ) -> None:
         """What the method learns from the trained points (nothing by default)."""
 
@@ -200,7 +202,9 @@ class Selector:
     ) -> int:
         """The batch size n, after checking every argument's shape (and, on CPU, that the
         indices are rows of the method's tables); ValueError naming the argument."""
-        _need(isinstance(indices, torch.Tensor) and indices.ndim == 1, "indices", "int64 [n]", indices)
+        _need(
+            isinstance(indices, torch.Tensor) and indices.ndim == 1, "indices", "int64 [n]", indices
+        )
         _need(not indices.dtype.is_floating_point, "indices", "integer global indices", indices)
         n = indices.shape[0]
         _need(

@@ -100,16 +100,7 @@ class Bayesian(WarmupSelector):
         assert outputs is not None
         labels = candidates.labels
         n = labels.shape[0]
-        if outputs.logits.shape[1] != self.posterior.n_classes:
-            raise ValueError(
-                f"logits: {outputs.logits.shape[1]} classes, the zero-shot table has "
-                f"{self.posterior.n_classes}"
-            )
-        if outputs.features.shape[1] != self.posterior.n_features:
-            raise ValueError(
-                f"features: width {outputs.features.shape[1]}, the selector was built with "
-                f"n_features={self.posterior.n_features}"
-            )
+        self._check_widths(outputs.logits, outputs.features)
 
         zs = self.zs_logprobs[candidates.indices]  # [n_B, C]
         first: list[torch.Tensor] = []
@@ -154,6 +145,18 @@ class Bayesian(WarmupSelector):
             },
         )
 
+    def _check_widths(self, logits: torch.Tensor, features: torch.Tensor) -> None:
+        if logits.shape[1] != self.posterior.n_classes:
+            raise ValueError(
+                f"logits: {logits.shape[1]} classes, the zero-shot table has "
+                f"{self.posterior.n_classes}"
+            )
+        if features.shape[1] != self.posterior.n_features:
+            raise ValueError(
+                f"features: width {features.shape[1]}, the selector was built with "
+                f"n_features={self.posterior.n_features}"
+            )
+
     def wants_forward(self) -> bool:
         return not self.uniform_epoch  # uniform picks (warm-up, annealing) need no forward
 
@@ -164,13 +167,13 @@ class Bayesian(WarmupSelector):
         return self.zs_logprobs[candidates.indices, candidates.labels].float()
 
     def _observe(
-        self, indices: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor, features: torch.Tensor
+        self,
+        indices: torch.Tensor,
+        labels: torch.Tensor,
+        logits: torch.Tensor,
+        features: torch.Tensor,
     ) -> None:
-        if features.shape[1] != self.posterior.n_features:
-            raise ValueError(
-                f"features: width {features.shape[1]}, the selector was built with "
-                f"n_features={self.posterior.n_features}"
-            )
+        self._check_widths(logits, features)
         probs = torch.softmax(logits, dim=1)
         # Under torchrun every rank folds the union of all ranks' selected batches into A and G,
         # so all ranks hold the same posterior.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bdsel.selection import svp
+import bdsel.selection.svp as svp
 from bdsel.selection.base import Selector, SelectorContext
 from bdsel.selection.registry import create_selector, selector_settings
 

@@ -48,6 +48,8 @@ def create_selector(name: str, **settings: Any) -> Selector:
     missing = [k for k, d in accepted.items() if d is inspect.Parameter.empty and k not in settings]
     if unknown or missing:
         what = f"unknown setting {unknown[0]!r}" if unknown else f"missing setting {missing[0]!r}"
-        shown = ", ".join(k if d is inspect.Parameter.empty else f"{k}={d!r}" for k, d in accepted.items())
+        shown = ", ".join(
+            k if d is inspect.Parameter.empty else f"{k}={d!r}" for k, d in accepted.items()
+        )
         raise ValueError(f"selector {name!r}: {what}; its settings: {shown}")
     return selector_class(name)(**settings)

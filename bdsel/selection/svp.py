@@ -167,7 +167,9 @@ class SVP(WarmupSelector):
         if self.coreset is not None:  # given, or restored from a checkpoint: no proxy training
             return
         if self.build_coreset is None:
-            raise ValueError("svp: pass coreset= (the global indices to train on) or build_coreset=")
+            raise ValueError(
+                "svp: pass coreset= (the global indices to train on) or build_coreset="
+            )
         # Under torchrun every rank must cut its slice from the same coreset order; a proxy
         # trained on a GPU need not come out bit-identical on every rank.
         self.coreset = broadcast_from_main(self.build_coreset())

@@ -303,6 +303,21 @@ class ClipPredictor:
             logits = self.logit_scale * (features @ self.classifier.T)
             return torch.log_softmax(logits, dim=-1)
 
+    def __call__(self, images: torch.Tensor | Sequence[Image.Image]) -> torch.Tensor:
+        """A batch of images -> log p_zs [B, C] float32 on the CPU: uint8 [B, C, H, W]
+        tensors, or PIL images (open_clip's own eval transform), as a user's dataset yields
+        them (:func:`bdsel.write_zeroshot_cache`)."""
+        if isinstance(images, torch.Tensor):
+            if images.dtype != torch.uint8 or images.ndim != 4:
+                raise ValueError(
+                    f"images: expected uint8 [B, C, H, W] or PIL images, got {images.dtype} "
+                    f"{tuple(images.shape)}"
+                )
+            pixels = self.preprocess_tensor(images)
+        else:
+            pixels = torch.stack([self.preprocess(im.convert("RGB")) for im in images])
+        return self.logprobs_from_pixels(pixels.to(self.device)).cpu()
+
     def image_logprobs(self, images: ImageSet, rows: torch.Tensor) -> torch.Tensor:
         """log p_zs(c | x_i) for i in ``rows`` (int64 [n]) of ``images`` -> float32 [n, C], CPU."""
         rows = torch.as_tensor(rows, dtype=torch.long).cpu()

@@ -335,7 +335,11 @@ def load_lookups(
     if zs_temperature == "auto" and "zs_logprobs" in names:
         zs_temperature = auto_temperature(info, config.zeroshot.calibrate_noise, path)
         observed = calibrates_on_observed_labels(predictor_entry(config.zeroshot.predictor).cls)
-        if config.zeroshot.calibrate_noise and observed and info.get("temperature_denoised") is None:
+        if (
+            config.zeroshot.calibrate_noise
+            and observed
+            and info.get("temperature_denoised") is None
+        ):
             log.warning(
                 f"{path} holds no temperature fitted with the labels' noise (made before bdsel "
                 f"fitted one): using the plain fit, T = {zs_temperature:.3f}. Run the same bdsel "
