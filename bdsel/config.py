@@ -79,6 +79,22 @@ class ImbalanceConfig:
     ratio: float = 1.0
 
 
+# cleanlab.filter.find_label_issues's filter_by choices (cleanlab's default first)
+FilterBy = Literal[
+    "prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given",
+    "low_normalized_margin", "low_self_confidence",
+]  # fmt: skip
+
+
+@dataclass
+class CleanConfig:
+    # Clean-then-train: a crossfit cache (out-of-fold probabilities of models that never saw
+    # each row) whose flagged label issues (cleanlab's find_label_issues) are dropped from
+    # the train subset before any method trains. null: no cleaning.
+    cache: str | None = None
+    filter_by: FilterBy = "prune_by_noise_rate"
+
+
 @dataclass
 class DataConfig:
     name: str = "fashion_mnist"  # a registered dataset (bdsel.data.list_datasets)
@@ -95,6 +111,7 @@ class DataConfig:
     split_seed: int | None = None  # None: the run's seed
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     imbalance: ImbalanceConfig = field(default_factory=ImbalanceConfig)
+    clean: CleanConfig = field(default_factory=CleanConfig)
     augment: bool = True
     num_workers: int = 4  # imagefolder DataLoader workers
 
@@ -139,6 +156,14 @@ class SvpConfig:
 
 
 @dataclass
+class InfobatchConfig:
+    # InfoBatch (select.method=infobatch): each pruning epoch drops this share of the samples
+    # whose last loss is below the mean, for the first ``delta`` of the epochs.
+    prune_ratio: float = 0.5
+    delta: float = 0.875
+
+
+@dataclass
 class SelectConfig:
     method: str = "uniform"
     n_candidates: int = 320  # n_B
@@ -163,6 +188,7 @@ class SelectConfig:
     momentum: float = 0.99
     fisher: Literal["empirical", "ggn"] = "empirical"
     svp: SvpConfig = field(default_factory=SvpConfig)
+    infobatch: InfobatchConfig = field(default_factory=InfobatchConfig)
 
 
 @dataclass
@@ -518,6 +544,14 @@ def validate(config: Config) -> None:
     need(s.warmup_epochs >= 0, "select.warmup_epochs", "an int >= 0")
     need(0.0 < s.prefilter <= 1.0, "select.prefilter", "a fraction in (0, 1]")
     need(0.0 <= s.anneal < 1.0, "select.anneal", "a fraction of the epochs in [0, 1)")
+    need(
+        0.0 <= s.infobatch.prune_ratio < 1.0, "select.infobatch.prune_ratio", "a fraction in [0, 1)"
+    )
+    need(
+        0.0 <= s.infobatch.delta <= 1.0,
+        "select.infobatch.delta",
+        "a fraction of the epochs in [0, 1]",
+    )
     need(0.0 < s.svp.fraction <= 1.0, "select.svp.fraction", "a fraction in (0, 1]")
     need(s.svp.epochs >= 1, "select.svp.epochs", "a positive int")
     need(s.svp.lr > 0, "select.svp.lr", "a positive float")

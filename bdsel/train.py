@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
+from bdsel.cleaning import clean_run_data
 from bdsel.config import Config
 from bdsel.data import Dataset, RunData, derive_run_data, load_dataset, make_image_source
 from bdsel.data.batching import ImageSource
@@ -134,6 +135,11 @@ def build_run(config: Config, dataset: Dataset | None = None, world: World | Non
     torch.manual_seed(config.seed)
     dataset = dataset if dataset is not None else load_dataset(config.data)
     data = derive_run_data(dataset, config.data, config.seed)
+    cls = selector_class(config.select.method)
+    # Tables by global index, checked against the whole train subset they were made for;
+    # data.clean then drops points from it (clean-then-train).
+    lookups = build_lookups(cls.requires, config, data, device)
+    data = clean_run_data(config, data)
     n_train = len(data.train_idx) // world.size  # each rank's slice of an epoch
     n_candidates = config.select.n_candidates
     if n_train < n_candidates:
@@ -154,13 +160,12 @@ def build_run(config: Config, dataset: Dataset | None = None, world: World | Non
         in_channels=dataset.in_channels,
         weights=config.model.weights,
     ).to(device)
-    cls = selector_class(config.select.method)
     context = SelectorContext(  # the config's settings for the method: selector_from_config
         config=config,
         n_classes=dataset.n_classes,
         n_features=model.n_features,
         device=device,
-        lookups=build_lookups(cls.requires, config, data, device),
+        lookups=lookups,
         extras={"data": data, "source": source},
     )
     selector = selector_from_config(config.select.method, context)
@@ -540,6 +545,8 @@ def _train(
         barrier()
 
     summary = summarize(config, rundir.read_metrics())
+    if run.data.cleaning is not None:
+        summary["cleaning"] = run.data.cleaning  # data.clean: flagged, precision, recall
     if world.is_main:
         rundir.write_summary(summary)
     barrier()

@@ -126,6 +126,7 @@ def test_every_method_is_created_from_keyword_settings():
         "rho_loss": {"il_logprobs": table},
         "irreducible_loss": {"il_logprobs": table},
         "svp": {"coreset": torch.arange(0, N_ROWS, 2)},
+        "infobatch": {"n_rows": N_ROWS, "epochs": 4},
     }
     indices, labels, logits, features = batch(0)
     for name in bdsel.list_selectors():
@@ -133,7 +134,7 @@ def test_every_method_is_created_from_keyword_settings():
         selector.prepare()
         selector.set_epoch(0)
         selection = selector.select(indices, labels, logits, features, generator=gen(1))
-        n = 40 if name == "full" else 8
+        n = 40 if name in ("full", "infobatch") else 8
         assert selection.positions.shape == (n,), name
         selector.observe(indices[:8], labels[:8], logits[:8], features[:8])
         assert set(bdsel.selector_settings(name)) >= {"n_selected", "seed"}

@@ -31,6 +31,7 @@ CPU = torch.device("cpu")
 N_CLASSES = 4
 N_CANDIDATES, N_SELECTED = 32, 8
 WITH_REPLACEMENT = {"grad_norm_is"}
+TRAIN_ON_ALL = {"full", "infobatch"}  # every candidate of a batch
 SCORED = ["train_loss", "grad_norm", "grad_norm_is", "irreducible_loss", "rho_loss"]
 
 
@@ -111,7 +112,7 @@ def test_every_selector_keeps_the_contract(method: str):
     first = selector.select(idx, cands.labels, logits, features, generator=gen(7))
     again = selector.select(idx, cands.labels, logits, features, generator=gen(7))
 
-    n_expected = N_CANDIDATES if method == "full" else N_SELECTED
+    n_expected = N_CANDIDATES if method in TRAIN_ON_ALL else N_SELECTED
     pos = first.positions
     assert pos.dtype == torch.int64 and pos.shape == (n_expected,)
     assert int(pos.min()) >= 0 and int(pos.max()) < N_CANDIDATES

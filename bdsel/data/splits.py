@@ -11,6 +11,7 @@ Everything is keyed by the base set's global indices.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +31,8 @@ class RunData:
     observed: torch.Tensor  # int64 [N] labels as the learner sees them
     clean: torch.Tensor  # int64 [N] true labels
     noisy: torch.Tensor  # bool [N] observed != clean
+    # data.clean: what cleaning dropped from the train subset (bdsel.cleaning); None: none
+    cleaning: dict[str, Any] | None = None
 
     @property
     def base_noisy_frac(self) -> float:

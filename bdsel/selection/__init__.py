@@ -1,6 +1,6 @@
 """Selection methods and their registry."""
 
-from bdsel.selection import bayesian, loss_based, simple, svp  # noqa: F401  (registers them)
+from bdsel.selection import bayesian, infobatch, loss_based, simple, svp  # noqa: F401  (registers them)
 from bdsel.selection.base import (
     Candidates,
     ForwardOutputs,

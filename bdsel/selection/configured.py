@@ -35,9 +35,14 @@ def config_settings(context: SelectorContext) -> dict[str, Any]:
         "adaptive_alpha": s.adaptive_alpha,
         "shared_noise": s.shared_noise,
         "device": context.device,
+        # infobatch
+        "prune_ratio": s.infobatch.prune_ratio,
+        "delta": s.infobatch.delta,
         **context.lookups,  # zs_logprobs, il_logprobs
     }
     extras = context.extras
+    if "data" in extras:
+        settings["n_rows"] = int(extras["data"].observed.shape[0])
     if "data" in extras and "source" in extras:
         settings["build_coreset"] = lambda: _svp_coreset(context)
     return settings

@@ -267,6 +267,29 @@ def split_differences(spec: dict[str, Any], config: Config) -> str:
     )
 
 
+def check_split(path: Path, spec: dict[str, Any], config: Config, data: RunData) -> None:
+    """A trained predictor's cache must come from this run's split: the hold-out model from
+    its hold-out subset, the cross-fitted models from its train subset and observed labels
+    (else they may have trained on the rows they predict). CacheError naming what differs."""
+    if spec.get("kind") == "holdout" and spec.get("holdout_sha256") != int64_sha256(
+        data.holdout_idx
+    ):
+        raise CacheError(
+            f"{path} was made by a hold-out model trained on another hold-out split than this "
+            f"run's ({split_differences(spec, config)}): it may have seen this run's training "
+            "points. Re-run bdsel cache-zeroshot"
+        )
+    if spec.get("kind") == "crossfit" and (
+        spec.get("train_sha256") != int64_sha256(data.train_idx)
+        or spec.get("observed_sha256") != int64_sha256(data.observed[data.train_idx])
+    ):
+        raise CacheError(
+            f"{path} was made by cross-fitted models on another training subset or other "
+            f"observed labels than this run's ({split_differences(spec, config)}): its models "
+            "may have seen the rows they predict. Re-run bdsel cache-zeroshot"
+        )
+
+
 def load_lookups(
     names: tuple[str, ...], config: Config, data: RunData, device: torch.device
 ) -> dict[str, torch.Tensor]:
@@ -309,23 +332,7 @@ def load_lookups(
                 "--accept-cache-mismatch to train on this one anyway"
             )
         log.warning(f"{what} (accepted: --accept-cache-mismatch)")
-    if spec.get("kind") == "holdout" and spec.get("holdout_sha256") != int64_sha256(
-        data.holdout_idx
-    ):
-        raise CacheError(
-            f"{path} was made by a hold-out model trained on another hold-out split than this "
-            f"run's ({split_differences(spec, config)}): it may have seen this run's training "
-            "points. Re-run bdsel cache-zeroshot"
-        )
-    if spec.get("kind") == "crossfit" and (
-        spec.get("train_sha256") != int64_sha256(data.train_idx)
-        or spec.get("observed_sha256") != int64_sha256(data.observed[data.train_idx])
-    ):
-        raise CacheError(
-            f"{path} was made by cross-fitted models on another training subset or other "
-            f"observed labels than this run's ({split_differences(spec, config)}): its models "
-            "may have seen the rows they predict. Re-run bdsel cache-zeroshot"
-        )
+    check_split(path, spec, config, data)
     if "il_logprobs" in names and spec.get("kind") not in IL_PREDICTORS:
         raise CacheError(
             f"select.method={method} needs an irreducible-loss model: a cache made with "
