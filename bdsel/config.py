@@ -141,6 +141,8 @@ class TrainConfig:
     # optimizer step with a decay warm-up (bdsel.evaluation); 0 turns it off.
     ema_decay: float = 0.998
     log_every: int = 50  # steps between progress updates (the only host syncs in an epoch)
+    # TensorBoard event files in <run_dir>/tb/ with the scalars of metrics.jsonl (bdsel.tensorboard)
+    tensorboard: bool = True
 
 
 @dataclass

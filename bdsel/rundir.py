@@ -4,6 +4,7 @@
     metrics.jsonl   one JSON object per evaluation
     checkpoint.pt   latest state: model, optimizer, selector, epoch, step, timers
     summary.json    final numbers
+    tb/             TensorBoard event files (train.tensorboard)
 
 Every file but metrics.jsonl is written atomically (temporary file in the same directory,
 fsync, rename), so a crash or Ctrl-C leaves the previous version intact. metrics.jsonl is
@@ -37,6 +38,7 @@ CONFIG, METRICS, CHECKPOINT, SUMMARY = (
     "summary.json",
 )
 RUN_FILES = (CONFIG, METRICS, CHECKPOINT, SUMMARY)
+TENSORBOARD_DIR = "tb"  # TensorBoard event files: the scalars of metrics.jsonl, by step
 
 # Accuracies are often computed in float32 (0.7 -> 0.69999998); 1e-6 is far below the
 # resolution of any evaluation set (1 / N), so this only absorbs rounding.

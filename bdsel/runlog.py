@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from bdsel.rundir import (
     METRICS,
     RUN_FILES,
     SUMMARY,
+    TENSORBOARD_DIR,
     DiskFullError,
     MetricsOrderError,
     RunDirError,
@@ -37,6 +39,7 @@ from bdsel.rundir import (
     is_disk_full,
     read_jsonl,
 )
+from bdsel.tensorboard import TensorBoardLog
 
 __all__ = [
     "CHECKPOINT",
@@ -182,6 +185,18 @@ class RunDir:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.tensorboard: TensorBoardLog | None = None
+
+    def start_tensorboard(self, resumed_at_step: int | None = None) -> None:
+        """Write every metrics record to ``tb/`` too; on a resume, TensorBoard drops what a
+        killed run logged after ``resumed_at_step`` (the checkpoint's step)."""
+        purge = None if resumed_at_step is None else resumed_at_step + 1
+        self.tensorboard = TensorBoardLog(self.path / TENSORBOARD_DIR, purge_step=purge)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
 
     @classmethod
     def prepare(
@@ -215,6 +230,8 @@ class RunDir:
         run._check_writable()
         for name in existing:  # --overwrite: only the files a run writes
             (run.path / name).unlink()
+        if mode == "overwrite":
+            shutil.rmtree(run.path / TENSORBOARD_DIR, ignore_errors=True)
         run.remove_stale_temporaries()
         run._write(CONFIG, dump_config(config).encode())
         return run
@@ -257,6 +274,8 @@ class RunDir:
             rundir.append_metrics(self.path, record)
         except DiskFullError as exc:
             raise DiskFullError(f"{exc}: {self._resume_hint()}", exc.path) from exc.__cause__
+        if self.tensorboard is not None:
+            self.tensorboard.add(record)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         return rundir.read_metrics(self.path)

@@ -322,9 +322,11 @@ def _locked_rundir(path: Path, config: Config, mode: str, world: World) -> Itera
     error = broadcast_from_main(error)
     if error is not None:
         raise RunDirError(error)
+    rundir = RunDir(path)
     try:
-        yield RunDir(path)
+        yield rundir
     finally:
+        rundir.close()  # the TensorBoard writer, if any
         if lock is not None:
             lock.release()
 
@@ -467,6 +469,8 @@ def _train(
         barrier()  # every rank has read the checkpoint before rank 0 touches the directory
         if world.is_main:
             _restore_metrics(rundir, state, timer, run, has_noise, evaluator)
+    if world.is_main and config.train.tensorboard:
+        rundir.start_tensorboard(state.step if mode == "resume" else None)
 
     # One-off selection work (SVP's proxy training) counts as selection time and wall time.
     t_prepare = time.perf_counter()

@@ -51,6 +51,11 @@ def _write(tmp_path: Path, values: dict, name: str = "tiny.yaml") -> Path:
     return path
 
 
+def _files(run_dir: Path) -> dict[str, bytes]:
+    """Every file under ``run_dir`` (tb/ included) and its bytes."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+
 def _records(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -128,17 +133,17 @@ def test_resume_never_rewrites_a_finished_run(tmp_path: Path, tiny_config_values
     )
     metrics = run_dir / "metrics.jsonl"
     metrics.write_bytes(metrics.read_bytes()[:-30])  # cut mid-line
-    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    before = _files(run_dir)
 
     result = runner.invoke(app, ["train", "--run-dir", str(run_dir), "--resume"])
     assert result.exit_code == 0, result.output
     assert "finished all 2 epochs" in _out(result) and "nothing to resume" in _out(result)
     assert "line(s) 2 of" in _out(result) and "summary.json holds the final numbers" in _out(result)
-    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert _files(run_dir) == before
     # the library says the same and leaves the directory alone
     summary = train(load_config(values=tiny_config_values), run_dir, mode="resume")
     assert summary["epochs_run"] == 2
-    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert _files(run_dir) == before
 
 
 # ----------------------------------------------------------------------------- 2. full disk

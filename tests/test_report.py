@@ -319,7 +319,42 @@ def test_render_table_has_one_row_per_group(tmp_path):
     write_run(runs / "c", [0.5, 0.8], method="bayesian")
     table = render_table(make_report([runs]))
     assert table.row_count == 2
-    assert [c.header for c in table.columns][:4] == ["method", "dataset", "noise", "seeds"]
+    assert [c.header for c in table.columns] == [
+        "method", "to 80%", "final acc", "noisy (base)"
+    ]  # fmt: skip
+
+
+def _width(table) -> int:
+    from rich.console import Console
+
+    console = Console(width=400, record=True, file=io.StringIO())
+    console.print(table)
+    return max(len(line.rstrip()) for line in console.export_text().splitlines())
+
+
+def test_the_terminal_table_fits_100_columns(tmp_path):
+    demo = tmp_path / "demo"
+    for name, method, predictor in (
+        ("bayesian_crossfit", "bayesian", "crossfit"), ("bayesian", "bayesian", "holdout"),
+        ("rho_loss", "rho_loss", "holdout"), ("uniform", "uniform", "holdout"),
+    ):  # fmt: skip
+        write_run(demo / name, [0.7, 0.81, 0.86], method=method, noise_rate=0.2,
+                  targets=(0.8, 0.85), extra={"zeroshot.predictor": predictor})  # fmt: skip
+    report = make_report([demo])
+    assert _width(render_table(report)) <= 100
+    labels = [r.label for r in report.rows]
+    assert "uniform" in labels  # uniform's label names no predictor it never uses
+    assert "bayesian · zeroshot.predictor=crossfit" in labels
+
+    long = tmp_path / "long"
+    methods = ["uniform", "bayesian", "rho_loss", "irreducible_loss", "train_loss", "grad_norm",
+               "grad_norm_is", "svp", "infobatch"]  # fmt: skip
+    for method in methods:
+        for seed in (0, 1, 2):
+            write_run(long / f"{method}-s{seed}", [0.6, 0.83, 0.875 + 0.001 * seed],
+                      method=method, seed=seed, noise_rate=0.2, targets=(0.82, 0.87))  # fmt: skip
+    report = make_report([long])
+    assert len(report.rows) == 9 and _width(render_table(report)) <= 100
 
 
 def test_baseline_scores_get_their_own_figure(tmp_path):
