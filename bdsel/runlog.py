@@ -287,10 +287,6 @@ class RunDir:
         """Replace metrics.jsonl with ``records`` (a resume's checked records)."""
         self._write(METRICS, "".join(json.dumps(r) + "\n" for r in records).encode())
 
-    def truncate_metrics(self, last_epoch: int) -> None:
-        """Keep the records up to ``last_epoch`` (a resumed run rewrites what came after)."""
-        self.write_metrics([r for r in self.read_metrics() if r["epoch"] <= last_epoch])
-
     # -- checkpoint and summary
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
