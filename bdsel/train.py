@@ -30,7 +30,7 @@ from torch.profiler import record_function
 from bdsel.cleaning import clean_run_data
 from bdsel.config import Config
 from bdsel.data import Dataset, RunData, derive_run_data, load_dataset, make_image_source
-from bdsel.data.batching import ImageSource
+from bdsel.data.batching import FolderImages, ImageSource
 from bdsel.distributed import (
     World,
     all_reduce_min,
@@ -59,6 +59,7 @@ from bdsel.rundir import METRICS, RunDirError, acc_key, epochs_to_target
 from bdsel.runlog import RunDir, lock_rundir
 from bdsel.selection import (
     Candidates,
+    Selection,
     Selector,
     SelectorContext,
     prefilter,
@@ -231,23 +232,32 @@ class EpochStats:
         )
 
 
-def train_step(
+@dataclass
+class StepTools:
+    """What every step uses besides the run: the scoring and training forwards (compiled or
+    DDP-wrapped, or the model itself), their autocasts, and the selection timer."""
+
+    score_forward: Callable
+    train_forward: Callable
+    score_autocast: Callable
+    autocast: Callable
+    timer: SectionTimer
+
+
+def choose(
     run: Run,
     candidates: Candidates,
     generator: torch.Generator,
-    autocast: Callable,
     stats: EpochStats,
-    timer: SectionTimer,
-    score_forward: Callable,
-    train_forward: Callable,
-    score_autocast: Callable,
-) -> int:
-    """Select from one candidate batch, take one optimizer step; returns the points trained on.
+    tools: StepTools,
+) -> tuple[Candidates, Selection]:
+    """The selection half of a step: prefilter, candidate forward (when the method reads it),
+    ``select``. Returns the candidates it chose from (fewer after a prefilter) and the choice.
 
     Its phases are labelled for torch.profiler (``bdsel/...``; benchmarks/bench_step.py
     --profile prints the breakdown); a label costs about a microsecond when nothing profiles.
     """
-    timer.start()
+    tools.timer.start()
     if run.n_prefiltered < candidates.indices.shape[0]:
         with record_function("bdsel/prefilter"):
             plausibility = run.selector.plausibility(candidates)
@@ -260,11 +270,9 @@ def train_step(
     logits = features = None
     if run.selector.wants_forward():
         with record_function("bdsel/candidate_forward"):
+            bn = run.config.select.candidate_bn
             scored = candidate_forward(
-                score_forward,
-                candidates.inputs,
-                score_autocast,
-                run.config.select.candidate_bn,
+                tools.score_forward, candidates.inputs, tools.score_autocast, bn
             )
             logits, features = scored.logits, scored.features
     with record_function("bdsel/select"):
@@ -272,13 +280,25 @@ def train_step(
         selection = run.selector.select(
             idx, labels, logits, features, generator=generator, inputs=candidates.inputs
         )
-    timer.stop()
+    tools.timer.stop()
+    return candidates, selection
 
+
+def learn(
+    run: Run,
+    candidates: Candidates,
+    selection: Selection,
+    x: torch.Tensor,
+    stats: EpochStats,
+    tools: StepTools,
+) -> int:
+    """The training half of a step on the chosen points' inputs ``x``: forward/backward,
+    optimizer and EMA, ``observe``, statistics on the device. Returns the points trained on."""
     with record_function("bdsel/train_forward_backward"):
         pos = selection.positions
-        x, y = candidates.inputs[pos], candidates.labels[pos]
-        with autocast():
-            logits, features = train_forward(x)
+        idx, y = candidates.indices[pos], candidates.labels[pos]
+        with tools.autocast():
+            logits, features = tools.train_forward(x)
         losses = F.cross_entropy(logits.float(), y, reduction="none")
         weights = selection.weights
         loss = (losses * weights).mean() if weights is not None else losses.mean()
@@ -292,18 +312,61 @@ def train_step(
             run.ema.update(run.model)
 
     with record_function("bdsel/observe"):
-        run.selector.observe(idx[pos], y, logits, features)
+        run.selector.observe(idx, y, logits, features)
 
     with record_function("bdsel/bookkeeping"):
         bad = ~torch.isfinite(loss.detach()) & (stats.first_nonfinite < 0)
         stats.first_nonfinite = torch.where(bad, stats.n_steps, stats.first_nonfinite)
         stats.loss_sum += losses.detach().sum()
-        stats.noisy_sum += run.noisy[idx[pos]].sum()
+        stats.noisy_sum += run.noisy[idx].sum()
         stats.n_points += int(pos.shape[0])
         stats.n_steps += 1
         for k, v in selection.scalars.items():
             stats.scalars[k] = stats.scalars.get(k, 0) + v.detach().float()
     return int(pos.shape[0])
+
+
+def train_step(
+    run: Run,
+    candidates: Candidates,
+    generator: torch.Generator,
+    stats: EpochStats,
+    tools: StepTools,
+) -> int:
+    """Select from one candidate batch, take one optimizer step; returns the points trained on."""
+    candidates, selection = choose(run, candidates, generator, stats, tools)
+    return learn(run, candidates, selection, candidates.inputs[selection.positions], stats, tools)
+
+
+def epoch_steps(
+    run: Run,
+    order: torch.Tensor,
+    generators: tuple[torch.Generator, torch.Generator],
+    stats: EpochStats,
+    tools: StepTools,
+) -> Iterator[int]:
+    """Every step of one epoch over ``order`` in candidate batches; yields the points each
+    trained on. ``generators``: the epoch's (augmentation, selection) streams.
+
+    On folder data, when this epoch's selection reads no candidate forward, the epoch's
+    choices are made first and only the chosen images are decoded (by the DataLoader's
+    workers, prefetched): a step then decodes n_b images, not n_B."""
+    g_aug, g_sel = generators
+    n = run.config.select.n_candidates
+    if isinstance(run.source, FolderImages) and not run.selector.wants_forward():
+        chosen = []
+        for start in range(0, len(order) - n + 1, n):
+            idx = order[start : start + n]
+            chosen.append(
+                choose(run, Candidates(idx, None, run.observed[idx]), g_sel, stats, tools)
+            )
+        picks = [c.indices[s.positions] for c, s in chosen]
+        decoded = run.source.iter_index_batches("train", picks, generator=g_aug)
+        for (candidates, selection), (_, x) in zip(chosen, decoded, strict=True):
+            yield learn(run, candidates, selection, x, stats, tools)
+        return
+    for idx, inputs in run.source.iter_batches("train", order, n, generator=g_aug, drop_last=True):
+        yield train_step(run, Candidates(idx, inputs, run.observed[idx]), g_sel, stats, tools)
 
 
 @contextlib.contextmanager
@@ -459,10 +522,10 @@ def _train(
     train_idx = run.data.train_idx.to(device)
     has_noise = bool(run.data.noisy[run.data.train_idx].any())
     base_noisy = run.data.base_noisy_frac if has_noise else None
-    n_candidates = config.select.n_candidates
 
     state = TrainState()
     timer = SectionTimer(device)
+    tools = StepTools(score_forward, train_forward, score_autocast, autocast, timer)
     stats = EpochStats.zeros(device)
     if mode == "resume":
         state, stats = load_checkpoint(rundir, run, timer, world)
@@ -496,22 +559,7 @@ def _train(
         order = run.selector.epoch_order(train_idx, g_perm)
         per_rank = len(order) // world.size
         order = order[world.rank * per_rank : (world.rank + 1) * per_rank]
-        batches = run.source.iter_batches(
-            "train", order, n_candidates, generator=g_aug, drop_last=True
-        )
-        for i, (idx, inputs) in enumerate(batches):
-            candidates = Candidates(idx, inputs, run.observed[idx])
-            n = train_step(
-                run,
-                candidates,
-                g_sel,
-                autocast,
-                stats,
-                timer,
-                score_forward,
-                train_forward,
-                score_autocast,
-            )
+        for i, n in enumerate(epoch_steps(run, order, (g_aug, g_sel), stats, tools)):
             state.samples_seen += n * world.size
             state.step += 1
             if task is not None and ((i + 1) % config.train.log_every == 0):

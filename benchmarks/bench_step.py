@@ -46,7 +46,7 @@ from bdsel.selection import (
     selector_class,
     selector_from_config,
 )
-from bdsel.train import EpochStats, Run, prefilter_size, train_step
+from bdsel.train import EpochStats, Run, StepTools, prefilter_size, train_step
 
 PHASES = ("candidate_forward", "select", "train_step", "observe")
 
@@ -192,9 +192,8 @@ def bench(args: argparse.Namespace) -> dict:
             idx = torch.randint(0, n, (args.n_candidates,), device=device, generator=g)
             cand = Candidates(idx, source.rows("train", idx, g), run.observed[idx])
             with phase("step"):
-                train_step(
-                    run, cand, g, autocast, stats, section, score_forward, forward, score_autocast
-                )
+                tools = StepTools(score_forward, forward, score_autocast, autocast, section)
+                train_step(run, cand, g, stats, tools)
         # What is left of the step once the timed calls inside it are taken out.
         totals["train_step"] = totals["step"] - totals["excluded"] - sum(totals[p] for p in PHASES)
         ms = {k: 1000 * totals[k] / args.steps for k in PHASES}
@@ -219,7 +218,9 @@ def _plain_step(run: Run, n: int, n_candidates: int, g, autocasts, forward) -> N
     cand = Candidates(idx, run.source.rows("train", idx, g), run.observed[idx])
     stats, section = EpochStats.zeros(run.device), SectionTimer(run.device)
     with record_function("bdsel/step"):
-        train_step(run, cand, g, autocasts[0], stats, section, forward, forward, autocasts[1])
+        train_step(
+            run, cand, g, stats, StepTools(forward, forward, autocasts[1], autocasts[0], section)
+        )
 
 
 def profile_steps(step: Callable[[], None], n_steps: int, device: torch.device) -> dict:

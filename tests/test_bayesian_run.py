@@ -250,7 +250,7 @@ def test_prefilter_scores_only_the_most_plausible_candidates(bayes_values: dict,
     ones are among them."""
     from bdsel.engine import SectionTimer, autocast_for
     from bdsel.selection import Candidates, prefilter
-    from bdsel.train import EpochStats, build_run, train_step
+    from bdsel.train import EpochStats, StepTools, build_run, train_step
 
     # Class 1's labels are all less plausible than class 0's: a global top-3 would keep only
     # class 0; within-class ranks keep each class's most plausible first.
@@ -282,7 +282,7 @@ def test_prefilter_scores_only_the_most_plausible_candidates(bayes_values: dict,
     plain = autocast_for(run.device, "fp32")
     timer = SectionTimer(run.device)
     g = torch.Generator().manual_seed(0)
-    train_step(run, cands, g, plain, stats, timer, run.model, run.model, plain)
+    train_step(run, cands, g, stats, StepTools(run.model, run.model, plain, plain, timer))
     assert sizes == [32, 16]  # candidate forward on the survivors, then the training step
     plausible = run.selector.zs_logprobs[idx, cands.labels]
     quantile = torch.tensor(brute_class_quantile(plausible.tolist(), cands.labels.tolist()))
@@ -307,7 +307,7 @@ def test_uniform_epochs_skip_the_candidate_forward(bayes_values: dict, tmp_path:
     once it selects, the forward sees every candidate."""
     from bdsel.engine import SectionTimer, autocast_for
     from bdsel.selection import Candidates
-    from bdsel.train import EpochStats, build_run, train_step
+    from bdsel.train import EpochStats, StepTools, build_run, train_step
 
     values = dict(bayes_values, select=dict(bayes_values["select"], warmup_epochs=1))
     assert runner.invoke(app, ["cache-zeroshot", "-c", _write(tmp_path, values)]).exit_code == 0
@@ -323,7 +323,7 @@ def test_uniform_epochs_skip_the_candidate_forward(bayes_values: dict, tmp_path:
         sizes.clear()
         g = torch.Generator().manual_seed(0)
         stats, timer = EpochStats.zeros(run.device), SectionTimer(run.device)
-        train_step(run, cands, g, plain, stats, timer, run.model, run.model, plain)
+        train_step(run, cands, g, stats, StepTools(run.model, run.model, plain, plain, timer))
         assert sizes == expected
 
 

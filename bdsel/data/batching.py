@@ -9,7 +9,7 @@ indices on the device, so every batch carries the global indices of its points.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader
@@ -140,6 +140,7 @@ class FolderImages:
         }
         self.num_workers = num_workers
         self.channels_last = channels_last
+        self.decoded = 0  # images decoded so far: what a step's data costs
 
     def iter_batches(
         self,
@@ -150,20 +151,33 @@ class FolderImages:
         generator: torch.Generator | None = None,
         drop_last: bool = False,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        ds = self.datasets[(split, generator is not None and split == "train")]
         sampler = BatchSampler(order.tolist(), batch_size, drop_last=drop_last)
+        return self._load(split, sampler, generator)
+
+    def iter_index_batches(
+        self, split: str, batches: list[torch.Tensor], *, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The given batches of global indices, decoded in order by the workers (prefetched):
+        the training loop's chosen points, when nothing else of a candidate batch is read."""
+        return self._load(split, [b.tolist() for b in batches], generator)
+
+    def _load(
+        self, split: str, batch_sampler: Iterable[list[int]], generator: torch.Generator | None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        ds = self.datasets[(split, generator is not None and split == "train")]
         seed = None
         if generator is not None:
             seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
         loader = DataLoader(
             ds,
-            batch_sampler=sampler,
+            batch_sampler=batch_sampler,
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
             generator=None if seed is None else torch.Generator().manual_seed(seed),
         )
         for x, idx in loader:
+            self.decoded += len(idx)
             x = x.to(self.device, non_blocking=True)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
