@@ -67,7 +67,10 @@ class Selector:
 
     Subclasses register with ``@register_selector(name)``, take their settings as keyword
     arguments, and implement :meth:`pick` (and :meth:`_observe` when they learn from the
-    trained points). Nothing here syncs the host except the index check on CPU tensors.
+    trained points). In an epoch where a method reads no candidate forward, ``bdsel train``
+    may make all of the epoch's choices before its first step (on folder data, so that only
+    the chosen images are decoded): such a choice must not depend on what :meth:`observe`
+    learns within the same epoch. Nothing here syncs the host except the index check on CPU tensors.
     """
 
     name: ClassVar[str] = ""
