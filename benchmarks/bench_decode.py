@@ -3,7 +3,8 @@
 On folder data (WebVision-style) a step of a method that chooses without the candidate
 forward decodes only the n_b points it trains on; a method that scores the candidates decodes
 all n_B. This writes a synthetic JPEG folder, trains each method for one epoch side by side in
-one run, and prints images decoded per step, training seconds per step, and the DataLoader's
+one run (and uniform once more with every candidate batch decoded whole, as the loop did
+before), and prints images decoded per step, training seconds per step, and the DataLoader's
 decoding throughput (images per second, decoding alone), each as measured here.
 
     python benchmarks/bench_decode.py [--n-train 3200 --size 96 --workers 2]
@@ -75,7 +76,10 @@ def main() -> None:
         print(f"decoding alone: {rate:.0f} images/s ({args.workers} workers, "
               f"{args.size}px JPEG -> {args.image_size}px crops)")  # fmt: skip
         print(f"{'method':<12} {'decoded/step':>13} {'s/step':>8}")
-        for method in args.methods.split(","):
+        import bdsel.train as loop
+
+        runs = [(m, True) for m in args.methods.split(",")] + [("uniform", False)]
+        for method, lazy in runs:
             counts = {}
             real = FolderImages.__init__
 
@@ -84,14 +88,18 @@ def main() -> None:
                 _counts.setdefault("train", self)  # the first source built is the run's
 
             FolderImages.__init__ = init
+            if not lazy:  # the loop as it was: every candidate batch decoded whole
+                loop.FolderImages = type("EveryCandidateDecoded", (), {})
             try:
                 summary = train(config(method), Path(tmp) / method, mode="overwrite")
             finally:
                 FolderImages.__init__ = real
+                loop.FolderImages = FolderImages
             steps = summary["steps"]
             evaluated = 200  # the test split, decoded once by the evaluation
             per_step = (counts["train"].decoded - evaluated) / steps
-            print(f"{method:<12} {per_step:>13.0f} {summary['wall_s'] / steps:>8.3f}")
+            name = method if lazy else f"{method} (all n_B decoded, as before)"
+            print(f"{name:<12} {per_step:>13.0f} {summary['wall_s'] / steps:>8.3f}")
 
 
 if __name__ == "__main__":
