@@ -26,9 +26,11 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2r
        max-width: 1200px; padding: 0 1rem; color: #222; }
 h1 { font-size: 1.5rem; }
 .meta { color: #666; }
-table { border-collapse: collapse; font-size: 0.9rem; margin: 1rem 0; }
-th, td { border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: right; white-space: nowrap; }
-th { background: #f3f3f3; }
+table { border-collapse: collapse; font-size: 0.8rem; margin: 1rem 0; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.4rem; text-align: right; white-space: nowrap; }
+th { background: #f3f3f3; white-space: normal; vertical-align: bottom; }
+td.wrap { white-space: normal; overflow-wrap: anywhere; max-width: 14rem; }
+.scroll { overflow-x: auto; }  /* a very wide table scrolls itself, not the page */
 td.text, th.text { text-align: left; }
 tbody tr:nth-child(even) { background: #fafafa; }
 .note { color: #555; font-size: 0.85rem; max-width: 60rem; }
@@ -40,11 +42,15 @@ code { font-size: 0.85rem; }
 """
 
 TEXT_COLUMNS = {"method", "dataset", "noise", "config", "seeds"}
+WRAPPED_COLUMNS = {"config"}  # long key=value lists break anywhere; the rest keep their words
 
 
 def _table_html(report: Report) -> str:
     headers, body = display_table(report.rows, report.targets)
     kinds = ["text" if h in TEXT_COLUMNS else "num" for h in headers]
+    kinds = [
+        f"{k} wrap" if h in WRAPPED_COLUMNS else k for h, k in zip(headers, kinds, strict=True)
+    ]
     head = "".join(f'<th class="{k}">{escape(h)}</th>' for h, k in zip(headers, kinds, strict=True))
     rows = [
         "<tr>"
@@ -53,9 +59,9 @@ def _table_html(report: Report) -> str:
         for cells in body
     ]
     return (
-        f'<table id="results">\n<thead><tr>{head}</tr></thead>\n<tbody>\n'
+        f'<div class="scroll"><table id="results">\n<thead><tr>{head}</tr></thead>\n<tbody>\n'
         + "\n".join(rows)
-        + "\n</tbody>\n</table>"
+        + "\n</tbody>\n</table></div>"
     )
 
 
