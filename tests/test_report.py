@@ -320,7 +320,7 @@ def test_render_table_has_one_row_per_group(tmp_path):
     table = render_table(make_report([runs]))
     assert table.row_count == 2
     assert [c.header for c in table.columns] == [
-        "method", "to 80%", "final acc", "noisy (base)"
+        "method", "to 80%", "acc at 20.0s", "final acc", "noisy (base)"
     ]  # fmt: skip
 
 

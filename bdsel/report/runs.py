@@ -147,6 +147,13 @@ class RunRecord:
     def wall_s(self) -> float:
         return _last_finite(self.column("wall_s"))
 
+    def acc_at_seconds(self, seconds: float) -> float:
+        """Test accuracy of the last evaluation after at most ``seconds`` of training (NaN
+        when none came that early): where the run stood on the clock."""
+        wall, acc = self.column("wall_s"), self.column("test_acc")
+        early = np.flatnonzero(wall <= seconds + 1e-9)
+        return float(acc[early[-1]]) if len(early) else math.nan
+
     @property
     def selection_share(self) -> float:
         """selection_s / wall_s at the last record that has both (NaN when unknown)."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich import box
 from rich.table import Table as RichTable
 
 from bdsel.report.runs import RunRecord, flatten_config
@@ -303,6 +304,8 @@ def display_table(rows: list[TableRow], targets: list[float]) -> tuple[list[str]
     headers = ["method", "dataset", "noise"] + (["config"] if with_variant else [])
     headers += ["seeds"] + [f"epochs to {pct(t)}" for t in targets]
     headers += [f"time to {pct(t)}" for t in targets]
+    clock = equal_time(rows)
+    headers += [f"acc at {format_duration(clock)} of training"]
     headers += ["final acc", "best acc", "epochs", "wall time", "selecting"]
     headers += ["noisy: selected vs base"]
     body = []
@@ -313,6 +316,7 @@ def display_table(rows: list[TableRow], targets: list[float]) -> tuple[list[str]
         )
         cells += [f"{len(r.runs)} ({seeds})"] + [c.text() for c in r.cells]
         cells += [c.seconds_text() for c in r.cells]
+        cells += [acc_at_text(r, clock)]
         share = _mean([run.selection_share for run in r.runs])
         cells += [r.acc_text(r.final_accs), r.acc_text(r.best_accs), r.epochs_text()]
         cells += [format_duration(_mean([run.wall_s for run in r.runs]))]
@@ -399,13 +403,27 @@ class Report:
 TERMINAL_LABEL_MAX = 32  # a row's label in the terminal table (the CSV/MD/HTML keep it whole)
 
 
+def equal_time(rows: list[TableRow]) -> float:
+    """The clock every row is read at besides the epochs: the shortest run's training time
+    (the fastest method's whole run, when runs have the same epochs)."""
+    return min((run.wall_s for r in rows for run in r.runs), default=math.nan)
+
+
+def acc_at_text(row: TableRow, seconds: float) -> str:
+    accs = [run.acc_at_seconds(seconds) for run in row.runs]
+    if not math.isfinite(seconds) or not all(math.isfinite(a) for a in accs):
+        return "-"
+    return row.acc_text(accs)
+
+
 def terminal_table(rows: list[TableRow], targets: list[float]) -> tuple[list[str], list[list[str]]]:
     """The fewest columns that say which method reaches which target first, and ends where:
     label, then per target the epochs and training time to it (``ep 8, 1m17s``), the final accuracy and the
     share of mislabeled points among the selected (against the base rate). Fits 100 columns
     for a handful of targets; everything else is in table.csv / .md / report.html."""
     headers = ["method"] + [f"to {pct(t)}" for t in targets]
-    headers += ["final acc", "noisy (base)"]
+    clock = equal_time(rows)
+    headers += [f"acc at {format_duration(clock)}", "final acc", "noisy (base)"]
     body = []
     for r in rows:
         # a setting by its last name: zeroshot.predictor=crossfit -> predictor=crossfit
@@ -418,7 +436,7 @@ def terminal_table(rows: list[TableRow], targets: list[float]) -> tuple[list[str
         noisy = "n/a"
         if r.has_noise:
             noisy = f"{pct(r.selected_noisy_frac)} ({pct(r.base_noisy_frac)})"
-        cells += [r.acc_text(r.final_accs), noisy]
+        cells += [acc_at_text(r, clock), r.acc_text(r.final_accs), noisy]
         body.append(cells)
     return headers, body
 
@@ -426,7 +444,7 @@ def terminal_table(rows: list[TableRow], targets: list[float]) -> tuple[list[str
 def render_table(report: Report) -> RichTable:
     """The table for the terminal (rich): :func:`terminal_table`'s columns."""
     headers, body = terminal_table(report.rows, report.targets)
-    table = RichTable(title=report.title, title_justify="left")
+    table = RichTable(title=report.title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for i, h in enumerate(headers):
         table.add_column(h, justify="left" if i == 0 else "right", overflow="fold")
     for cells in body:
