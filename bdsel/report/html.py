@@ -97,7 +97,9 @@ def render_html(report: Report, figures: dict[str, bytes]) -> str:
         "Epochs to a target: first epoch whose test accuracy is at least the target; "
         "&ldquo;-&rdquo; never reached, with the final accuracy in parentheses; for several "
         "seeds the mean over the seeds that reached it, with &ldquo;k/n&rdquo; when not all "
-        "did. Accuracies: mean &plusmn; std over seeds. <em>selecting</em>: share of wall time "
+        "did. <em>acc at T of training</em>: each run's test accuracy at its last evaluation "
+        "within T seconds of training, T the shortest run's training time (every run on one "
+        "clock). Accuracies: mean &plusmn; std over seeds. <em>selecting</em>: share of wall time "
         "spent selecting. <em>noisy</em>: mean fraction of noisy labels among the selected "
         "points against the base rate."
     )

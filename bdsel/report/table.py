@@ -373,7 +373,9 @@ def to_markdown(rows: list[TableRow], targets: list[float]) -> str:
         "(final accuracy in parentheses); for several seeds the mean over the seeds that "
         'reached it, with "k/n" when not all did. Time to a target: training wall-clock at '
         "that epoch (selection included, evaluation excluded), mean over the seeds that reached "
-        "it. Accuracies: mean ± std over seeds. "
+        "it. Accuracy at T of training: each run's test accuracy at its last evaluation within "
+        "T seconds of training, T the shortest run's training time (all runs on one clock). "
+        "Accuracies: mean ± std over seeds. "
         "selecting: share of wall time spent selecting. noisy: mean fraction of noisy labels "
         "among the selected points vs the base rate.",
     ]
