@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -424,3 +425,19 @@ def test_legend_labels_name_what_tells_a_methods_rows_apart(tmp_path):
     cf = labels["bcf"]  # the short value first, the path by its name, cut at 60 characters
     assert cf.startswith("bayesian · zeroshot.predictor=crossfit, zeroshot.cache=fash")
     assert "cache/" not in cf and len(cf) == 60 and cf.endswith("…")
+
+
+def test_every_run_is_read_at_the_shortest_runs_training_time(tmp_path):
+    from bdsel.report.table import terminal_table
+
+    runs = tmp_path / "runs"
+    write_run(runs / "slow", [0.5, 0.7, 0.9], method="bayesian")  # wall 10, 20, 30 s
+    write_run(runs / "fast", [0.6, 0.8])  # uniform, wall 10, 20 s: the clock is 20 s
+    report = make_report([runs])
+    headers, body = terminal_table(report.rows, report.targets)
+    column = headers.index("acc at 20.0s")
+    got = {cells[0]: cells[column] for cells in body}
+    assert got == {"bayesian": "70%", "uniform": "80%"}
+    slow = next(r for r in report.runs if r.method == "bayesian")
+    assert slow.acc_at_seconds(29.9) == 0.7 and slow.acc_at_seconds(30) == 0.9
+    assert math.isnan(slow.acc_at_seconds(5))
