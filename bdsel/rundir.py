@@ -229,7 +229,8 @@ def read_jsonl(
                 problem = check(record)
         if problem is None:
             if increasing is not None:
-                previous = _check_increasing(path, increasing, previous, lineno, record)
+                value = record.get(increasing)
+                previous = check_increasing(path, increasing, previous, lineno, value)
             records.append(record)
         elif k == len(lines) - 1:  # the last line of a file being written, or killed mid-write
             return records, f"line {lineno} is incomplete ({problem})"
@@ -238,16 +239,25 @@ def read_jsonl(
     return records, None
 
 
-def _check_increasing(
-    path: Path, key: str, previous: tuple[int, Any] | None, lineno: int, record: dict[str, Any]
+def check_increasing(
+    path: Path,
+    key: str,
+    previous: tuple[int, Any] | None,
+    lineno: int,
+    value: Any,
+    *,
+    prefix: str = "",
+    consequence: str = "its numbers cannot be trusted",
 ) -> tuple[int, Any]:
-    value = record.get(key)
+    """(``lineno``, ``value``) when ``value`` comes after ``previous`` = (line, value) of the
+    last record; a :class:`MetricsOrderError` naming both lines when it repeats or goes
+    back (``prefix`` and ``consequence`` frame the message for the caller)."""
     if previous is not None and isinstance(value, int | float) and value <= previous[1]:
         how = "repeats" if value == previous[1] else "goes back to"
         raise MetricsOrderError(
-            f"{path}: line {lineno} {how} {key} {value} after {key} {previous[1]} (line "
+            f"{prefix}{path}: line {lineno} {how} {key} {value} after {key} {previous[1]} (line "
             f"{previous[0]}): two runs wrote into this directory, or records were added to it; "
-            "its numbers cannot be trusted"
+            f"{consequence}"
         )
     return (lineno, value)
 

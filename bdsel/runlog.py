@@ -32,10 +32,10 @@ from bdsel.rundir import (
     SUMMARY,
     TENSORBOARD_DIR,
     DiskFullError,
-    MetricsOrderError,
     RunDirError,
     atomic_write_bytes,
     atomic_write_text,
+    check_increasing,
     is_disk_full,
     read_jsonl,
 )
@@ -100,6 +100,9 @@ def _numbers(values: list[int]) -> str:
     return ", ".join(str(v) for v in values)
 
 
+RESUME_REFUSED = "it cannot be resumed safely. Start the run again with --overwrite"
+
+
 def check_metrics_for_resume(
     path: Path, checkpoint_epoch: int, total_epochs: int, every: int
 ) -> MetricsCheck:
@@ -126,14 +129,8 @@ def check_metrics_for_resume(
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
             damaged.append(i + 1)
             continue
-        if last is not None and epoch <= last[1]:
-            how = "repeats" if epoch == last[1] else "goes back to"
-            raise MetricsOrderError(
-                f"--resume: {path}: line {i + 1} {how} epoch {epoch} after epoch {last[1]} "
-                f"(line {last[0]}): two runs wrote into this directory, or records were added "
-                "to it; it cannot be resumed safely. Start the run again with --overwrite"
-            )
-        last = (i + 1, epoch)
+        last = check_increasing(path, "epoch", last, i + 1, epoch, prefix="--resume: ",
+                                consequence=RESUME_REFUSED)  # fmt: skip
         if epoch > checkpoint_epoch:
             continue
         if epoch not in expected:
