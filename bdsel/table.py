@@ -37,11 +37,15 @@ class ZeroShotTable:
             isinstance(temperature, int | float) and temperature > 0 and math.isfinite(temperature)
         ):
             raise ValueError(f"temperature: expected a positive number, got {temperature!r}")
-        lp = logprobs.float()
-        self.logprobs = torch.log_softmax(lp / temperature, dim=1) if temperature != 1 else (
-            torch.log_softmax(lp, dim=1)
-        )  # fmt: skip
+        self.logprobs = torch.log_softmax(logprobs.float() / temperature, dim=1)
         self.temperature = float(temperature)
+
+    @classmethod
+    def _as_given(cls, logprobs: torch.Tensor, temperature: float) -> ZeroShotTable:
+        """A table over ``logprobs`` exactly as they are: no copy, no renormalising."""
+        table = cls.__new__(cls)
+        table.logprobs, table.temperature = logprobs, temperature
+        return table
 
     @property
     def n_rows(self) -> int:
@@ -56,9 +60,7 @@ class ZeroShotTable:
         return self.logprobs.device
 
     def to(self, device: torch.device | str) -> ZeroShotTable:
-        table = ZeroShotTable.__new__(ZeroShotTable)
-        table.logprobs, table.temperature = self.logprobs.to(device), self.temperature
-        return table
+        return ZeroShotTable._as_given(self.logprobs.to(device), self.temperature)
 
     def __len__(self) -> int:
         return self.n_rows
@@ -66,13 +68,7 @@ class ZeroShotTable:
     def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
         """Rows at ``indices`` (int64 [n], global indices) -> float32 [n, C]. On CPU an index
         outside 0..N-1 is a ValueError naming it (on a GPU the check would sync the host)."""
-        if indices.device.type == "cpu" and indices.numel():
-            low, high = int(indices.min()), int(indices.max())
-            if low < 0 or high >= self.n_rows:
-                raise ValueError(
-                    f"indices: {low if low < 0 else high} is outside the table of {self.n_rows} "
-                    f"rows (global indices 0..{self.n_rows - 1})"
-                )
+        check_rows(indices, self.n_rows)
         return self.logprobs[indices]
 
     def __repr__(self) -> str:
@@ -119,6 +115,18 @@ class ZeroShotTable:
         return cls(logprobs, t)
 
 
+def check_rows(indices: torch.Tensor, n_rows: int) -> None:
+    """On CPU, a ValueError naming the first of ``indices`` outside a table of ``n_rows`` rows
+    (0..n_rows-1); on a GPU nothing (the check would sync the host, and indexing fails anyway)."""
+    if indices.device.type == "cpu" and indices.numel():
+        low, high = int(indices.min()), int(indices.max())
+        if low < 0 or high >= n_rows:
+            raise ValueError(
+                f"indices: {low if low < 0 else high} is outside the table of {n_rows} rows "
+                f"(global indices 0..{n_rows - 1})"
+            )
+
+
 def as_table(value: ZeroShotTable | torch.Tensor, name: str) -> ZeroShotTable:
     """A selector's per-index table argument: a ZeroShotTable, or log-probs [N, C] as they are."""
     if isinstance(value, ZeroShotTable):
@@ -126,9 +134,7 @@ def as_table(value: ZeroShotTable | torch.Tensor, name: str) -> ZeroShotTable:
     if isinstance(value, torch.Tensor):
         if value.ndim != 2:
             raise ValueError(f"{name}: expected log-probs [N, C], got {tuple(value.shape)}")
-        table = ZeroShotTable.__new__(ZeroShotTable)
-        table.logprobs, table.temperature = value, 1.0  # as given: no copy, no renormalising
-        return table
+        return ZeroShotTable._as_given(value, 1.0)
     raise ValueError(
         f"{name}: expected a ZeroShotTable or a tensor [N, C], got {type(value).__name__}"
     )

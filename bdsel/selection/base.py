@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 
 from bdsel.config import Config
+from bdsel.table import check_rows
 
 
 @dataclass
@@ -219,13 +220,8 @@ class Selector:
             _need(logits.ndim == 2 and logits.shape[0] == n, "logits", f"[{n}, C]", logits)
         if features is not None:
             _need(features.ndim == 2 and features.shape[0] == n, "features", f"[{n}, D]", features)
-        if self.n_rows is not None and indices.device.type == "cpu" and n:
-            low, high = int(indices.min()), int(indices.max())
-            if low < 0 or high >= self.n_rows:
-                raise ValueError(
-                    f"indices: {low if low < 0 else high} is outside the per-index table of "
-                    f"{self.n_rows} rows (global indices 0..{self.n_rows - 1})"
-                )
+        if self.n_rows is not None:
+            check_rows(indices, self.n_rows)
         return n
 
 
