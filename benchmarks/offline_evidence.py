@@ -38,16 +38,13 @@ import argparse
 import datetime
 import fnmatch
 import json
-import os
 import shutil
 import statistics
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs import bdsel_executable, log, run_pool
 from matplotlib.figure import Figure
 
 from bdsel.report import make_report
@@ -168,15 +165,6 @@ NOISE_NOTE = (
 )
 
 
-def log(msg: str) -> None:
-    print(f"[{datetime.datetime.now():%H:%M:%S}] {msg}", flush=True)
-
-
-def bdsel_executable() -> str:
-    """The bdsel command: on the PATH, or beside this interpreter (a venv not activated)."""
-    return shutil.which("bdsel") or str(Path(sys.executable).parent / "bdsel")
-
-
 def command(name: str, runs: Path) -> list[str]:
     cmd = [bdsel_executable(), "train", "--config", "fashion_mnist", "--run-dir", str(runs / name)]
     cmd += ["--overwrite"]
@@ -212,31 +200,6 @@ def cache_commands(names: list[str]) -> list[tuple[str, list[str]]]:
     return out
 
 
-def run_pool(jobs: list[tuple[str, list[str]]], args: argparse.Namespace) -> None:
-    """Run (log name, command) pairs ``--jobs`` at a time, each pinned to its own core with one
-    thread; output goes to <runs>/logs/<name>.txt. Stops at the first failure."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    todo, free, running = list(jobs), list(range(args.jobs)), {}
-    pin = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= args.jobs
-    (args.runs / "logs").mkdir(parents=True, exist_ok=True)
-    while todo or running:
-        while free and todo:
-            (name, cmd), slot = todo.pop(0), free.pop(0)
-            cmd = ["taskset", "-c", str(slot), *cmd] if pin else cmd
-            out = open(args.runs / "logs" / f"{name}.txt", "w")  # noqa: SIM115 (closed below)
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-            running[proc] = (name, slot, out, time.time())
-            log(f"start {name}: {' '.join(cmd[cmd.index('--config') - 1 :])}")
-        time.sleep(2)
-        for proc in [p for p in running if p.poll() is not None]:
-            name, slot, out, t0 = running.pop(proc)
-            out.close()
-            free.append(slot)
-            log(f"{name}: exit {proc.returncode} after {time.time() - t0:.0f} s")
-            if proc.returncode != 0:
-                raise SystemExit(f"{name} failed: see {args.runs / 'logs' / (name + '.txt')}")
-
-
 def selected(only: str) -> list[str]:
     """The runs ``--only`` names (comma-separated names or patterns), in the order of the first
     pattern each matches, then RUNS order; every run for an empty ``only``."""
@@ -250,8 +213,8 @@ def selected(only: str) -> list[str]:
 def run_missing(args: argparse.Namespace) -> None:
     """The caches the missing runs need, then the runs, in ``selected`` order."""
     todo = [n for n in selected(args.only) if not has_summary(args.runs / n)]
-    run_pool(cache_commands(todo), args)
-    run_pool([(name, command(name, args.runs)) for name in todo], args)
+    run_pool(cache_commands(todo), args.runs, args.jobs)
+    run_pool([(name, command(name, args.runs)) for name in todo], args.runs, args.jobs)
 
 
 def _acc(records: list[dict[str, Any]]) -> dict[int, float]:

@@ -130,7 +130,9 @@ def test_noise_rates_compare_each_rate_with_its_own_uniform(tmp_path: Path):
 def test_only_runs_the_named_runs_that_have_not_finished(tmp_path: Path, monkeypatch):
     _run(tmp_path, "bcfT033_s0", {4: 0.8}, 1.0)  # finished: never rerun
     pools = []
-    monkeypatch.setattr(evidence, "run_pool", lambda jobs, args: pools.append([n for n, _ in jobs]))
+    monkeypatch.setattr(
+        evidence, "run_pool", lambda jobs, runs, n_jobs: pools.append([n for n, _ in jobs])
+    )
     evidence.run_missing(argparse.Namespace(runs=tmp_path, only="bcfT033_*,u100n0_s2", jobs=2))
     caches, runs = pools
     assert runs == ["bcfT033_s1", "u100n0_s2"]  # in the order named

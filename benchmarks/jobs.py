@@ -1,0 +1,51 @@
+"""The job runner every experiment script shares: ``bdsel`` commands, a few at a time, each
+pinned to its own core with one thread (two torch processes with default threads on a
+2-core machine slow each other by 10-30x), output to <runs>/logs/<name>.txt."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def log(msg: str) -> None:
+    print(f"[{datetime.datetime.now():%H:%M:%S}] {msg}", flush=True)
+
+
+def bdsel_executable() -> str:
+    """The bdsel command: on the PATH, or beside this interpreter (a venv not activated)."""
+    return shutil.which("bdsel") or str(Path(sys.executable).parent / "bdsel")
+
+
+def run_pool(jobs: list[tuple[str, list[str]]], runs: Path, n_jobs: int) -> dict[str, float]:
+    """Run (log name, command) pairs ``n_jobs`` at a time, each pinned to its own core with one
+    thread; output goes to <runs>/logs/<name>.txt. Stops at the first failure. Returns each
+    job's wall-clock seconds."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    todo, free, running = list(jobs), list(range(n_jobs)), {}
+    pin = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= n_jobs
+    (runs / "logs").mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    while todo or running:
+        while free and todo:
+            (name, cmd), slot = todo.pop(0), free.pop(0)
+            cmd = ["taskset", "-c", str(slot), *cmd] if pin else cmd
+            out = open(runs / "logs" / f"{name}.txt", "w")  # noqa: SIM115 (closed below)
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+            running[proc] = (name, slot, out, time.time())
+            log(f"start {name}: {' '.join(cmd[cmd.index('--config') - 1 :])}")
+        time.sleep(2)
+        for proc in [p for p in running if p.poll() is not None]:
+            name, slot, out, t0 = running.pop(proc)
+            out.close()
+            free.append(slot)
+            seconds[name] = time.time() - t0
+            log(f"{name}: exit {proc.returncode} after {seconds[name]:.0f} s")
+            if proc.returncode != 0:
+                raise SystemExit(f"{name} failed: see {runs / 'logs' / (name + '.txt')}")
+    return seconds
