@@ -14,6 +14,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
@@ -500,19 +501,90 @@ def load_config(
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _at_least(low: float) -> Callable[[Any], bool]:
+    return lambda v: v >= low
+
+
+def _within(low: float, high: float, *, low_open: bool = False, high_open: bool = False):
+    return lambda v: (low < v if low_open else low <= v) and (v < high if high_open else v <= high)
+
+
+POSITIVE_INT, POSITIVE_FLOAT, NON_NEGATIVE = "a positive int", "a positive float", "a float >= 0"
+# (key, test of its value, what it expects), checked in this order by validate().
+RULES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("seed", _at_least(0), "an int >= 0 (it also seeds the split unless data.split_seed)"),
+    ("data.split_seed", lambda v: v is None or v >= 0, "null or an int >= 0"),
+    ("data.train_fraction", _within(0, 1, low_open=True), "a fraction in (0, 1]"),
+    ("data.holdout_fraction", _within(0, 1, high_open=True), "a fraction in [0, 1)"),
+    ("data.validation_fraction", _within(0, 1, high_open=True), "a fraction in [0, 1)"),
+    ("data.noise.rate", _within(0, 1), "a fraction in [0, 1]"),
+    ("data.imbalance.ratio", _at_least(1), "a max/min class-size ratio >= 1"),
+    ("data.image_size", _positive, "a positive int"),
+    ("data.num_workers", _at_least(0), "an int >= 0"),
+    ("select.n_candidates", _at_least(1), POSITIVE_INT),
+    ("select.n_selected", _at_least(1), POSITIVE_INT),
+    ("select.alpha", _within(0, 1), "a weight in [0, 1]"),
+    ("select.n_samples", _at_least(1), POSITIVE_INT),
+    ("select.prior_precision", _at_least(0), NON_NEGATIVE),
+    ("select.n_effective", _positive, POSITIVE_FLOAT),
+    ("select.momentum", _within(0, 1, high_open=True), "a float in [0, 1)"),
+    ("select.warmup_epochs", _at_least(0), "an int >= 0"),
+    ("select.prefilter", _within(0, 1, low_open=True), "a fraction in (0, 1]"),
+    ("select.anneal", _within(0, 1, high_open=True), "a fraction of the epochs in [0, 1)"),
+    ("select.infobatch.prune_ratio", _within(0, 1, high_open=True), "a fraction in [0, 1)"),
+    ("select.infobatch.delta", _within(0, 1), "a fraction of the epochs in [0, 1]"),
+    ("select.svp.fraction", _within(0, 1, low_open=True), "a fraction in (0, 1]"),
+    ("select.svp.epochs", _at_least(1), POSITIVE_INT),
+    ("select.svp.lr", _positive, POSITIVE_FLOAT),
+    ("select.svp.batch_size", _at_least(1), POSITIVE_INT),
+    ("zeroshot.temperature", lambda v: v == "auto" or v > 0, "auto or a positive float"),
+    ("zeroshot.batch_size", _at_least(1), POSITIVE_INT),
+    ("zeroshot.holdout.epochs", _at_least(1), POSITIVE_INT),
+    ("zeroshot.holdout.patience", _at_least(0), "an int >= 0 (0: no early stop)"),
+    ("zeroshot.holdout.calibration_fraction", _within(0, 1, low_open=True, high_open=True),
+     "a fraction in (0, 1)"),
+    ("zeroshot.crossfit.folds", _at_least(2), "an int >= 2"),
+    ("zeroshot.crossfit.epochs", _at_least(1), POSITIVE_INT),
+    ("zeroshot.crossfit.patience", _at_least(0), "an int >= 0 (0: no early stop)"),
+    ("zeroshot.crossfit.lr", _positive, POSITIVE_FLOAT),
+    ("zeroshot.crossfit.weight_decay", _at_least(0), NON_NEGATIVE),
+    ("zeroshot.crossfit.batch_size", _at_least(1), POSITIVE_INT),
+    ("zeroshot.holdout.lr", _positive, POSITIVE_FLOAT),
+    ("zeroshot.holdout.weight_decay", _at_least(0), NON_NEGATIVE),
+    ("zeroshot.holdout.batch_size", _at_least(1), POSITIVE_INT),
+    ("train.epochs", _at_least(1), POSITIVE_INT),
+    ("train.lr", _positive, POSITIVE_FLOAT),
+    ("train.weight_decay", _at_least(0), NON_NEGATIVE),
+    ("train.momentum", _within(0, 1, high_open=True), "a float in [0, 1)"),
+    ("train.step_gamma", _positive, "a positive factor (the lr is multiplied by it)"),
+    ("train.step_milestones", lambda v: all(m >= 0 for m in v), "epochs >= 0"),
+    ("train.log_every", _at_least(1), POSITIVE_INT),
+    ("train.ema_decay", _within(0, 1, high_open=True), "a decay in [0, 1) (0: no EMA)"),
+    ("eval.bn_samples", _at_least(1), POSITIVE_INT),
+    ("train.device", lambda v: bool(DEVICE_PATTERN.fullmatch(v)), "auto, cpu, cuda, cuda:N or mps"),
+    ("zeroshot.device", lambda v: bool(DEVICE_PATTERN.fullmatch(v)),
+     "auto, cpu, cuda, cuda:N or mps"),
+    ("eval.every", _at_least(1), POSITIVE_INT),
+    ("eval.batch_size", _at_least(1), POSITIVE_INT),
+    ("report.targets", lambda v: all(0.0 < x <= 1.0 for x in v), "accuracies in (0, 1]"),
+]  # fmt: skip
+
+
 def validate(config: Config) -> None:
-    """Impossible values, named by key."""
-    d, s, t = config.data, config.select, config.train
-
-    def need(ok: bool, key: str, expected: str) -> None:
-        if not ok:
+    """Impossible values, named by key: each of RULES, then the settings that only go
+    together."""
+    for key, ok, expected in RULES:
+        if not ok(config.get(key)):
             raise ConfigError(f"{key}: expected {expected}, got {config.get(key)!r}")
+    _check_combinations(config)
 
-    need(config.seed >= 0, "seed", "an int >= 0 (it also seeds the split unless data.split_seed)")
-    need(d.split_seed is None or d.split_seed >= 0, "data.split_seed", "null or an int >= 0")
-    need(0.0 < d.train_fraction <= 1.0, "data.train_fraction", "a fraction in (0, 1]")
-    need(0.0 <= d.holdout_fraction < 1.0, "data.holdout_fraction", "a fraction in [0, 1)")
-    need(0.0 <= d.validation_fraction < 1.0, "data.validation_fraction", "a fraction in [0, 1)")
+
+def _check_combinations(config: Config) -> None:
+    d, s = config.data, config.select
     if config.eval.split == "validation" and d.validation_fraction <= 0.0:
         raise ConfigError(
             "eval.split=validation needs a validation split: set data.validation_fraction > 0"
@@ -523,85 +595,17 @@ def validate(config: Config) -> None:
             f"{d.train_fraction + d.holdout_fraction + d.validation_fraction:g} > 1: "
             "the subsets must be disjoint"
         )
-    need(0.0 <= d.noise.rate <= 1.0, "data.noise.rate", "a fraction in [0, 1]")
     if d.noise.kind == "none" and d.noise.rate > 0:
         raise ConfigError(
             "data.noise.rate > 0 needs data.noise.kind (symmetric, pairflip, uniform)"
         )
-    need(d.imbalance.ratio >= 1.0, "data.imbalance.ratio", "a max/min class-size ratio >= 1")
-    need(d.image_size > 0, "data.image_size", "a positive int")
-    need(d.num_workers >= 0, "data.num_workers", "an int >= 0")
-    need(s.n_candidates >= 1, "select.n_candidates", "a positive int")
-    need(s.n_selected >= 1, "select.n_selected", "a positive int")
     if s.n_selected > s.n_candidates:
         raise ConfigError(
             f"select.n_selected ({s.n_selected}) > select.n_candidates ({s.n_candidates}): "
             "cannot select more points than there are candidates"
         )
-    need(0.0 <= s.alpha <= 1.0, "select.alpha", "a weight in [0, 1]")
-    need(s.n_samples >= 1, "select.n_samples", "a positive int")
-    need(s.prior_precision >= 0, "select.prior_precision", "a float >= 0")
-    need(s.n_effective > 0, "select.n_effective", "a positive float")
-    need(0.0 <= s.momentum < 1.0, "select.momentum", "a float in [0, 1)")
-    need(s.warmup_epochs >= 0, "select.warmup_epochs", "an int >= 0")
-    need(0.0 < s.prefilter <= 1.0, "select.prefilter", "a fraction in (0, 1]")
-    need(0.0 <= s.anneal < 1.0, "select.anneal", "a fraction of the epochs in [0, 1)")
-    need(
-        0.0 <= s.infobatch.prune_ratio < 1.0, "select.infobatch.prune_ratio", "a fraction in [0, 1)"
-    )
-    need(
-        0.0 <= s.infobatch.delta <= 1.0,
-        "select.infobatch.delta",
-        "a fraction of the epochs in [0, 1]",
-    )
-    need(0.0 < s.svp.fraction <= 1.0, "select.svp.fraction", "a fraction in (0, 1]")
-    need(s.svp.epochs >= 1, "select.svp.epochs", "a positive int")
-    need(s.svp.lr > 0, "select.svp.lr", "a positive float")
-    need(s.svp.batch_size >= 1, "select.svp.batch_size", "a positive int")
-    z = config.zeroshot
-    need(
-        z.temperature == "auto" or z.temperature > 0,
-        "zeroshot.temperature",
-        "auto or a positive float",
-    )
-    need(z.batch_size >= 1, "zeroshot.batch_size", "a positive int")
-    need(z.holdout.epochs >= 1, "zeroshot.holdout.epochs", "a positive int")
-    need(z.holdout.patience >= 0, "zeroshot.holdout.patience", "an int >= 0 (0: no early stop)")
-    need(
-        0.0 < z.holdout.calibration_fraction < 1.0,
-        "zeroshot.holdout.calibration_fraction",
-        "a fraction in (0, 1)",
-    )
-    c = z.crossfit
-    need(c.folds >= 2, "zeroshot.crossfit.folds", "an int >= 2")
-    need(c.epochs >= 1, "zeroshot.crossfit.epochs", "a positive int")
-    need(c.patience >= 0, "zeroshot.crossfit.patience", "an int >= 0 (0: no early stop)")
-    need(c.lr > 0, "zeroshot.crossfit.lr", "a positive float")
-    need(c.weight_decay >= 0, "zeroshot.crossfit.weight_decay", "a float >= 0")
-    need(c.batch_size >= 1, "zeroshot.crossfit.batch_size", "a positive int")
-    need(z.holdout.lr > 0, "zeroshot.holdout.lr", "a positive float")
-    need(z.holdout.weight_decay >= 0, "zeroshot.holdout.weight_decay", "a float >= 0")
-    need(z.holdout.batch_size >= 1, "zeroshot.holdout.batch_size", "a positive int")
-    need(t.epochs >= 1, "train.epochs", "a positive int")
-    need(t.lr > 0, "train.lr", "a positive float")
-    need(t.weight_decay >= 0, "train.weight_decay", "a float >= 0")
-    need(0 <= t.momentum < 1, "train.momentum", "a float in [0, 1)")
-    need(t.step_gamma > 0, "train.step_gamma", "a positive factor (the lr is multiplied by it)")
-    need(all(m >= 0 for m in t.step_milestones), "train.step_milestones", "epochs >= 0")
-    need(t.log_every >= 1, "train.log_every", "a positive int")
-    need(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "a decay in [0, 1) (0: no EMA)")
-    if config.eval.model == "ema" and t.ema_decay == 0.0:
+    if config.eval.model == "ema" and config.train.ema_decay == 0.0:
         raise ConfigError("eval.model=ema needs train.ema_decay > 0 (or set eval.model=online)")
-    need(config.eval.bn_samples >= 1, "eval.bn_samples", "a positive int")
-    for key in ("train.device", "zeroshot.device"):
-        need(bool(DEVICE_PATTERN.fullmatch(config.get(key))), key, "auto, cpu, cuda, cuda:N or mps")
-    need(config.eval.every >= 1, "eval.every", "a positive int")
-    need(config.eval.batch_size >= 1, "eval.batch_size", "a positive int")
-    need(
-        all(0.0 < x <= 1.0 for x in config.report.targets),
-        "report.targets",
-        "accuracies in (0, 1]",
-    )
 
 
 def dump_config(config: Config) -> str:

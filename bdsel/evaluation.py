@@ -1,4 +1,5 @@
-"""What a run evaluates: a weight EMA, batch-norm statistics, and the metrics of a record.
+"""What a run evaluates and how: accuracy and log-probabilities on a split, a weight EMA,
+batch-norm statistics, and the metrics of a record.
 
 The authors evaluate an exponential moving average of the weights (their training script
 wraps the model in ``ema_pytorch.EMA``); bdsel keeps one with timm's ``ModelEmaV3`` (timm
@@ -23,9 +24,51 @@ from torch import nn
 from bdsel.config import Config
 from bdsel.data import RunData
 from bdsel.data.batching import ImageSource
-from bdsel.engine import evaluate, stream_generator
-from bdsel.forward import batchnorms
+from bdsel.forward import autocast_for, tracked_batchnorms
 from bdsel.rundir import metric_prefix
+from bdsel.runtime import stream_generator
+
+# ----------------------------------------------------------------------------- predictions
+
+
+def evaluate(
+    model: nn.Module,
+    source: ImageSource,
+    labels: torch.Tensor,
+    batch_size: int,
+    split: str = "test",
+    rows: torch.Tensor | None = None,
+) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy on ``rows`` of ``split`` (default: all of it).
+
+    ``labels`` are the rows' clean labels, aligned with ``rows``. One host sync at the end.
+    """
+    n = labels.shape[0]
+    if rows is None:
+        rows = torch.arange(n, device=source.device)
+    logprobs = predict_logprobs(model, source, split, rows, batch_size)
+    labels = labels.to(source.device)
+    correct = (logprobs.argmax(1) == labels).sum()
+    loss = -logprobs[torch.arange(n, device=source.device), labels].sum()
+    return float(correct) / n, float(loss) / n
+
+
+@torch.no_grad()
+def predict_logprobs(
+    model: nn.Module, source: ImageSource, split: str, rows: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """Eval-mode log-softmax of ``model`` on ``rows`` of ``split``: float32 [len(rows), C]."""
+    was_training = model.training
+    model.eval()
+    autocast = autocast_for(source.device)
+    out = []
+    for _, x in source.iter_batches(split, rows.to(source.device), batch_size):
+        with autocast():
+            logits, _ = model(x)
+        out.append(torch.log_softmax(logits.float(), dim=1))
+    model.train(was_training)
+    return torch.cat(out)
+
 
 # ----------------------------------------------------------------------------- weight EMA
 
@@ -58,10 +101,6 @@ class WeightEMA:
     def module(self) -> nn.Module:
         return self._ema.module
 
-    def decay_at(self, update: int) -> float:
-        """The decay applied by the ``update``-th update (1-based); the first copies."""
-        return self._ema.get_decay(update)
-
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         self._ema.update(model, step=self.updates)
@@ -82,10 +121,6 @@ def make_ema(model: nn.Module, decay: float) -> WeightEMA | None:
 # ----------------------------------------------------------------------------- batch norm
 
 
-def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in batchnorms(model) if m.track_running_stats]
-
-
 @torch.no_grad()
 def recalibrate_batchnorm(
     model: nn.Module, batches: Iterator[torch.Tensor] | list[torch.Tensor]
@@ -99,7 +134,7 @@ def recalibrate_batchnorm(
     sample, not an average of per-batch variances (torch's ``update_bn`` misses the spread
     between batch means).
     """
-    bns = _batchnorms(model)
+    bns = tracked_batchnorms(model)
     if not bns:
         return 0
     # per layer: [count, mean, sum of squared deviations], the last two float64 [C]
@@ -146,7 +181,7 @@ def recalibrate_batchnorm(
 def with_running_stats_of(model: nn.Module, other: nn.Module) -> nn.Module:
     """A copy of ``model`` whose BN layers hold ``other``'s running mean and variance."""
     model = copy.deepcopy(model)
-    for mine, theirs in zip(_batchnorms(model), _batchnorms(other), strict=True):
+    for mine, theirs in zip(tracked_batchnorms(model), tracked_batchnorms(other), strict=True):
         mine.running_mean.copy_(theirs.running_mean)
         mine.running_var.copy_(theirs.running_var)
     return model
@@ -154,7 +189,7 @@ def with_running_stats_of(model: nn.Module, other: nn.Module) -> nn.Module:
 
 # ----------------------------------------------------------------------------- evaluation
 
-# Stream id of the BN recalibration sample (after engine's permutation/augmentation/selection).
+# Stream id of the BN recalibration sample (after bdsel.runtime's PERMUTATION, AUGMENTATION, SELECTION).
 BN_SAMPLE = 3
 
 
@@ -190,7 +225,7 @@ class Evaluator:
 
     def with_bn(self, model: nn.Module, bn: str, online: nn.Module | None = None) -> nn.Module:
         """``model`` with the BN statistics ``bn`` names (a copy when they change)."""
-        if bn == "running" or not _batchnorms(model):
+        if bn == "running" or not tracked_batchnorms(model):
             return model
         if bn == "online_bn":
             assert online is not None

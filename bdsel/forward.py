@@ -114,6 +114,11 @@ def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
+def tracked_batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The batch-norm layers of ``model`` that keep running statistics."""
+    return [m for m in batchnorms(model) if m.track_running_stats]
+
+
 @contextlib.contextmanager
 def batchnorm_batch_stats(model: nn.Module) -> Iterator[None]:
     """Batch-norm on the current batch's statistics without touching the running ones.
@@ -121,7 +126,7 @@ def batchnorm_batch_stats(model: nn.Module) -> Iterator[None]:
     With ``track_running_stats`` off in train mode, BatchNorm normalises with batch statistics
     and neither reads nor updates its running buffers.
     """
-    bns = [m for m in batchnorms(model) if m.track_running_stats]
+    bns = tracked_batchnorms(model)
     for m in bns:
         m.track_running_stats = False
     try:

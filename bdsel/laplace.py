@@ -126,41 +126,13 @@ class LastLayerLaplace:
                 initialised process group it is ignored (a single process is its own union).
         """
         B = features.shape[0]
-        if features.ndim != 2 or features.shape[1] != self.n_features:
-            raise ValueError(
-                f"features must be [B, {self.n_features}], got {tuple(features.shape)}"
-            )
-        if probs.shape != (B, self.n_classes):
-            raise ValueError(f"probs must be [{B}, {self.n_classes}], got {tuple(probs.shape)}")
-        if labels.shape != (B,):
-            raise ValueError(f"labels must be [{B}], got {tuple(labels.shape)}")
+        self._check_batch(features, probs, labels)
         distributed = all_reduce and dist.is_available() and dist.is_initialized()
         if B == 0 and not distributed:
             raise ValueError("update needs at least one point")
-
-        # Always accumulate in the posterior's dtype: autocast hands us bf16.
-        h = features.detach().to(device=self.device, dtype=self.dtype)
-        p = probs.detach().to(device=self.device, dtype=self.dtype)
-        a_sum = h.T @ h
-        if self.fisher == "empirical":
-            # scatter instead of F.one_hot: one_hot checks label ranges with a host sync.
-            y = torch.zeros_like(p).scatter_(1, labels.to(self.device, torch.int64)[:, None], 1.0)
-            r = p - y
-            g_sum = r.T @ r
-        else:
-            g_sum = torch.diag(p.sum(0)) - p.T @ p
-
+        a_sum, g_sum = self._batch_sums(features, probs, labels)
         if distributed:
-            # One collective for everything; the count rides along so ranks with different
-            # batch sizes are weighted per point, not per rank.
-            D, C = self.n_features, self.n_classes
-            count = torch.full((1,), float(B), device=self.device, dtype=self.dtype)
-            buf = torch.cat([a_sum.reshape(-1), g_sum.reshape(-1), count])
-            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-            # clamp: an all-empty union would otherwise give NaN (checking it would sync).
-            total = buf[-1].clamp_min(1.0)
-            a = buf[: D * D].reshape(D, D) / total
-            g = buf[D * D : D * D + C * C].reshape(C, C) / total
+            a, g = self._all_reduced_means(a_sum, g_sum, B)
         else:
             a = a_sum / B
             g = g_sum / B
@@ -174,6 +146,43 @@ class LastLayerLaplace:
             self.G = self.G.mul(m).add_(g, alpha=1.0 - m)
         self.n_updates += 1
         self._cholesky = None
+
+    def _check_batch(self, features: Tensor, probs: Tensor, labels: Tensor) -> None:
+        B = features.shape[0]
+        if features.ndim != 2 or features.shape[1] != self.n_features:
+            raise ValueError(
+                f"features must be [B, {self.n_features}], got {tuple(features.shape)}"
+            )
+        if probs.shape != (B, self.n_classes):
+            raise ValueError(f"probs must be [{B}, {self.n_classes}], got {tuple(probs.shape)}")
+        if labels.shape != (B,):
+            raise ValueError(f"labels must be [{B}], got {tuple(labels.shape)}")
+
+    def _batch_sums(self, features: Tensor, probs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Σ h hᵀ [D, D] and Σ of the Fisher's outer products [C, C] over the batch."""
+        # Always accumulate in the posterior's dtype: autocast hands us bf16.
+        h = features.detach().to(device=self.device, dtype=self.dtype)
+        p = probs.detach().to(device=self.device, dtype=self.dtype)
+        a_sum = h.T @ h
+        if self.fisher == "empirical":
+            # scatter instead of F.one_hot: one_hot checks label ranges with a host sync.
+            y = torch.zeros_like(p).scatter_(1, labels.to(self.device, torch.int64)[:, None], 1.0)
+            r = p - y
+            return a_sum, r.T @ r
+        return a_sum, torch.diag(p.sum(0)) - p.T @ p
+
+    def _all_reduced_means(self, a_sum: Tensor, g_sum: Tensor, B: int) -> tuple[Tensor, Tensor]:
+        """The batch means over every rank's points: one collective for everything; the
+        count rides along so ranks with different batch sizes are weighted per point."""
+        D, C = self.n_features, self.n_classes
+        count = torch.full((1,), float(B), device=self.device, dtype=self.dtype)
+        buf = torch.cat([a_sum.reshape(-1), g_sum.reshape(-1), count])
+        dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+        # clamp: an all-empty union would otherwise give NaN (checking it would sync).
+        total = buf[-1].clamp_min(1.0)
+        a = buf[: D * D].reshape(D, D) / total
+        g = buf[D * D : D * D + C * C].reshape(C, C) / total
+        return a, g
 
     def precision_factors(self) -> tuple[Tensor, Tensor]:
         """(V [D,D], U [C,C]) with V = √n_e·A + √τ0·I_D and U = √n_e·G + √τ0·I_C."""

@@ -89,11 +89,6 @@ def acc_key(split: str) -> str:
     return f"{metric_prefix(split)}_acc"
 
 
-def loss_key(split: str) -> str:
-    """The loss key of a metrics record (``test_loss`` / ``val_loss``)."""
-    return f"{metric_prefix(split)}_loss"
-
-
 def first_reaching(
     records: list[dict[str, Any]], target: float, key: str = "test_acc"
 ) -> dict[str, Any] | None:
@@ -173,21 +168,8 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
             raise DiskFullError(f"no space left on the device writing {path}", path) from exc
 
 
-def write_config_text(run_dir: Path, text: str) -> None:
-    atomic_write_text(Path(run_dir) / CONFIG, text)
-
-
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     append_jsonl(Path(run_dir) / METRICS, record)
-
-
-def write_metrics(run_dir: Path, records: list[dict[str, Any]]) -> None:
-    """Replace metrics.jsonl with ``records`` (a resumed run rewrites what came after)."""
-    atomic_write_text(Path(run_dir) / METRICS, "".join(json.dumps(r) + "\n" for r in records))
-
-
-def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    atomic_write_text(Path(run_dir) / SUMMARY, json.dumps(summary, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------- reading

@@ -23,14 +23,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.profiler import record_function
 
 from bdsel.cleaning import clean_run_data
 from bdsel.config import Config
 from bdsel.data import Dataset, RunData, derive_run_data, load_dataset, make_image_source
-from bdsel.data.batching import FolderImages, ImageSource
+from bdsel.data.batching import ImageSource
 from bdsel.distributed import (
     World,
     all_reduce_min,
@@ -39,33 +37,24 @@ from bdsel.distributed import (
     broadcast_from_main,
     init_world,
 )
-from bdsel.engine import (
+from bdsel.evaluation import Evaluator, make_ema
+from bdsel.forward import autocast_for
+from bdsel.locking import LockedError
+from bdsel.models import Classifier, create_model
+from bdsel.optim import build_optimizer, lr_factor
+from bdsel.registries import check_names
+from bdsel.rundir import METRICS, RunDirError, acc_key, epochs_to_target
+from bdsel.runlog import RunDir, lock_rundir
+from bdsel.runtime import (
     AUGMENTATION,
     PERMUTATION,
     SELECTION,
     SectionTimer,
-    autocast_for,
-    build_optimizer,
-    candidate_forward,
-    lr_factor,
     resolve_device,
     stream_generator,
 )
-from bdsel.evaluation import Evaluator, WeightEMA, make_ema
-from bdsel.locking import LockedError
-from bdsel.models import Classifier, create_model
-from bdsel.registries import check_names
-from bdsel.rundir import METRICS, RunDirError, acc_key, epochs_to_target
-from bdsel.runlog import RunDir, lock_rundir
-from bdsel.selection import (
-    Candidates,
-    Selection,
-    Selector,
-    SelectorContext,
-    prefilter,
-    selector_class,
-    selector_from_config,
-)
+from bdsel.selection import Selector, SelectorContext, selector_class, selector_from_config
+from bdsel.step import EpochStats, Run, Stepper
 
 log = logging.getLogger(__name__)
 
@@ -75,25 +64,6 @@ class TrainingDiverged(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- the run
-
-
-@dataclass
-class Run:
-    """Everything one training run holds, built from a config before any step is taken."""
-
-    config: Config
-    device: torch.device
-    data: RunData
-    source: ImageSource
-    model: Classifier
-    selector: Selector
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    steps_per_epoch: int
-    observed: torch.Tensor  # int64 [N] on the device
-    noisy: torch.Tensor  # bool [N] on the device
-    ema: WeightEMA | None  # the weight EMA (train.ema_decay > 0), on the rank that evaluates
-    n_prefiltered: int  # candidates left by select.prefilter (n_B when it is off)
 
 
 def build_lookups(
@@ -136,10 +106,9 @@ def build_run(config: Config, dataset: Dataset | None = None, world: World | Non
     torch.manual_seed(config.seed)
     dataset = dataset if dataset is not None else load_dataset(config.data)
     data = derive_run_data(dataset, config.data, config.seed)
-    cls = selector_class(config.select.method)
     # Tables by global index, checked against the whole train subset they were made for;
     # data.clean then drops points from it (clean-then-train).
-    lookups = build_lookups(cls.requires, config, data, device)
+    lookups = build_lookups(selector_class(config.select.method).requires, config, data, device)
     data = clean_run_data(config, data)
     n_train = len(data.train_idx) // world.size  # each rank's slice of an epoch
     n_candidates = config.select.n_candidates
@@ -170,9 +139,21 @@ def build_run(config: Config, dataset: Dataset | None = None, world: World | Non
         extras={"data": data, "source": source},
     )
     selector = selector_from_config(config.select.method, context)
-    n_prefiltered = prefilter_size(config, selector)
+    return _assemble(config, data, source, model, selector, world)
+
+
+def _assemble(
+    config: Config,
+    data: RunData,
+    source: ImageSource,
+    model: Classifier,
+    selector: Selector,
+    world: World,
+) -> Run:
+    """The run's optimizer, schedule and EMA around its parts (on the source's device)."""
+    device = source.device
+    steps_per_epoch = len(data.train_idx) // world.size // config.select.n_candidates
     optimizer = build_optimizer(model, config.train)
-    steps_per_epoch = n_train // n_candidates
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, config.train, steps_per_epoch)
     )
@@ -189,184 +170,8 @@ def build_run(config: Config, dataset: Dataset | None = None, world: World | Non
         observed=data.observed.to(device),
         noisy=data.noisy.to(device),
         ema=make_ema(model, config.train.ema_decay) if world.is_main else None,
-        n_prefiltered=n_prefiltered,
+        n_prefiltered=prefilter_size(config, selector),
     )
-
-
-@dataclass
-class EpochStats:
-    """Device-side sums since the last evaluation."""
-
-    loss_sum: torch.Tensor
-    noisy_sum: torch.Tensor
-    n_points: int
-    scalars: dict[str, torch.Tensor]
-    n_steps: int
-    # Index (in n_steps) of the first step whose loss was NaN or Inf, -1 for none; read once
-    # per epoch, so the step itself never syncs the host.
-    first_nonfinite: torch.Tensor | None = None
-
-    @classmethod
-    def zeros(cls, device: torch.device) -> EpochStats:
-        z = torch.zeros((), device=device)
-        return cls(z.clone(), z.clone(), 0, {}, 0, torch.full((), -1, device=device))
-
-    def state(self) -> dict[str, Any]:
-        return {
-            "loss_sum": self.loss_sum.cpu(),
-            "noisy_sum": self.noisy_sum.cpu(),
-            "n_points": self.n_points,
-            "scalars": {k: v.cpu() for k, v in self.scalars.items()},
-            "n_steps": self.n_steps,
-        }
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any], device: torch.device) -> EpochStats:
-        return cls(
-            state["loss_sum"].to(device),
-            state["noisy_sum"].to(device),
-            state["n_points"],
-            {k: v.to(device) for k, v in state["scalars"].items()},
-            state["n_steps"],
-            torch.full((), -1, device=device),  # a checkpoint is only written while finite
-        )
-
-
-@dataclass
-class StepTools:
-    """What every step uses besides the run: the scoring and training forwards (compiled or
-    DDP-wrapped, or the model itself), their autocasts, and the selection timer."""
-
-    score_forward: Callable
-    train_forward: Callable
-    score_autocast: Callable
-    autocast: Callable
-    timer: SectionTimer
-
-
-def choose(
-    run: Run,
-    candidates: Candidates,
-    generator: torch.Generator,
-    stats: EpochStats,
-    tools: StepTools,
-) -> tuple[Candidates, Selection]:
-    """The selection half of a step: prefilter, candidate forward (when the method reads it),
-    ``select``. Returns the candidates it chose from (fewer after a prefilter) and the choice.
-
-    Its phases are labelled for torch.profiler (``bdsel/...``; benchmarks/bench_step.py
-    --profile prints the breakdown); a label costs about a microsecond when nothing profiles.
-    """
-    tools.timer.start()
-    if run.n_prefiltered < candidates.indices.shape[0]:
-        with record_function("bdsel/prefilter"):
-            plausibility = run.selector.plausibility(candidates)
-            if plausibility is not None:
-                n_classes = run.data.dataset.n_classes
-                candidates = prefilter(candidates, plausibility, run.n_prefiltered, n_classes)
-                noisy = run.noisy[candidates.indices].float().mean()
-                prior = stats.scalars.get("prefiltered_noisy", 0)
-                stats.scalars["prefiltered_noisy"] = prior + noisy
-    logits = features = None
-    if run.selector.wants_forward():
-        with record_function("bdsel/candidate_forward"):
-            bn = run.config.select.candidate_bn
-            scored = candidate_forward(
-                tools.score_forward, candidates.inputs, tools.score_autocast, bn
-            )
-            logits, features = scored.logits, scored.features
-    with record_function("bdsel/select"):
-        idx, labels = candidates.indices, candidates.labels
-        selection = run.selector.select(
-            idx, labels, logits, features, generator=generator, inputs=candidates.inputs
-        )
-    tools.timer.stop()
-    return candidates, selection
-
-
-def learn(
-    run: Run,
-    candidates: Candidates,
-    selection: Selection,
-    x: torch.Tensor,
-    stats: EpochStats,
-    tools: StepTools,
-) -> int:
-    """The training half of a step on the chosen points' inputs ``x``: forward/backward,
-    optimizer and EMA, ``observe``, statistics on the device. Returns the points trained on."""
-    with record_function("bdsel/train_forward_backward"):
-        pos = selection.positions
-        idx, y = candidates.indices[pos], candidates.labels[pos]
-        with tools.autocast():
-            logits, features = tools.train_forward(x)
-        losses = F.cross_entropy(logits.float(), y, reduction="none")
-        weights = selection.weights
-        loss = (losses * weights).mean() if weights is not None else losses.mean()
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-    with record_function("bdsel/optimizer"):
-        run.optimizer.step()
-        run.scheduler.step()
-    if run.ema is not None:
-        with record_function("bdsel/ema_update"):
-            run.ema.update(run.model)
-
-    with record_function("bdsel/observe"):
-        run.selector.observe(idx, y, logits, features)
-
-    with record_function("bdsel/bookkeeping"):
-        bad = ~torch.isfinite(loss.detach()) & (stats.first_nonfinite < 0)
-        stats.first_nonfinite = torch.where(bad, stats.n_steps, stats.first_nonfinite)
-        stats.loss_sum += losses.detach().sum()
-        stats.noisy_sum += run.noisy[idx].sum()
-        stats.n_points += int(pos.shape[0])
-        stats.n_steps += 1
-        for k, v in selection.scalars.items():
-            stats.scalars[k] = stats.scalars.get(k, 0) + v.detach().float()
-    return int(pos.shape[0])
-
-
-def train_step(
-    run: Run,
-    candidates: Candidates,
-    generator: torch.Generator,
-    stats: EpochStats,
-    tools: StepTools,
-) -> int:
-    """Select from one candidate batch, take one optimizer step; returns the points trained on."""
-    candidates, selection = choose(run, candidates, generator, stats, tools)
-    return learn(run, candidates, selection, candidates.inputs[selection.positions], stats, tools)
-
-
-def epoch_steps(
-    run: Run,
-    order: torch.Tensor,
-    generators: tuple[torch.Generator, torch.Generator],
-    stats: EpochStats,
-    tools: StepTools,
-) -> Iterator[int]:
-    """Every step of one epoch over ``order`` in candidate batches; yields the points each
-    trained on. ``generators``: the epoch's (augmentation, selection) streams.
-
-    On folder data, when this epoch's selection reads no candidate forward, the epoch's
-    choices are made first and only the chosen images are decoded (by the DataLoader's
-    workers, prefetched): a step then decodes n_b images, not n_B."""
-    g_aug, g_sel = generators
-    n = run.config.select.n_candidates
-    if isinstance(run.source, FolderImages) and not run.selector.wants_forward():
-        chosen = []
-        for start in range(0, len(order) - n + 1, n):
-            idx = order[start : start + n]
-            chosen.append(
-                choose(run, Candidates(idx, None, run.observed[idx]), g_sel, stats, tools)
-            )
-        picks = [c.indices[s.positions] for c, s in chosen]
-        decoded = run.source.iter_index_batches("train", picks, generator=g_aug)
-        for (candidates, selection), (_, x) in zip(chosen, decoded, strict=True):
-            yield learn(run, candidates, selection, x, stats, tools)
-        return
-    for idx, inputs in run.source.iter_batches("train", order, n, generator=g_aug, drop_last=True):
-        yield train_step(run, Candidates(idx, inputs, run.observed[idx]), g_sel, stats, tools)
 
 
 @contextlib.contextmanager
@@ -493,6 +298,22 @@ def train(
         return _train(run, rundir, mode, world, on_epoch, progress)
 
 
+@dataclass
+class Loop:
+    """A run in the run directory it holds, between two epochs: what an epoch, its end and
+    the summary work on."""
+
+    run: Run
+    rundir: RunDir
+    world: World
+    stepper: Stepper
+    state: TrainState
+    evaluator: Evaluator | None  # on the rank that evaluates
+    on_epoch: Callable[[dict[str, Any]], None] | None
+    progress: Any
+    task: Any = None  # the progress bar's task
+
+
 def _train(
     run: Run,
     rundir: RunDir,
@@ -502,12 +323,21 @@ def _train(
     progress: Any,
 ) -> dict[str, Any]:
     """The loop of :func:`train`, in a run directory this process holds the lock of."""
-    config = run.config
     if not world.is_main:
         on_epoch, progress = None, None
-    device, model = run.device, run.model
-    autocast = autocast_for(device)
-    score_autocast = autocast_for(device, config.select.candidate_precision)
+    loop = Loop(run, rundir, world, _stepper(run, world), TrainState(),
+                Evaluator(run.config, run.data, run.source) if world.is_main else None,
+                on_epoch, progress)  # fmt: skip
+    _start(loop, mode)
+    for epoch in range(loop.state.epoch, run.config.train.epochs):
+        _train_epoch(loop, epoch)
+        _end_epoch(loop)
+    return _finish(loop)
+
+
+def _stepper(run: Run, world: World) -> Stepper:
+    """The step's forwards: DDP-wrapped under torchrun, compiled where train.compile says."""
+    config, device, model = run.config, run.device, run.model
     trainer: nn.Module = model
     if world.distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -516,118 +346,125 @@ def _train(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     compiled = compile_enabled(config.train.compile, device)
-    train_forward = torch.compile(trainer) if compiled else trainer
-    score_forward = torch.compile(model) if compiled else model
-    evaluator = Evaluator(config, run.data, run.source) if world.is_main else None
-    train_idx = run.data.train_idx.to(device)
-    has_noise = bool(run.data.noisy[run.data.train_idx].any())
-    base_noisy = run.data.base_noisy_frac if has_noise else None
+    return Stepper(
+        run,
+        score_forward=torch.compile(model) if compiled else model,
+        train_forward=torch.compile(trainer) if compiled else trainer,
+        score_autocast=autocast_for(device, config.select.candidate_precision),
+        autocast=autocast_for(device),
+        timer=SectionTimer(device),
+    )
 
-    state = TrainState()
-    timer = SectionTimer(device)
-    tools = StepTools(score_forward, train_forward, score_autocast, autocast, timer)
-    stats = EpochStats.zeros(device)
+
+def _start(loop: Loop, mode: str) -> None:
+    """Resume from the checkpoint, open TensorBoard, run the selector's one-off work (SVP's
+    proxy training counts as selection time and wall time), show the progress bar."""
+    run, stepper, world = loop.run, loop.stepper, loop.world
     if mode == "resume":
-        state, stats = load_checkpoint(rundir, run, timer, world)
+        loop.state, stepper.stats = load_checkpoint(loop.rundir, run, stepper.timer, world)
         barrier()  # every rank has read the checkpoint before rank 0 touches the directory
         if world.is_main:
-            _restore_metrics(rundir, state, timer, run, has_noise, evaluator)
-    if world.is_main and config.train.tensorboard:
-        rundir.start_tensorboard(state.step if mode == "resume" else None)
-
-    # One-off selection work (SVP's proxy training) counts as selection time and wall time.
+            _restore_metrics(loop)
+    if world.is_main and run.config.train.tensorboard:
+        loop.rundir.start_tensorboard(loop.state.step if mode == "resume" else None)
     t_prepare = time.perf_counter()
     run.selector.prepare()
     if mode != "resume":
         prepare_s = time.perf_counter() - t_prepare
-        state.wall_s += prepare_s
-        timer.total += prepare_s
-    epochs = config.train.epochs
-    task = None
-    if progress is not None:
-        task = progress.add_task("train", total=epochs * run.steps_per_epoch, completed=state.step)
-    model.train()
-    for epoch in range(state.epoch, epochs):
-        # -- draw candidates and step
-        t0 = time.perf_counter()
-        run.selector.set_epoch(epoch)
-        # One permutation for all ranks, cut into a slice per rank; augmentation and selection
-        # draw from per-rank streams.
-        g_perm = stream_generator(config.seed, epoch, PERMUTATION, device)
-        g_aug = stream_generator(config.seed, epoch, AUGMENTATION, device, world.rank)
-        g_sel = stream_generator(config.seed, epoch, SELECTION, device, world.rank)
-        order = run.selector.epoch_order(train_idx, g_perm)
-        per_rank = len(order) // world.size
-        order = order[world.rank * per_rank : (world.rank + 1) * per_rank]
-        for i, n in enumerate(epoch_steps(run, order, (g_aug, g_sel), stats, tools)):
-            state.samples_seen += n * world.size
-            state.step += 1
-            if task is not None and ((i + 1) % config.train.log_every == 0):
-                progress.update(task, completed=state.step)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        state.wall_s += time.perf_counter() - t0
-        state.epoch = epoch + 1
-        if task is not None:
-            progress.update(task, completed=state.step)
+        loop.state.wall_s += prepare_s
+        stepper.timer.total += prepare_s
+    if loop.progress is not None:
+        total = run.config.train.epochs * run.steps_per_epoch
+        loop.task = loop.progress.add_task("train", total=total, completed=loop.state.step)
+    run.model.train()
 
-        if (bad_step := _first_nonfinite_step(stats, state.step, world)) is not None:
-            kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no checkpoint yet"
-            raise TrainingDiverged(
-                f"the training loss became NaN or Inf at epoch {state.epoch}, step {bad_step}: "
-                f"stopped ({kept}); lower train.lr or check the data, then start again with "
-                "--overwrite"
-            )
 
-        # -- evaluate (rank 0) and log
-        if state.epoch % config.eval.every == 0 or state.epoch == epochs:
-            totals = _reduce_stats(stats, world)
-            if evaluator is not None:
-                metrics = evaluator(model, run.ema)
-                state.best_acc = max(state.best_acc, metrics[f"{evaluator.prefix}_acc"])
-                record = _record(state, metrics, totals, timer, run, has_noise, base_noisy)
-                rundir.append_metrics(record)
-                if on_epoch is not None:
-                    on_epoch(record)
-            stats = EpochStats.zeros(device)
+def _train_epoch(loop: Loop, epoch: int) -> None:
+    """Every step of ``epoch``: one permutation for all ranks, cut into a slice per rank;
+    augmentation and selection draw from per-rank streams."""
+    run, state, world, seed = loop.run, loop.state, loop.world, loop.run.config.seed
+    t0 = time.perf_counter()
+    run.selector.set_epoch(epoch)
+    g_perm = stream_generator(seed, epoch, PERMUTATION, run.device)
+    g_aug = stream_generator(seed, epoch, AUGMENTATION, run.device, world.rank)
+    g_sel = stream_generator(seed, epoch, SELECTION, run.device, world.rank)
+    order = run.selector.epoch_order(run.data.train_idx.to(run.device), g_perm)
+    per_rank = len(order) // world.size
+    order = order[world.rank * per_rank : (world.rank + 1) * per_rank]
+    for i, n in enumerate(loop.stepper.epoch(order, (g_aug, g_sel))):
+        state.samples_seen += n * world.size
+        state.step += 1
+        if loop.task is not None and ((i + 1) % run.config.train.log_every == 0):
+            loop.progress.update(loop.task, completed=state.step)
+    if run.device.type == "cuda":
+        torch.cuda.synchronize()
+    state.wall_s += time.perf_counter() - t0
+    state.epoch = epoch + 1
+    if loop.task is not None:
+        loop.progress.update(loop.task, completed=state.step)
 
-        # -- save
-        if world.is_main:
-            save_checkpoint(rundir, run, state, timer, stats, world)
-        barrier()
 
-    summary = summarize(config, rundir.read_metrics())
-    if run.data.cleaning is not None:
-        summary["cleaning"] = run.data.cleaning  # data.clean: flagged, precision, recall
+def _end_epoch(loop: Loop) -> None:
+    """Stop on a NaN/Inf loss; evaluate (rank 0) and log every ``eval.every`` epochs and at
+    the end; checkpoint."""
+    run, state, stepper, world = loop.run, loop.state, loop.stepper, loop.world
+    config = run.config
+    if (bad_step := _first_nonfinite_step(stepper.stats, state.step, world)) is not None:
+        done = state.epoch - 1
+        kept = f"the checkpoint of epoch {done} is kept" if done else "no checkpoint yet"
+        raise TrainingDiverged(
+            f"the training loss became NaN or Inf at epoch {state.epoch}, step {bad_step}: "
+            f"stopped ({kept}); lower train.lr or check the data, then start again with "
+            "--overwrite"
+        )
+    if state.epoch % config.eval.every == 0 or state.epoch == config.train.epochs:
+        totals = _reduce_stats(stepper.stats, world)
+        if loop.evaluator is not None:
+            metrics = loop.evaluator(run.model, run.ema)
+            state.best_acc = max(state.best_acc, metrics[f"{loop.evaluator.prefix}_acc"])
+            record = _record(loop, metrics, totals)
+            loop.rundir.append_metrics(record)
+            if loop.on_epoch is not None:
+                loop.on_epoch(record)
+        stepper.stats = EpochStats.zeros(run.device)
     if world.is_main:
-        rundir.write_summary(summary)
+        save_checkpoint(loop.rundir, run, state, stepper.timer, stepper.stats, world)
+    barrier()
+
+
+def _finish(loop: Loop) -> dict[str, Any]:
+    summary = summarize(loop.run.config, loop.rundir.read_metrics())
+    if loop.run.data.cleaning is not None:
+        summary["cleaning"] = loop.run.data.cleaning  # data.clean: flagged, precision, recall
+    if loop.world.is_main:
+        loop.rundir.write_summary(summary)
     barrier()
     return summary
 
 
-def _record(
-    state: TrainState,
-    metrics: dict[str, float],
-    totals: EpochStats,
-    timer: SectionTimer,
-    run: Run,
-    has_noise: bool,
-    base_noisy: float | None,
-) -> dict[str, Any]:
-    """One line of metrics.jsonl: the evaluation and the selected points since the last."""
-    n_pts = max(totals.n_points, 1)
+def _record(loop: Loop, metrics: dict[str, float], totals: EpochStats | None) -> dict[str, Any]:
+    """One line of metrics.jsonl: the evaluation and the selected points since the last
+    (``totals``; None for a record rebuilt on resume, whose steps are gone)."""
+    run, state = loop.run, loop.state
+    has_noise = bool(run.data.noisy[run.data.train_idx].any())
+    n_pts = max(totals.n_points, 1) if totals is not None else 1
     record: dict[str, Any] = {
         "epoch": state.epoch,
         "step": state.step,
         "samples_seen": state.samples_seen,
         **metrics,
-        "train_loss": float(totals.loss_sum) / n_pts,
-        "selected_noisy_frac": float(totals.noisy_sum) / n_pts if has_noise else None,
-        "base_noisy_frac": base_noisy,
+        "train_loss": float(totals.loss_sum) / n_pts if totals is not None else None,
+        "selected_noisy_frac": (
+            float(totals.noisy_sum) / n_pts if totals is not None and has_noise else None
+        ),
+        "base_noisy_frac": run.data.base_noisy_frac if has_noise else None,
         "wall_s": state.wall_s,
-        "selection_s": timer.seconds(),
+        "selection_s": loop.stepper.timer.seconds(),
         "lr": run.optimizer.param_groups[0]["lr"],
     }
+    if totals is None:
+        record["rebuilt"] = True
+        return record
     for k, v in totals.scalars.items():
         record[f"select/{k}"] = float(v) / max(totals.n_steps, 1)
     return record
@@ -643,36 +480,15 @@ def _first_nonfinite_step(stats: EpochStats, step: int, world: World) -> int | N
     return None if first >= stats.n_steps else step - stats.n_steps + first + 1
 
 
-def _restore_metrics(
-    rundir: RunDir,
-    state: TrainState,
-    timer: SectionTimer,
-    run: Run,
-    has_noise: bool,
-    evaluator: Evaluator | None,
-) -> None:
+def _restore_metrics(loop: Loop) -> None:
     """Check metrics.jsonl against the checkpoint of ``state.epoch`` and rewrite it with the
     records of epochs 1..epoch. A lost record of the checkpoint's own epoch is rebuilt: its
     model (and EMA) is evaluated again; what only the epoch's steps knew (train loss, noise
     among selected) is null. Whatever was damaged or lost is logged, never dropped silently."""
-    config = run.config
+    config, state, rundir = loop.run.config, loop.state, loop.rundir
     check = rundir.check_metrics(state.epoch, config.train.epochs, config.eval.every)
-    if state.epoch in check.lost and evaluator is not None:
-        check.rebuild(
-            {
-                "epoch": state.epoch,
-                "step": state.step,
-                "samples_seen": state.samples_seen,
-                **evaluator(run.model, run.ema),
-                "train_loss": None,
-                "selected_noisy_frac": None,
-                "base_noisy_frac": run.data.base_noisy_frac if has_noise else None,
-                "wall_s": state.wall_s,
-                "selection_s": timer.total,
-                "lr": run.optimizer.param_groups[0]["lr"],
-                "rebuilt": True,
-            }
-        )
+    if state.epoch in check.lost and loop.evaluator is not None:
+        check.rebuild(_record(loop, loop.evaluator(loop.run.model, loop.run.ema), None))
     rundir.write_metrics(check.records)
     if (message := check.report(rundir.path / METRICS)) is not None:
         log.warning(message)

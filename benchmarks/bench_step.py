@@ -1,6 +1,6 @@
 """Time one training step per selection method, side by side in one run.
 
-Each step is the training loop's own ``bdsel.train.train_step``; its phases are timed through
+Each step is the training loop's own ``bdsel.step.Stepper.step``; its phases are timed through
 the objects it calls: candidate forward (if the method needs it) / selection (scoring,
 sampling) / training step (forward, backward, optimizer: the rest of the step) / observe (the
 posterior update for bayesian). Ratios against uniform's step are printed, so the figures
@@ -29,15 +29,11 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from bdsel.config import load_config
 from bdsel.data import derive_run_data, from_tensors, make_image_source
-from bdsel.engine import (
-    SectionTimer,
-    autocast_for,
-    build_optimizer,
-    candidate_forward,
-    resolve_device,
-)
 from bdsel.evaluation import make_ema
+from bdsel.forward import autocast_for
 from bdsel.models import create_model
+from bdsel.optim import build_optimizer
+from bdsel.runtime import SectionTimer, resolve_device
 from bdsel.selection import (
     Candidates,
     ForwardOutputs,
@@ -46,7 +42,8 @@ from bdsel.selection import (
     selector_class,
     selector_from_config,
 )
-from bdsel.train import EpochStats, Run, StepTools, prefilter_size, train_step
+from bdsel.step import EpochStats, Run, Stepper, candidate_forward
+from bdsel.train import prefilter_size
 
 PHASES = ("candidate_forward", "select", "train_step", "observe")
 
@@ -192,8 +189,9 @@ def bench(args: argparse.Namespace) -> dict:
             idx = torch.randint(0, n, (args.n_candidates,), device=device, generator=g)
             cand = Candidates(idx, source.rows("train", idx, g), run.observed[idx])
             with phase("step"):
-                tools = StepTools(score_forward, forward, score_autocast, autocast, section)
-                train_step(run, cand, g, stats, tools)
+                stepper = Stepper(run, score_forward, forward, score_autocast, autocast, section)
+                stepper.stats = stats
+                stepper.step(cand, g)
         # What is left of the step once the timed calls inside it are taken out.
         totals["train_step"] = totals["step"] - totals["excluded"] - sum(totals[p] for p in PHASES)
         ms = {k: 1000 * totals[k] / args.steps for k in PHASES}
@@ -213,14 +211,12 @@ def bench(args: argparse.Namespace) -> dict:
 
 
 def _plain_step(run: Run, n: int, n_candidates: int, g, autocasts, forward) -> None:
-    """One train_step on random candidates, labelled ``bdsel/step``, with nothing timed."""
+    """One Stepper.step on random candidates, labelled ``bdsel/step``, with nothing timed."""
     idx = torch.randint(0, n, (n_candidates,), device=run.device, generator=g)
     cand = Candidates(idx, run.source.rows("train", idx, g), run.observed[idx])
     stats, section = EpochStats.zeros(run.device), SectionTimer(run.device)
     with record_function("bdsel/step"):
-        train_step(
-            run, cand, g, stats, StepTools(forward, forward, autocasts[1], autocasts[0], section)
-        )
+        Stepper(run, forward, forward, autocasts[1], autocasts[0], section, stats).step(cand, g)
 
 
 def profile_steps(step: Callable[[], None], n_steps: int, device: torch.device) -> dict:

@@ -22,18 +22,30 @@ def bdsel_executable() -> str:
     return shutil.which("bdsel") or str(Path(sys.executable).parent / "bdsel")
 
 
+def held_slots(runs: Path) -> set[int]:
+    """The cores <runs>/hold names (whitespace-separated): left free for other work (a test
+    run beside the experiments is then one more single-thread process on its own core)."""
+    try:
+        return {int(x) for x in (runs / "hold").read_text().split()}
+    except (FileNotFoundError, ValueError):
+        return set()
+
+
 def run_pool(jobs: list[tuple[str, list[str]]], runs: Path, n_jobs: int) -> dict[str, float]:
     """Run (log name, command) pairs ``n_jobs`` at a time, each pinned to its own core with one
     thread; output goes to <runs>/logs/<name>.txt. Stops at the first failure. Returns each
-    job's wall-clock seconds."""
+    job's wall-clock seconds. A core named in <runs>/hold gets no new job while it is there."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     todo, free, running = list(jobs), list(range(n_jobs)), {}
     pin = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= n_jobs
     (runs / "logs").mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     while todo or running:
-        while free and todo:
-            (name, cmd), slot = todo.pop(0), free.pop(0)
+        held = held_slots(runs)
+        while todo and (ready := [c for c in free if c not in held]):
+            slot = ready[0]
+            free.remove(slot)
+            name, cmd = todo.pop(0)
             cmd = ["taskset", "-c", str(slot), *cmd] if pin else cmd
             out = open(runs / "logs" / f"{name}.txt", "w")  # noqa: SIM115 (closed below)
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -74,12 +74,15 @@ class Arm:
 
 
 ARMS = [
-    Arm("uniform", "uniform", stored={0.0: "u100n0_s{}", 0.2: "u100_s{}", 0.4: "u100n40_s{}"}),
-    Arm("uniform_fresh", "uniform (fresh)", ("select.method=uniform", *LONG)),
+    Arm("uniform", "uniform", ("select.method=uniform", *LONG)),
     Arm("full", "full-data (batch 128)", ("select.method=full", *FULL_DATA)),
     Arm("infobatch", "infobatch (batch 128)", ("select.method=infobatch", *FULL_DATA)),
     Arm("clean_full", "cleanlab → full-data", ("select.method=full", *FULL_DATA), cleans=True),
     Arm("clean_uniform", "cleanlab → uniform", ("select.method=uniform", *LONG), cleans=True),
+    Arm("bayesian_holdout", "bayesian (holdout)", (*BAYES, *LONG), reads_holdout=True),
+    Arm(
+        "bayesian_crossfit", "bayesian (crossfit)", (*BAYES, *CROSSFIT, *LONG), reads_crossfit=True
+    ),  # fmt: skip
     Arm(
         "clean_bayesian",
         "cleanlab → bayesian (crossfit)",
@@ -88,24 +91,27 @@ ARMS = [
         cleans=True,
     ),  # fmt: skip
     Arm(
-        "bayesian_holdout",
-        "bayesian (holdout)",
-        reads_holdout=True,
-        stored={0.0: "b100n0_s{}", 0.2: "b100_s{}", 0.4: "b100n40_s{}"},
-    ),  # fmt: skip
-    # The shipped crossfit temperature (fitted with the labels' noise); at 0% the stored runs
-    # are the plain fit's, which the noise fit equals when it finds no noise.
-    Arm(
-        "bayesian_crossfit",
-        "bayesian (crossfit)",
-        reads_crossfit=True,
-        stored={0.0: "bcf100n0_s{}", 0.2: "bcfN_s{}", 0.4: "bcfNn40_s{}"},
-    ),  # fmt: skip
-    Arm(
         "bayesian_160",
         "bayesian (holdout), n_B = 160",
         (*BAYES, "select.n_candidates=160", *LONG),
         reads_holdout=True,
+    ),  # fmt: skip
+    # The 100-epoch runs of docs/results/offline/runs (2026-11-29, the same protocol on
+    # another day's clock: their seconds compare with the stored uniform's only). The
+    # crossfit ones at 0% were made with the plain temperature fit, which the noise fit
+    # equals when it finds no noise.
+    Arm("uniform_stored", "uniform", stored={0.0: "u100n0_s{}", 0.4: "u100n40_s{}"}),
+    Arm(
+        "bayesian_holdout_stored",
+        "bayesian (holdout)",
+        reads_holdout=True,
+        stored={0.0: "b100n0_s{}", 0.4: "b100n40_s{}"},
+    ),  # fmt: skip
+    Arm(
+        "bayesian_crossfit_stored",
+        "bayesian (crossfit)",
+        reads_crossfit=True,
+        stored={0.0: "bcf100n0_s{}", 0.4: "bcfNn40_s{}"},
     ),  # fmt: skip
 ]
 ARM = {a.key: a for a in ARMS}
@@ -132,20 +138,19 @@ class Run:
         return [f"seed={self.seed}", *NOISE[self.rate], *self.arm.overrides]
 
 
-# (arm, rate, seeds), in the order the runs are made: the cheap peers everywhere first, then
-# the 100-epoch bayesian variants, so that a stopped batch leaves whole rows.
+# (arm, rate, seeds), in the order the runs are made: every method at 20% first (the table
+# the comparison rests on, all on one clock), then the peers at 0% and 40% beside the stored
+# bayesian runs, then what more seeds and n_B = 160 add.
 GRID: list[tuple[str, float, tuple[int, ...]]] = [
-    ("uniform", 0.2, (0, 1, 2)), ("uniform", 0.0, (0, 1)), ("uniform", 0.4, (0, 1)),
-    ("bayesian_holdout", 0.2, (0, 1, 2)), ("bayesian_holdout", 0.0, (0, 1)),
-    ("bayesian_holdout", 0.4, (0, 1)),
-    ("bayesian_crossfit", 0.2, (0, 1)), ("bayesian_crossfit", 0.0, (0, 1)),
-    ("bayesian_crossfit", 0.4, (0, 1)),
-    ("uniform_fresh", 0.2, (0,)),
-    *[(arm, rate, seeds) for rate, seeds in ((0.2, (0, 1, 2)), (0.0, (0, 1)), (0.4, (0, 1)))
-      for arm in ("full", "infobatch", "clean_full", "clean_uniform")],
-    ("clean_bayesian", 0.2, (0, 1)), ("bayesian_160", 0.2, (0, 1)),
-    ("clean_bayesian", 0.4, (0, 1)), ("clean_bayesian", 0.0, (0, 1)),
-    ("clean_bayesian", 0.2, (2,)), ("bayesian_160", 0.2, (2,)),
+    ("uniform", 0.2, (0,)), ("full", 0.2, (0, 1, 2)), ("infobatch", 0.2, (0, 1, 2)),
+    ("clean_full", 0.2, (0, 1, 2)), ("clean_uniform", 0.2, (0, 1, 2)), ("uniform", 0.2, (1, 2)),
+    ("bayesian_holdout", 0.2, (0, 1)), ("bayesian_crossfit", 0.2, (0, 1)),
+    ("clean_bayesian", 0.2, (0, 1)),
+    *[(arm, rate, (0, 1)) for rate in (0.4, 0.0)
+      for arm in ("uniform", "full", "infobatch", "clean_full", "clean_uniform")],
+    ("bayesian_160", 0.2, (0, 1)), ("clean_bayesian", 0.4, (0, 1)),
+    *[(arm, rate, (0, 1)) for rate in (0.0, 0.4)
+      for arm in ("uniform_stored", "bayesian_holdout_stored", "bayesian_crossfit_stored")],
 ]  # fmt: skip
 RUNS = [Run(ARM[arm], rate, seed) for arm, rate, seeds in GRID for seed in seeds]
 
@@ -216,7 +221,9 @@ def selected(only: str) -> list[Run]:
 
 
 def run_missing(args: argparse.Namespace) -> None:
+    skip = set(args.skip.split(",")) if args.skip else set()
     todo = [r for r in selected(args.only) if not has_summary(run_dir(r, args.runs))]
+    todo = [r for r in todo if r.name not in skip]
     run_pool(cache_jobs(todo), args.runs, args.jobs)
     run_pool([(r.name, command(r, args.runs)) for r in todo], args.runs, args.jobs)
 
@@ -280,6 +287,7 @@ def _reach(
 @dataclass
 class Row:
     label: str
+    stored: bool  # the stored runs' clock (their uniform is their reference)
     seeds: list[int]
     finals: list[float]
     diffs: list[float]
@@ -292,8 +300,8 @@ class Row:
 
 def rows(runs: Path, rate: float, targets: list[float], caches: dict, cleaning: dict) -> list[Row]:
     done = [r for r in RUNS if r.rate == rate and has_summary(run_dir(r, runs))]
-    uniform = {r.seed: read_metrics(run_dir(r, runs))[-1]["test_acc"] for r in done
-               if r.arm.key == "uniform"}  # fmt: skip
+    uniform = {(bool(r.stored), r.seed): read_metrics(run_dir(r, runs))[-1]["test_acc"]
+               for r in done if r.arm.key in ("uniform", "uniform_stored")}  # fmt: skip
     out = []
     for arm in ARMS:
         mine = [r for r in done if r.arm is arm]
@@ -304,12 +312,14 @@ def rows(runs: Path, rate: float, targets: list[float], caches: dict, cleaning: 
         noisy = [x["selected_noisy_frac"] for rs in records for x in rs
                  if x.get("selected_noisy_frac") is not None]  # fmt: skip
         summary = read_summary(run_dir(mine[0], runs))
+        stored = bool(arm.stored)
         out.append(Row(
-            label=arm.label,
+            label=arm.label + (" (stored)" if stored else ""),
+            stored=stored,
             seeds=[r.seed for r in mine],
             finals=finals,
-            diffs=[f - uniform[r.seed] for f, r in zip(finals, mine, strict=True)
-                   if r.seed in uniform and arm.key != "uniform"],
+            diffs=[f - uniform[stored, r.seed] for f, r in zip(finals, mine, strict=True)
+                   if (stored, r.seed) in uniform and not arm.key.startswith("uniform")],
             samples={t: _reach(records, t, "samples_seen") for t in targets},
             seconds={t: _reach(records, t, "wall_s") for t in targets},
             noisy=_mean(noisy) if noisy else None,
@@ -339,8 +349,10 @@ def table(rows_: list[Row], targets: list[float]) -> str:
     head += [f"samples to {t:.0%}" for t in targets] + [f"s to {t:.0%}" for t in targets]
     head += ["mislabeled among trained", "one-time cost"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    ref = next((r for r in rows_ if r.label == "uniform"), None)
     for r in rows_:
+        ref = next(
+            (u for u in rows_ if u.label.startswith("uniform") and u.stored == r.stored), None
+        )
         n = len(r.seeds)
         cells = [r.label, ", ".join(map(str, r.seeds)), _pm(r.finals),
                  _pm(r.diffs, " pts") if r.diffs else "-"]  # fmt: skip
@@ -369,12 +381,14 @@ def cleaning_table(rows_: list[Row]) -> str:
 
 
 NOTE = (
-    "Targets from the stored uniform runs of this rate (RHO-LOSS's rule: their mean final"
-    " accuracy rounded down, and 5 points under it). samples: gradient samples (points trained"
-    " on, all epochs) at the first evaluation at or above the target; s: training seconds there"
-    " (selection included, evaluation excluded); both the mean over the seeds that reached it"
-    " (k/n when some did not), × uniform's in parentheses. final EMA acc: mean ± std over"
-    " seeds; − uniform: against the stored uniform run of the same seed. mislabeled among"
+    "Targets from this rate's uniform runs (RHO-LOSS's rule: their mean final accuracy rounded"
+    " down, and 5 points under it). samples: gradient samples (points trained on, all epochs)"
+    " at the first evaluation at or above the target; s: training seconds there (selection"
+    " included, evaluation excluded); both the mean over the seeds that reached it (k/n when"
+    " some did not), × uniform's in parentheses. final EMA acc: mean ± std over seeds;"
+    " − uniform: against uniform's run of the same seed. (stored): the 100-epoch runs of"
+    " docs/results/offline/runs/, the same protocol on another day, whose clock ran slower:"
+    " their seconds and differences are against the stored uniform runs. mislabeled among"
     " trained: mean over evaluations and seeds. One-time cost: what the run needs before it"
     " trains, measured once (a cache serves every seed)."
 )
@@ -426,6 +440,7 @@ def main() -> None:
     p.add_argument("--phase", choices=["all", "run", "report"], default="all")
     p.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each")
     p.add_argument("--only", default="", help="only these runs: names or patterns, comma-separated")
+    p.add_argument("--skip", default="", help="runs not to start (e.g. running elsewhere)")
     args = p.parse_args()
     if args.phase in ("all", "run"):
         run_missing(args)

@@ -248,9 +248,11 @@ def test_prefilter_scores_only_the_most_plausible_candidates(bayes_values: dict,
     """select.prefilter: the candidate forward sees only the candidates whose observed label
     the cached predictor finds most plausible among their class's candidates; the selected
     ones are among them."""
-    from bdsel.engine import SectionTimer, autocast_for
+    from bdsel.forward import autocast_for
+    from bdsel.runtime import SectionTimer
     from bdsel.selection import Candidates, prefilter
-    from bdsel.train import EpochStats, StepTools, build_run, train_step
+    from bdsel.step import EpochStats, Stepper
+    from bdsel.train import build_run
 
     # Class 1's labels are all less plausible than class 0's: a global top-3 would keep only
     # class 0; within-class ranks keep each class's most plausible first.
@@ -282,7 +284,7 @@ def test_prefilter_scores_only_the_most_plausible_candidates(bayes_values: dict,
     plain = autocast_for(run.device, "fp32")
     timer = SectionTimer(run.device)
     g = torch.Generator().manual_seed(0)
-    train_step(run, cands, g, stats, StepTools(run.model, run.model, plain, plain, timer))
+    Stepper(run, run.model, run.model, plain, plain, timer, stats).step(cands, g)
     assert sizes == [32, 16]  # candidate forward on the survivors, then the training step
     plausible = run.selector.zs_logprobs[idx, cands.labels]
     quantile = torch.tensor(brute_class_quantile(plausible.tolist(), cands.labels.tolist()))
@@ -305,9 +307,11 @@ def test_prefilter_scores_only_the_most_plausible_candidates(bayes_values: dict,
 def test_uniform_epochs_skip_the_candidate_forward(bayes_values: dict, tmp_path: Path):
     """In a warm-up (or annealed) epoch bayesian picks as uniform: no candidate forward is run;
     once it selects, the forward sees every candidate."""
-    from bdsel.engine import SectionTimer, autocast_for
+    from bdsel.forward import autocast_for
+    from bdsel.runtime import SectionTimer
     from bdsel.selection import Candidates
-    from bdsel.train import EpochStats, StepTools, build_run, train_step
+    from bdsel.step import EpochStats, Stepper
+    from bdsel.train import build_run
 
     values = dict(bayes_values, select=dict(bayes_values["select"], warmup_epochs=1))
     assert runner.invoke(app, ["cache-zeroshot", "-c", _write(tmp_path, values)]).exit_code == 0
@@ -323,7 +327,7 @@ def test_uniform_epochs_skip_the_candidate_forward(bayes_values: dict, tmp_path:
         sizes.clear()
         g = torch.Generator().manual_seed(0)
         stats, timer = EpochStats.zeros(run.device), SectionTimer(run.device)
-        train_step(run, cands, g, stats, StepTools(run.model, run.model, plain, plain, timer))
+        Stepper(run, run.model, run.model, plain, plain, timer, stats).step(cands, g)
         assert sizes == expected
 
 

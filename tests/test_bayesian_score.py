@@ -11,8 +11,8 @@ from bdsel.selection.bayesian_score import (
     StreamingScore,
     adaptive_alpha,
     bayesian_score,
+    score_from_terms,
     score_terms,
-    streaming_bayesian_score,
     streaming_score_terms,
 )
 
@@ -106,7 +106,7 @@ def test_streaming_score_equals_one_shot(sizes):
     for a, b in zip(streamed, one_shot, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(
-        streaming_bayesian_score(chunks, zs, labels, 0.3),
+        score_from_terms(streaming_score_terms(chunks, zs, labels), 0.3),
         bayesian_score(samples, zs, labels, 0.3),
         rtol=1e-12,
         atol=1e-12,
@@ -129,7 +129,7 @@ def test_streaming_score_from_laplace_chunks():
     chunks = list(post.iter_logit_samples(f_bar, h, 50, generator=gen, max_elements=B * C * 8))
     assert len(chunks) == 7
     torch.testing.assert_close(
-        streaming_bayesian_score(iter(chunks), zs, labels, 0.3),
+        score_from_terms(streaming_score_terms(iter(chunks), zs, labels), 0.3),
         bayesian_score(torch.cat(chunks), zs, labels, 0.3),
         rtol=1e-12,
         atol=1e-12,

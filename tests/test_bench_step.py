@@ -1,4 +1,4 @@
-"""benchmarks/bench_step.py times the training loop's own train_step, phase by phase."""
+"""benchmarks/bench_step.py times the training loop's own step (Stepper.step), phase by phase."""
 
 import argparse
 import importlib.util
@@ -15,13 +15,13 @@ _spec.loader.exec_module(bench_step)
 
 def test_bench_step_runs_the_real_train_step(monkeypatch: pytest.MonkeyPatch):
     calls = []
-    real = bench_step.train_step
+    real = bench_step.Stepper.step
 
-    def counting(run, candidates, *rest):
-        calls.append(run.selector.name)
-        return real(run, candidates, *rest)
+    def counting(self, candidates, generator):
+        calls.append(self.run.selector.name)
+        return real(self, candidates, generator)
 
-    monkeypatch.setattr(bench_step, "train_step", counting)
+    monkeypatch.setattr(bench_step.Stepper, "step", counting)
     args = argparse.Namespace(
         model="small_cnn", classes=10, size=28, channels=1, n_train=200, n_candidates=32,
         n_selected=8, n_samples=8, methods="uniform,bayesian", device="cpu", steps=2, warmup=1,

@@ -125,7 +125,7 @@ def test_impossible_numbers_and_devices_name_the_key(override: str, pattern: str
 def test_cuda_device_without_cuda_is_a_config_error(monkeypatch: pytest.MonkeyPatch):
     import torch
 
-    from bdsel.engine import resolve_device
+    from bdsel.runtime import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match=r"train\.device='cuda' but CUDA is not available"):

@@ -76,7 +76,7 @@ def test_no_row_is_predicted_by_a_model_that_trained_on_it(crossfit_values: dict
     out = predictor.logprobs("train", rows)
     for k, model in enumerate(predictor.models):
         own = predictor.fold_of[rows] == k
-        from bdsel.engine import predict_logprobs
+        from bdsel.evaluation import predict_logprobs
 
         expected = predict_logprobs(model, source, "train", rows[own], 256)
         torch.testing.assert_close(out[own], expected)

@@ -39,9 +39,11 @@ def test_a_training_step_never_syncs_the_host(
 ):
     import yaml
 
-    from bdsel.engine import SectionTimer, autocast_for
+    from bdsel.forward import autocast_for
+    from bdsel.runtime import SectionTimer
     from bdsel.selection import Candidates
-    from bdsel.train import EpochStats, StepTools, build_run, train_step
+    from bdsel.step import EpochStats, Stepper
+    from bdsel.train import build_run
 
     values = cuda_values(tiny_config_values, tmp_path, method)
     config_file = tmp_path / "cuda.yaml"
@@ -59,9 +61,7 @@ def test_a_training_step_never_syncs_the_host(
     def step(i: int) -> None:
         idx = run.data.train_idx.to(run.device)[64 * i : 64 * (i + 1)]
         cands = Candidates(idx, run.source.rows("train", idx, g), run.observed[idx])
-        train_step(
-            run, cands, g, stats, StepTools(run.model, run.model, score_autocast, autocast, timer)
-        )
+        Stepper(run, run.model, run.model, score_autocast, autocast, timer, stats).step(cands, g)
 
     step(0)  # first calls may initialise lazily (cuBLAS handles, the posterior's factors)
     torch.cuda.synchronize()

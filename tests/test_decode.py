@@ -95,7 +95,7 @@ def test_choosing_ahead_picks_what_choosing_per_step_picks(
     spy.key = "ahead"
     train(cfg, tmp_path / "ahead")
     spy.key = "per_step"
-    monkeypatch.setattr("bdsel.train.FolderImages", type("NotThisSource", (), {}))
+    monkeypatch.setattr("bdsel.step.FolderImages", type("NotThisSource", (), {}))
     train(cfg, tmp_path / "per_step")  # the same source, iterated candidate batch by batch
     assert picks["ahead"] == picks["per_step"] and len(picks["ahead"]) == 12
     assert all(torch.tensor(p).unique().numel() == 8 for p in picks["ahead"])

@@ -5,8 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bdsel.engine import autocast_for, candidate_forward
+from bdsel.forward import autocast_for
 from bdsel.models import create_model, list_models
+from bdsel.step import candidate_forward
 
 SIZES = {"vit_b16": 32, "resnet18": 32, "resnet18_cifar": 32, "small_cnn": 28}
 

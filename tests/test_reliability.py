@@ -260,7 +260,7 @@ def test_full_disk_during_cache_zeroshot_keeps_the_partial_cache(
 def test_interrupt_before_the_first_checkpoint_promises_nothing(
     tmp_path: Path, tiny_config_values: dict, monkeypatch: pytest.MonkeyPatch
 ):
-    import bdsel.train
+    import bdsel.step
 
     cfg_path = _write(tmp_path, tiny_config_values)
     run_dir = tmp_path / "run"
@@ -269,7 +269,7 @@ def test_interrupt_before_the_first_checkpoint_promises_nothing(
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(bdsel.train, "train_step", interrupted)
+        m.setattr(bdsel.step.Stepper, "step", interrupted)
         result = runner.invoke(app, ["train", "-c", str(cfg_path), "--run-dir", str(run_dir)])
     assert result.exit_code == 130
     assert "nothing to resume" in _out(result) and "--overwrite" in _out(result)
@@ -284,7 +284,7 @@ def test_interrupt_before_the_first_checkpoint_promises_nothing(
         os.kill(os.getpid(), __import__("signal").SIGTERM)
 
     with monkeypatch.context() as m:
-        m.setattr(bdsel.train, "train_step", terminated)
+        m.setattr(bdsel.step.Stepper, "step", terminated)
         result = runner.invoke(
             app, ["train", "-c", str(cfg_path), "--run-dir", str(run_dir), "--overwrite"]
         )

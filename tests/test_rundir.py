@@ -16,6 +16,7 @@ from bdsel_cli.main import app
 from typer.testing import CliRunner
 
 from bdsel import rundir
+from bdsel.runlog import RunDir
 
 ROOT = Path(__file__).parents[1]
 
@@ -55,8 +56,7 @@ def test_only_rundir_spells_the_run_files():
 
 
 def test_metric_keys_of_the_splits():
-    assert rundir.acc_key("test") == "test_acc" and rundir.loss_key("test") == "test_loss"
-    assert rundir.acc_key("validation") == "val_acc" and rundir.loss_key("validation") == "val_loss"
+    assert rundir.acc_key("test") == "test_acc" and rundir.acc_key("validation") == "val_acc"
     with pytest.raises(ValueError, match="unknown evaluation split 'train'"):
         rundir.acc_key("train")
 
@@ -85,7 +85,7 @@ def test_jsonl_skips_a_torn_last_line_and_refuses_a_bad_middle_one(tmp_path: Pat
     records, torn = rundir.read_jsonl(tmp_path / rundir.METRICS)
     assert [r["epoch"] for r in records] == [1, 2] and torn.startswith("line 3 is incomplete")
     assert rundir.read_metrics(tmp_path) == records
-    rundir.write_metrics(tmp_path, [{"epoch": 1}, {"epoch": 2}, {"epoch": 3}])
+    RunDir(tmp_path).write_metrics([{"epoch": 1}, {"epoch": 2}, {"epoch": 3}])
     lines = (tmp_path / rundir.METRICS).read_text().splitlines()
     (tmp_path / rundir.METRICS).write_text("\n".join([lines[0], "[1]", lines[2]]) + "\n")
     with pytest.raises(rundir.RunDirError, match="line 2 is not a JSON object"):
@@ -94,10 +94,10 @@ def test_jsonl_skips_a_torn_last_line_and_refuses_a_bad_middle_one(tmp_path: Pat
 
 def test_summary_and_config_round_trip_atomically(tmp_path: Path):
     assert rundir.read_summary(tmp_path) is None and not rundir.has_summary(tmp_path)
-    rundir.write_summary(tmp_path, {"status": "complete"})
+    RunDir(tmp_path).write_summary({"status": "complete"})
     assert rundir.read_summary(tmp_path) == {"status": "complete"}
     assert (tmp_path / rundir.SUMMARY).stat().st_mode & 0o777 == 0o644
-    rundir.write_config_text(tmp_path, "seed: 3\n")
+    rundir.atomic_write_text(tmp_path / rundir.CONFIG, "seed: 3\n")
     assert rundir.read_config(tmp_path) == {"seed": 3}
     assert not rundir.is_run_dir(tmp_path)  # no metrics yet
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

@@ -14,7 +14,7 @@ from conftest import synthetic_images
 
 from bdsel.config import Config, load_config
 from bdsel.data import Dataset, derive_run_data, from_tensors, make_image_source
-from bdsel.engine import autocast_for, candidate_forward
+from bdsel.forward import autocast_for
 from bdsel.models import create_model
 from bdsel.selection import (
     Candidates,
@@ -25,6 +25,7 @@ from bdsel.selection import (
     selector_from_config,
 )
 from bdsel.selection.svp import build_coreset, forgetting_events
+from bdsel.step import candidate_forward
 from bdsel.train import build_run, train
 
 CPU = torch.device("cpu")

@@ -10,7 +10,8 @@ from bdsel_cli.main import app
 from typer.testing import CliRunner
 
 from bdsel.config import ConfigError, load_config
-from bdsel.engine import batchnorm_batch_stats, lr_factor
+from bdsel.forward import batchnorm_batch_stats
+from bdsel.optim import lr_factor
 from bdsel.train import train
 
 runner = CliRunner()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from bdsel.config import DataConfig
 from bdsel.data.sources import DataError, Dataset
+from bdsel.registry import Registry
 
 Loader = Callable[[DataConfig], Dataset]
 
@@ -24,7 +25,7 @@ class DatasetEntry:
     prompts: tuple[tuple[str, ...], tuple[str, ...]] | None = None
 
 
-_REGISTRY: dict[str, DatasetEntry] = {}
+DATASETS: Registry[DatasetEntry] = Registry("dataset", error=DataError)
 
 
 def register_dataset(
@@ -33,29 +34,24 @@ def register_dataset(
     """Register ``load(cfg: DataConfig) -> Dataset`` as ``data.name=<name>``."""
 
     def deco(load: Loader) -> Loader:
-        if name in _REGISTRY:
-            raise ValueError(f"dataset {name!r} is already registered")
         frozen = None if prompts is None else (tuple(prompts[0]), tuple(prompts[1]))
-        _REGISTRY[name] = DatasetEntry(name, load, frozen)
+        DATASETS.register(name)(DatasetEntry(name, load, frozen))
         return load
 
     return deco
 
 
 def list_datasets() -> list[str]:
-    return sorted(_REGISTRY)
+    return DATASETS.names()
 
 
 def dataset_entry(name: str) -> DatasetEntry:
-    if name not in _REGISTRY:
-        raise DataError(f"unknown dataset {name!r}; valid: {', '.join(list_datasets())}")
-    return _REGISTRY[name]
+    return DATASETS.get(name)
 
 
 def dataset_prompts(name: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
     """The CLIP class names and templates a dataset registered, or None."""
-    entry = _REGISTRY.get(name)
-    return None if entry is None else entry.prompts
+    return DATASETS.get(name).prompts if name in DATASETS else None
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:

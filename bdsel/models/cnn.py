@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bdsel.models import register_model
-from bdsel.models.base import Classifier
+from bdsel.models.base import Classifier, load_backbone_weights
+from bdsel.models.registry import register_model
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -41,7 +41,5 @@ class SmallCNN(Classifier):
 def small_cnn(*, n_classes: int, in_channels: int = 3, weights: str | None = None) -> SmallCNN:
     model = SmallCNN(n_classes, in_channels)
     if weights:
-        from bdsel.models.vit import load_backbone_weights
-
         load_backbone_weights(model, weights)
     return model

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from bdsel.models import register_model
-from bdsel.models.base import Classifier
+from bdsel.models.base import Classifier, load_backbone_weights
+from bdsel.models.registry import register_model
 
 
 class ResNet18(Classifier):
@@ -37,8 +37,6 @@ class ResNet18(Classifier):
 def _build(stem: str, n_classes: int, in_channels: int, weights: str | None) -> ResNet18:
     model = ResNet18(n_classes, in_channels, stem)
     if weights:
-        from bdsel.models.vit import load_backbone_weights
-
         load_backbone_weights(model, weights)
     return model
 

@@ -14,27 +14,8 @@ from typing import Any, ClassVar
 import torch
 
 from bdsel.config import Config
+from bdsel.contracts import Candidates, ForwardOutputs, Selection
 from bdsel.table import check_rows
-
-
-@dataclass
-class Candidates:
-    indices: torch.Tensor  # int64 [n_B] global indices, on the device
-    inputs: torch.Tensor | None  # [n_B, C, H, W] model-ready inputs (None: not given)
-    labels: torch.Tensor  # int64 [n_B] observed (possibly noisy) labels
-
-
-@dataclass
-class ForwardOutputs:
-    logits: torch.Tensor  # [n, C]
-    features: torch.Tensor  # [n, D], the input of the model's last linear layer
-
-
-@dataclass
-class Selection:
-    positions: torch.Tensor  # int64 [n_b] positions into the candidate batch (may repeat)
-    weights: torch.Tensor | None = None  # [n_b] per-point loss weights; None = plain mean
-    scalars: dict[str, torch.Tensor] = field(default_factory=dict)  # 0-d, averaged when logged
 
 
 @dataclass

@@ -146,13 +146,6 @@ def streaming_score_terms(
     return acc.terms(zs_logprobs)
 
 
-def streaming_bayesian_score(
-    chunks: Iterable[Tensor], zs_logprobs: Tensor, labels: Tensor, alpha: float | Tensor
-) -> Tensor:
-    """`bayesian_score` over an iterable of [s, B, C] chunks -> [B]."""
-    return score_from_terms(streaming_score_terms(chunks, zs_logprobs, labels), alpha)
-
-
 def adaptive_alpha(zs_term: Tensor, lme_term: Tensor, eps: float = 1e-12) -> Tensor:
     """α = CE_zs / (CE_bayes + CE_zs) as a 0-d tensor.
 

@@ -6,30 +6,27 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from bdsel.registry import Registry
 from bdsel.selection.base import Selector
 
-_REGISTRY: dict[str, type[Selector]] = {}
+
+def _name_class(name: str, cls: type[Selector], meta: dict[str, Any]) -> None:
+    cls.name = name
+
+
+SELECTORS: Registry[type[Selector]] = Registry("selection method", on_register=_name_class)
 
 
 def register_selector(name: str) -> Callable[[type[Selector]], type[Selector]]:
-    def deco(cls: type[Selector]) -> type[Selector]:
-        if name in _REGISTRY:
-            raise ValueError(f"selector {name!r} is already registered")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
+    return SELECTORS.register(name)
 
 
 def list_selectors() -> list[str]:
-    return sorted(_REGISTRY)
+    return SELECTORS.names()
 
 
 def selector_class(name: str) -> type[Selector]:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown selection method {name!r}; valid: {', '.join(list_selectors())}")
-    return _REGISTRY[name]
+    return SELECTORS.get(name)
 
 
 def selector_settings(name: str) -> dict[str, Any]:

@@ -26,7 +26,11 @@ import torch
 from bdsel.config import Config
 from bdsel.data import ImageSource, RunData
 from bdsel.distributed import broadcast_from_main
+from bdsel.evaluation import predict_logprobs
+from bdsel.fit import fit_supervised
 from bdsel.models import Classifier, create_model
+from bdsel.optim import build_optimizer
+from bdsel.runtime import stream_generator
 from bdsel.selection.base import Candidates, ForwardOutputs, Selection
 from bdsel.selection.registry import register_selector
 from bdsel.selection.simple import WarmupSelector
@@ -80,8 +84,6 @@ def train_proxy(
     Returns the proxy and whether each train point [n_train] was classified correctly when it
     was presented in each epoch, bool [epochs, n_train] (forgetting events are counted on it).
     """
-    from bdsel.engine import build_optimizer, fit_supervised  # engine imports us
-
     svp, ds = config.select.svp, data.dataset
     with torch.random.fork_rng(devices=[]):  # a fixed proxy init that leaves the run's RNG alone
         torch.random.default_generator.manual_seed(config.seed)
@@ -125,12 +127,8 @@ def build_coreset(
     if svp.criterion == "forgetting":
         scores = forgetting_events(history).float()
     else:
-        from bdsel.engine import predict_logprobs
-
         probs = predict_logprobs(proxy, source, "train", train_idx, svp.batch_size).exp()
         scores = uncertainty(probs, svp.criterion)
-    from bdsel.engine import stream_generator
-
     k = max(1, round(svp.fraction * train_idx.shape[0]))
     g = stream_generator(config.seed, 0, SVP_TIES, device)
     return train_idx[top_k_random_ties(scores, k, g)].sort().values.cpu()

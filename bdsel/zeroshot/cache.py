@@ -530,15 +530,75 @@ def build_cache(
     console = console or Console()
 
     if path.exists() and not overwrite:
-        problem, info = _existing_problem(path, fingerprint, spec)
-        if problem or info["missing"] or not info["complete"]:
-            why = problem or "is incomplete"
-            raise CacheError(f"{path} exists and {why}; pass overwrite=True or delete it")
-        if calibration is not None and label_noise and "label_noise_rate" not in info:
-            with _open(path, "r+") as f:
-                _calibrate(f, calibration, label_noise)
-                info = _read_attrs(f, path)
+        info = _complete_info(path, fingerprint, spec, calibration, label_noise)
         return _summary(path, fingerprint, info, t0, 0)
+    _prepare_partial(part, fingerprint, spec, n_classes, overwrite, console)
+    f = h5py.File(part, "r+")
+    try:
+        computed = _fill(f, part, dataset, predictor, (batch_size, flush_every), progress, console)
+        _write_stats(f, dataset, calibration, label_noise)
+        f.attrs["complete"] = True  # last: every row and statistic is already written
+        f.flush()
+        info = _read_attrs(f, part)
+        f.close()
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        _close_quietly(f)
+        raise _disk_full_error(part) from None
+    finally:
+        _close_quietly(f)
+    os.replace(part, path)  # atomic: ``path`` appears only complete
+    return _summary(path, fingerprint, info, t0, computed)
+
+
+def _write_stats(
+    f: h5py.File,
+    dataset: Dataset,
+    calibration: tuple[torch.Tensor, torch.Tensor] | None,
+    label_noise: bool,
+) -> None:
+    """Accuracies and the mean clean-label log-prob of the filled cache, and its temperature."""
+    train_acc, train_lp = _split_stats(f, "train", dataset.train.labels)
+    test_acc, _ = _split_stats(f, "test", dataset.test.labels)
+    f.attrs["train_accuracy"] = train_acc
+    f.attrs["test_accuracy"] = test_acc
+    f.attrs["mean_clean_logprob"] = train_lp
+    if calibration is not None:
+        _calibrate(f, calibration, label_noise)
+
+
+def _complete_info(
+    path: Path,
+    fingerprint: dict[str, Any],
+    spec: dict[str, Any],
+    calibration: tuple[torch.Tensor, torch.Tensor] | None,
+    label_noise: bool,
+) -> dict[str, Any]:
+    """The attributes of a complete cache made for this dataset and predictor (with the fit
+    under label noise added when it lacks it); a CacheError for any other file at ``path``."""
+    problem, info = _existing_problem(path, fingerprint, spec)
+    if problem or info["missing"] or not info["complete"]:
+        why = problem or "is incomplete"
+        raise CacheError(f"{path} exists and {why}; pass overwrite=True or delete it")
+    if calibration is not None and label_noise and "label_noise_rate" not in info:
+        with _open(path, "r+") as f:
+            _calibrate(f, calibration, label_noise)
+            info = _read_attrs(f, path)
+    return info
+
+
+def _prepare_partial(
+    part: Path,
+    fingerprint: dict[str, Any],
+    spec: dict[str, Any],
+    n_classes: int,
+    overwrite: bool,
+    console: Console,
+) -> None:
+    """A partial file to (re)fill: the one there when it was made for this dataset and
+    predictor, else a new one (an unreadable one is discarded; another's is a CacheError
+    unless ``overwrite``); its disk space reserved."""
     if part.exists() and overwrite:
         part.unlink()
     elif part.exists():
@@ -556,44 +616,35 @@ def build_cache(
         _create(part, fingerprint, spec, n_classes)
     _reserve(part, fresh)
 
+
+def _fill(
+    f: h5py.File,
+    part: Path,
+    dataset: Dataset,
+    predictor: Predictor,
+    sizes: tuple[int, int],
+    progress: bool,
+    console: Console,
+) -> int:
+    """Compute every row not done yet, split by split, with a progress bar; returns how many.
+    ``sizes``: (batch size, batches per flush)."""
+    done = {s: f[s]["done"][...].astype(bool) for s in SPLITS}
+    for s in SPLITS:
+        _reset_invalid_done(f[s]["logprobs"], done[s])
+    todo = sum(int((~d).sum()) for d in done.values())
+    resumed = sum(len(d) for d in done.values()) - todo
+    if resumed and progress:
+        console.print(f"resuming {part}: {resumed} rows done, {todo} to go")
+    columns = (rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
+               _RateColumn(), rp.TimeElapsedColumn(), rp.TimeRemainingColumn())  # fmt: skip
     computed = 0
-    f = h5py.File(part, "r+")
-    try:
-        done = {s: f[s]["done"][...].astype(bool) for s in SPLITS}
+    with rp.Progress(*columns, console=console, disable=not progress) as bar:
+        task = bar.add_task("zero-shot", total=todo)
         for s in SPLITS:
-            _reset_invalid_done(f[s]["logprobs"], done[s])
-        todo = sum(int((~d).sum()) for d in done.values())
-        resumed = sum(len(d) for d in done.values()) - todo
-        if resumed and progress:
-            console.print(f"resuming {part}: {resumed} rows done, {todo} to go")
-        columns = (rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
-                   _RateColumn(), rp.TimeElapsedColumn(), rp.TimeRemainingColumn())  # fmt: skip
-        with rp.Progress(*columns, console=console, disable=not progress) as bar:
-            task = bar.add_task("zero-shot", total=todo)
-            for s in SPLITS:
-                bar.update(task, description=f"zero-shot {s}")
-                advance = lambda k: bar.advance(task, k)  # noqa: E731
-                computed += _fill_split(f, s, predictor, done[s], batch_size, flush_every, advance)
-        train_acc, train_lp = _split_stats(f, "train", dataset.train.labels)
-        test_acc, _ = _split_stats(f, "test", dataset.test.labels)
-        f.attrs["train_accuracy"] = train_acc
-        f.attrs["test_accuracy"] = test_acc
-        f.attrs["mean_clean_logprob"] = train_lp
-        if calibration is not None:
-            _calibrate(f, calibration, label_noise)
-        f.attrs["complete"] = True  # last: every row and statistic is already written
-        f.flush()
-        info = _read_attrs(f, part)
-        f.close()
-    except Exception as exc:
-        if not is_disk_full(exc):
-            raise
-        _close_quietly(f)
-        raise _disk_full_error(part) from None
-    finally:
-        _close_quietly(f)
-    os.replace(part, path)  # atomic: ``path`` appears only complete
-    return _summary(path, fingerprint, info, t0, computed)
+            bar.update(task, description=f"zero-shot {s}")
+            advance = lambda k: bar.advance(task, k)  # noqa: E731
+            computed += _fill_split(f, s, predictor, done[s], *sizes, advance)
+    return computed
 
 
 def _close_quietly(f: h5py.File) -> None:

@@ -19,8 +19,10 @@ import torch
 from bdsel.config import Config, FitConfig
 from bdsel.data import RunData, int64_sha256, make_image_source
 from bdsel.data.batching import ImageSource
-from bdsel.engine import EarlyStopping, build_optimizer, fit_supervised, predict_logprobs
+from bdsel.evaluation import predict_logprobs
+from bdsel.fit import EarlyStopping, fit_supervised
 from bdsel.models import create_model
+from bdsel.optim import build_optimizer
 from bdsel.rundir import atomic_write_bytes
 from bdsel.zeroshot.registry import register_predictor
 

@@ -25,13 +25,57 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from bdsel.registry import Registry
 
 if TYPE_CHECKING:
     import torch
 
     from bdsel.config import Config
     from bdsel.data import RunData
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """What every registered predictor class provides (checked when it registers)."""
+
+    name: ClassVar[str]
+
+    @classmethod
+    def from_config(cls, config: Config, data: RunData, device: torch.device) -> Predictor: ...
+
+    @staticmethod
+    def settings(config: Config) -> dict[str, Any]: ...
+
+    def logprobs(self, split: str, rows: torch.Tensor) -> torch.Tensor: ...
+
+    def spec(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class TrainedPredictor(Protocol):
+    """A predictor that trains before it predicts (``cache-zeroshot`` fits it first)."""
+
+    def fit_or_load(self, weights: Path, progress: Any = None) -> None: ...
+
+    def describe(self) -> str: ...
+
+
+@runtime_checkable
+class CalibratedPredictor(Protocol):
+    """A predictor with a calibration split: (log-probs [n, C], labels [n]) to fit T on."""
+
+    def calibration(self) -> tuple[torch.Tensor, torch.Tensor] | None: ...
+
+
+@runtime_checkable
+class DatasetSpecific(Protocol):
+    """A predictor whose spec depends on the dataset (CLIP's prompts)."""
+
+    @staticmethod
+    def expected_spec(config: Config, data: RunData) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -42,37 +86,37 @@ class PredictorEntry:
     cache_stem: Callable[[Config], str]
 
 
-_REGISTRY: dict[str, PredictorEntry] = {}
+def _check_predictor(name: str, entry: PredictorEntry, meta: dict[str, Any]) -> None:
+    for method in ("from_config", "settings", "logprobs", "spec"):
+        if not callable(getattr(entry.cls, method, None)):
+            raise TypeError(f"predictor {name!r}: {entry.cls.__name__} has no {method}()")
+    entry.cls.name = name
+
+
+PREDICTORS: Registry[PredictorEntry] = Registry("predictor", on_register=_check_predictor)
 
 
 def register_predictor(
     name: str, *, section: str, cache_stem: Callable[[Config], str]
 ) -> Callable[[type], type]:
     def deco(cls: type) -> type:
-        if name in _REGISTRY:
-            raise ValueError(f"predictor {name!r} is already registered")
-        for method in ("from_config", "settings", "logprobs", "spec"):
-            if not callable(getattr(cls, method, None)):
-                raise TypeError(f"predictor {name!r}: {cls.__name__} has no {method}()")
-        cls.name = name
-        _REGISTRY[name] = PredictorEntry(name, cls, section, cache_stem)
+        PREDICTORS.register(name)(PredictorEntry(name, cls, section, cache_stem))
         return cls
 
     return deco
 
 
 def list_predictors() -> list[str]:
-    return sorted(_REGISTRY)
+    return PREDICTORS.names()
 
 
 def predictor_entry(name: str) -> PredictorEntry:
-    if name not in _REGISTRY:
-        raise ValueError(
-            f"zeroshot.predictor: unknown predictor {name!r}; valid: {', '.join(list_predictors())}"
-        )
-    return _REGISTRY[name]
+    try:
+        return PREDICTORS.get(name)
+    except ValueError as exc:
+        raise ValueError(f"zeroshot.predictor: {exc}") from None
 
 
-def create_predictor(config: Config, data: RunData, device: torch.device) -> Any:
+def create_predictor(config: Config, data: RunData, device: torch.device) -> Predictor:
     """The predictor ``config.zeroshot.predictor`` names, for ``data``'s dataset on ``device``."""
     return predictor_entry(config.zeroshot.predictor).cls.from_config(config, data, device)

@@ -21,10 +21,10 @@ from rich.console import Console
 from bdsel.config import Config
 from bdsel.data import RunData, derive_run_data, int64_sha256, load_dataset
 from bdsel.distributed import World, barrier, broadcast_from_main, init_world
-from bdsel.engine import resolve_device, step_progress
 from bdsel.locking import ExclusiveLock, LockedError
 from bdsel.registries import check_names
 from bdsel.rundir import DiskFullError
+from bdsel.runtime import resolve_device, step_progress
 from bdsel.zeroshot.cache import (
     CacheError,
     CacheSummary,
@@ -34,7 +34,13 @@ from bdsel.zeroshot.cache import (
     partial_path,
     read_cache_info,
 )
-from bdsel.zeroshot.registry import create_predictor, predictor_entry
+from bdsel.zeroshot.registry import (
+    CalibratedPredictor,
+    DatasetSpecific,
+    TrainedPredictor,
+    create_predictor,
+    predictor_entry,
+)
 from bdsel.zeroshot.sharded import ShardedPredictor, serve
 
 LOOKUPS = ("zs_logprobs", "il_logprobs")
@@ -87,7 +93,7 @@ def expected_spec(config: Config, data: RunData) -> dict[str, Any]:
     the predictor's ``settings``, and what its ``expected_spec`` adds for a dataset."""
     cls = predictor_entry(config.zeroshot.predictor).cls
     expected = cls.settings(config)
-    if hasattr(cls, "expected_spec"):
+    if issubclass(cls, DatasetSpecific):
         expected.update(cls.expected_spec(config, data))
     return expected
 
@@ -175,31 +181,10 @@ def _write_cache(
     data = derive_run_data(dataset, config.data, config.seed)
     predictor = make_predictor(config, data, world)
     weights = holdout_weights_path(out)
-    trains = callable(getattr(predictor, "fit_or_load", None))
-    needs_model = trains and not (out.exists() and not overwrite)
+    needs_model = isinstance(predictor, TrainedPredictor) and not (out.exists() and not overwrite)
     barrier()  # every rank has looked at ``out`` before rank 0 may replace it
     if needs_model:
-        # Rank 0 trains (or reloads) the hold-out model and saves it; the others load that file.
-        if world.is_main:
-            if overwrite:
-                weights.unlink(missing_ok=True)
-            if console is not None:
-                verb = "reloading" if weights.is_file() else "training"
-                console.print(f"{verb} {predictor.describe()}")
-            try:
-                if progress:
-                    with step_progress(console) as bar:
-                        predictor.fit_or_load(weights, bar)
-                else:
-                    predictor.fit_or_load(weights)
-            except DiskFullError as exc:
-                raise CacheError(
-                    f"{exc}; no cache row was written yet: free some space and run the "
-                    "same bdsel cache-zeroshot command again"
-                ) from None
-        barrier()
-        if not world.is_main:
-            predictor.fit_or_load(weights)
+        _fit_predictor(predictor, weights, world, overwrite, progress, console)
     summary = None
     if world.is_main:
         writer = predictor
@@ -214,7 +199,9 @@ def _write_cache(
                 progress=progress,
                 console=console,
                 overwrite=overwrite,
-                calibration=predictor.calibration() if hasattr(predictor, "calibration") else None,
+                calibration=predictor.calibration()
+                if isinstance(predictor, CalibratedPredictor)
+                else None,
                 label_noise=calibrates_on_observed_labels(predictor),
             )
         finally:
@@ -224,6 +211,38 @@ def _write_cache(
     else:
         serve(predictor, dataset, world, predictor_device(config, world))
     return broadcast_from_main(summary)
+
+
+def _fit_predictor(
+    predictor: TrainedPredictor,
+    weights: Path,
+    world: World,
+    overwrite: bool,
+    progress: bool,
+    console: Console | None,
+) -> None:
+    """Rank 0 trains (or reloads) the predictor's model and saves it to ``weights``; the
+    other ranks then load that file."""
+    if world.is_main:
+        if overwrite:
+            weights.unlink(missing_ok=True)
+        if console is not None:
+            verb = "reloading" if weights.is_file() else "training"
+            console.print(f"{verb} {predictor.describe()}")
+        try:
+            if progress:
+                with step_progress(console) as bar:
+                    predictor.fit_or_load(weights, bar)
+            else:
+                predictor.fit_or_load(weights)
+        except DiskFullError as exc:
+            raise CacheError(
+                f"{exc}; no cache row was written yet: free some space and run the "
+                "same bdsel cache-zeroshot command again"
+            ) from None
+    barrier()
+    if not world.is_main:
+        predictor.fit_or_load(weights)
 
 
 def holdout_weights_path(cache: Path) -> Path:
@@ -301,6 +320,24 @@ def load_lookups(
         raise ValueError(f"unknown lookup {unknown[0]!r}; bdsel provides {', '.join(LOOKUPS)}")
     if not names:
         return {}
+    path = _existing_cache(config)
+    info = read_cache_info(path)
+    _check_cache_spec(path, info.get("predictor", {}), names, config, data)
+    zs_temperature = config.zeroshot.temperature
+    if zs_temperature == "auto" and "zs_logprobs" in names:
+        zs_temperature = _auto_temperature(path, info, config)
+    out = {}
+    for name in names:
+        temperature = zs_temperature if name == "zs_logprobs" else 1.0
+        logprobs = load_zs_logprobs(
+            path, data.dataset, n_classes=data.dataset.n_classes, temperature=temperature
+        )
+        out[name] = logprobs.to(device)
+    return out
+
+
+def _existing_cache(config: Config) -> Path:
+    """The run's cache file; a CacheError saying how to make it when it is not there."""
     path = default_cache_path(config)
     check_cache_path(path)
     method = config.select.method
@@ -322,8 +359,14 @@ def load_lookups(
             f"Create it first: bdsel cache-zeroshot --config <the same config> "
             f"(zeroshot.predictor={config.zeroshot.predictor}), or point zeroshot.cache at one"
         )
-    info = read_cache_info(path)
-    spec = info.get("predictor", {})
+    return path
+
+
+def _check_cache_spec(
+    path: Path, spec: dict[str, Any], names: tuple[str, ...], config: Config, data: RunData
+) -> None:
+    """The cache was made for this run's predictor settings and split, and by a model that
+    can serve as the irreducible-loss model when a lookup asks for one."""
     if diff := spec_mismatch(spec, expected_spec(config, data)):
         what = f"{path} was made with other predictor settings than this run's: {'; '.join(diff)}"
         if not config.zeroshot.accept_mismatch:
@@ -335,29 +378,21 @@ def load_lookups(
     check_split(path, spec, config, data)
     if "il_logprobs" in names and spec.get("kind") not in IL_PREDICTORS:
         raise CacheError(
-            f"select.method={method} needs an irreducible-loss model: a cache made with "
-            f"zeroshot.predictor=holdout or crossfit; {path} was made by {spec.get('kind')!r}"
+            f"select.method={config.select.method} needs an irreducible-loss model: a cache "
+            f"made with zeroshot.predictor=holdout or crossfit; {path} was made by "
+            f"{spec.get('kind')!r}"
         )
-    zs_temperature = config.zeroshot.temperature
-    if zs_temperature == "auto" and "zs_logprobs" in names:
-        zs_temperature = auto_temperature(info, config.zeroshot.calibrate_noise, path)
-        observed = calibrates_on_observed_labels(predictor_entry(config.zeroshot.predictor).cls)
-        if (
-            config.zeroshot.calibrate_noise
-            and observed
-            and info.get("temperature_denoised") is None
-        ):
-            log.warning(
-                f"{path} holds no temperature fitted with the labels' noise (made before bdsel "
-                f"fitted one): using the plain fit, T = {zs_temperature:.3f}. Run the same bdsel "
-                "cache-zeroshot command to add it (seconds), or set zeroshot.calibrate_noise=false"
-            )
-    n_classes = data.dataset.n_classes
-    out = {}
-    for name in names:
-        temperature = zs_temperature if name == "zs_logprobs" else 1.0
-        logprobs = load_zs_logprobs(
-            path, data.dataset, n_classes=n_classes, temperature=temperature
+
+
+def _auto_temperature(path: Path, info: dict[str, Any], config: Config) -> float:
+    """zeroshot.temperature=auto: the cache's fitted T (with the labels' noise, where the
+    predictor calibrates on observed labels and the cache holds that fit)."""
+    temperature = auto_temperature(info, config.zeroshot.calibrate_noise, path)
+    observed = calibrates_on_observed_labels(predictor_entry(config.zeroshot.predictor).cls)
+    if config.zeroshot.calibrate_noise and observed and info.get("temperature_denoised") is None:
+        log.warning(
+            f"{path} holds no temperature fitted with the labels' noise (made before bdsel "
+            f"fitted one): using the plain fit, T = {temperature:.3f}. Run the same bdsel "
+            "cache-zeroshot command to add it (seconds), or set zeroshot.calibrate_noise=false"
         )
-        out[name] = logprobs.to(device)
-    return out
+    return temperature
