@@ -82,8 +82,9 @@ demo-run-%: $$(if $$(call demo_needs_cache,$$*),demo-cache-$$(call demo_predicto
 # The evidence (docs/results/): the Bayesian score's settings tuned on a validation split (16
 # runs of 30 epochs, two at a time: 43 minutes on 2 CPU cores), then the long table, every
 # method x 3 seeds x 100 epochs at 20% noise and four rows at 0% and 40% (10-25 core-minutes
-# a run, one run per core), then what each predictor gives mislabeled points. Both resume: a
-# finished run is never rerun.
+# a run, one run per core), then what each predictor gives mislabeled points, then the peers
+# (InfoBatch, cleanlab then training, full data; benchmarks/peers.py). All resume: a finished
+# run is never rerun.
 # The older 15-epoch table: benchmarks/fashion_sweep.py --noise 0,0.2,0.4 --seeds 0,1,2.
 RESULTS_DIR ?= docs/results
 results: install data
@@ -91,6 +92,7 @@ results: install data
 	$(BIN)/python benchmarks/fashion_sweep.py --out $(RESULTS_DIR) --phase tune --jobs $(DEMO_JOBS)
 	$(BIN)/python benchmarks/offline_evidence.py --out $(RESULTS_DIR)/offline --jobs $(DEMO_JOBS)
 	$(BIN)/python benchmarks/predictor_noise.py --out $(RESULTS_DIR)/offline/predictor_noise.md
+	$(BIN)/python benchmarks/peers.py --out $(RESULTS_DIR)/peers --jobs $(DEMO_JOBS)
 
 # Per-step cost of each method side by side, and the zero-shot cache against bare CLIP.
 bench: install

@@ -22,6 +22,18 @@ def bdsel_executable() -> str:
     return shutil.which("bdsel") or str(Path(sys.executable).parent / "bdsel")
 
 
+def copy_records(runs: Path, names: list[str], out: Path) -> None:
+    """The records behind a table: each finished run's config, metrics and summary, copied
+    to <out>/runs/<name>/ (the run directories themselves stay under ``runs``)."""
+    from bdsel.rundir import CONFIG, METRICS, SUMMARY, has_summary
+
+    for name in names:
+        if has_summary(runs / name):
+            (out / "runs" / name).mkdir(parents=True, exist_ok=True)
+            for file in (CONFIG, METRICS, SUMMARY):
+                shutil.copyfile(runs / name / file, out / "runs" / name / file)
+
+
 def held_slots(runs: Path) -> set[int]:
     """The cores <runs>/hold names (whitespace-separated): left free for other work (a test
     run beside the experiments is then one more single-thread process on its own core)."""

@@ -38,20 +38,16 @@ import argparse
 import datetime
 import fnmatch
 import json
-import shutil
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs import bdsel_executable, log, run_pool
+from jobs import bdsel_executable, copy_records, log, run_pool
 from matplotlib.figure import Figure
 
 from bdsel.report import make_report
 from bdsel.rundir import (
-    CONFIG,
-    METRICS,
-    SUMMARY,
     epochs_to_target,
     has_summary,
     read_metrics,
@@ -568,12 +564,7 @@ def report(args: argparse.Namespace) -> None:
         text += ["![Final accuracy against the noise rate](noise_rates.png)"]
         noise_rates_plot(by_method, args.out / "noise_rates.png")
     (args.out / "README.md").write_text("\n".join(text) + "\n")
-    # The records behind every table: each finished run's config, metrics and summary.
-    for name in RUNS:
-        if has_summary(args.runs / name):
-            (args.out / "runs" / name).mkdir(parents=True, exist_ok=True)
-            for file in (CONFIG, METRICS, SUMMARY):
-                shutil.copyfile(args.runs / name / file, args.out / "runs" / name / file)
+    copy_records(args.runs, list(RUNS), args.out)  # the records behind every table
     summary = {n: read_summary(args.runs / n) for n in RUNS if has_summary(args.runs / n)}
     (args.out / "summaries.json").write_text(json.dumps(summary, indent=1) + "\n")
 

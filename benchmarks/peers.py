@@ -32,20 +32,16 @@ import argparse
 import fnmatch
 import json
 import re
-import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jobs import bdsel_executable, log, run_pool
+from jobs import bdsel_executable, copy_records, log, run_pool
 
 from bdsel.report import make_report
 from bdsel.rundir import (
-    CONFIG,
-    METRICS,
-    SUMMARY,
     first_reaching,
     has_summary,
     read_metrics,
@@ -423,11 +419,8 @@ def report(args: argparse.Namespace) -> None:
         text += ["", f"![accuracy against training time]({sub.name}/accuracy_vs_time.png)"]
         log(f"{rate:.0%}: {len(done)} runs -> {sub}")
     (args.out / "README.md").write_text("\n".join(text) + "\n")
-    for r in RUNS:  # the records behind the tables (the stored runs are already in the repo)
-        if not r.stored and has_summary(args.runs / r.name):
-            (args.out / "runs" / r.name).mkdir(parents=True, exist_ok=True)
-            for file in (CONFIG, METRICS, SUMMARY):
-                shutil.copyfile(args.runs / r.name / file, args.out / "runs" / r.name / file)
+    # the records behind the tables (the stored runs are already in the repo)
+    copy_records(args.runs, [r.name for r in RUNS if not r.stored], args.out)
     (args.out / "caches.json").write_text(json.dumps(caches, indent=1) + "\n")
 
 

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -142,33 +142,14 @@ def train(
     ] = False,
 ) -> None:
     """Train with online batch selection and write a run directory."""
-    from bdsel.config import load_config
-    from bdsel.registries import check_names
-    from bdsel.rundir import CHECKPOINT, CONFIG
-    from bdsel.runlog import RunDir, resume_problem
+    from bdsel.rundir import CHECKPOINT
     from bdsel.train import train as train_run
 
     if resume and overwrite:
         raise fail("--resume and --overwrite exclude each other")
     try:
-        if resume and run_dir is not None and (problem := resume_problem(run_dir)):
-            raise fail(problem)
-        if resume and run_dir is not None and config is None and not set_:
-            config = str(run_dir / CONFIG)  # resume with the run's own saved config
-        if config is None:
-            raise fail("--config is required (a YAML file or a shipped config name)")
-        cfg = load_config(config, [*(set_ or []), *accept_overrides(accept_cache_mismatch)])
-        check_names(cfg)
-        if run_dir is None:
-            run_dir = Path("runs") / f"{cfg.name or 'run'}-{cfg.select.method}-s{cfg.seed}"
-        if resume and (finished := RunDir(run_dir).finished_summary(cfg)) is not None:
-            console.print(
-                f"[bold green]complete[/]: {run_dir} finished all {cfg.train.epochs} epochs "
-                f"(final acc {_final_acc(finished)}); nothing to resume, the run is left as it is",
-                soft_wrap=True,
-            )
-            if (damage := RunDir(run_dir).finished_damage(cfg)) is not None:
-                console.print(f"[yellow]warning:[/] {damage}", soft_wrap=True)
+        cfg, run_dir = _train_config(config, set_, run_dir, resume, accept_cache_mismatch)
+        if resume and _said_finished(run_dir, cfg):
             return
         console.rule(f"bdsel train → {run_dir}")
         changes = config_changes(cfg)
@@ -183,7 +164,7 @@ def train(
             progress.console.print(epoch_line(record, cfg.train.epochs), highlight=False)
 
         from bdsel.distributed import shutdown
-        from bdsel.engine import step_progress
+        from bdsel.runtime import step_progress
 
         with step_progress(console) as progress:
             summary = train_run(cfg, run_dir, mode=mode, on_epoch=show, progress=progress)
@@ -199,6 +180,49 @@ def train(
         raise _interrupted(exc, what) from None
     except _user_errors() as exc:
         raise fail(str(exc)) from None
+    _print_done(summary, run_dir)
+
+
+def _said_finished(run_dir: Path, cfg: Any) -> bool:
+    """--resume of a finished run: say so (and any damage to its records), touch nothing."""
+    from bdsel.runlog import RunDir
+
+    if (finished := RunDir(run_dir).finished_summary(cfg)) is None:
+        return False
+    console.print(
+        f"[bold green]complete[/]: {run_dir} finished all {cfg.train.epochs} epochs "
+        f"(final acc {_final_acc(finished)}); nothing to resume, the run is left as it is",
+        soft_wrap=True,
+    )
+    if (damage := RunDir(run_dir).finished_damage(cfg)) is not None:
+        console.print(f"[yellow]warning:[/] {damage}", soft_wrap=True)
+    return True
+
+
+def _train_config(
+    config: str | None, set_: list[str] | None, run_dir: Path | None, resume: bool, accept: bool
+) -> tuple[Any, Path]:
+    """The run's config (with --resume and no --config: the run's own saved one) and its
+    directory (default runs/<name>-<method>-s<seed>)."""
+    from bdsel.config import load_config
+    from bdsel.registries import check_names
+    from bdsel.rundir import CONFIG
+    from bdsel.runlog import resume_problem
+
+    if resume and run_dir is not None and (problem := resume_problem(run_dir)):
+        raise fail(problem)
+    if resume and run_dir is not None and config is None and not set_:
+        config = str(run_dir / CONFIG)  # resume with the run's own saved config
+    if config is None:
+        raise fail("--config is required (a YAML file or a shipped config name)")
+    cfg = load_config(config, [*(set_ or []), *accept_overrides(accept)])
+    check_names(cfg)
+    if run_dir is None:
+        run_dir = Path("runs") / f"{cfg.name or 'run'}-{cfg.select.method}-s{cfg.seed}"
+    return cfg, run_dir
+
+
+def _print_done(summary: dict, run_dir: Path) -> None:
     reached = ", ".join(
         f"{float(t):.1%}: {'epoch ' + str(e) if e else 'not reached'}"
         for t, e in summary["epochs_to_target"].items()

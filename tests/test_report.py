@@ -226,31 +226,46 @@ def test_other_config_difference_splits_groups(tmp_path):
 
 def test_unset_keys_and_unused_predictor_settings_do_not_split(tmp_path):
     """A key a run's config lacks (written before it existed) is at its default; the settings
-    of a predictor a run does not use do not split its seeds; where they apply, they do."""
+    of a predictor a run does not use do not split its seeds; where they apply, they do; a
+    method that reads no zero-shot table is split by none of them."""
     runs = tmp_path / "runs"
+    write_run(runs / "u0", [0.5, 0.8], extra={"zeroshot.predictor": "holdout"})
+    write_run(runs / "u1", [0.5, 0.8], seed=1, extra={"zeroshot.predictor": "crossfit"})
+    assert [len(r.runs) for r in make_report([runs]).rows] == [2]  # uniform reads neither
+    runs = tmp_path / "bayes"
+    bayes = {"method": "bayesian"}
     holdout = holdout_variant = {"zeroshot.predictor": "holdout"}
-    write_run(runs / "s0", [0.5, 0.8], seed=0, extra={**holdout, "zeroshot.crossfit.epochs": 30})
+    write_run(
+        runs / "s0", [0.5, 0.8], seed=0, **bayes, extra={**holdout, "zeroshot.crossfit.epochs": 30}
+    )
     write_run(
         runs / "s1",
         [0.5, 0.8],
         seed=1,
+        **bayes,
         extra={**holdout, "zeroshot.crossfit.epochs": 10, "eval.other_weights": True},
     )
     crossfit = {"zeroshot.predictor": "crossfit", "zeroshot.crossfit.epochs": 10}
-    write_run(runs / "cf", [0.5, 0.8], seed=0, extra=crossfit)
+    write_run(runs / "cf", [0.5, 0.8], seed=0, **bayes, extra=crossfit)
     rows = {r.variant["zeroshot.predictor"]: r for r in make_report([runs]).rows}
     assert {k: len(r.runs) for k, r in rows.items()} == {"holdout": 2, "crossfit": 1}
     assert [r.variant for r in rows.values()] == [{"zeroshot.predictor": k} for k in rows]
-    write_run(runs / "cf30", [0.5, 0.8], seed=1, extra={**crossfit, "zeroshot.crossfit.epochs": 30})
+    write_run(
+        runs / "cf30",
+        [0.5, 0.8],
+        seed=1,
+        **bayes,
+        extra={**crossfit, "zeroshot.crossfit.epochs": 30},
+    )
     variants = [r.variant for r in make_report([runs]).rows]
     assert len(variants) == 3
     assert {"zeroshot.predictor": "crossfit", "zeroshot.crossfit.epochs": 30} in variants
     assert {"zeroshot.predictor": "holdout"} in variants
     # Evaluating the other weights beside the reported ones does not split seeds either.
     extra = {**holdout, "eval.other_weights": False, "eval.every": 1}
-    write_run(runs / "s2", [0.5, 0.8], seed=2, extra=extra)
+    write_run(runs / "s2", [0.5, 0.8], seed=2, **bayes, extra=extra)
     assert [len(r.runs) for r in make_report([runs]).rows if r.variant == holdout_variant] == [3]
-    write_run(runs / "s3", [0.5, 0.8], seed=3, extra={**extra, "eval.every": 2})
+    write_run(runs / "s3", [0.5, 0.8], seed=3, **bayes, extra={**extra, "eval.every": 2})
     assert len(make_report([runs]).rows) == 4  # eval.every still does
 
 
@@ -416,15 +431,22 @@ def test_legend_labels_name_what_tells_a_methods_rows_apart(tmp_path):
     runs = tmp_path / "runs"
     cache = "cache/" + "fashion_mnist-crossfit2-small_cnn-split20-" * 3 + "s0.h5"
     write_run(runs / "u", [0.5, 0.8], extra={"zeroshot.predictor": "holdout"})
+    write_run(runs / "uc", [0.5, 0.8], seed=1, extra={"data.clean.cache": cache})
     write_run(runs / "b", [0.5, 0.8], method="bayesian", extra={"zeroshot.predictor": "holdout"})
     crossfit = {"zeroshot.predictor": "crossfit", "zeroshot.cache": cache}
     write_run(runs / "bcf", [0.5, 0.8], method="bayesian", extra=crossfit)
     labels = {r.runs[0].path.name: r.label for r in make_report([runs]).rows}
     assert labels["u"] == "uniform"  # its one row: the predictor settings say nothing of it
-    assert labels["b"] == "bayesian · zeroshot.cache=None, zeroshot.predictor=holdout"
-    cf = labels["bcf"]  # the short value first, the path by its name, cut at 60 characters
+    assert labels["uc"] == "uniform · cleanlab"  # data.clean.cache, in words
+    # each predictor has one cache here, so the cache says nothing more
+    assert labels["b"] == "bayesian · zeroshot.predictor=holdout"
+    assert labels["bcf"] == "bayesian · zeroshot.predictor=crossfit"
+    write_run(runs / "bcf2", [0.5, 0.8], method="bayesian", extra=dict(crossfit, **{
+        "zeroshot.cache": cache.replace("s0", "s1")}))  # fmt: skip
+    labels = {r.runs[0].path.name: r.label for r in make_report([runs]).rows}
+    cf = labels["bcf"]  # two crossfit caches: the cache tells them apart, by its file name
     assert cf.startswith("bayesian · zeroshot.predictor=crossfit, zeroshot.cache=fash")
-    assert "cache/" not in cf and len(cf) == 60 and cf.endswith("…")
+    assert "cache/" not in cf and len(cf) == 60 and cf.endswith("…")  # cut at 60 characters
 
 
 def test_every_run_is_read_at_the_shortest_runs_training_time(tmp_path):

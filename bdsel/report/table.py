@@ -30,6 +30,8 @@ from bdsel.rundir import epochs_to_target, seconds_to_target
 # (eval.other_weights only adds the other weights' accuracy beside the one reported).
 GROUP_IGNORED_KEYS = ("seed", "name", "eval.other_weights")
 LABEL_MAX = 60  # characters of a legend label, seeds excluded
+# Settings a label names in words rather than as key=value ("" leaves it out).
+LABEL_NAMES = {"data.clean.cache": lambda v: "cleanlab" if v else ""}
 # The four keys every row names; other differing keys show in the "config" column.
 MAIN_KEYS = ("select.method", "data.name", "data.noise.kind", "data.noise.rate")
 # select.* keys of the selection loop itself, which every method shares.
@@ -184,15 +186,26 @@ class TableRow:
 def grouping_view(config: dict[str, Any]) -> dict[str, Any]:
     """A run's config, flattened, as rows compare it: without GROUP_IGNORED_KEYS; a key its
     config.yaml lacks (written before the key existed) at today's default; without the
-    settings of the zero-shot predictors it does not use (``zeroshot.<other predictor>.*``)."""
+    settings of the zero-shot predictors it does not use (``zeroshot.<other predictor>.*``),
+    and without any ``zeroshot.*`` setting when its method reads no zero-shot table."""
     flat = {**_config_defaults(), **flatten_config(config)}
     predictor = flat.get("zeroshot.predictor")
+    reads = reads_zeroshot(str(flat.get("select.method")))
     for key in list(flat):
         parts = key.split(".")
         unused_predictor = parts[0] == "zeroshot" and len(parts) > 2 and parts[1] != predictor
-        if key in GROUP_IGNORED_KEYS or unused_predictor:
+        if key in GROUP_IGNORED_KEYS or unused_predictor or (parts[0] == "zeroshot" and not reads):
             del flat[key]
     return flat
+
+
+@functools.cache
+def reads_zeroshot(method: str) -> bool:
+    """Whether selection method ``method`` reads a zero-shot cache (its selector requires a
+    per-index table); True for a name no longer registered, so nothing is hidden."""
+    from bdsel.selection.registry import SELECTORS  # late: torch only when rows are built
+
+    return method not in SELECTORS or bool(SELECTORS.get(method).requires)
 
 
 @functools.cache
@@ -278,13 +291,26 @@ def _label_rows(rows: list[TableRow]) -> None:
         own = {
             k: v for k, v in row.variant.items() if len({repr(r.variant.get(k)) for r in peers}) > 1
         }
+        if "zeroshot.predictor" in own and _cache_follows_predictor(peers):
+            own.pop("zeroshot.cache", None)
         short = {k: Path(v).name if isinstance(v, str) and "/" in v else v for k, v in own.items()}
         short = dict(sorted(short.items(), key=lambda kv: len(str(kv[1]))))  # long ones last
-        label = " · ".join(x for x in [*(p[i] for i in varying), _variant_text(short)] if x)
+        named = [LABEL_NAMES[k](v) for k, v in short.items() if k in LABEL_NAMES]
+        short = {k: v for k, v in short.items() if k not in LABEL_NAMES}
+        parts_ = [*(p[i] for i in varying), *(x for x in named if x), _variant_text(short)]
+        label = " · ".join(x for x in parts_ if x)
         if len(label) > LABEL_MAX:
             label = label[: LABEL_MAX - 1] + "…"
         n = len(row.runs)
         row.label = label + (f" ({n} seeds)" if n > 1 else "")
+
+
+def _cache_follows_predictor(rows: list[TableRow]) -> bool:
+    """Whether each predictor among ``rows`` comes with one cache (the cache then says
+    nothing the predictor does not)."""
+    pairs = {(repr(r.variant.get("zeroshot.predictor")), repr(r.variant.get("zeroshot.cache")))
+             for r in rows}  # fmt: skip
+    return len(pairs) == len({predictor for predictor, _ in pairs})
 
 
 def common_title(rows: list[TableRow]) -> str:

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from bdsel.registry import Registry
 
@@ -39,9 +39,8 @@ if TYPE_CHECKING:
 
 @runtime_checkable
 class Predictor(Protocol):
-    """What every registered predictor class provides (checked when it registers)."""
-
-    name: ClassVar[str]
+    """What every registered predictor class provides (checked when it registers; the
+    registry sets its ``name``)."""
 
     @classmethod
     def from_config(cls, config: Config, data: RunData, device: torch.device) -> Predictor: ...
