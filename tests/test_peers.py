@@ -32,9 +32,7 @@ def test_a_cleaned_run_reads_the_crossfit_cache_of_its_own_noise_rate(tmp_path: 
 def test_cache_seconds_come_from_the_commands_own_table_even_wrapped(tmp_path: Path):
     logs = tmp_path / "logs"
     logs.mkdir()
-    (logs / "cache_holdout.txt").write_text(
-        "│ time (fitting the predictor included) │ 256.5s │\n"
-    )
+    (logs / "cache_holdout.txt").write_text("│ time (fitting the predictor included) │ 256.5s │\n")
     (logs / "cache_crossfit_n20.txt").write_text(
         "│ time (fitting the predictor          │ 185.1s          │\n│ included)  │  │\n"
     )
