@@ -43,8 +43,8 @@ from bdsel.locking import LockedError
 from bdsel.models import Classifier, create_model
 from bdsel.optim import build_optimizer, lr_factor
 from bdsel.registries import check_names
-from bdsel.rundir import METRICS, RunDirError, acc_key, epochs_to_target
-from bdsel.runlog import RunDir, lock_rundir
+from bdsel.rundir import METRICS, RunDirError, acc_key, epochs_to_target, read_metrics
+from bdsel.rundir.writer import RunDir, lock_rundir
 from bdsel.runtime import (
     AUGMENTATION,
     PERMUTATION,
@@ -433,7 +433,7 @@ def _end_epoch(loop: Loop) -> None:
 
 
 def _finish(loop: Loop) -> dict[str, Any]:
-    summary = summarize(loop.run.config, loop.rundir.read_metrics())
+    summary = summarize(loop.run.config, read_metrics(loop.rundir.path))
     if loop.run.data.cleaning is not None:
         summary["cleaning"] = loop.run.data.cleaning  # data.clean: flagged, precision, recall
     if loop.world.is_main:

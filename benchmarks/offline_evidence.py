@@ -69,38 +69,57 @@ CROSSFIT = ["zeroshot.predictor=crossfit"]
 # (zeroshot.calibrate_noise, the default since): T fitted to the observed labels as they are.
 PLAIN_T = ["zeroshot.calibrate_noise=false"]
 
-# name -> (study, overrides); the names are the run directories under --runs.
-RUNS: dict[str, tuple[str, list[str]]] = {}
+
+@dataclass(frozen=True)
+class Run:
+    """One run of the grid: its study, its method's key in the tables ("u" uniform, "r"
+    rho_loss, "b" bayesian, "bcf" bayesian with the crossfit predictor, ...), its group (the
+    runs of one setting over seeds), its seed and its overrides."""
+
+    study: str
+    method: str
+    group: str
+    seed: int
+    overrides: list[str]
+
+
+# name -> Run; the names (<group>_s<seed>) are the run directories under --runs.
+RUNS: dict[str, Run] = {}
+
+
+def add(group: str, method: str, seed: int, study: str, overrides: list[str]) -> None:
+    RUNS[f"{group}_s{seed}"] = Run(study, method, group, seed, overrides)
+
+
 for seed in (0, 1):
     s = [f"seed={seed}"]
-    RUNS[f"u30_s{seed}"] = ("thirty", [*s, "select.method=uniform"])
-    RUNS[f"b30_s{seed}"] = ("thirty", [*s, *BAYES])
-    RUNS[f"r30_s{seed}"] = ("thirty", [*s, *RHO])
-    RUNS[f"bcf_s{seed}"] = ("thirty", [*s, *BAYES, *CROSSFIT, *PLAIN_T])
+    add("u30", "u", seed, "thirty", [*s, "select.method=uniform"])
+    add("b30", "b", seed, "thirty", [*s, *BAYES])
+    add("r30", "r", seed, "thirty", [*s, *RHO])
+    add("bcf", "bcf", seed, "thirty", [*s, *BAYES, *CROSSFIT, *PLAIN_T])
 HUNDRED_SEEDS = (0, 1, 2)
 for seed in HUNDRED_SEEDS:
     s = [f"seed={seed}"]
-    RUNS[f"u100_s{seed}"] = ("hundred", [*s, "select.method=uniform", *LONG])
-    RUNS[f"b100_s{seed}"] = ("hundred", [*s, *BAYES, *LONG])
+    add("u100", "u", seed, "hundred", [*s, "select.method=uniform", *LONG])
+    add("b100", "b", seed, "hundred", [*s, *BAYES, *LONG])
 for seed in (0, 1):
-    RUNS[f"r100_s{seed}"] = ("hundred", [f"seed={seed}", *RHO, *LONG])
+    add("r100", "r", seed, "hundred", [f"seed={seed}", *RHO, *LONG])
 # The long table: every other method beside them, seed by seed (so that a stopped batch of
 # runs leaves every method with the same seeds), the crossfit predictor as its own row.
-LONG_METHODS = {
-    "bcf100": [*BAYES, *CROSSFIT, *PLAIN_T],
-    "il100": ["select.method=irreducible_loss"],
-    "tl100": ["select.method=train_loss"],
-    "gn100": ["select.method=grad_norm"],
-    "gnis100": ["select.method=grad_norm_is"],
-    "svp100": ["select.method=svp"],
+LONG_METHODS = {  # method key -> overrides; the group is <key>100
+    "bcf": [*BAYES, *CROSSFIT, *PLAIN_T],
+    "il": ["select.method=irreducible_loss"],
+    "tl": ["select.method=train_loss"],
+    "gn": ["select.method=grad_norm"],
+    "gnis": ["select.method=grad_norm_is"],
+    "svp": ["select.method=svp"],
 }
 for seed in HUNDRED_SEEDS:
     if seed == 2:
-        RUNS["r100_s2"] = ("hundred", ["seed=2", *RHO, *LONG, *EMA_ONLY])
-    for prefix, values in LONG_METHODS.items():
-        name = f"{prefix}_s{seed}"
-        evaluation = [] if name in BOTH_WEIGHTS else EMA_ONLY
-        RUNS[name] = ("hundred", [f"seed={seed}", *values, *LONG, *evaluation])
+        add("r100", "r", 2, "hundred", ["seed=2", *RHO, *LONG, *EMA_ONLY])
+    for method, values in LONG_METHODS.items():
+        evaluation = [] if f"{method}100_s{seed}" in BOTH_WEIGHTS else EMA_ONLY
+        add(f"{method}100", method, seed, "hundred", [f"seed={seed}", *values, *LONG, *evaluation])
 # 0% and 40% noise, same length: uniform, rho_loss and bayesian with both predictors. The
 # hold-out model learns clean labels, so one holdout cache serves every rate; crossfit learns
 # the observed ones and gets a cache per rate.
@@ -110,27 +129,27 @@ NOISE_METHODS = {"u": ["select.method=uniform"], "r": RHO, "b": BAYES,
                  "bcf": [*BAYES, *CROSSFIT, *PLAIN_T]}  # fmt: skip
 for seed in HUNDRED_SEEDS:
     for study, noise in NOISE_STUDIES.items():
-        for prefix, values in NOISE_METHODS.items():
-            name = f"{prefix}100n{study.removeprefix('noise')}_s{seed}"
-            RUNS[name] = (study, [f"seed={seed}", *noise, *values, *LONG, *EMA_ONLY])
+        for method, values in NOISE_METHODS.items():
+            group = f"{method}100n{study.removeprefix('noise')}"
+            add(group, method, seed, study, [f"seed={seed}", *noise, *values, *LONG, *EMA_ONLY])
 for seed in (0, 1):
     ratio = ["select.n_candidates=160", "train.epochs=15"]
-    RUNS[f"b160_s{seed}"] = ("ratio", [f"seed={seed}", *BAYES, *ratio])
+    add("b160", "b", seed, "ratio", [f"seed={seed}", *BAYES, *ratio])
 # The crossfit predictor learns the observed labels, so it gives a mislabeled point about the
 # noise's own rate (log(0.2 / 9) = -3.8 at 20%) where the hold-out model gives about -10: once
 # the model is surer than that, the score prefers mislabeled points. A sharper temperature
 # (1/3: the hold-out model's quantiles) moves them down to the hold-out model's level.
 SHARPEN = ["zeroshot.temperature=0.33"]
 for seed in (0, 1):
-    RUNS[f"bcfT033_s{seed}"] = ("sharpen", [f"seed={seed}", *BAYES, *CROSSFIT, *SHARPEN, *LONG,
-                                            *EMA_ONLY])  # fmt: skip
+    add("bcfT033", "bcf", seed, "sharpen",
+        [f"seed={seed}", *BAYES, *CROSSFIT, *SHARPEN, *LONG, *EMA_ONLY])  # fmt: skip
 # The fix without clean labels (bdsel.zeroshot.calibration): fit T together with a symmetric
 # noise rate ε to the observed labels, so that p_zs is the clean label's probability (T 0.56,
 # ε 19.2% at 20% noise; T 0.44, ε 38.1% at 40%). sharpen40: the same at 40% noise.
 for seed in (0, 1):
     s = [f"seed={seed}", *BAYES, *CROSSFIT]
-    RUNS[f"bcfN_s{seed}"] = ("sharpen", [*s, *LONG, *EMA_ONLY])
-    RUNS[f"bcfNn40_s{seed}"] = ("sharpen40", [*s, *NOISE_STUDIES["noise40"], *LONG, *EMA_ONLY])
+    add("bcfN", "bcf", seed, "sharpen", [*s, *LONG, *EMA_ONLY])
+    add("bcfNn40", "bcf", seed, "sharpen40", [*s, *NOISE_STUDIES["noise40"], *LONG, *EMA_ONLY])
 # Reference rows other studies reuse (the runs of the same seeds and setting in another study).
 SHARED = {
     "ratio": ["u30_s0", "u30_s1", "b30_s0", "b30_s1"],
@@ -164,7 +183,7 @@ NOISE_NOTE = (
 def command(name: str, runs: Path) -> list[str]:
     cmd = [bdsel_executable(), "train", "--config", "fashion_mnist", "--run-dir", str(runs / name)]
     cmd += ["--overwrite"]
-    values = RUNS[name][1]
+    values = RUNS[name].overrides
     if CROSSFIT[0] in values:  # seed 0's crossfit predictor serves every seed, as holdout does
         values = [*values, f"zeroshot.cache={crossfit_cache(values)}"]
     for value in values:
@@ -189,7 +208,9 @@ def cache_commands(names: list[str]) -> list[tuple[str, list[str]]]:
     for each noise setting of a crossfit run. A finished cache returns at once."""
     base = [bdsel_executable(), "cache-zeroshot", "--config", "fashion_mnist", "--set", "seed=0"]
     out = [("cache_holdout", [*base, "--set", "zeroshot.predictor=holdout"])]
-    for data in dict.fromkeys(tuple(_data(RUNS[n][1])) for n in names if CROSSFIT[0] in RUNS[n][1]):
+    for data in dict.fromkeys(
+        tuple(_data(RUNS[n].overrides)) for n in names if CROSSFIT[0] in RUNS[n].overrides
+    ):
         label = "_".join(v.split("=")[1] for v in data) or "default"
         sets = [a for v in (*data, *CROSSFIT) for a in ("--set", v)]
         out.append((f"cache_crossfit_{label}", [*base, *sets]))
@@ -247,7 +268,7 @@ def uniform_flatness(args: argparse.Namespace, study: str) -> str:
         epochs = sorted(u)
         ref = max((e for e in epochs if e <= epochs[-1] - 10), default=epochs[0])
         change = 100 * (u[epochs[-1]] - u[ref])
-        flat.append(f"seed {_seed(name)}: {change:+.2f} pts (epoch {ref} to {epochs[-1]})")
+        flat.append(f"seed {RUNS[name].seed}: {change:+.2f} pts (epoch {ref} to {epochs[-1]})")
     return "Uniform over its last 10 epochs (flat means at most +0.3): " + ", ".join(flat) + "\n"
 
 
@@ -260,7 +281,7 @@ def speedup_lines(args: argparse.Namespace, names: list[str]) -> str:
         if not has_summary(args.runs / name):
             continue
         records = read_metrics(args.runs / name)
-        uniform = read_metrics(args.runs / f"u30_s{name[-1]}")
+        uniform = read_metrics(args.runs / f"u30_s{RUNS[name].seed}")
         cells = []
         for t in TARGETS:
             e, s = epochs_to_target(records, t), seconds_to_target(records, t)
@@ -268,21 +289,13 @@ def speedup_lines(args: argparse.Namespace, names: list[str]) -> str:
             cells.append("-" if e is None else f"{e}" + (f" ({e / eu:.2f}×)" if eu else ""))
             cells.append("-" if s is None else f"{s:.0f}" + (f" ({s / su:.2f}×)" if su else ""))
         final = 100 * records[-1]["test_acc"]
-        out.append(f"| {name} | {name[-1]} | " + " | ".join(cells) + f" | {final:.1f}% |")
+        out.append(f"| {name} | {RUNS[name].seed} | " + " | ".join(cells) + f" | {final:.1f}% |")
     return "\n".join(out) + "\n"
-
-
-def _prefix(name: str) -> str:
-    return name.rsplit("_s", 1)[0]
-
-
-def _seed(name: str) -> str:
-    return name.rsplit("_s", 1)[1]
 
 
 def uniform_runs(groups: dict[str, list[str]]) -> list[str]:
     """The uniform runs among a study's groups (``study_groups``); none if it has none."""
-    return next((names for prefix, names in groups.items() if prefix[0] == "u"), [])
+    return next((names for names in groups.values() if RUNS[names[0]].method == "u"), [])
 
 
 def label(values: list[str]) -> str:
@@ -316,7 +329,7 @@ def _pm(xs: list[float], scale: float = 100.0, unit: str = "") -> str:
 
 def study_names(study: str) -> list[str]:
     """A study's runs: those it shares with another study, then its own, in RUNS order."""
-    return SHARED.get(study, []) + [n for n, (s, _) in RUNS.items() if s == study]
+    return SHARED.get(study, []) + [n for n, r in RUNS.items() if r.study == study]
 
 
 def study_groups(args: argparse.Namespace, study: str) -> dict[str, list[str]]:
@@ -324,7 +337,7 @@ def study_groups(args: argparse.Namespace, study: str) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
     for name in study_names(study):
         if has_summary(args.runs / name):
-            groups.setdefault(_prefix(name), []).append(name)
+            groups.setdefault(RUNS[name].group, []).append(name)
     return groups
 
 
@@ -340,6 +353,7 @@ class MethodStats:
     """One method of a study over its seeds: the numbers behind a row of the long table."""
 
     label: str
+    method: str  # the runs' method key (Run.method)
     seeds: list[str]
     epochs: dict[float, float | None]  # per target: mean over the seeds that reached it
     reached: dict[float, int]  # per target: how many seeds reached it
@@ -356,10 +370,10 @@ class MethodStats:
 def method_stats(
     args: argparse.Namespace, study: str, targets: tuple[float, ...]
 ) -> dict[str, MethodStats]:
-    """Every method of a study (its runs' name prefix) with its numbers, in RUNS order."""
+    """Every method of a study (its runs' group) with its numbers, in RUNS order."""
     groups = study_groups(args, study)
     records = {n: read_metrics(args.runs / n) for names in groups.values() for n in names}
-    uniform_final = {_seed(n): records[n][-1]["test_acc"] for n in uniform_runs(groups)}
+    uniform_final = {str(RUNS[n].seed): records[n][-1]["test_acc"] for n in uniform_runs(groups)}
 
     def mean_to(names: list[str], t: float, fn: Any) -> tuple[float | None, int]:
         hits = [v for n in names if (v := fn(records[n], t)) is not None]
@@ -367,13 +381,14 @@ def method_stats(
 
     stats = {}
     for prefix, names in groups.items():
-        seeds = [_seed(n) for n in names]
+        seeds = [str(RUNS[n].seed) for n in names]
         finals = [records[n][-1]["test_acc"] for n in names]
         noisy = [r["selected_noisy_frac"] for n in names for r in records[n]
                  if r.get("selected_noisy_frac") is not None]  # fmt: skip
         reach = {t: mean_to(names, t, epochs_to_target) for t in targets}
         stats[prefix] = MethodStats(
-            label=label(RUNS[names[0]][1]),
+            label=label(RUNS[names[0]].overrides),
+            method=RUNS[names[0]].method,
             seeds=seeds,
             epochs={t: e for t, (e, _) in reach.items()},
             reached={t: k for t, (_, k) in reach.items()},
@@ -382,7 +397,7 @@ def method_stats(
             diffs=[
                 f - uniform_final[sd]
                 for f, sd in zip(finals, seeds, strict=True)
-                if sd in uniform_final and prefix[0] != "u"
+                if sd in uniform_final and RUNS[names[0]].method != "u"
             ],
             noisy=_mean(noisy) if noisy else None,
         )
@@ -391,7 +406,7 @@ def method_stats(
 
 def _reference(stats: dict[str, MethodStats], letter: str) -> MethodStats | None:
     """uniform's ("u") or rho_loss's ("r") stats among a study's methods."""
-    return next((m for p, m in stats.items() if p[0] == letter and p[:3] != "bcf"), None)
+    return next((m for m in stats.values() if m.method == letter), None)
 
 
 def _fmt(x: float | None, spec: str) -> str:
@@ -428,11 +443,6 @@ def long_table(args: argparse.Namespace, study: str, targets: tuple[float, ...])
 RATES = {"noise0": 0.0, "hundred": 0.2, "noise40": 0.4}
 
 
-def _method(prefix: str) -> str:
-    """A run-name prefix without its length and noise suffix: "bcf100n40" -> "bcf"."""
-    return prefix.split("100", 1)[0]
-
-
 def noise_rates(args: argparse.Namespace) -> tuple[str, dict[str, dict[float, MethodStats]]]:
     """uniform, rho_loss and bayesian with either predictor at 0%, 20% and 40% noise: final
     accuracy, its difference to uniform's, epochs and seconds to the rate's higher target
@@ -451,7 +461,8 @@ def noise_rates(args: argparse.Namespace) -> tuple[str, dict[str, dict[float, Me
         u, high = _reference(stats, "u"), targets[-1]
         order = list(NOISE_METHODS)  # the same order of rows at every rate
         for prefix in sorted(
-            (p for p in stats if _method(p) in order), key=lambda p: order.index(_method(p))
+            (p for p in stats if stats[p].method in order),
+            key=lambda p: order.index(stats[p].method),
         ):
             m = stats[prefix]
             by_method.setdefault(m.label, {})[rate] = m
@@ -541,7 +552,7 @@ def report(args: argparse.Namespace) -> None:
         "| run | study | overrides |",
         "|---|---|---|",
     ]
-    text += [f"| {n} | {s} | `{' '.join(o)}` |" for n, (s, o) in RUNS.items()]
+    text += [f"| {n} | {r.study} | `{' '.join(r.overrides)}` |" for n, r in RUNS.items()]
     text += [
         "",
         "Also here: [predictor_budget.md](predictor_budget.md) (how long to fit the stand-in",

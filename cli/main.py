@@ -185,7 +185,7 @@ def train(
 
 def _said_finished(run_dir: Path, cfg: Any) -> bool:
     """--resume of a finished run: say so (and any damage to its records), touch nothing."""
-    from bdsel.runlog import RunDir
+    from bdsel.rundir.writer import RunDir
 
     if (finished := RunDir(run_dir).finished_summary(cfg)) is None:
         return False
@@ -207,7 +207,7 @@ def _train_config(
     from bdsel.config import load_config
     from bdsel.registries import check_names
     from bdsel.rundir import CONFIG
-    from bdsel.runlog import resume_problem
+    from bdsel.rundir.writer import resume_problem
 
     if resume and run_dir is not None and (problem := resume_problem(run_dir)):
         raise fail(problem)

@@ -142,9 +142,9 @@ def test_only_runs_the_named_runs_that_have_not_finished(tmp_path: Path, monkeyp
     assert caches == ["cache_holdout", "cache_crossfit_default"]  # the config's 20%
     sets = evidence.command("bcfT033_s1", tmp_path)
     assert "zeroshot.temperature=0.33" in sets and "zeroshot.predictor=crossfit" in sets
-    assert evidence.label(evidence.RUNS["bcfT033_s1"][1]) == "bayesian (crossfit, T=0.33)"
-    assert evidence.label(evidence.RUNS["bcf100_s1"][1]) == "bayesian (crossfit, plain T)"
-    assert evidence.label(evidence.RUNS["bcfN_s1"][1]) == "bayesian (crossfit, denoised T)"
+    assert evidence.label(evidence.RUNS["bcfT033_s1"].overrides) == "bayesian (crossfit, T=0.33)"
+    assert evidence.label(evidence.RUNS["bcf100_s1"].overrides) == "bayesian (crossfit, plain T)"
+    assert evidence.label(evidence.RUNS["bcfN_s1"].overrides) == "bayesian (crossfit, denoised T)"
     assert "zeroshot.calibrate_noise=false" not in evidence.command("bcfNn40_s0", tmp_path)
     with pytest.raises(SystemExit, match="no run is named bcf_T"):
         evidence.selected("u100_s0,bcf_T*")

@@ -15,9 +15,9 @@ import yaml
 from bdsel_cli.main import app, epoch_line
 from typer.testing import CliRunner
 
-from bdsel import runlog
 from bdsel.config import load_config
-from bdsel.runlog import check_metrics_for_resume, evaluated_epochs
+from bdsel.rundir import writer as runlog
+from bdsel.rundir.writer import check_metrics_for_resume, evaluated_epochs
 from bdsel.train import TrainingDiverged, train
 from bdsel.zeroshot.run import default_cache_path
 

@@ -16,7 +16,7 @@ from bdsel_cli.main import app
 from typer.testing import CliRunner
 
 from bdsel import rundir
-from bdsel.runlog import RunDir
+from bdsel.rundir.writer import RunDir
 
 ROOT = Path(__file__).parents[1]
 
@@ -32,7 +32,7 @@ def _imported_modules(path: Path) -> set[str]:
 
 
 def test_rundir_is_torch_free():
-    assert not any(m.split(".")[0] == "torch" for m in _imported_modules(ROOT / "bdsel/rundir.py"))
+    assert not any(m.split(".")[0] == "torch" for m in _imported_modules(ROOT / "bdsel/rundir/__init__.py"))
     # Importing it (and the bdsel package above it) in a fresh interpreter loads no torch.
     code = "import sys, bdsel.rundir; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -45,7 +45,7 @@ def test_only_rundir_spells_the_run_files():
     for path in sorted(
         [*ROOT.glob("bdsel/**/*.py"), *ROOT.glob("cli/*.py"), *ROOT.glob("benchmarks/*.py")]
     ):
-        if path == ROOT / "bdsel/rundir.py":
+        if path == ROOT / "bdsel/rundir/__init__.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             text = node.value if isinstance(node, ast.Constant) else None

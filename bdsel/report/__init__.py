@@ -19,7 +19,7 @@ from bdsel.report.runs import (
     find_run_dirs,
     load_run,
     load_runs,
-    read_metrics,
+    read_run_metrics,
 )
 from bdsel.report.table import (
     Report,
@@ -46,7 +46,7 @@ __all__ = [
     "load_run",
     "load_runs",
     "make_report",
-    "read_metrics",
+    "read_run_metrics",
     "render_table",
     "to_csv",
     "to_markdown",

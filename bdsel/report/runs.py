@@ -236,7 +236,7 @@ def _check_record(path: Path, record: dict[str, Any]) -> str | None:
     return None
 
 
-def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+def read_run_metrics(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """Records of a metrics.jsonl file; a torn last line is dropped with a warning."""
     check = lambda r: _check_record(path, r)  # noqa: E731
     try:
@@ -268,7 +268,7 @@ def load_run(path: Path) -> tuple[RunRecord, list[str]]:
         config = rundir.read_config(path)
     except RunDirError as exc:
         raise ReportError(str(exc)) from None
-    records, warnings = read_metrics(path / METRICS_FILE)
+    records, warnings = read_run_metrics(path / METRICS_FILE)
     try:
         summary = rundir.read_summary(path)
     except RunDirError as exc:

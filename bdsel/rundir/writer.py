@@ -1,6 +1,6 @@
-"""A run directory as ``train`` uses it: prepare it, append metrics, save and load the
-checkpoint (torch), write the summary. The format itself (file names, reading, atomic
-writes, metric keys) lives in the torch-free :mod:`bdsel.rundir`.
+"""The writer of a run directory, as ``train`` uses it: prepare it, append metrics, save and
+load the checkpoint (torch), write the summary. The format itself (file names, reading,
+atomic writes, metric keys) is the package's torch-free ``__init__`` (:mod:`bdsel.rundir`).
 
 A resume checks metrics.jsonl against the checkpoint (:func:`check_metrics_for_resume`) and
 rewrites it with the records of epochs 1..checkpoint epoch; a finished run is never resumed
@@ -273,9 +273,6 @@ class RunDir:
             raise DiskFullError(f"{exc}: {self._resume_hint()}", exc.path) from exc.__cause__
         if self.tensorboard is not None:
             self.tensorboard.add(record)
-
-    def read_metrics(self) -> list[dict[str, Any]]:
-        return rundir.read_metrics(self.path)
 
     def check_metrics(self, checkpoint_epoch: int, total_epochs: int, every: int) -> MetricsCheck:
         return check_metrics_for_resume(self.path / METRICS, checkpoint_epoch, total_epochs, every)

@@ -15,7 +15,7 @@ A record's accuracy key names the split it was measured on (``test_acc``, or ``v
 :func:`epochs_to_target` the one rule for "first epoch at a target accuracy".
 
 This module is torch-free, so the report, the benchmarks and any script can read runs
-without importing torch; saving and loading the checkpoint itself is in ``bdsel.runlog``.
+without importing torch; saving and loading the checkpoint itself is in ``bdsel.rundir.writer``.
 """
 
 from __future__ import annotations
