@@ -32,7 +32,9 @@ def _imported_modules(path: Path) -> set[str]:
 
 
 def test_rundir_is_torch_free():
-    assert not any(m.split(".")[0] == "torch" for m in _imported_modules(ROOT / "bdsel/rundir/__init__.py"))
+    assert not any(
+        m.split(".")[0] == "torch" for m in _imported_modules(ROOT / "bdsel/rundir/__init__.py")
+    )
     # Importing it (and the bdsel package above it) in a fresh interpreter loads no torch.
     code = "import sys, bdsel.rundir; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
