@@ -4,12 +4,14 @@ pinned to its own core with one thread (two torch processes with default threads
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -73,3 +75,28 @@ def run_pool(jobs: list[tuple[str, list[str]]], runs: Path, n_jobs: int) -> dict
             if proc.returncode != 0:
                 raise SystemExit(f"{name} failed: see {runs / 'logs' / (name + '.txt')}")
     return seconds
+
+
+def experiment_main(
+    doc: str | None,
+    runs: str,
+    out: str,
+    run_missing: Callable[[argparse.Namespace], None],
+    report: Callable[[argparse.Namespace], None],
+) -> None:
+    """The command line every experiment script has: --runs, --out, --phase (run what is
+    missing, then report), --jobs, --only and --skip."""
+    p = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--runs", type=Path, default=Path(runs))
+    p.add_argument("--out", type=Path, default=Path(out))
+    p.add_argument("--phase", choices=["all", "run", "report"], default="all")
+    p.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each")
+    p.add_argument("--only", default="", help="only these runs: names or patterns, comma-separated")
+    p.add_argument("--skip", default="", help="runs not to start (e.g. running elsewhere)")
+    args = p.parse_args()
+    if args.phase in ("all", "run"):
+        run_missing(args)
+    if args.phase in ("all", "report"):
+        report(args)

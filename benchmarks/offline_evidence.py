@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs import bdsel_executable, copy_records, log, run_pool
+from jobs import bdsel_executable, copy_records, experiment_main, log, run_pool
 from matplotlib.figure import Figure
 
 from bdsel.report import make_report
@@ -228,8 +228,10 @@ def selected(only: str) -> list[str]:
 
 
 def run_missing(args: argparse.Namespace) -> None:
-    """The caches the missing runs need, then the runs, in ``selected`` order."""
-    todo = [n for n in selected(args.only) if not has_summary(args.runs / n)]
+    """The caches the missing runs need, then the runs, in ``selected`` order (but those
+    ``--skip`` names)."""
+    skip = set(getattr(args, "skip", "").split(","))
+    todo = [n for n in selected(args.only) if not has_summary(args.runs / n) and n not in skip]
     run_pool(cache_commands(todo), args.runs, args.jobs)
     run_pool([(name, command(name, args.runs)) for name in todo], args.runs, args.jobs)
 
@@ -581,23 +583,7 @@ def report(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--runs", type=Path, default=Path("runs/exp"))
-    p.add_argument("--out", type=Path, default=Path("docs/results/offline"))
-    p.add_argument("--phase", choices=["all", "run", "report"], default="all")
-    p.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each")
-    p.add_argument(
-        "--only",
-        default="",
-        help="run only these runs, in this order: names or patterns, comma-separated",
-    )
-    args = p.parse_args()
-    if args.phase in ("all", "run"):
-        run_missing(args)
-    if args.phase in ("all", "report"):
-        report(args)
+    experiment_main(__doc__, "runs/exp", "docs/results/offline", run_missing, report)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jobs import bdsel_executable, copy_records, log, run_pool
+from jobs import bdsel_executable, copy_records, experiment_main, log, run_pool
 
 from bdsel.report import make_report
 from bdsel.rundir import (
@@ -447,20 +447,7 @@ def _commit() -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--runs", type=Path, default=Path("runs/peers"))
-    p.add_argument("--out", type=Path, default=Path("docs/results/peers"))
-    p.add_argument("--phase", choices=["all", "run", "report"], default="all")
-    p.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each")
-    p.add_argument("--only", default="", help="only these runs: names or patterns, comma-separated")
-    p.add_argument("--skip", default="", help="runs not to start (e.g. running elsewhere)")
-    args = p.parse_args()
-    if args.phase in ("all", "run"):
-        run_missing(args)
-    if args.phase in ("all", "report"):
-        report(args)
+    experiment_main(__doc__, "runs/peers", "docs/results/peers", run_missing, report)
 
 
 if __name__ == "__main__":
