@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -312,6 +312,13 @@ class Loop:
     on_epoch: Callable[[dict[str, Any]], None] | None
     progress: Any
     task: Any = None  # the progress bar's task
+    train_idx: torch.Tensor = field(init=False)  # the train subset, on the device
+    has_noise: bool = field(init=False)  # whether any training label was made wrong
+
+    def __post_init__(self) -> None:
+        data = self.run.data
+        self.train_idx = data.train_idx.to(self.run.device)
+        self.has_noise = bool(data.noisy[data.train_idx].any())
 
 
 def _train(
@@ -388,7 +395,7 @@ def _train_epoch(loop: Loop, epoch: int) -> None:
     g_perm = stream_generator(seed, epoch, PERMUTATION, run.device)
     g_aug = stream_generator(seed, epoch, AUGMENTATION, run.device, world.rank)
     g_sel = stream_generator(seed, epoch, SELECTION, run.device, world.rank)
-    order = run.selector.epoch_order(run.data.train_idx.to(run.device), g_perm)
+    order = run.selector.epoch_order(loop.train_idx, g_perm)
     per_rank = len(order) // world.size
     order = order[world.rank * per_rank : (world.rank + 1) * per_rank]
     for i, n in enumerate(loop.stepper.epoch(order, (g_aug, g_sel))):
@@ -446,7 +453,7 @@ def _record(loop: Loop, metrics: dict[str, float], totals: EpochStats | None) ->
     """One line of metrics.jsonl: the evaluation and the selected points since the last
     (``totals``; None for a record rebuilt on resume, whose steps are gone)."""
     run, state = loop.run, loop.state
-    has_noise = bool(run.data.noisy[run.data.train_idx].any())
+    has_noise = loop.has_noise
     n_pts = max(totals.n_points, 1) if totals is not None else 1
     record: dict[str, Any] = {
         "epoch": state.epoch,
