@@ -179,6 +179,7 @@ def bench(args: argparse.Namespace) -> dict:
         )
         score_forward = TimedForward(forward, phase)
         stats, section = EpochStats.zeros(device), SectionTimer(device)
+        stepper = Stepper(run, score_forward, forward, score_autocast, autocast, section, stats)
         g = torch.Generator(device=device).manual_seed(0)
 
         t_warmup = time.perf_counter()
@@ -189,8 +190,6 @@ def bench(args: argparse.Namespace) -> dict:
             idx = torch.randint(0, n, (args.n_candidates,), device=device, generator=g)
             cand = Candidates(idx, source.rows("train", idx, g), run.observed[idx])
             with phase("step"):
-                stepper = Stepper(run, score_forward, forward, score_autocast, autocast, section)
-                stepper.stats = stats
                 stepper.step(cand, g)
         # What is left of the step once the timed calls inside it are taken out.
         totals["train_step"] = totals["step"] - totals["excluded"] - sum(totals[p] for p in PHASES)
