@@ -234,6 +234,12 @@ class CrossfitConfig(FitConfig):
     patience: int = 0
     lr: float = 0.01
     schedule: Literal["none", "cosine"] = "cosine"
+    # 2: a second round of K models, trained afresh on the points cleanlab trusts from the
+    # first round's out-of-fold probabilities (the same folds: still no row predicted by a
+    # model that trained on it), so that the models that predict learn nearly clean labels.
+    # 1: the first round's models predict (what bdsel did before).
+    rounds: int = 2
+    refit_filter: FilterBy = "prune_by_noise_rate"  # cleanlab's filter_by between rounds
 
 
 @dataclass
@@ -548,6 +554,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("zeroshot.holdout.calibration_fraction", _within(0, 1, low_open=True, high_open=True),
      "a fraction in (0, 1)"),
     ("zeroshot.crossfit.folds", _at_least(2), "an int >= 2"),
+    ("zeroshot.crossfit.rounds", _at_least(1), POSITIVE_INT),
     ("zeroshot.crossfit.epochs", _at_least(1), POSITIVE_INT),
     ("zeroshot.crossfit.patience", _at_least(0), "an int >= 0 (0: no early stop)"),
     ("zeroshot.crossfit.lr", _positive, POSITIVE_FLOAT),

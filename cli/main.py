@@ -306,7 +306,10 @@ def denoised_rows(summary) -> list[tuple[str, str]]:
         return []
     return [
         ("temperature fitted with label noise (auto)", f"{summary.temperature_denoised:.3f}"),
-        ("estimated label noise (symmetric)", f"{summary.label_noise_rate:.1%}"),
+        (
+            f"estimated label noise ({summary.noise_model or 'symmetric'})",
+            f"{summary.label_noise_rate:.1%}",
+        ),  # fmt: skip
     ]
 
 

@@ -38,8 +38,16 @@ def test_folds_partition_the_training_subset():
     assert [f.tolist() for f in folds] == [f.tolist() for f in assign_folds(train_idx, 3, seed=4)]
 
 
-def test_no_row_is_predicted_by_a_model_that_trained_on_it(crossfit_values: dict):
-    cfg = load_config(values=crossfit_values)
+@pytest.mark.parametrize("folds, rounds", [(2, 1), (3, 2), (2, 3)])
+def test_no_row_is_predicted_by_a_model_that_trained_on_it(
+    crossfit_values: dict, folds: int, rounds: int
+):
+    values = dict(crossfit_values)
+    values["zeroshot"] = dict(values["zeroshot"])
+    values["zeroshot"]["crossfit"] = dict(
+        values["zeroshot"]["crossfit"], folds=folds, rounds=rounds
+    )
+    cfg = load_config(values=values)
     data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
     source = make_image_source(data.dataset, torch.device("cpu"))
     trained_on: list[set[int]] = []
@@ -52,32 +60,42 @@ def test_no_row_is_predicted_by_a_model_that_trained_on_it(crossfit_values: dict
 
     source.iter_batches = spy
     predictor = CrossfitPredictor(cfg, data, source)
-    real_fit = predictor.fit
+    trusted: list[set[int] | None] = []  # per round: the rows the round before trusted
 
     import bdsel.zeroshot.crossfit as crossfit_module
 
     real_supervised = crossfit_module.fit_supervised
 
     def fit_supervised(*args, **kw):
+        if len(trained_on) % folds == 0:
+            rows = predictor.trusted
+            trusted.append(None if rows is None else set(rows.tolist()))
         trained_on.append(set())
         return real_supervised(*args, **kw)
 
     crossfit_module.fit_supervised = fit_supervised
     try:
-        real_fit()
+        predictor.fit()
     finally:
         crossfit_module.fit_supervised = real_supervised
-    assert len(trained_on) == 3
-    # Which model predicts each training row: the one of its fold, which never trained on it.
-    for k, fold in enumerate(predictor.folds):
-        assert not trained_on[k] & set(fold.tolist())
-        assert trained_on[k] | set(fold.tolist()) == set(data.train_idx.tolist())
+    assert len(trained_on) == folds * rounds
+    everything = set(data.train_idx.tolist())
+    for r in range(rounds):
+        for k, fold in enumerate(predictor.folds):
+            seen, own = trained_on[r * folds + k], set(fold.tolist())
+            assert seen and not seen & own  # model k of every round: never its own fold
+            if r == 0:
+                assert seen | own == everything
+            else:  # a refit round: the other folds' rows the previous round trusted
+                assert seen == (everything - own) & trusted[r]
+                assert len(trusted[r]) < len(everything)  # tiny data, 20% noise: some flagged
+    # Which model predicts each training row: the last round's of its fold.
     rows = data.train_idx[:40]
     out = predictor.logprobs("train", rows)
+    from bdsel.evaluation import predict_logprobs
+
     for k, model in enumerate(predictor.models):
         own = predictor.fold_of[rows] == k
-        from bdsel.evaluation import predict_logprobs
-
         expected = predict_logprobs(model, source, "train", rows[own], 256)
         torch.testing.assert_close(out[own], expected)
     # Rows outside the training subset (the test set): the mean of the models' probabilities.
@@ -143,6 +161,40 @@ def test_crossfit_cache_resumes_after_a_kill(
             assert (f[f"{s}/logprobs"][...] == full[s]).all(), s
         assert float(f.attrs["temperature"]) == temperature
 
+    # Kill between the rounds (in round 2's first model): round 1's models are kept, and the
+    # resumed command trains round 2 only, to the same cache.
+    third = dict(
+        crossfit_values, zeroshot=dict(crossfit_values["zeroshot"], cache=str(tmp_path / "r.h5"))
+    )
+    cfg3 = tmp_path / "r.yaml"
+    cfg3.write_text(yaml.safe_dump(third))
+    import bdsel.zeroshot.crossfit as crossfit_module
+
+    real_supervised = crossfit_module.fit_supervised
+    fits: list[str] = []
+
+    def killing_supervised(*args, **kw):
+        fits.append(kw["description"])
+        if len(fits) == 4:  # the first model of round 2 (three folds a round)
+            raise _Kill
+        return real_supervised(*args, **kw)
+
+    monkeypatch.setattr(crossfit_module, "fit_supervised", killing_supervised)
+    result = runner.invoke(app, ["cache-zeroshot", "-c", str(cfg3)])
+    assert result.exit_code == 130
+    from bdsel.zeroshot.run import holdout_weights_path
+
+    weights = holdout_weights_path(tmp_path / "r.h5")
+    assert torch.load(weights)["rounds_done"] == 1 and not (tmp_path / "r.h5").exists()
+    fits.clear()
+    result = runner.invoke(app, ["cache-zeroshot", "-c", str(cfg3)])
+    assert result.exit_code == 0, result.output
+    assert fits == [f"crossfit model {k}/3, round 2/2" for k in (1, 2, 3)]
+    with h5py.File(tmp_path / "r.h5") as f:
+        for s in ("train", "test"):
+            assert (f[f"{s}/logprobs"][...] == full[s]).all(), s
+    monkeypatch.setattr(crossfit_module, "fit_supervised", real_supervised)
+
     # rho_loss takes its irreducible loss from the cross-fitted models: a hold-out-free variant.
     run_dir = tmp_path / "run"
     result = runner.invoke(
@@ -168,18 +220,20 @@ def check_label_noise_fit(
     gives the plain fit with a warning, and gets the fit from ``cache-zeroshot`` without its
     log-probs being recomputed."""
     from bdsel.train import build_lookups
-    from bdsel.zeroshot.calibration import fit_temperature_and_noise
+    from bdsel.zeroshot.calibration import fit_label_noise
 
     cfg = load_config(str(cfg_path))
     data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
     rows = data.train_idx
-    expected = fit_temperature_and_noise(
-        torch.from_numpy(logprobs["train"])[rows], data.observed[rows]
-    )
+    fit = fit_label_noise(torch.from_numpy(logprobs["train"])[rows], data.observed[rows])
+    expected = (fit.temperature, fit.noise_rate)
     with h5py.File(path, "r+") as f:
         stored = (float(f.attrs["temperature_denoised"]), float(f.attrs["label_noise_rate"]))
         assert stored == pytest.approx(expected, rel=1e-9)
-        del f.attrs["temperature_denoised"], f.attrs["label_noise_rate"]  # as an older bdsel
+        assert f.attrs["noise_model"] == fit.model
+        assert json.loads(f.attrs["noise_fit"])["transition"] == fit.transition
+        for key in ("temperature_denoised", "label_noise_rate", "noise_model", "noise_fit"):
+            del f.attrs[key]  # as an older bdsel
     raw = torch.from_numpy(logprobs["train"]).float()
     bayesian = load_config(str(cfg_path), ["select.method=bayesian"])
     logger = logging.getLogger("bdsel")  # the CLI stops it propagating to caplog's root handler

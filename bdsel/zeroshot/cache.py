@@ -47,6 +47,9 @@ REQUIRED_ATTRS = (
 )  # fmt: skip
 # optional: the temperature fits (bdsel.zeroshot.calibration), when the predictor has labels
 CALIBRATION_ATTRS = ("temperature", "temperature_denoised", "label_noise_rate")
+# the noise model of the fit with label noise ("symmetric" or "transition", chosen by BIC) and
+# its transition matrix and BICs (JSON); a cache made before bdsel chose one has neither
+NOISE_MODEL_ATTRS = ("noise_model", "noise_fit")
 RERUN = "re-run bdsel cache-zeroshot to resume"
 LOGSUMEXP_TOL = 1e-3  # |logsumexp(row)| above this is not a float32 log-probability row
 _READ_ROWS = 1 << 16  # rows per chunk when scanning a whole split
@@ -80,7 +83,8 @@ class CacheSummary:
     temperature: float | None = None  # fitted on the predictor's calibration labels, if any
     # fitted with the labels' symmetric noise (calibration on observed labels), if any
     temperature_denoised: float | None = None
-    label_noise_rate: float | None = None  # the ε of that fit: estimated share of wrong labels
+    label_noise_rate: float | None = None  # that fit's estimated share of wrong labels
+    noise_model: str | None = None  # that fit's noise model: "symmetric" or "transition"
     predictor: dict[str, Any] | None = None  # the stored spec
 
 
@@ -197,6 +201,9 @@ def _read_attrs(f: h5py.File, path: Path) -> dict[str, Any]:
     for key in CALIBRATION_ATTRS:  # optional: fitted when the predictor has calibration labels
         if key in f.attrs:
             info[key] = float(f.attrs[key])
+    if "noise_model" in f.attrs:
+        info["noise_model"] = str(f.attrs["noise_model"])
+        info["noise_fit"] = json.loads(f.attrs["noise_fit"])
     return info
 
 
@@ -204,15 +211,21 @@ def _calibrate(
     f: h5py.File, calibration: tuple[torch.Tensor, torch.Tensor], label_noise: bool
 ) -> None:
     """Fit the temperature to the calibration rows' labels and store it in ``f``'s attrs;
-    with ``label_noise`` (labels that may be wrong) also the fit under symmetric label noise."""
-    from bdsel.zeroshot.calibration import fit_temperature, fit_temperature_and_noise
+    with ``label_noise`` (labels that may be wrong) also the fit under label noise, symmetric
+    or through a transition matrix, whichever BIC prefers (``fit_label_noise``)."""
+    from bdsel.zeroshot.calibration import fit_label_noise, fit_temperature
 
     rows, labels = (t.cpu().long() for t in calibration)
     logprobs = _read_rows(f["train"]["logprobs"], rows)
     f.attrs["temperature"] = fit_temperature(logprobs, labels)
     if label_noise:
-        t, eps = fit_temperature_and_noise(logprobs, labels)
-        f.attrs["temperature_denoised"], f.attrs["label_noise_rate"] = t, eps
+        fit = fit_label_noise(logprobs, labels)
+        f.attrs["temperature_denoised"], f.attrs["label_noise_rate"] = (
+            fit.temperature,
+            fit.noise_rate,
+        )
+        f.attrs["noise_model"] = fit.model
+        f.attrs["noise_fit"] = json.dumps({"transition": fit.transition, "bic": fit.bic})
 
 
 def _bad_rows(logprobs: torch.Tensor) -> torch.Tensor:
@@ -513,7 +526,8 @@ def build_cache(
     temperature that fits them best (``bdsel.zeroshot.calibration``) is stored as the
     ``temperature`` attribute, which ``zeroshot.temperature: auto`` reads. ``label_noise``:
     the calibration labels are observed ones that noise may have changed; the fit under
-    symmetric label noise is stored too (``temperature_denoised``, ``label_noise_rate``), and
+    label noise is stored too (``temperature_denoised``, ``label_noise_rate``, ``noise_model``,
+    ``noise_fit``: symmetric or a transition matrix, whichever BIC prefers), and
     added to a complete cache made before bdsel fitted it (its log-probs are not recomputed).
 
     Resumes ``<path>.partial`` when it was made for the same dataset fingerprint and predictor
@@ -581,7 +595,11 @@ def _complete_info(
     if problem or info["missing"] or not info["complete"]:
         why = problem or "is incomplete"
         raise CacheError(f"{path} exists and {why}; pass overwrite=True or delete it")
-    if calibration is not None and label_noise and "label_noise_rate" not in info:
+    if (
+        calibration is not None
+        and label_noise
+        and not {"label_noise_rate", "noise_model"} <= info.keys()
+    ):
         with _open(path, "r+") as f:
             _calibrate(f, calibration, label_noise)
             info = _read_attrs(f, path)
@@ -663,6 +681,7 @@ def _summary(path: Path, fp: dict, info: dict, t0: float, computed: int) -> Cach
                         rows_computed=computed, temperature=info.get("temperature"),
                         temperature_denoised=info.get("temperature_denoised"),
                         label_noise_rate=info.get("label_noise_rate"),
+                        noise_model=info.get("noise_model"),
                         predictor=info.get("predictor"))  # fmt: skip
 
 

@@ -11,6 +11,8 @@ without a step size to tune.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -94,44 +96,152 @@ def _best_noise(p: torch.Tensor, n_classes: int, iterations: int) -> tuple[float
     return eps, float(-(p + eps * d).clamp_min(1e-300).log().mean())
 
 
+def _search_log_t(nll: Callable[[float], float], grid: int, iterations: int) -> float:
+    """The log T in [log T_MIN, log T_MAX] of least ``nll``: a ``grid`` of points, then
+    golden-section search between the best one's neighbours (a profile NLL need not be convex
+    in T; the grid keeps a distant minimum from being missed)."""
+    log_ts = torch.linspace(math.log(T_MIN), math.log(T_MAX), grid, dtype=torch.float64).tolist()
+    nlls = [nll(t) for t in log_ts]
+    i = min(range(grid), key=nlls.__getitem__)
+    lo, hi = log_ts[max(i - 1, 0)], log_ts[min(i + 1, grid - 1)]
+    g = (math.sqrt(5) - 1) / 2
+    c, d = hi - g * (hi - lo), lo + g * (hi - lo)
+    fc, fd = nll(c), nll(d)
+    for _ in range(iterations):
+        if fc <= fd:
+            hi, d, fd = d, c, fc
+            c = hi - g * (hi - lo)
+            fc = nll(c)
+        else:
+            lo, c, fc = c, d, fd
+            d = lo + g * (hi - lo)
+            fd = nll(d)
+    log_t = 0.5 * (lo + hi)
+    return log_ts[i] if nlls[i] < nll(log_t) else log_t  # a minimum on the range's edge
+
+
+def _check_classes(logprobs: torch.Tensor) -> int:
+    n_classes = logprobs.shape[1]
+    if n_classes < 2:
+        raise ValueError("label noise needs at least two classes")
+    return n_classes
+
+
 def fit_temperature_and_noise(
     logprobs: torch.Tensor, labels: torch.Tensor, grid: int = 41, iterations: int = 50
 ) -> tuple[float, float]:
     """(T, ε) of least NLL of ``labels`` under symmetric noise of rate ε over softmax(logprobs / T).
 
-    ε is exact for each T (bisection, above); T is searched over log T in [T_MIN, T_MAX]: a
-    ``grid`` of points, then golden-section search between the best one's neighbours (the
-    profile NLL need not be convex in T; the grid keeps a distant minimum from being missed).
+    ε is exact for each T (bisection, above); T is searched over log T (``_search_log_t``).
     logprobs: [N, C]; labels: int64 [N]; C >= 2."""
     z = _centred(logprobs)
-    n_classes = logprobs.shape[1]
-    if n_classes < 2:
-        raise ValueError("label noise needs at least two classes")
+    n_classes = _check_classes(logprobs)
     y = labels[:, None].long()
 
     def profile(log_t: float) -> tuple[float, float]:
         p = torch.softmax(z / math.exp(log_t), dim=1).gather(1, y).squeeze(1)
         return _best_noise(p, n_classes, iterations)
 
-    log_ts = torch.linspace(math.log(T_MIN), math.log(T_MAX), grid, dtype=torch.float64).tolist()
-    nlls = [profile(t)[1] for t in log_ts]
-    i = min(range(grid), key=nlls.__getitem__)
-    lo, hi = log_ts[max(i - 1, 0)], log_ts[min(i + 1, grid - 1)]
-    g = (math.sqrt(5) - 1) / 2
-    c, d = hi - g * (hi - lo), lo + g * (hi - lo)
-    fc, fd = profile(c)[1], profile(d)[1]
-    for _ in range(iterations):
-        if fc <= fd:
-            hi, d, fd = d, c, fc
-            c = hi - g * (hi - lo)
-            fc = profile(c)[1]
-        else:
-            lo, c, fc = c, d, fd
-            d = lo + g * (hi - lo)
-            fd = profile(d)[1]
-    log_t = 0.5 * (lo + hi)
-    eps, nll = profile(log_t)
-    if nlls[i] < nll:  # the minimum sits on a grid point at the range's edge
-        log_t = log_ts[i]
-        eps = profile(log_t)[0]
-    return math.exp(log_t), eps
+    log_t = _search_log_t(lambda t: profile(t)[1], grid, iterations)
+    return math.exp(log_t), profile(log_t)[0]
+
+
+# Noise that is not symmetric (a label flipped to a similar class, as real noise mostly is):
+# the observed label through a transition matrix M, M[c, j] = P(observed j | clean c),
+#
+#     q(y | x) = Σ_c softmax(z / T)_c · M[c, y].
+#
+# For a fixed T the NLL is convex in M (minus the log of a linear function), and EM's
+# update M[c, j] ∝ Σ_{i: y_i = j} r_ic, r_ic = softmax(z_i / T)_c M[c, y_i] / q(y_i | x_i),
+# increases the likelihood at every step towards that one optimum; T is searched as above.
+# The symmetric channel is the special case M = (1 − ε)·I + ε/(C − 1)·(1 − I), so the matrix
+# fits at least as well; which of the two to believe is decided by BIC (``fit_label_noise``).
+
+
+def _transition_em(p: torch.Tensor, onehot: torch.Tensor, m: torch.Tensor, steps: int, tol: float):
+    """EM for M at fixed clean-label probabilities p [N, C] (float64), from ``m`` [C, C]:
+    (M, mean NLL). onehot: the observed labels, float64 [N, C]."""
+    for _ in range(steps):
+        joint = p * (onehot @ m.T)  # [N, C]: p_ic · M[c, y_i]
+        q = joint.sum(1, keepdim=True).clamp_min(1e-300)
+        counts = (joint / q).T @ onehot  # [C, C]: expected (clean c, observed j) pairs
+        new = counts / counts.sum(1, keepdim=True).clamp_min(1e-300)
+        new = torch.where(counts.sum(1, keepdim=True) > 0, new, m)  # a class nobody has
+        done = float((new - m).abs().max()) < tol
+        m = new
+        if done:
+            break
+    q = (p * (onehot @ m.T)).sum(1).clamp_min(1e-300)
+    return m, float(-q.log().mean())
+
+
+def fit_temperature_and_transition(
+    logprobs: torch.Tensor,
+    labels: torch.Tensor,
+    grid: int = 25,
+    iterations: int = 40,
+    em_steps: int = 300,
+    tol: float = 1e-7,
+) -> tuple[float, torch.Tensor, float]:
+    """(T, M, mean NLL) of least NLL of ``labels`` under q(y | x) = Σ_c softmax(z / T)_c M[c, y]:
+    M float64 [C, C], rows summing to 1 (M[c, j] = P(observed j | clean c)). EM for M at each
+    T (warm-started from the last one), T searched over log T. logprobs: [N, C]; labels [N]."""
+    z = _centred(logprobs)
+    n_classes = _check_classes(logprobs)
+    onehot = torch.nn.functional.one_hot(labels.long(), n_classes).double()
+    start = 0.8 * torch.eye(n_classes, dtype=torch.float64) + 0.2 / n_classes
+    state = {"m": start}
+
+    def profile(log_t: float) -> tuple[torch.Tensor, float]:
+        p = torch.softmax(z / math.exp(log_t), dim=1)
+        m, nll = _transition_em(p, onehot, state["m"], em_steps, tol)
+        state["m"] = m
+        return m, nll
+
+    log_t = _search_log_t(lambda t: profile(t)[1], grid, iterations)
+    state["m"] = start  # the final EM from the same start as any other T's
+    m, nll = profile(log_t)
+    return math.exp(log_t), m, nll
+
+
+@dataclass(frozen=True)
+class NoiseFit:
+    """The temperature fitted with label noise, and the noise model it was fitted with."""
+
+    model: str  # "symmetric" or "transition": the one BIC prefers
+    temperature: float
+    noise_rate: float  # estimated share of observed labels that differ from the clean one
+    transition: list[list[float]]  # M[c][j] = P(observed j | clean c) of the chosen model
+    bic: dict[str, float]  # each model's BIC, 2·N·NLL + (parameters)·log N (lower: better)
+
+
+def fit_label_noise(logprobs: torch.Tensor, labels: torch.Tensor) -> NoiseFit:
+    """The temperature under the noise model the data call for: symmetric noise (T and ε, two
+    parameters) or a full transition matrix (T and C(C − 1) free entries), whichever has the
+    lower BIC. On symmetric noise the matrix's extra likelihood is about what C(C − 1) − 1 idle
+    parameters would gain by chance (χ² with that many degrees of freedom, halved), far below
+    its BIC penalty once N is in the thousands, so the symmetric fit stands; on asymmetric
+    noise (pairflip) the likelihood gained is proportional to N and the matrix wins."""
+    n, c = logprobs.shape
+    t_sym, eps = fit_temperature_and_noise(logprobs, labels)
+    nll_sym = _symmetric_nll(logprobs, labels, t_sym, eps)
+    t_mat, m, nll_mat = fit_temperature_and_transition(logprobs, labels)
+    bic = {
+        "symmetric": 2 * n * nll_sym + 2 * math.log(n),
+        "transition": 2 * n * nll_mat + (1 + c * (c - 1)) * math.log(n),
+    }
+    if bic["transition"] < bic["symmetric"]:
+        p = torch.softmax(_centred(logprobs) / t_mat, dim=1)
+        prior = p.mean(0)  # the clean classes' share, as the fitted predictor sees them
+        rate = float(1 - (prior * m.diagonal()).sum())
+        return NoiseFit("transition", t_mat, rate, m.tolist(), bic)
+    sym = torch.full((c, c), eps / (c - 1), dtype=torch.float64)
+    sym.fill_diagonal_(1 - eps)
+    return NoiseFit("symmetric", t_sym, eps, sym.tolist(), bic)
+
+
+def _symmetric_nll(logprobs: torch.Tensor, labels: torch.Tensor, t: float, eps: float) -> float:
+    c = logprobs.shape[1]
+    p = torch.softmax(_centred(logprobs) / t, dim=1).gather(1, labels[:, None].long()).squeeze(1)
+    q = (1 - eps) * p + eps * (1 - p) / (c - 1)
+    return float(-q.clamp_min(1e-300).log().mean())

@@ -73,20 +73,20 @@ class CrossfitPredictor:
         self.fold_of = torch.full((n_rows,), -1, dtype=torch.int64)  # -1: not in the subset
         for k, rows in enumerate(self.folds):
             self.fold_of[rows] = k
-        ds = data.dataset
-        self.models = []
-        for k in range(c.folds):
-            torch.manual_seed(config.seed * 31 + k)
-            model = create_model(c.model, n_classes=ds.n_classes, in_channels=ds.in_channels)
-            self.models.append(model.to(source.device))
+        self.models = [self._new_model(k) for k in range(c.folds)]
         self.fold_epochs: list[int] = []  # epochs each model trained (early stopping)
         self.fold_accuracy: list[float] = []  # its accuracy on its fold's observed labels
+        self.rounds_done = 0
+        self.trusted: torch.Tensor | None = None  # a refit round's rows: what cleanlab kept
         self.trained = False
 
     @staticmethod
     def settings(config: Config) -> dict[str, Any]:
         """The settings that shape its outputs, as its spec names them."""
-        return fit_settings("crossfit", config, config.zeroshot.crossfit)
+        settings = fit_settings("crossfit", config, config.zeroshot.crossfit)
+        if settings["rounds"] == 1:  # the value before it was a setting: old caches match
+            del settings["rounds"], settings["refit_filter"]
+        return settings
 
     @classmethod
     def from_config(cls, config: Config, data: RunData, device: torch.device) -> CrossfitPredictor:
@@ -109,14 +109,63 @@ class CrossfitPredictor:
         the observed label is right)."""
         return self.data.train_idx, self.data.observed[self.data.train_idx]
 
-    def fit(self, progress: Any = None) -> None:
+    def fit(self, progress: Any = None, save: Any = None) -> None:
+        """Train the rounds not trained yet (all of them on a fresh predictor); ``save()`` is
+        called after each (a resumable checkpoint)."""
+        c = self.config.zeroshot.crossfit
+        while self.rounds_done < c.rounds:
+            if self.rounds_done > 0:
+                self.trusted = self._trusted_rows()
+                self.models = [self._new_model(k) for k in range(c.folds)]
+            self._fit_round(progress)
+            self.rounds_done += 1
+            if save is not None:
+                save()
+        self.trained = True
+
+    def _new_model(self, k: int) -> torch.nn.Module:
+        ds = self.data.dataset
+        torch.manual_seed(self.config.seed * 31 + k)
+        model = create_model(
+            self.config.zeroshot.crossfit.model, n_classes=ds.n_classes, in_channels=ds.in_channels
+        )
+        return model.to(self.source.device)
+
+    def training_rows(self, k: int) -> torch.Tensor:
+        """The rows model k of the current round trains on: every fold but k, and in a refit
+        round only the rows the previous round's out-of-fold probabilities trusted."""
+        rows = torch.cat([f for j, f in enumerate(self.folds) if j != k])
+        if self.trusted is not None:
+            rows = rows[torch.isin(rows, self.trusted)]
+        return rows
+
+    def _trusted_rows(self) -> torch.Tensor:
+        """The training rows cleanlab does not flag, from the current models' out-of-fold
+        probabilities (each fold predicted by its own model): sorted int64."""
+        from bdsel.cleaning import find_label_issues
+
+        bs = self.config.zeroshot.batch_size
+        rows = torch.cat(self.folds)
+        probs = torch.cat([
+            predict_logprobs(m, self.source, "train", f.to(self.source.device), bs).cpu()
+            for m, f in zip(self.models, self.folds, strict=True)
+        ]).double().exp()  # fmt: skip
+        flagged = find_label_issues(
+            self.data.observed[rows], probs, self.config.zeroshot.crossfit.refit_filter
+        )
+        return rows[~flagged].sort().values
+
+    def _fit_round(self, progress: Any) -> None:
         c = self.config.zeroshot.crossfit
         observed = self.data.observed
         bs = self.config.zeroshot.batch_size
         self.fold_epochs, self.fold_accuracy = [], []
+        what = f", round {self.rounds_done + 1}/{c.rounds}" if c.rounds > 1 else ""
         for k, model in enumerate(self.models):
-            held_out = self.folds[k].to(self.source.device)
-            train_rows = torch.cat([f for j, f in enumerate(self.folds) if j != k])
+            held_out = self.folds[k]
+            if self.trusted is not None:  # scored on its fold's trusted labels
+                held_out = held_out[torch.isin(held_out, self.trusted)]
+            held_out = held_out.to(self.source.device)
             labels = observed[held_out.cpu()].to(self.source.device)
 
             def accuracy(m: torch.nn.Module, rows=held_out, labels=labels) -> float:
@@ -128,7 +177,7 @@ class CrossfitPredictor:
             self.models[k] = fit_supervised(
                 model,
                 self.source,
-                train_rows,
+                self.training_rows(k),
                 observed,
                 epochs=c.epochs,
                 batch_size=c.batch_size,
@@ -138,28 +187,32 @@ class CrossfitPredictor:
                 early_stopping=stop,
                 schedule=c.schedule,
                 progress=progress,
-                description=f"crossfit model {k + 1}/{c.folds}",
+                description=f"crossfit model {k + 1}/{c.folds}{what}",
             )
             self.fold_epochs.append(stop.best_epoch)
             self.fold_accuracy.append(stop.best_score)
-        self.trained = True
 
     def fit_or_load(self, weights: Path, progress: Any = None) -> None:
-        """Train, or reload the models an interrupted ``cache-zeroshot`` saved at ``weights``."""
+        """Train, or reload the models an interrupted ``cache-zeroshot`` saved at ``weights``
+        (after its last round, or after an earlier one: the later rounds are then trained)."""
         if weights.is_file():
             saved = torch.load(weights, map_location=self.source.device)
             for model, state in zip(self.models, saved["models"], strict=True):
                 model.load_state_dict(state)
                 model.eval()
             self.fold_epochs, self.fold_accuracy = saved["epochs"], saved["accuracy"]
-            self.trained = True
-            return
-        self.fit(progress)
+            self.rounds_done = saved.get("rounds_done", 1)
+            self.trusted = saved.get("trusted")
+        self.fit(progress, save=lambda: self._save(weights))
+
+    def _save(self, weights: Path) -> None:
         buf = io.BytesIO()
         state = {
             "models": [m.state_dict() for m in self.models],
             "epochs": self.fold_epochs,
             "accuracy": self.fold_accuracy,
+            "rounds_done": self.rounds_done,
+            "trusted": self.trusted,
         }
         torch.save(state, buf)
         atomic_write_bytes(weights, buf.getvalue())
@@ -204,4 +257,10 @@ class CrossfitPredictor:
             "weights_sha256": (
                 weights_sha256([m.state_dict() for m in self.models]) if self.trained else None
             ),
-        }
+        } | self._refit_spec()
+
+    def _refit_spec(self) -> dict[str, Any]:
+        """A refit round's training rows: how many the first round's models trusted."""
+        if self.config.zeroshot.crossfit.rounds == 1:
+            return {}
+        return {"refit_points": len(self.trusted) if self.trained else None}

@@ -1,0 +1,360 @@
+"""Bayesian selection without a clean hold-out set (docs/results/holdout_free/): the crossfit
+predictor against the hold-out one, at 20% and 40% symmetric and 30% pairflip label noise,
+100 epochs, beside uniform and cleaning-then-training on the same crossfit cache.
+
+The grid is data: ``ARMS`` (a method, its overrides, the cache it reads) times the noise
+``SETTINGS`` and seeds of ``GRID``. A run already made elsewhere with the same overrides (the
+peers' runs of docs/results/peers/runs/, the 100-epoch runs of docs/results/offline/runs/) is
+read from there (``STORED``) instead of being rerun; everything else is a plain
+``bdsel train --config fashion_mnist`` under ``--runs``, one process per core with one thread.
+
+- bayesian (crossfit): the shipped crossfit default (two rounds: the second refits the fold
+  models on the points cleanlab trusts from the first round's out-of-fold probabilities).
+- bayesian (crossfit, 1 round): the crossfit predictor before (``zeroshot.crossfit.rounds=1``).
+- cleanlab → X: ``data.clean.cache`` = the crossfit cache of the same data, then X.
+
+The report: per setting, the table (final EMA accuracy, against uniform and against bayesian
+(holdout) of the same seed, samples and seconds to the targets, the mislabeled share among
+the trained points and in the data drawn from), curves, and what the predictors say about the
+mislabeled points (``predictor_noise.py``'s quantiles and AUROC) with each cache's seconds.
+
+    python benchmarks/holdout_free.py                  # run what is missing, then report
+    python benchmarks/holdout_free.py --phase report
+    python benchmarks/holdout_free.py --only 'bayesian_crossfit-p30-*'
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import fnmatch
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jobs import bdsel_executable, copy_records, experiment_main, log, run_pool
+from peers import cache_seconds
+
+from bdsel.report import make_report
+from bdsel.rundir import first_reaching, has_summary, read_metrics, read_summary, uniform_targets
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+BAYES = ("select.method=bayesian", "select.prefilter=1.0", "select.anneal=0")
+LONG = ("train.epochs=100", "eval.every=4", "eval.other_weights=false")
+CROSSFIT = ("zeroshot.predictor=crossfit",)
+ONE_ROUND = ("zeroshot.predictor=crossfit", "zeroshot.crossfit.rounds=1")
+
+# name -> (what the tables call it, its data overrides)
+SETTINGS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "n20": ("20% symmetric noise", ()),
+    "n40": ("40% symmetric noise", ("data.noise.rate=0.4",)),
+    "p30": ("30% pairflip noise", ("data.noise.kind=pairflip", "data.noise.rate=0.3")),
+}
+
+
+@dataclass(frozen=True)
+class Arm:
+    key: str
+    label: str
+    overrides: tuple[str, ...] = ()
+    cache: tuple[str, ...] | None = None  # zeroshot.cache: the cache these overrides make
+    cleans: bool = False  # data.clean.cache = the (shipped) crossfit cache of the same data
+    stored: dict[str, str] = field(default_factory=dict)  # setting -> run directory, {seed}
+
+
+PEERS, OFFLINE = "peers/runs/", "offline/runs/"
+ARMS = [
+    Arm("uniform", "uniform", ("select.method=uniform", *LONG),
+        stored={"n20": PEERS + "uniform-n20-s{}", "n40": PEERS + "uniform-n40-s{}"}),
+    Arm("bayesian_holdout", "bayesian (holdout)", (*BAYES, *LONG), cache=(),
+        stored={"n20": PEERS + "bayesian_holdout-n20-s{}", "n40": OFFLINE + "b100n40_s{}"}),
+    Arm("bayesian_crossfit", "bayesian (crossfit)", (*BAYES, *CROSSFIT, *LONG), cache=CROSSFIT),
+    Arm("bayesian_crossfit_r1", "bayesian (crossfit, 1 round)", (*BAYES, *ONE_ROUND, *LONG),
+        cache=ONE_ROUND,
+        stored={"n20": PEERS + "bayesian_crossfit-n20-s{}", "n40": OFFLINE + "bcfNn40_s{}"}),
+    Arm("clean_uniform", "cleanlab → uniform", ("select.method=uniform", *LONG), cleans=True),
+    Arm("clean_bayesian", "cleanlab → bayesian (crossfit)", (*BAYES, *CROSSFIT, *LONG),
+        cache=CROSSFIT, cleans=True),
+]  # fmt: skip
+ARM = {a.key: a for a in ARMS}
+
+
+@dataclass(frozen=True)
+class Run:
+    arm: Arm
+    setting: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.arm.key}-{self.setting}-s{self.seed}"
+
+    @property
+    def stored(self) -> Path | None:
+        """The same run made for another study, when there is one."""
+        template = self.arm.stored.get(self.setting)
+        path = RESULTS / template.format(self.seed) if template else None
+        return path if path is not None and has_summary(path) else None
+
+    def overrides(self) -> list[str]:
+        return [f"seed={self.seed}", *SETTINGS[self.setting][1], *self.arm.overrides]
+
+
+# In the order they are made: what the done-when needs first (every setting's bayesian
+# crossfit and hold-out runs), then cleaning, then the one-round runs that were never made.
+GRID: list[tuple[str, str, tuple[int, ...]]] = [
+    ("bayesian_holdout", "p30", (0, 1)), ("bayesian_holdout", "n20", (2,)),
+    ("uniform", "p30", (0, 1)),
+    *[("bayesian_crossfit", s, (0, 1)) for s in ("n20", "p30", "n40")],
+    ("bayesian_crossfit", "n20", (2,)),
+    *[("clean_uniform", s, (0,)) for s in ("n20", "p30", "n40")],
+    *[("clean_bayesian", s, (0,)) for s in ("n20", "p30", "n40")],
+    ("bayesian_holdout", "n40", (0, 1)), ("uniform", "n20", (0, 1, 2)), ("uniform", "n40", (0, 1)),
+    ("bayesian_crossfit_r1", "n20", (0, 1)), ("bayesian_crossfit_r1", "n40", (0, 1)),
+    ("bayesian_crossfit_r1", "p30", (0, 1)),
+]  # fmt: skip
+RUNS = [Run(ARM[arm], setting, seed) for arm, setting, seeds in GRID for seed in seeds]
+
+
+def cache_path(setting: str, predictor: tuple[str, ...]) -> Path:
+    """The cache a predictor's overrides make for a setting's data (seed 0's serves every
+    seed: the crossfit models' split and labels do not depend on the run's seed)."""
+    from bdsel.config import load_config
+    from bdsel.zeroshot.run import default_cache_path
+
+    overrides = ["seed=0", *SETTINGS[setting][1], *predictor]
+    return default_cache_path(load_config("fashion_mnist", overrides))
+
+
+def run_dir(run: Run, runs: Path) -> Path:
+    return run.stored or runs / run.name
+
+
+def command(run: Run, runs: Path) -> list[str]:
+    values = run.overrides()
+    if run.arm.cache is not None:
+        values.append(f"zeroshot.cache={cache_path(run.setting, run.arm.cache)}")
+    if run.arm.cleans:
+        values.append(f"data.clean.cache={cache_path(run.setting, CROSSFIT)}")
+    cmd = [bdsel_executable(), "train", "--config", "fashion_mnist", "--run-dir"]
+    return [*cmd, str(runs / run.name), "--overwrite", *(a for v in values for a in ("--set", v))]
+
+
+CACHES = {"holdout": (), "crossfit": CROSSFIT, "crossfit_r1": ONE_ROUND}
+
+
+def cache_jobs(todo: list[Run]) -> list[tuple[str, list[str]]]:
+    """(log name, command) of the caches the runs to make read and that do not exist yet (the
+    log keeps the time each took); the hold-out model's serves every setting."""
+    needed: dict[str, tuple[str, ...]] = {}
+    for r in todo:
+        if r.arm.cache is not None:
+            key = next(k for k, v in CACHES.items() if v == r.arm.cache)
+            needed["holdout" if key == "holdout" else f"{key}_{r.setting}"] = r.arm.cache
+        if r.arm.cleans:
+            needed[f"crossfit_{r.setting}"] = CROSSFIT
+    jobs = []
+    for name, predictor in needed.items():
+        setting = "n20" if name == "holdout" else name.rsplit("_", 1)[1]
+        if cache_path(setting, predictor).exists():
+            continue
+        sets = [a for v in ("seed=0", *SETTINGS[setting][1], *predictor) for a in ("--set", v)]
+        jobs.append((f"cache_{name}", [bdsel_executable(), "cache-zeroshot", "--config",
+                                       "fashion_mnist", *sets]))  # fmt: skip
+    return jobs
+
+
+def selected(only: str) -> list[Run]:
+    patterns = only.split(",") if only else ["*"]
+    names = [r.name for r in RUNS]
+    if unknown := [p for p in patterns if not fnmatch.filter(names, p)]:
+        raise SystemExit(f"--only: no run is named {', '.join(unknown)}")
+    return [r for r in RUNS if any(fnmatch.fnmatchcase(r.name, p) for p in patterns)]
+
+
+def run_missing(args: argparse.Namespace) -> None:
+    skip = set(args.skip.split(",")) if args.skip else set()
+    todo = [r for r in selected(args.only) if not has_summary(run_dir(r, args.runs))]
+    todo = [r for r in todo if r.name not in skip]
+    run_pool(cache_jobs(todo), args.runs, args.jobs)
+    run_pool([(r.name, command(r, args.runs)) for r in todo], args.runs, args.jobs)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _pm(xs: list[float], signed: bool = False) -> str:
+    if not xs:
+        return "-"
+    mean = 100 * statistics.fmean(xs)
+    std = f" ± {100 * statistics.stdev(xs):.2f}" if len(xs) > 1 else ""
+    return f"{mean:+.2f}{std} pts" if signed else f"{mean:.2f}{std}%"
+
+
+@dataclass
+class Result:
+    """One arm's runs at one setting, as the table reads them."""
+
+    arm: Arm
+    runs: list[Run]
+    records: list[list[dict[str, Any]]]
+
+    @property
+    def finals(self) -> dict[int, float]:
+        return {r.seed: rs[-1]["test_acc"] for r, rs in zip(self.runs, self.records, strict=True)}
+
+    def reach(self, target: float, key: str) -> tuple[float | None, int]:
+        hits = [x[key] for rs in self.records if (x := first_reaching(rs, target))]
+        return (statistics.fmean(hits) if hits else None), len(hits)
+
+    def mislabeled(self, key: str) -> float | None:
+        xs = [x[key] for rs in self.records for x in rs if x.get(key) is not None]
+        return statistics.fmean(xs) if xs else None
+
+
+def results(setting: str, runs: Path) -> dict[str, Result]:
+    out = {}
+    for arm in ARMS:
+        mine = [r for r in RUNS if r.arm is arm and r.setting == setting]
+        mine = [r for r in mine if has_summary(run_dir(r, runs))]
+        if mine:
+            out[arm.key] = Result(arm, mine, [read_metrics(run_dir(r, runs)) for r in mine])
+    return out
+
+
+def _against(res: Result, ref: Result | None) -> str:
+    if ref is None or res is ref:
+        return "-"
+    return _pm([f - ref.finals[s] for s, f in res.finals.items() if s in ref.finals], True)
+
+
+def _to(value: tuple[float | None, int], n: int, ref: float | None, fmt: str) -> str:
+    mean, k = value
+    if mean is None:
+        return "never"
+    ratio = f" ({mean / ref:.2f}×)" if ref else ""
+    return f"{format(mean, fmt)}{ratio}" + ("" if k == n else f" ({k}/{n})")
+
+
+def table(res: dict[str, Result], targets: list[float]) -> str:
+    head = ["method", "seeds", "final EMA acc", "− uniform", "− bayesian (holdout)"]
+    head += [f"samples to {t:.0%}" for t in targets] + [f"s to {t:.0%}" for t in targets]
+    head += ["mislabeled among trained", "in the data drawn from"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    uniform, holdout = res.get("uniform"), res.get("bayesian_holdout")
+    for r in res.values():
+        n = len(r.runs)
+        cells = [r.arm.label, ", ".join(str(x.seed) for x in r.runs),
+                 _pm(list(r.finals.values())), _against(r, uniform), _against(r, holdout)]  # fmt: skip
+        for key, fmt in (("samples_seen", ",.0f"), ("wall_s", ".0f")):
+            for t in targets:
+                ref = uniform.reach(t, key)[0] if uniform else None
+                cells.append(_to(r.reach(t, key), n, ref, fmt))
+        for key in ("selected_noisy_frac", "base_noisy_frac"):
+            share = r.mislabeled(key)
+            cells.append("-" if share is None else f"{100 * share:.1f}%")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+NOTE = (
+    "Final EMA acc: the last evaluation's (epoch 100), mean ± std over seeds; − uniform, −"
+    " bayesian (holdout): against that method's run of the same seed. Targets from uniform's"
+    " runs (RHO-LOSS's rule); samples: gradient samples at the first evaluation at or above the"
+    " target, s: training seconds there (selection included, evaluation excluded), × uniform's."
+    " Mislabeled among trained: the share of mislabeled points among those trained on, mean"
+    " over evaluations and seeds; in the data drawn from: the same share in the training"
+    " subset the method draws from (after cleaning, for the cleanlab rows). Runs read from"
+    " docs/results/offline/ were made on 2026-11-29, when this machine's clock ran 1.7-2×"
+    " slower: compare their accuracy, not their seconds."
+)
+
+
+def diagnostics(setting: str, caches: dict[str, float]) -> str:
+    """What each predictor with a cache for this setting says about the mislabeled points."""
+    from predictor_noise import QUANTILES, label_logprobs, summarize
+
+    head = ["predictor", "noise model", "est. noise", "T", "cache s", "AUROC"]
+    head += [f"clean q{int(100 * q)}" for q in QUANTILES]
+    head += [f"mislabeled q{int(100 * q)}" for q in QUANTILES]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, predictor in CACHES.items():
+        path = cache_path(setting, predictor)
+        if not path.exists():
+            continue
+        from bdsel.zeroshot.cache import read_cache_info
+
+        info = read_cache_info(path)
+        overrides = [*SETTINGS[setting][1], *predictor, "select.method=bayesian"]
+        result = summarize(*label_logprobs("fashion_mnist", overrides))
+        name = "holdout" if key == "holdout" else f"{key}_{setting}"
+        seconds = caches.get(name)
+        observed = key != "holdout"
+        cells = [
+            {"holdout": "holdout", "crossfit": "crossfit (shipped)",
+             "crossfit_r1": "crossfit, 1 round"}[key],
+            info.get("noise_model", "symmetric") if observed else "- (clean labels)",
+            f"{100 * info['label_noise_rate']:.1f}%" if observed else "-",
+            f"{info['temperature_denoised' if observed else 'temperature']:.3f}",
+            "?" if seconds is None else f"{seconds:.0f}",
+            f"{result['auroc']:.4f}",
+            *(f"{v:.2f}" for v in (*result["clean"], *result["noisy"])),
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def report(args: argparse.Namespace) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    caches = cache_seconds(args.runs)
+    text = ["# Bayesian selection without a clean hold-out set", ""]
+    text += [
+        f"`python benchmarks/holdout_free.py` on {datetime.date.today()}: every run is `bdsel",
+        "train --config fashion_mnist` with the overrides below, 100 epochs, one process per",
+        f"core with one thread ({os.cpu_count()}-core CPU; torch {torch.__version__}). Test",
+        "accuracy: the weight EMA with recalibrated BN statistics.",
+        "",
+        "| run | overrides |",
+        "|---|---|",
+    ]
+    for r in RUNS:
+        if has_summary(run_dir(r, args.runs)):
+            where = f" (from `{r.stored.relative_to(RESULTS)}`)" if r.stored else ""
+            text.append(f"| {r.name} | `{' '.join(r.overrides())}`{where} |")
+    for setting, (title, _) in SETTINGS.items():
+        res = results(setting, args.runs)
+        if "uniform" not in res:
+            continue
+        targets = uniform_targets(list(res["uniform"].finals.values()))
+        sub = args.out / setting
+        make_report([run_dir(r, args.runs) for x in res.values() for r in x.runs],
+                    targets=targets, out_dir=sub)  # fmt: skip
+        text += ["", f"## {title}", "", table(res, targets), NOTE, ""]
+        text += ["What the predictors say about the mislabeled training points (log p_zs of the",
+                 "observed label at the temperature `auto` reads; AUROC: how often a mislabeled",
+                 "point gets less than a clean one; cache s: the cache command's seconds):", "",
+                 diagnostics(setting, caches)]  # fmt: skip
+        cleaned = [read_summary(run_dir(r, args.runs)).get("cleaning")
+                   for x in res.values() if x.arm.cleans for r in x.runs]  # fmt: skip
+        if cleaned and cleaned[0]:
+            c = cleaned[0]
+            text += [f"cleanlab on the shipped crossfit cache flags {c['n_flagged']:,} of "
+                     f"{c['n_points']:,} points (precision {100 * c['precision']:.1f}%, recall "
+                     f"{100 * c['recall']:.1f}%); {100 * c['mislabeled_left']:.1f}% of the rest "
+                     "are mislabeled.", ""]  # fmt: skip
+        text += [f"Curves: [{setting}/]({setting}/report.html)", "",
+                 f"![accuracy against epochs]({setting}/accuracy.png)"]  # fmt: skip
+        log(f"{title}: {sum(len(x.runs) for x in res.values())} runs -> {sub}")
+    (args.out / "README.md").write_text("\n".join(text) + "\n")
+    copy_records(args.runs, [r.name for r in RUNS if not r.stored], args.out)
+
+
+def main() -> None:
+    experiment_main(__doc__, "runs/holdout_free", "docs/results/holdout_free", run_missing, report)
+
+
+if __name__ == "__main__":
+    main()
