@@ -11,7 +11,9 @@ from bdsel.zeroshot.calibration import (
     T_MAX,
     T_MIN,
     fit_temperature,
+    fit_label_noise,
     fit_temperature_and_noise,
+    fit_temperature_and_transition,
     nll_at,
 )
 
@@ -107,3 +109,67 @@ def test_noise_fit_on_random_labels_finds_them_random():
     assert eps > 0.85  # 0.9 = (c − 1)/c: every label as likely as any other
     with pytest.raises(ValueError, match="no labelled rows"):
         fit_temperature_and_noise(logprobs[:0], labels[:0])
+
+
+def _through(t_true: float, m: torch.Tensor, n: int, seed: int = 0):
+    """Clean labels drawn from softmax(logits / t_true), then each observed label drawn from
+    the clean one's row of the transition matrix ``m`` [C, C]."""
+    logprobs, clean = _synthetic(t_true, n, m.shape[0], seed)
+    g = torch.Generator().manual_seed(seed + 2)
+    return logprobs, torch.multinomial(m[clean], 1, generator=g).squeeze(1)
+
+
+def _pairflip(c: int, rate: float) -> torch.Tensor:
+    m = (1 - rate) * torch.eye(c, dtype=torch.float64)
+    m[torch.arange(c), (torch.arange(c) + 1) % c] = rate
+    return m
+
+
+def _transition_nll(logprobs, labels, t: float, m: torch.Tensor) -> float:
+    """The channel's mean NLL written out: −log Σ_c softmax(z / T)_c · M[c, y]."""
+    p = torch.softmax(logprobs.double() / t, 1)
+    return float(-(p * m[:, labels].T).sum(1).log().mean())
+
+
+def test_transition_fit_recovers_a_known_matrix():
+    m_true = torch.tensor(
+        [[0.7, 0.2, 0.1, 0.0], [0.0, 0.9, 0.1, 0.0], [0.05, 0.05, 0.8, 0.1], [0.3, 0.0, 0.0, 0.7]],
+        dtype=torch.float64,
+    )
+    logprobs, labels = _through(0.6, m_true, n=40000, seed=5)
+    t, m, nll = fit_temperature_and_transition(logprobs, labels)
+    assert m.dtype == torch.float64 and torch.allclose(m.sum(1), torch.ones(4, dtype=m.dtype))
+    assert t == pytest.approx(0.6, rel=0.06)
+    assert (m - m_true).abs().max() < 0.025
+    # the maximum of the likelihood: no worse than the truth, nor than a nearby T with its M
+    assert nll == pytest.approx(_transition_nll(logprobs, labels, t, m), rel=1e-12)
+    assert nll <= _transition_nll(logprobs, labels, 0.6, m_true) + 1e-12
+    for other in (t / 1.1, t * 1.1):  # the profile over T: EM written out at another T
+        p = torch.softmax(logprobs.double() / other, 1)
+        m_other = torch.full((4, 4), 0.25, dtype=torch.float64)
+        for _ in range(500):
+            r = p * m_other[:, labels].T
+            r = r / r.sum(1, keepdim=True)
+            counts = torch.zeros(4, 4, dtype=torch.float64).index_add_(1, labels, r.T)
+            m_other = counts / counts.sum(1, keepdim=True)
+        assert nll < _transition_nll(logprobs, labels, other, m_other)
+
+
+def test_noise_model_is_chosen_by_the_data():
+    # symmetric noise: the matrix's extra parameters buy less than BIC charges
+    logprobs, labels = _noisy(0.7, 0.3, n=20000, c=5, seed=2)
+    fit = fit_label_noise(logprobs, labels)
+    assert fit.model == "symmetric"
+    assert (fit.temperature, fit.noise_rate) == pytest.approx(
+        fit_temperature_and_noise(logprobs, labels), rel=1e-12
+    )
+    assert fit.bic["symmetric"] < fit.bic["transition"]
+    # pairflip noise: the symmetric fit sees little of it, the matrix all of it
+    logprobs, labels = _through(0.7, _pairflip(5, 0.3), n=20000, seed=3)
+    fit = fit_label_noise(logprobs, labels)
+    assert fit.model == "transition"
+    assert fit.noise_rate == pytest.approx(0.3, abs=0.02)
+    assert fit.temperature == pytest.approx(0.7, rel=0.06)
+    assert (torch.tensor(fit.transition) - _pairflip(5, 0.3)).abs().max() < 0.03
+    t_sym, eps_sym = fit_temperature_and_noise(logprobs, labels)
+    assert abs(t_sym - 0.7) > abs(fit.temperature - 0.7)  # the symmetric model misfits T
