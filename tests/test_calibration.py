@@ -10,8 +10,8 @@ import torch
 from bdsel.zeroshot.calibration import (
     T_MAX,
     T_MIN,
-    fit_temperature,
     fit_label_noise,
+    fit_temperature,
     fit_temperature_and_noise,
     fit_temperature_and_transition,
     nll_at,

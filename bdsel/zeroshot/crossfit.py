@@ -7,6 +7,13 @@ stopping early on fold k's observed labels, and predicts fold k. Every training 
 log-probs therefore come from a model that never saw it. Rows outside the training subset
 (the test set, a hold-out) get the mean of the K models' probabilities.
 
+Models trained on noisy labels learn some of the noise (a pairflip channel entirely), so by
+default a second round (``rounds``) trains K fresh models on the same folds, each on the rows
+of the other folds that cleanlab's ``find_label_issues`` does not flag from the first round's
+out-of-fold probabilities: nearly clean labels, and still no row predicted by a model that
+trained on it. (Which rows of the other folds model k trains on depends, through the first
+round's models, on fold k's labels: a second-order dependence, not a row seen.)
+
 Its spec records hashes of the training subset and of its observed labels: ``train`` refuses
 the cache for a run whose training subset or noise differ (its models may have seen rows
 they predict).
@@ -98,9 +105,15 @@ class CrossfitPredictor:
         epochs = f"{'at most ' if c.patience else ''}{c.epochs} epochs each"
         if c.schedule == "cosine":
             epochs += ", cosine learning rate"
+        refit = (
+            f"; then {c.rounds - 1} more round{'s' if c.rounds > 2 else ''} of them afresh on "
+            "the points cleanlab trusts from the round before"
+            if c.rounds > 1
+            else ""
+        )
         return (
             f"{c.folds} cross-fitted models ({c.model}, {epochs}, on "
-            f"{c.folds - 1}/{c.folds} of {n} training points with their observed labels)"
+            f"{c.folds - 1}/{c.folds} of {n} training points with their observed labels{refit})"
         )
 
     def calibration(self) -> tuple[torch.Tensor, torch.Tensor]:

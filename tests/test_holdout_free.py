@@ -1,0 +1,81 @@
+"""benchmarks/holdout_free.py: the grid as data, the caches its runs read, the table."""
+
+import json
+from pathlib import Path
+
+import holdout_free as hf
+import pytest
+
+
+def test_the_grid_names_each_run_once_and_covers_the_issue_settings():
+    names = [r.name for r in hf.RUNS]
+    assert len(names) == len(set(names))
+    seeds = {(r.arm.key, r.setting): set() for r in hf.RUNS}
+    for r in hf.RUNS:
+        seeds[r.arm.key, r.setting].add(r.seed)
+    for setting in ("n40", "p30"):
+        for arm in ("uniform", "bayesian_holdout", "bayesian_crossfit"):
+            assert seeds[arm, setting] >= {0, 1}
+    for arm in ("uniform", "bayesian_holdout", "bayesian_crossfit"):
+        assert seeds[arm, "n20"] == {0, 1, 2}
+
+
+def test_runs_made_for_other_studies_are_read_from_there(tmp_path: Path):
+    uniform = hf.Run(hf.ARM["uniform"], "n20", 0)
+    assert uniform.stored == hf.RESULTS / "peers/runs/uniform-n20-s0"
+    assert hf.run_dir(uniform, tmp_path) == uniform.stored
+    fresh = hf.Run(hf.ARM["uniform"], "p30", 0)  # no other study ran pairflip
+    assert fresh.stored is None and hf.run_dir(fresh, tmp_path) == tmp_path / fresh.name
+    missing = hf.Run(hf.ARM["bayesian_holdout"], "n20", 2)  # the peers ran seeds 0 and 1
+    assert missing.stored is None
+
+
+def test_commands_read_the_cache_of_their_own_setting_and_predictor(tmp_path: Path):
+    run = hf.Run(hf.ARM["clean_bayesian"], "p30", 1)
+    cmd = hf.command(run, tmp_path)
+    sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
+    shipped = str(hf.cache_path("p30", hf.CROSSFIT))
+    assert f"zeroshot.cache={shipped}" in sets and f"data.clean.cache={shipped}" in sets
+    assert "data.noise.kind=pairflip" in sets and "seed=1" in sets
+    one_round = hf.command(hf.Run(hf.ARM["bayesian_crossfit_r1"], "p30", 0), tmp_path)
+    assert f"zeroshot.cache={hf.cache_path('p30', hf.ONE_ROUND)}" in one_round
+    assert hf.cache_path("p30", hf.ONE_ROUND) != hf.cache_path("p30", hf.CROSSFIT)
+    assert hf.cache_path("n20", hf.CROSSFIT) != hf.cache_path("p30", hf.CROSSFIT)
+    # the hold-out model learns clean labels: one cache for every setting
+    assert hf.cache_path("n20", ()) == hf.cache_path("p30", ())
+    uniform = hf.command(hf.Run(hf.ARM["uniform"], "p30", 0), tmp_path)
+    assert not any(a.startswith(("zeroshot.cache", "data.clean")) for a in uniform)
+    assert "select.method=uniform" in uniform
+
+
+def _run(path: Path, accs: list[float], noisy: float) -> None:
+    path.mkdir(parents=True)
+    records = [
+        {"epoch": e + 1, "test_acc": a, "wall_s": 10.0 * (e + 1), "samples_seen": 100 * (e + 1),
+         "selected_noisy_frac": noisy, "base_noisy_frac": 0.3}
+        for e, a in enumerate(accs)
+    ]  # fmt: skip
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (path / "summary.json").write_text("{}")
+
+
+def test_the_table_compares_with_uniform_and_holdout_of_the_same_seed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    runs = [hf.Run(hf.ARM[a], "p30", s) for a in ("uniform", "bayesian_holdout",
+            "bayesian_crossfit") for s in (0, 1)]  # fmt: skip
+    monkeypatch.setattr(hf, "RUNS", runs)
+    _run(tmp_path / "uniform-p30-s0", [0.70, 0.80], 0.3)
+    _run(tmp_path / "uniform-p30-s1", [0.72, 0.82], 0.3)
+    _run(tmp_path / "bayesian_holdout-p30-s0", [0.80, 0.86], 0.05)
+    _run(tmp_path / "bayesian_holdout-p30-s1", [0.82, 0.88], 0.05)
+    _run(tmp_path / "bayesian_crossfit-p30-s0", [0.81, 0.85], 0.1)  # seed 1 not finished
+    res = hf.results("p30", tmp_path)
+    assert list(res) == ["uniform", "bayesian_holdout", "bayesian_crossfit"]
+    text = hf.table(res, [0.8])
+    line = next(x for x in text.splitlines() if x.startswith("| bayesian (crossfit)"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[1] == "0" and cells[2] == "85.00%"
+    assert cells[3] == "+5.00 pts" and cells[4] == "-1.00 pts"  # seed 0's uniform, holdout
+    assert cells[5] == "100 (0.50×)"  # samples to 80%: uniform's mean is (200 + 100) / 2
+    assert cells[7:] == ["10.0%", "30.0%"]
