@@ -136,8 +136,8 @@ def run_dir(run: Run, runs: Path) -> Path:
 
 def command(run: Run, runs: Path) -> list[str]:
     values = run.overrides()
-    if run.arm.cache is not None:
-        values.append(f"zeroshot.cache={cache_path(run.setting, run.arm.cache)}")
+    if run.arm.cache:  # the hold-out cache is the default path already; a crossfit one is
+        values.append(f"zeroshot.cache={cache_path(run.setting, run.arm.cache)}")  # seed 0's
     if run.arm.cleans:
         values.append(f"data.clean.cache={cache_path(run.setting, CROSSFIT)}")
     cmd = [bdsel_executable(), "train", "--config", "fashion_mnist", "--run-dir"]
