@@ -30,6 +30,8 @@ def find_label_issues(labels: torch.Tensor, probs: torch.Tensor, filter_by: str)
         labels=labels.cpu().numpy().astype(np.int64),
         pred_probs=probs.double().cpu().numpy(),
         filter_by=filter_by,
+        n_jobs=1,  # no worker processes: forked ones inherit bdsel's SIGTERM handler and
+        # print its traceback when cleanlab ends them; the call takes a fraction of a second
     )
     return torch.from_numpy(np.asarray(flagged, dtype=bool))
 
