@@ -110,7 +110,7 @@ GRID: list[tuple[str, str, tuple[int, ...]]] = [
     ("bayesian_holdout", "p30", (0, 1)), ("bayesian_holdout", "n20", (0, 1, 2)),
     ("uniform", "p30", (0, 1)), ("uniform", "n20", (0, 1, 2)), ("uniform", "n40", (0, 1)),
     ("bayesian_holdout", "n40", (0, 1)),
-    *[("bayesian_crossfit", s, (0, 1)) for s in ("n20", "p30", "n40")],
+    *[("bayesian_crossfit", s, (seed,)) for seed in (0, 1) for s in ("n20", "n40", "p30")],
     ("bayesian_crossfit", "n20", (2,)),
     *[("clean_uniform", s, (0,)) for s in ("n20", "p30", "n40")],
     *[("clean_bayesian", s, (0,)) for s in ("n20", "p30", "n40")],
