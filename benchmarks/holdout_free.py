@@ -112,8 +112,7 @@ GRID: list[tuple[str, str, tuple[int, ...]]] = [
     ("bayesian_holdout", "n40", (0, 1)),
     *[("bayesian_crossfit", s, (seed,)) for seed in (0, 1) for s in ("n20", "n40", "p30")],
     ("bayesian_crossfit", "n20", (2,)),
-    *[("clean_uniform", s, (0,)) for s in ("n20", "p30", "n40")],
-    *[("clean_bayesian", s, (0,)) for s in ("n20", "p30", "n40")],
+    *[(arm, s, (0,)) for s in ("n20", "p30", "n40") for arm in ("clean_uniform", "clean_bayesian")],
     ("bayesian_crossfit_r1", "n20", (0, 1)), ("bayesian_crossfit_r1", "n40", (0, 1)),
     ("bayesian_crossfit_r1", "p30", (0, 1)),
 ]  # fmt: skip
