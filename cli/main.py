@@ -324,6 +324,10 @@ def predictor_rows(spec: dict) -> list[tuple[str, str]]:
         accs = ", ".join(f"{a:.2%}" for a in spec["fold_accuracy"])
         rows.append(("held-out fold accuracy (observed labels)", accs))
         rows.append(("epochs per fold (kept)", ", ".join(map(str, spec["fold_epochs"]))))
+    if spec.get("refit_skipped"):
+        rows.append(("refit round", "skipped: cleanlab trusted too few points to refit on"))
+    elif spec.get("refit_points"):
+        rows.append(("refit round trained on (trusted points)", f"{spec['refit_points']:,}"))
     return rows
 
 

@@ -13,13 +13,17 @@ from typer.testing import CliRunner
 
 from bdsel.config import load_config
 from bdsel.data import derive_run_data, load_dataset, make_image_source
-from bdsel.zeroshot.crossfit import CrossfitPredictor, assign_folds
+from bdsel.zeroshot import crossfit as crossfit_module
+from bdsel.zeroshot.crossfit import MIN_TRUSTED, CrossfitPredictor, assign_folds
 
 runner = CliRunner()
 
 
 @pytest.fixture
-def crossfit_values(tiny_config_values: dict, tmp_path: Path) -> dict:
+def crossfit_values(tiny_config_values: dict, tmp_path: Path, monkeypatch) -> dict:
+    # On tiny data the first round trusts too few rows for the shipped refit gate; these tests
+    # are about the rows each round's models see, so every refit round runs.
+    monkeypatch.setattr(crossfit_module, "MIN_TRUSTED", 0.0)
     values = dict(tiny_config_values)
     values["zeroshot"] = {
         "predictor": "crossfit",
@@ -62,8 +66,6 @@ def test_no_row_is_predicted_by_a_model_that_trained_on_it(
     predictor = CrossfitPredictor(cfg, data, source)
     trusted: list[set[int] | None] = []  # per round: the rows the round before trusted
 
-    import bdsel.zeroshot.crossfit as crossfit_module
-
     real_supervised = crossfit_module.fit_supervised
 
     def fit_supervised(*args, **kw):
@@ -105,6 +107,29 @@ def test_no_row_is_predicted_by_a_model_that_trained_on_it(
     )
     mean = per_model.exp().mean(0).log()
     torch.testing.assert_close(predictor.logprobs("test", test_rows), mean, atol=1e-5, rtol=0)
+
+
+def test_a_refit_on_too_few_trusted_rows_is_skipped(crossfit_values: dict, monkeypatch):
+    monkeypatch.setattr(crossfit_module, "MIN_TRUSTED", MIN_TRUSTED)  # the shipped gate
+    cfg = load_config(values=crossfit_values)
+    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
+    source = make_image_source(data.dataset, torch.device("cpu"))
+    predictor = CrossfitPredictor(cfg, data, source)
+    predictor.fit()
+    trusted = predictor._trusted_rows()  # what the first round's models trust
+    assert len(trusted) < MIN_TRUSTED * len(data.train_idx)  # tiny data, 2 epochs: too few
+    assert predictor.refit_skipped and predictor.rounds_done == 1 and predictor.trusted is None
+    spec = predictor.spec()
+    assert spec["refit_skipped"] is True and spec["refit_points"] == 0
+    one = load_config(values=crossfit_values, overrides=["zeroshot.crossfit.rounds=1"])
+    single = CrossfitPredictor(one, data, source)  # the one-round predictor: the same models
+    rows = data.train_idx[:50]
+    torch.testing.assert_close(single.logprobs("train", rows), predictor.logprobs("train", rows))
+    monkeypatch.setattr(crossfit_module, "MIN_TRUSTED", 0.0)  # the same predictor, gate open
+    refit = CrossfitPredictor(cfg, data, source)
+    refit.fit()
+    assert not refit.refit_skipped and refit.rounds_done == 2
+    assert refit.spec()["refit_points"] == len(trusted)
 
 
 class _Kill(KeyboardInterrupt):
@@ -168,7 +193,6 @@ def test_crossfit_cache_resumes_after_a_kill(
     )
     cfg3 = tmp_path / "r.yaml"
     cfg3.write_text(yaml.safe_dump(third))
-    import bdsel.zeroshot.crossfit as crossfit_module
 
     real_supervised = crossfit_module.fit_supervised
     fits: list[str] = []

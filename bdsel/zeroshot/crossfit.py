@@ -12,7 +12,10 @@ default a second round (``rounds``) trains K fresh models on the same folds, eac
 of the other folds that cleanlab's ``find_label_issues`` does not flag from the first round's
 out-of-fold probabilities: nearly clean labels, and still no row predicted by a model that
 trained on it. (Which rows of the other folds model k trains on depends, through the first
-round's models, on fold k's labels: a second-order dependence, not a row seen.)
+round's models, on fold k's labels: a second-order dependence, not a row seen.) A refit needs
+a first round good enough to clean with: where cleanlab trusts fewer than ``MIN_TRUSTED`` of
+the rows, the refit is skipped and the round before stands (on 600 synthetic images after 3
+epochs the first round trusts 26% of them, and models refit on those few end at chance).
 
 Its spec records hashes of the training subset and of its observed labels: ``train`` refuses
 the cache for a run whose training subset or noise differ (its models may have seen rows
@@ -44,6 +47,9 @@ from bdsel.zeroshot.holdout import (
 from bdsel.zeroshot.registry import register_predictor
 
 FOLD_SEED = 104_729  # the fold assignment's stream, apart from the split's and the models'
+# The least share of the training rows a refit round trains on; below it the refit is skipped.
+# At 40% symmetric noise on the offline default, cleanlab trusts about 80% of them.
+MIN_TRUSTED = 0.5
 
 
 def cache_stem(config: Config) -> str:
@@ -85,6 +91,7 @@ class CrossfitPredictor:
         self.fold_accuracy: list[float] = []  # its accuracy on its fold's observed labels
         self.rounds_done = 0
         self.trusted: torch.Tensor | None = None  # a refit round's rows: what cleanlab kept
+        self.refit_skipped = False  # too few rows trusted: the round before stands
         self.trained = False
 
     @staticmethod
@@ -107,7 +114,8 @@ class CrossfitPredictor:
             epochs += ", cosine learning rate"
         refit = (
             f"; then {c.rounds - 1} more round{'s' if c.rounds > 2 else ''} of them afresh on "
-            "the points cleanlab trusts from the round before"
+            f"the points cleanlab trusts from the round before, if at least {MIN_TRUSTED:.0%} of "
+            "them"
             if c.rounds > 1
             else ""
         )
@@ -128,7 +136,11 @@ class CrossfitPredictor:
         c = self.config.zeroshot.crossfit
         while self.rounds_done < c.rounds:
             if self.rounds_done > 0:
-                self.trusted = self._trusted_rows()
+                trusted = self._trusted_rows()
+                if len(trusted) < MIN_TRUSTED * len(self.data.train_idx):
+                    self.refit_skipped = True
+                    break
+                self.trusted = trusted
                 self.models = [self._new_model(k) for k in range(c.folds)]
             self._fit_round(progress)
             self.rounds_done += 1
@@ -273,7 +285,11 @@ class CrossfitPredictor:
         } | self._refit_spec()
 
     def _refit_spec(self) -> dict[str, Any]:
-        """A refit round's training rows: how many the first round's models trusted."""
+        """A refit round's training rows: how many the round before trusted (the last refit's;
+        0 when even the first refit was skipped), and whether a refit was skipped."""
         if self.config.zeroshot.crossfit.rounds == 1:
             return {}
-        return {"refit_points": len(self.trusted) if self.trained else None}
+        if not self.trained:
+            return {"refit_points": None, "refit_skipped": None}
+        points = 0 if self.trusted is None else len(self.trusted)
+        return {"refit_points": points, "refit_skipped": self.refit_skipped}
