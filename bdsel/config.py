@@ -237,7 +237,8 @@ class CrossfitConfig(FitConfig):
     schedule: Literal["none", "cosine"] = "cosine"
     # 2: a second round of K models, trained afresh on the points cleanlab trusts from the
     # first round's out-of-fold probabilities (the same folds: still no row predicted by a
-    # model that trained on it), so that the models that predict learn nearly clean labels.
+    # model that trained on it), so that the models that predict learn nearly clean labels;
+    # skipped where cleanlab trusts under half the rows (crossfit.MIN_TRUSTED).
     # 1: the first round's models predict (what bdsel did before).
     rounds: int = 2
     refit_filter: FilterBy = "prune_by_noise_rate"  # cleanlab's filter_by between rounds
