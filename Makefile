@@ -83,8 +83,10 @@ demo-run-%: $$(if $$(call demo_needs_cache,$$*),demo-cache-$$(call demo_predicto
 # runs of 30 epochs, two at a time: 43 minutes on 2 CPU cores), then the long table, every
 # method x 3 seeds x 100 epochs at 20% noise and four rows at 0% and 40% (10-25 core-minutes
 # a run, one run per core), then what each predictor gives mislabeled points, then the peers
-# (InfoBatch, cleanlab then training, full data; benchmarks/peers.py). All resume: a finished
-# run is never rerun.
+# (InfoBatch, cleanlab then training, full data; benchmarks/peers.py), then bayesian without a
+# clean hold-out set (the crossfit predictor against the hold-out one at 20% and 40% symmetric
+# and 30% pairflip noise; benchmarks/holdout_free.py). All resume: a finished run is never
+# rerun.
 # The older 15-epoch table: benchmarks/fashion_sweep.py --noise 0,0.2,0.4 --seeds 0,1,2.
 RESULTS_DIR ?= docs/results
 results: install data
@@ -93,6 +95,7 @@ results: install data
 	$(BIN)/python benchmarks/offline_evidence.py --out $(RESULTS_DIR)/offline --jobs $(DEMO_JOBS)
 	$(BIN)/python benchmarks/predictor_noise.py --out $(RESULTS_DIR)/offline/predictor_noise.md
 	$(BIN)/python benchmarks/peers.py --out $(RESULTS_DIR)/peers --jobs $(DEMO_JOBS)
+	$(BIN)/python benchmarks/holdout_free.py --out $(RESULTS_DIR)/holdout_free --jobs $(DEMO_JOBS)
 
 # Per-step cost of each method side by side, and the zero-shot cache against bare CLIP.
 bench: install
