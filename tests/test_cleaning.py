@@ -15,9 +15,9 @@ from cleanlab.filter import find_label_issues as cleanlab_find
 from test_reliability import assert_one_line_error
 from typer.testing import CliRunner
 
-from bdsel.cleaning import cleaning_stats, find_label_issues
 from bdsel.config import load_config
 from bdsel.data import derive_run_data, load_dataset
+from bdsel.data.label_issues import cleaning_stats, find_label_issues
 from bdsel.train import build_run
 from bdsel.zeroshot.cache import load_zs_logprobs
 

@@ -33,6 +33,7 @@ import torch
 from bdsel.config import Config
 from bdsel.data import RunData, int64_sha256
 from bdsel.data.batching import ImageSource
+from bdsel.data.label_issues import find_label_issues
 from bdsel.evaluation import predict_logprobs
 from bdsel.fit import EarlyStopping, fit_supervised
 from bdsel.models import create_model
@@ -167,8 +168,6 @@ class CrossfitPredictor:
     def _trusted_rows(self) -> torch.Tensor:
         """The training rows cleanlab does not flag, from the current models' out-of-fold
         probabilities (each fold predicted by its own model): sorted int64."""
-        from bdsel.cleaning import find_label_issues
-
         bs = self.config.zeroshot.batch_size
         rows = torch.cat(self.folds)
         probs = torch.cat([
