@@ -8,10 +8,11 @@ peers' runs of docs/results/peers/runs/, the 100-epoch runs of docs/results/offl
 read from there (``STORED``) instead of being rerun; everything else is a plain
 ``bdsel train --config fashion_mnist`` under ``--runs``, one process per core with one thread.
 
-- bayesian (crossfit): the shipped crossfit default (two rounds: the second refits the fold
-  models on the points cleanlab trusts from the first round's out-of-fold probabilities).
-- bayesian (crossfit, 1 round): the crossfit predictor before (``zeroshot.crossfit.rounds=1``).
-- cleanlab → X: ``data.clean.cache`` = the crossfit cache of the same data, then X.
+- bayesian (crossfit): the shipped crossfit default (one round of K = 2 models).
+- bayesian (crossfit, refit round): ``zeroshot.crossfit.rounds=2``, the second round refits
+  the fold models on the points cleanlab trusts from the first round's out-of-fold
+  probabilities.
+- cleanlab → X: ``data.clean.cache`` = the shipped crossfit cache of the same data, then X.
 
 The report: per setting, the table (final EMA accuracy, against uniform and against bayesian
 (holdout) of the same seed, samples and seconds to the targets, the mislabeled share among
@@ -20,7 +21,7 @@ mislabeled points (``predictor_noise.py``'s quantiles and AUROC) with each cache
 
     python benchmarks/holdout_free.py                  # run what is missing, then report
     python benchmarks/holdout_free.py --phase report
-    python benchmarks/holdout_free.py --only 'bayesian_crossfit-p30-*'
+    python benchmarks/holdout_free.py --only 'bayesian_crossfit_r2-p30-*'
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 BAYES = ("select.method=bayesian", "select.prefilter=1.0", "select.anneal=0")
 LONG = ("train.epochs=100", "eval.every=4", "eval.other_weights=false")
 CROSSFIT = ("zeroshot.predictor=crossfit",)
-ONE_ROUND = ("zeroshot.predictor=crossfit", "zeroshot.crossfit.rounds=1")
+REFIT = ("zeroshot.predictor=crossfit", "zeroshot.crossfit.rounds=2")
 
 # name -> (what the tables call it, its data overrides)
 SETTINGS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -71,13 +72,14 @@ ARMS = [
         stored={"n20": PEERS + "uniform-n20-s{}", "n40": PEERS + "uniform-n40-s{}"}),
     Arm("bayesian_holdout", "bayesian (holdout)", (*BAYES, *LONG), cache=(),
         stored={"n20": PEERS + "bayesian_holdout-n20-s{}", "n40": OFFLINE + "b100n40_s{}"}),
-    Arm("bayesian_crossfit", "bayesian (crossfit)", (*BAYES, *CROSSFIT, *LONG), cache=CROSSFIT),
-    Arm("bayesian_crossfit_r1", "bayesian (crossfit, 1 round)", (*BAYES, *ONE_ROUND, *LONG),
-        cache=ONE_ROUND,
+    Arm("bayesian_crossfit", "bayesian (crossfit)", (*BAYES, *CROSSFIT, *LONG), cache=CROSSFIT,
         stored={"n20": PEERS + "bayesian_crossfit-n20-s{}", "n40": OFFLINE + "bcfNn40_s{}"}),
-    Arm("clean_uniform", "cleanlab → uniform", ("select.method=uniform", *LONG), cleans=True),
+    Arm("bayesian_crossfit_r2", "bayesian (crossfit, refit round)", (*BAYES, *REFIT, *LONG),
+        cache=REFIT),
+    Arm("clean_uniform", "cleanlab → uniform", ("select.method=uniform", *LONG), cleans=True,
+        stored={"n20": PEERS + "clean_uniform-n20-s{}", "n40": PEERS + "clean_uniform-n40-s{}"}),
     Arm("clean_bayesian", "cleanlab → bayesian (crossfit)", (*BAYES, *CROSSFIT, *LONG),
-        cache=CROSSFIT, cleans=True),
+        cache=CROSSFIT, cleans=True, stored={"n20": PEERS + "clean_bayesian-n20-s{}"}),
 ]  # fmt: skip
 ARM = {a.key: a for a in ARMS}
 
@@ -104,17 +106,18 @@ class Run:
 
 
 # In the order they are made (runs read from another study are simply found done): what the
-# done-when needs first (every setting's bayesian crossfit and hold-out runs), then cleaning,
-# then the one-round runs at pairflip that were never made.
+# done-when needs first (every setting's bayesian crossfit and hold-out runs), then the refit
+# round, then cleaning.
 GRID: list[tuple[str, str, tuple[int, ...]]] = [
     ("bayesian_holdout", "p30", (0, 1)), ("bayesian_holdout", "n20", (0, 1, 2)),
     ("uniform", "p30", (0, 1)), ("uniform", "n20", (0, 1, 2)), ("uniform", "n40", (0, 1)),
     ("bayesian_holdout", "n40", (0, 1)),
-    *[("bayesian_crossfit", s, (seed,)) for seed in (0, 1) for s in ("n20", "n40", "p30")],
-    ("bayesian_crossfit", "n20", (2,)),
-    *[(arm, s, (0,)) for s in ("n20", "p30", "n40") for arm in ("clean_uniform", "clean_bayesian")],
-    ("bayesian_crossfit_r1", "n20", (0, 1)), ("bayesian_crossfit_r1", "n40", (0, 1)),
-    ("bayesian_crossfit_r1", "p30", (0, 1)),
+    ("bayesian_crossfit", "p30", (0, 1)), ("bayesian_crossfit", "n20", (0, 1, 2)),
+    ("bayesian_crossfit", "n40", (0, 1)),
+    *[("bayesian_crossfit_r2", s, (seed,)) for seed in (0, 1) for s in ("n20", "n40", "p30")],
+    ("clean_uniform", "p30", (0,)), ("clean_uniform", "n20", (0, 1)),
+    ("clean_uniform", "n40", (0, 1)), ("clean_bayesian", "n20", (0, 1)),
+    ("clean_bayesian", "p30", (0,)), ("clean_bayesian", "n40", (0,)),
 ]  # fmt: skip
 RUNS = [Run(ARM[arm], setting, seed) for arm, setting, seeds in GRID for seed in seeds]
 
@@ -143,7 +146,7 @@ def command(run: Run, runs: Path) -> list[str]:
     return [*cmd, str(runs / run.name), "--overwrite", *(a for v in values for a in ("--set", v))]
 
 
-CACHES = {"holdout": (), "crossfit": CROSSFIT, "crossfit_r1": ONE_ROUND}
+CACHES = {"holdout": (), "crossfit": CROSSFIT, "crossfit_r2": REFIT}
 
 
 def cache_jobs(todo: list[Run]) -> list[tuple[str, list[str]]]:
@@ -303,7 +306,7 @@ def diagnostics(setting: str, caches: dict[str, float]) -> str:
         observed = key != "holdout"
         cells = [
             {"holdout": "holdout", "crossfit": "crossfit (shipped)",
-             "crossfit_r1": "crossfit, 1 round"}[key],
+             "crossfit_r2": "crossfit, refit round"}[key],
             info.get("noise_model", "symmetric") if observed else "- (clean labels)",
             f"{100 * info['label_noise_rate']:.1f}%" if observed else "-",
             f"{info['temperature_denoised' if observed else 'temperature']:.3f}",

@@ -57,10 +57,7 @@ STORED_DIR = Path(__file__).resolve().parents[1] / "docs" / "results" / "offline
 BAYES = ("select.method=bayesian", "select.prefilter=1.0", "select.anneal=0")
 LONG = ("train.epochs=100", "eval.every=4", "eval.other_weights=false")
 FULL_DATA = ("select.n_candidates=128", "train.epochs=15", "eval.other_weights=false")
-# The crossfit predictor these runs were made with (2026-12-02): one round, before the refit
-# round became the default (docs/results/holdout_free/ has the shipped one against the peers'
-# cleaning on its own cache).
-CROSSFIT = ("zeroshot.predictor=crossfit", "zeroshot.crossfit.rounds=1")
+CROSSFIT = ("zeroshot.predictor=crossfit",)
 
 
 @dataclass(frozen=True)
@@ -84,14 +81,11 @@ ARMS = [
     Arm("clean_uniform", "cleanlab → uniform", ("select.method=uniform", *LONG), cleans=True),
     Arm("bayesian_holdout", "bayesian (holdout)", (*BAYES, *LONG), reads_holdout=True),
     Arm(
-        "bayesian_crossfit",
-        "bayesian (crossfit, 1 round)",
-        (*BAYES, *CROSSFIT, *LONG),
-        reads_crossfit=True,
+        "bayesian_crossfit", "bayesian (crossfit)", (*BAYES, *CROSSFIT, *LONG), reads_crossfit=True
     ),  # fmt: skip
     Arm(
         "clean_bayesian",
-        "cleanlab → bayesian (crossfit, 1 round)",
+        "cleanlab → bayesian (crossfit)",
         (*BAYES, *CROSSFIT, *LONG),
         reads_crossfit=True,
         cleans=True,
@@ -115,7 +109,7 @@ ARMS = [
     ),  # fmt: skip
     Arm(
         "bayesian_crossfit_stored",
-        "bayesian (crossfit, 1 round)",
+        "bayesian (crossfit)",
         reads_crossfit=True,
         stored={0.0: "bcf100n0_s{}", 0.4: "bcfNn40_s{}"},
     ),  # fmt: skip

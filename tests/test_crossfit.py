@@ -29,7 +29,7 @@ def crossfit_values(tiny_config_values: dict, tmp_path: Path, monkeypatch) -> di
         "predictor": "crossfit",
         "cache": str(tmp_path / "cf.h5"),
         "batch_size": 256,
-        "crossfit": {"folds": 3, "epochs": 2, "patience": 1, "batch_size": 64},
+        "crossfit": {"folds": 3, "epochs": 2, "patience": 1, "batch_size": 64, "rounds": 2},
     }
     return values
 

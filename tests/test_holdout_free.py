@@ -28,6 +28,9 @@ def test_runs_made_for_other_studies_are_read_from_there(tmp_path: Path):
     assert fresh.stored is None and hf.run_dir(fresh, tmp_path) == tmp_path / fresh.name
     missing = hf.Run(hf.ARM["bayesian_holdout"], "n20", 2)  # the peers ran seeds 0 and 1
     assert missing.stored is None
+    shipped = hf.Run(hf.ARM["bayesian_crossfit"], "n40", 1)  # one round: the offline study's
+    assert shipped.stored == hf.RESULTS / "offline/runs/bcfNn40_s1"
+    assert hf.Run(hf.ARM["bayesian_crossfit_r2"], "n40", 1).stored is None
 
 
 def test_commands_read_the_cache_of_their_own_setting_and_predictor(tmp_path: Path):
@@ -37,9 +40,9 @@ def test_commands_read_the_cache_of_their_own_setting_and_predictor(tmp_path: Pa
     shipped = str(hf.cache_path("p30", hf.CROSSFIT))
     assert f"zeroshot.cache={shipped}" in sets and f"data.clean.cache={shipped}" in sets
     assert "data.noise.kind=pairflip" in sets and "seed=1" in sets
-    one_round = hf.command(hf.Run(hf.ARM["bayesian_crossfit_r1"], "p30", 0), tmp_path)
-    assert f"zeroshot.cache={hf.cache_path('p30', hf.ONE_ROUND)}" in one_round
-    assert hf.cache_path("p30", hf.ONE_ROUND) != hf.cache_path("p30", hf.CROSSFIT)
+    refit = hf.command(hf.Run(hf.ARM["bayesian_crossfit_r2"], "p30", 0), tmp_path)
+    assert f"zeroshot.cache={hf.cache_path('p30', hf.REFIT)}" in refit
+    assert hf.cache_path("p30", hf.REFIT) != hf.cache_path("p30", hf.CROSSFIT)
     assert hf.cache_path("n20", hf.CROSSFIT) != hf.cache_path("p30", hf.CROSSFIT)
     # the hold-out model learns clean labels: one cache for every setting
     assert hf.cache_path("n20", ()) == hf.cache_path("p30", ())
