@@ -240,8 +240,8 @@ class CrossfitConfig(FitConfig):
     # folds: still no row predicted by a model that trained on it), skipped where cleanlab
     # trusts under half the rows (crossfit.MIN_TRUSTED). Measured on the offline default, 100
     # epochs (docs/results/holdout_free/): the refit filters more noise out of what bayesian
-    # selects at pairflip noise but ends level there and 0.5 points lower at symmetric noise,
-    # at 1.7x the cache's seconds, so one round is the default.
+    # selects at pairflip noise and gains 0.2 points there, but loses 0.3-0.5 points at
+    # symmetric noise, at 1.7x the cache's seconds, so one round is the default.
     rounds: int = 1
     refit_filter: FilterBy = "prune_by_noise_rate"  # cleanlab's filter_by between rounds
 

@@ -214,9 +214,12 @@ class Result:
         return (statistics.fmean(hits) if hits else None), len(hits)
 
     @property
-    def other_clock(self) -> bool:
-        """Some of its runs were made on the slower clock of docs/results/offline/."""
-        return any(r.stored and OFFLINE in str(r.stored.relative_to(RESULTS)) for r in self.runs)
+    def clocks(self) -> set[str]:
+        """Where its runs were made: "offline/" or "peers/" (stored, other days) or "" (here)."""
+        return {
+            next(k for k in (OFFLINE, PEERS) if k in str(r.stored)) if r.stored else ""
+            for r in self.runs
+        }
 
     def mislabeled(self, key: str) -> float | None:
         xs = [x[key] for rs in self.records for x in rs if x.get(key) is not None]
@@ -259,7 +262,7 @@ def table(res: dict[str, Result], targets: list[float]) -> str:
                  _pm(list(r.finals.values())), _against(r, uniform), _against(r, holdout)]  # fmt: skip
         for key, fmt in (("samples_seen", ",.0f"), ("wall_s", ".0f")):
             for t in targets:
-                if key == "wall_s" and r.other_clock:
+                if key == "wall_s" and uniform and r.clocks != uniform.clocks:
                     cells.append("(other clock)")
                     continue
                 ref = uniform.reach(t, key)[0] if uniform else None
@@ -279,8 +282,10 @@ NOTE = (
     " Mislabeled among trained: the share of mislabeled points among those trained on, mean"
     " over evaluations and seeds; in the data drawn from: the same share in the training"
     " subset the method draws from (after cleaning, for the cleanlab rows). (other clock):"
-    " runs read from docs/results/offline/, made on 2026-11-29 when this machine ran 1.7-2×"
-    " slower; their accuracy compares, their seconds do not."
+    " runs made on another day than the setting's uniform runs (docs/results/offline/ on"
+    " 2026-11-29, docs/results/peers/ on 2026-12-01, the rest on the date above), whose"
+    " seconds are not compared: this machine's speed varied by up to 2× between those days;"
+    " their accuracy and samples compare."
 )
 
 
