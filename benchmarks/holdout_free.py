@@ -362,7 +362,7 @@ def report(args: argparse.Namespace) -> None:
                      f"{100 * c['recall']:.1f}%); {100 * c['mislabeled_left']:.1f}% of the rest "
                      "are mislabeled.", ""]  # fmt: skip
         text += [f"Curves: [{setting}/]({setting}/report.html)", "",
-                 f"![accuracy against epochs]({setting}/accuracy.png)"]  # fmt: skip
+                 f"![accuracy against epochs]({setting}/accuracy_vs_epoch.png)"]  # fmt: skip
         log(f"{title}: {sum(len(x.runs) for x in res.values())} runs -> {sub}")
     (args.out / "README.md").write_text("\n".join(text) + "\n")
     copy_records(args.runs, [r.name for r in RUNS if not r.stored], args.out)
