@@ -243,6 +243,10 @@ class CrossfitConfig(FitConfig):
     # selects at pairflip noise and gains 0.2 points there, but loses 0.3-0.5 points at
     # symmetric noise, at 1.7x the cache's seconds, so one round is the default.
     rounds: int = 1
+    # What a later round trains on. trusted: the rows cleanlab trusts, their observed labels.
+    # forward: every row, through the noise channel estimated from the round before (anchor
+    # points; the forward loss correction): the models learn the clean label.
+    refit: Literal["trusted", "forward"] = "trusted"
     refit_filter: FilterBy = "prune_by_noise_rate"  # cleanlab's filter_by between rounds
 
 

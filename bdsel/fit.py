@@ -65,6 +65,7 @@ def fit_supervised(
     early_stopping: EarlyStopping | None = None,
     schedule: str = "none",
     on_batch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
     progress: Any = None,
     description: str = "fit",
 ) -> nn.Module:
@@ -75,7 +76,9 @@ def fit_supervised(
     ``epochs`` epochs and the weights of the best-scoring one. ``schedule``: "none"
     (the optimizer's rate throughout) or "cosine" (decayed to 0 over ``epochs`` epochs).
     ``on_batch(epoch, idx, logits)`` sees every training batch's global indices and detached
-    logits of the online model (SVP counts forgetting events). ``progress``: rich Progress.
+    logits of the online model (SVP counts forgetting events). ``loss(logits, labels)``: the
+    training loss (a forward-corrected one trains for the clean label through a noise channel,
+    bdsel.data.noise_channel). ``progress``: rich Progress.
     """
     device = source.device
     steps_per_epoch = -(-len(indices) // batch_size)
@@ -96,7 +99,7 @@ def fit_supervised(
         for idx, x in source.iter_batches("train", order, batch_size, generator=g_aug):
             with autocast():
                 logits, _ = model(x)
-            _optimizer_step(F.cross_entropy(logits.float(), labels[idx]), optimizer, scheduler)
+            _optimizer_step(loss(logits.float(), labels[idx]), optimizer, scheduler)
             if ema is not None:
                 ema.update(model)
             if on_batch is not None:

@@ -325,7 +325,16 @@ def predictor_rows(spec: dict) -> list[tuple[str, str]]:
         rows.append(("held-out fold accuracy (observed labels)", accs))
         rows.append(("epochs per fold (kept)", ", ".join(map(str, spec["fold_epochs"]))))
     if spec.get("refit_skipped"):
-        rows.append(("refit round", "skipped: cleanlab trusted too few points to refit on"))
+        why = (
+            "the estimated noise channel leaves a class unidentifiable"
+            if "refit_noise" in spec
+            else "cleanlab trusted too few points to refit on"
+        )
+        rows.append(("refit round", f"skipped: {why}"))
+    elif spec.get("refit_noise") is not None:
+        rows.append(
+            ("refit round's noise channel (anchor points)", f"{spec['refit_noise']:.1%} noise")
+        )
     elif spec.get("refit_points"):
         rows.append(("refit round trained on (trusted points)", f"{spec['refit_points']:,}"))
     return rows

@@ -37,6 +37,7 @@ from bdsel.config import Config
 from bdsel.data import RunData, int64_sha256
 from bdsel.data.batching import ImageSource
 from bdsel.data.label_issues import find_label_issues
+from bdsel.data.noise_channel import anchor_transition, forward_loss, identifiable
 from bdsel.evaluation import predict_logprobs
 from bdsel.fit import EarlyStopping, fit_supervised
 from bdsel.models import create_model
@@ -95,6 +96,7 @@ class CrossfitPredictor:
         self.fold_accuracy: list[float] = []  # its accuracy on its fold's observed labels
         self.rounds_done = 0
         self.trusted: torch.Tensor | None = None  # a refit round's rows: what cleanlab kept
+        self.transition: torch.Tensor | None = None  # a forward refit's channel [C, C]
         self.refit_skipped = False  # too few rows trusted: the round before stands
         self.trained = False
 
@@ -103,7 +105,9 @@ class CrossfitPredictor:
         """The settings that shape its outputs, as its spec names them."""
         settings = fit_settings("crossfit", config, config.zeroshot.crossfit)
         if settings["rounds"] == 1:  # the value before it was a setting: old caches match
-            del settings["rounds"], settings["refit_filter"]
+            del settings["rounds"], settings["refit_filter"], settings["refit"]
+        elif settings["refit"] == "trusted":
+            del settings["refit"]
         return settings
 
     @classmethod
@@ -140,11 +144,9 @@ class CrossfitPredictor:
         c = self.config.zeroshot.crossfit
         while self.rounds_done < c.rounds:
             if self.rounds_done > 0:
-                trusted = self._trusted_rows()
-                if len(trusted) < MIN_TRUSTED * len(self.data.train_idx):
+                if not self._prepare_refit():
                     self.refit_skipped = True
                     break
-                self.trusted = trusted
                 self.models = [self._new_model(k) for k in range(c.folds)]
             self._fit_round(progress)
             self.rounds_done += 1
@@ -168,25 +170,49 @@ class CrossfitPredictor:
             rows = rows[torch.isin(rows, self.trusted)]
         return rows
 
+    def _prepare_refit(self) -> bool:
+        """Set what the next round trains on from the current models' out-of-fold
+        probabilities: the rows cleanlab trusts (``trusted``) or the noise channel
+        (``forward``). False when the round before is too poor to refit from: cleanlab trusts
+        under MIN_TRUSTED of the rows, or the channel leaves a clean class unidentifiable."""
+        if self.config.zeroshot.crossfit.refit == "forward":
+            transition = anchor_transition(self._out_of_fold()[1])
+            self.transition = transition if identifiable(transition) else None
+            return self.transition is not None
+        trusted = self._trusted_rows()
+        if len(trusted) < MIN_TRUSTED * len(self.data.train_idx):
+            return False
+        self.trusted = trusted
+        return True
+
     def _trusted_rows(self) -> torch.Tensor:
-        """The training rows cleanlab does not flag, from the current models' out-of-fold
-        probabilities (each fold predicted by its own model): sorted int64."""
-        bs = self.config.zeroshot.batch_size
-        rows = torch.cat(self.folds)
-        probs = torch.cat([
-            predict_logprobs(m, self.source, "train", f.to(self.source.device), bs).cpu()
-            for m, f in zip(self.models, self.folds, strict=True)
-        ]).double().exp()  # fmt: skip
+        """The training rows cleanlab does not flag from the out-of-fold probabilities: sorted
+        int64."""
+        rows, probs = self._out_of_fold()
         flagged = find_label_issues(
             self.data.observed[rows], probs, self.config.zeroshot.crossfit.refit_filter
         )
         return rows[~flagged].sort().values
+
+    def _out_of_fold(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training rows fold by fold and the current models' probabilities of their
+        observed label, each fold predicted by its own model: (int64 [N], float64 [N, C]).
+        Models trained through a channel predict the clean label: their P(clean | x) T."""
+        bs = self.config.zeroshot.batch_size
+        probs = torch.cat([
+            predict_logprobs(m, self.source, "train", f.to(self.source.device), bs).cpu()
+            for m, f in zip(self.models, self.folds, strict=True)
+        ]).double().exp()  # fmt: skip
+        if self.transition is not None:
+            probs = probs @ self.transition.double()
+        return torch.cat(self.folds), probs
 
     def _fit_round(self, progress: Any) -> None:
         c = self.config.zeroshot.crossfit
         observed = self.data.observed
         bs = self.config.zeroshot.batch_size
         self.fold_epochs, self.fold_accuracy = [], []
+        loss = forward_loss(self.transition) if self.transition is not None else None
         what = f", round {self.rounds_done + 1}/{c.rounds}" if c.rounds > 1 else ""
         for k, model in enumerate(self.models):
             held_out = self.folds[k]
@@ -213,6 +239,7 @@ class CrossfitPredictor:
                 ema_decay=self.config.train.ema_decay,
                 early_stopping=stop,
                 schedule=c.schedule,
+                **({} if loss is None else {"loss": loss}),
                 progress=progress,
                 description=f"crossfit model {k + 1}/{c.folds}{what}",
             )
@@ -230,6 +257,7 @@ class CrossfitPredictor:
             self.fold_epochs, self.fold_accuracy = saved["epochs"], saved["accuracy"]
             self.rounds_done = saved.get("rounds_done", 1)
             self.trusted = saved.get("trusted")
+            self.transition = saved.get("transition")
         self.fit(progress, save=lambda: self._save(weights))
 
     def _save(self, weights: Path) -> None:
@@ -240,6 +268,7 @@ class CrossfitPredictor:
             "accuracy": self.fold_accuracy,
             "rounds_done": self.rounds_done,
             "trusted": self.trusted,
+            "transition": self.transition,
         }
         torch.save(state, buf)
         atomic_write_bytes(weights, buf.getvalue())
@@ -291,6 +320,12 @@ class CrossfitPredictor:
         0 when even the first refit was skipped), and whether a refit was skipped."""
         if self.config.zeroshot.crossfit.rounds == 1:
             return {}
+        if self.config.zeroshot.crossfit.refit == "forward":
+            if not self.trained:
+                return {"refit_noise": None, "refit_skipped": None}
+            t = self.transition
+            noise = None if t is None else round(float(1 - t.diagonal().mean()), 6)
+            return {"refit_noise": noise, "refit_skipped": self.refit_skipped}
         if not self.trained:
             return {"refit_points": None, "refit_skipped": None}
         points = 0 if self.trusted is None else len(self.trusted)

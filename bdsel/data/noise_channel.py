@@ -1,0 +1,63 @@
+"""The label-noise channel without clean labels: its anchor-point estimate and the forward
+loss correction that trains a model for the clean label through it (Patrini et al., "Making
+deep neural networks robust to label noise: a loss correction approach", CVPR 2017).
+
+The channel is the row-stochastic matrix T[i, j] = P(observed label j | clean label i). A model
+trained on observed labels estimates q(x) = P(observed | x) = P(clean | x) T. An anchor point
+of class i is an x whose clean class is surely i, so q(x) there is row i of T: the estimate
+takes, for each class, the training point whose q_i sits at the ``quantile`` of q_i (the
+paper's 97th percentile, which passes over the few points a model is over-sure of).
+
+The forward correction trains a model f for the clean label by the loss of the observed one
+through T, −log (softmax(f) T)_y: its softmax then estimates P(clean | x), and a mislabeled
+point's observed label gets what a model trained on clean labels would give it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+# The least entry of a channel the forward loss uses: log T stays finite where T has zeros.
+MIN_ENTRY = 1e-6
+
+
+def anchor_transition(probs: torch.Tensor, quantile: float = 0.97) -> torch.Tensor:
+    """The channel's anchor-point estimate from ``probs`` [N, C], each row P(observed | x) of a
+    model that never trained on that row -> float64 [C, C], rows summing to 1."""
+    if probs.ndim != 2 or probs.shape[0] == 0:
+        raise ValueError(f"anchor_transition needs probabilities [N, C], got {tuple(probs.shape)}")
+    p = probs.double()
+    rows = []
+    for i in range(p.shape[1]):
+        q = p[:, i]
+        at = torch.quantile(q, quantile, interpolation="higher")
+        below = torch.where(q <= at, q, torch.full_like(q, -1.0))  # the paper's outlier filter
+        rows.append(p[int(below.argmax())])
+    t = torch.stack(rows)
+    return t / t.sum(1, keepdim=True)
+
+
+def identifiable(transition: torch.Tensor) -> bool:
+    """Whether every clean class is still the most likely observed label of its own row (the
+    channel's diagonal dominates): only then is the clean label recoverable through it."""
+    t = transition.double()
+    off = t - torch.diag(torch.full((t.shape[0],), float("inf"), dtype=t.dtype))
+    return bool((t.diagonal() > off.max(1).values).all())
+
+
+def forward_loss(transition: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The forward-corrected cross-entropy: ``loss(logits, labels)`` = mean of
+    −log (softmax(logits) T)[label], in log space (logsumexp over the clean class)."""
+    t = transition.double().clamp_min(MIN_ENTRY)
+    log_t = (t / t.sum(1, keepdim=True)).log()
+
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        log_clean = torch.log_softmax(logits.to(dtype), dim=1)  # [B, C] over the clean class
+        lt = log_t.to(logits.device, dtype)
+        log_observed = torch.logsumexp(log_clean[:, :, None] + lt[None], dim=1)  # [B, C]
+        return -log_observed.gather(1, labels[:, None]).mean()
+
+    return loss
