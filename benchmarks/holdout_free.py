@@ -47,6 +47,7 @@ BAYES = ("select.method=bayesian", "select.prefilter=1.0", "select.anneal=0")
 LONG = ("train.epochs=100", "eval.every=4", "eval.other_weights=false")
 CROSSFIT = ("zeroshot.predictor=crossfit",)
 REFIT = ("zeroshot.predictor=crossfit", "zeroshot.crossfit.rounds=2")
+FORWARD = (*REFIT, "zeroshot.crossfit.refit=forward")
 
 # name -> (what the tables call it, its data overrides)
 SETTINGS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -76,6 +77,8 @@ ARMS = [
         stored={"n20": PEERS + "bayesian_crossfit-n20-s{}", "n40": OFFLINE + "bcfNn40_s{}"}),
     Arm("bayesian_crossfit_r2", "bayesian (crossfit, refit round)", (*BAYES, *REFIT, *LONG),
         cache=REFIT),
+    Arm("bayesian_crossfit_fwd", "bayesian (crossfit, forward-corrected round)",
+        (*BAYES, *FORWARD, *LONG), cache=FORWARD),
     Arm("clean_uniform", "cleanlab → uniform", ("select.method=uniform", *LONG), cleans=True,
         stored={"n20": PEERS + "clean_uniform-n20-s{}", "n40": PEERS + "clean_uniform-n40-s{}"}),
     Arm("clean_bayesian", "cleanlab → bayesian (crossfit)", (*BAYES, *CROSSFIT, *LONG),
@@ -115,6 +118,7 @@ GRID: list[tuple[str, str, tuple[int, ...]]] = [
     ("bayesian_crossfit", "p30", (0, 1)), ("bayesian_crossfit", "n20", (0, 1, 2)),
     ("bayesian_crossfit", "n40", (0, 1)),
     *[("bayesian_crossfit_r2", s, (seed,)) for seed in (0, 1) for s in ("n20", "n40", "p30")],
+    *[("bayesian_crossfit_fwd", s, (seed,)) for seed in (0, 1) for s in ("n40", "p30", "n20")],
     ("clean_uniform", "p30", (0,)), ("clean_uniform", "n20", (0, 1)),
     ("clean_uniform", "n40", (0, 1)), ("clean_bayesian", "n20", (0, 1)),
     ("clean_bayesian", "p30", (0,)), ("clean_bayesian", "n40", (0,)),
@@ -146,7 +150,7 @@ def command(run: Run, runs: Path) -> list[str]:
     return [*cmd, str(runs / run.name), "--overwrite", *(a for v in values for a in ("--set", v))]
 
 
-CACHES = {"holdout": (), "crossfit": CROSSFIT, "crossfit_r2": REFIT}
+CACHES = {"holdout": (), "crossfit": CROSSFIT, "crossfit_r2": REFIT, "crossfit_fwd": FORWARD}
 
 
 def cache_jobs(todo: list[Run]) -> list[tuple[str, list[str]]]:
