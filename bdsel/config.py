@@ -173,8 +173,10 @@ class SelectConfig:
     n_selected: int = 32  # n_b
     candidate_bn: Literal["batch", "eval"] = "batch"  # batch-norm statistics in the scoring pass
     # Autocast of the no-grad scoring pass over the candidates; bf16 keeps the top-n_b ranking
-    # (README "Speed") at about half the cost of fp32 on CPU. "auto": the training step's.
-    candidate_precision: Literal["bf16", "fp32", "auto"] = "bf16"
+    # (README "Speed") at about half the cost of fp32 on a CPU that computes bf16 natively.
+    # auto: bf16 where the device does (CUDA; a CPU with AVX-512 BF16 or AMX), else fp32 (on a
+    # CPU with AVX2 only, emulated bf16 ran the candidate forward about 20x slower than fp32).
+    candidate_precision: Literal["bf16", "fp32", "auto"] = "auto"
     warmup_epochs: int = 0  # uniform picks before selection starts
     anneal: float = 0.0  # fraction of the final epochs on uniform picks (InfoBatch's annealing)
     # A free first stage: keep this fraction of the candidates, those whose observed label

@@ -38,7 +38,7 @@ from bdsel.distributed import (
     init_world,
 )
 from bdsel.evaluation import Evaluator, make_ema
-from bdsel.forward import autocast_for
+from bdsel.forward import autocast_for, candidate_autocast
 from bdsel.locking import LockedError
 from bdsel.models import Classifier, create_model
 from bdsel.optim import build_optimizer, lr_factor
@@ -357,7 +357,7 @@ def _stepper(run: Run, world: World) -> Stepper:
         run,
         score_forward=torch.compile(model) if compiled else model,
         train_forward=torch.compile(trainer) if compiled else trainer,
-        score_autocast=autocast_for(device, config.select.candidate_precision),
+        score_autocast=candidate_autocast(device, config.select.candidate_precision),
         autocast=autocast_for(device),
         timer=SectionTimer(device),
     )

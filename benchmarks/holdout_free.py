@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import fnmatch
+import json
 import os
 import statistics
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from typing import Any
 import torch
 from jobs import bdsel_executable, copy_records, experiment_main, log, run_pool
 from peers import cache_seconds
+from predictor_noise import QUANTILES, label_logprobs, summarize
 
 from bdsel.report import make_report
 from bdsel.rundir import first_reaching, has_summary, read_metrics, read_summary, uniform_targets
@@ -119,6 +121,7 @@ GRID: list[tuple[str, str, tuple[int, ...]]] = [
     ("bayesian_crossfit", "n40", (0, 1)),
     *[("bayesian_crossfit_r2", s, (seed,)) for seed in (0, 1) for s in ("n20", "n40", "p30")],
     *[("bayesian_crossfit_fwd", s, (seed,)) for seed in (0, 1) for s in ("n40", "p30", "n20")],
+    ("bayesian_crossfit_fwd", "n20", (2,)),
     ("clean_uniform", "p30", (0,)), ("clean_uniform", "n20", (0, 1)),
     ("clean_uniform", "n40", (0, 1)), ("clean_bayesian", "n20", (0, 1)),
     ("clean_bayesian", "p30", (0,)), ("clean_bayesian", "n40", (0,)),
@@ -293,43 +296,57 @@ NOTE = (
 )
 
 
-def diagnostics(setting: str, caches: dict[str, float]) -> str:
-    """What each predictor with a cache for this setting says about the mislabeled points."""
-    from predictor_noise import QUANTILES, label_logprobs, summarize
+LABELS = {"holdout": "holdout", "crossfit": "crossfit (shipped)",
+          "crossfit_r2": "crossfit, refit round", "crossfit_fwd": "crossfit, forward-corrected round"}  # fmt: skip
 
+
+def diagnostics(setting: str, caches: dict[str, float], stored: dict[str, list[str]]) -> str:
+    """What each predictor with a cache for this setting says about the mislabeled points.
+    A row is measured where the cache is on this machine and kept in ``stored`` (name ->
+    cells, the report's diagnostics.json); a cache made in another session gives its stored
+    row (cache files are large and not kept, the rows they gave are)."""
     head = ["predictor", "noise model", "est. noise", "T", "cache s", "AUROC"]
     head += [f"clean q{int(100 * q)}" for q in QUANTILES]
     head += [f"mislabeled q{int(100 * q)}" for q in QUANTILES]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, predictor in CACHES.items():
-        path = cache_path(setting, predictor)
-        if not path.exists():
-            continue
-        from bdsel.zeroshot.cache import read_cache_info
-
-        info = read_cache_info(path)
-        overrides = [*SETTINGS[setting][1], *predictor, "select.method=bayesian"]
-        result = summarize(*label_logprobs("fashion_mnist", overrides))
-        name = "holdout" if key == "holdout" else f"{key}_{setting}"
-        seconds = caches.get(name)
-        observed = key != "holdout"
-        cells = [
-            {"holdout": "holdout", "crossfit": "crossfit (shipped)",
-             "crossfit_r2": "crossfit, refit round"}[key],
-            info.get("noise_model", "symmetric") if observed else "- (clean labels)",
-            f"{100 * info['label_noise_rate']:.1f}%" if observed else "-",
-            f"{info['temperature_denoised' if observed else 'temperature']:.3f}",
-            "?" if seconds is None else f"{seconds:.0f}",
-            f"{result['auroc']:.4f}",
-            *(f"{v:.2f}" for v in (*result["clean"], *result["noisy"])),
-        ]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
+        name = f"{key}_{setting}"  # the hold-out model's cache is the same for every setting,
+        if cache_path(setting, predictor).exists():  # its diagnostics are not
+            stored[name] = _diagnostic_cells(key, setting, caches, stored.get(name))
+        if name in stored:
+            lines.append("| " + " | ".join(stored[name]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _diagnostic_cells(
+    key: str, setting: str, caches: dict[str, float], before: list[str] | None
+) -> list[str]:
+    from bdsel.zeroshot.cache import read_cache_info
+
+    predictor = CACHES[key]
+    info = read_cache_info(cache_path(setting, predictor))
+    overrides = [*SETTINGS[setting][1], *predictor, "select.method=bayesian"]
+    result = summarize(*label_logprobs("fashion_mnist", overrides))
+    seconds = caches.get("holdout" if key == "holdout" else f"{key}_{setting}")
+    if seconds is None and before is not None and before[4] != "?":
+        seconds = float(before[4])  # the same cache, timed when it was made
+    observed = key != "holdout"
+    return [
+        LABELS[key],
+        info.get("noise_model", "symmetric") if observed else "- (clean labels)",
+        f"{100 * info['label_noise_rate']:.1f}%" if observed else "-",
+        f"{info['temperature_denoised' if observed else 'temperature']:.3f}",
+        "?" if seconds is None else f"{seconds:.0f}",
+        f"{result['auroc']:.4f}",
+        *(f"{v:.2f}" for v in (*result["clean"], *result["noisy"])),
+    ]
 
 
 def report(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     caches = cache_seconds(args.runs)
+    stored_path = args.out / "diagnostics.json"
+    stored = json.loads(stored_path.read_text()) if stored_path.exists() else {}
     text = ["# Bayesian selection without a clean hold-out set", ""]
     text += [
         f"`python benchmarks/holdout_free.py` on {datetime.date.today()}: every run is `bdsel",
@@ -356,7 +373,7 @@ def report(args: argparse.Namespace) -> None:
         text += ["What the predictors say about the mislabeled training points (log p_zs of the",
                  "observed label at the temperature `auto` reads; AUROC: how often a mislabeled",
                  "point gets less than a clean one; cache s: the cache command's seconds):", "",
-                 diagnostics(setting, caches)]  # fmt: skip
+                 diagnostics(setting, caches, stored)]  # fmt: skip
         cleaned = [read_summary(run_dir(r, args.runs)).get("cleaning")
                    for x in res.values() if x.arm.cleans for r in x.runs]  # fmt: skip
         if cleaned and cleaned[0]:
@@ -369,6 +386,7 @@ def report(args: argparse.Namespace) -> None:
                  f"![accuracy against epochs]({setting}/accuracy_vs_epoch.png)"]  # fmt: skip
         log(f"{title}: {sum(len(x.runs) for x in res.values())} runs -> {sub}")
     (args.out / "README.md").write_text("\n".join(text) + "\n")
+    stored_path.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
     copy_records(args.runs, [r.name for r in RUNS if not r.stored], args.out)
 
 

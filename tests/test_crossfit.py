@@ -245,6 +245,43 @@ def test_crossfit_cache_resumes_after_a_kill(
     assert result.exit_code == 0, result.output
 
 
+def test_a_forward_refit_resumes_after_a_kill_between_rounds(
+    crossfit_values: dict, tmp_path: Path, monkeypatch
+):
+    monkeypatch.setattr(crossfit_module, "identifiable", lambda t: True)  # tiny data's channel
+    cfg = load_config(values=crossfit_values, overrides=["zeroshot.crossfit.refit=forward"])
+    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
+    source = make_image_source(data.dataset, torch.device("cpu"))
+    whole = CrossfitPredictor(cfg, data, source)
+    whole.fit_or_load(tmp_path / "whole.pt")
+    assert whole.rounds_done == 2 and whole.transition is not None
+    torch.testing.assert_close(whole.transition.sum(1), torch.ones(len(whole.transition)).double())
+    assert torch.equal(torch.load(tmp_path / "whole.pt")["transition"], whole.transition)
+    assert whole.spec()["refit_noise"] == pytest.approx(1 - float(whole.transition.diagonal().mean()))
+
+    real_supervised = crossfit_module.fit_supervised
+    fits: list[str] = []
+
+    def killing_supervised(*args, **kw):
+        fits.append(kw["description"])
+        if len(fits) == 4:  # the first model of round 2 (three folds a round)
+            raise _Kill
+        return real_supervised(*args, **kw)
+
+    monkeypatch.setattr(crossfit_module, "fit_supervised", killing_supervised)
+    with pytest.raises(_Kill):
+        CrossfitPredictor(cfg, data, source).fit_or_load(tmp_path / "killed.pt")
+    assert torch.load(tmp_path / "killed.pt")["rounds_done"] == 1
+    fits.clear()
+    resumed = CrossfitPredictor(cfg, data, source)
+    resumed.fit_or_load(tmp_path / "killed.pt")  # round 1 reloaded, its channel re-estimated
+    assert fits == [f"crossfit model {k}/3, round 2/2" for k in (1, 2, 3)]
+    assert torch.equal(resumed.transition, whole.transition)
+    rows = torch.cat([data.train_idx[:30], torch.arange(5)])
+    for split in ("train", "test"):
+        assert torch.equal(resumed.logprobs(split, rows), whole.logprobs(split, rows)), split
+
+
 def check_label_noise_fit(
     cfg_path: Path, path: Path, logprobs: dict, temperature: float, caplog
 ) -> None:

@@ -120,13 +120,16 @@ class CrossfitPredictor:
         epochs = f"{'at most ' if c.patience else ''}{c.epochs} epochs each"
         if c.schedule == "cosine":
             epochs += ", cosine learning rate"
-        refit = (
-            f"; then {c.rounds - 1} more round{'s' if c.rounds > 2 else ''} of them afresh on "
-            f"the points cleanlab trusts from the round before, if at least {MIN_TRUSTED:.0%} of "
-            "them"
-            if c.rounds > 1
-            else ""
-        )
+        more = f"; then {c.rounds - 1} more round{'s' if c.rounds > 2 else ''} of them afresh"
+        if c.rounds == 1:
+            refit = ""
+        elif c.refit == "forward":
+            refit = f"{more} on every point, through the noise channel the round before estimates"
+        else:
+            refit = (
+                f"{more} on the points cleanlab trusts from the round before, if at least "
+                f"{MIN_TRUSTED:.0%} of them"
+            )
         return (
             f"{c.folds} cross-fitted models ({c.model}, {epochs}, on "
             f"{c.folds - 1}/{c.folds} of {n} training points with their observed labels{refit})"
