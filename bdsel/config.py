@@ -175,7 +175,7 @@ class SelectConfig:
     # Autocast of the no-grad scoring pass over the candidates; bf16 keeps the top-n_b ranking
     # (README "Speed") at about half the cost of fp32 on a CPU that computes bf16 natively.
     # auto: bf16 where the device does (CUDA; a CPU with AVX-512 BF16 or AMX), else fp32 (on a
-    # CPU with AVX2 only, emulated bf16 ran the candidate forward about 20x slower than fp32).
+    # CPU with AVX2 only, emulated bf16 made a bayesian epoch about 6x slower than fp32).
     candidate_precision: Literal["bf16", "fp32", "auto"] = "auto"
     warmup_epochs: int = 0  # uniform picks before selection starts
     anneal: float = 0.0  # fraction of the final epochs on uniform picks (InfoBatch's annealing)
@@ -244,11 +244,11 @@ class CrossfitConfig(FitConfig):
     # epochs (docs/results/holdout_free/): the refit filters more noise out of what bayesian
     # selects at pairflip noise and gains 0.2 points there, but loses 0.3-0.5 points at
     # symmetric noise, at 1.7x the cache's seconds, so one round is the default.
-    rounds: int = 1
+    rounds: int = 2
     # What a later round trains on. trusted: the rows cleanlab trusts, their observed labels.
     # forward: every row, through the noise channel estimated from the round before (anchor
     # points; the forward loss correction): the models learn the clean label.
-    refit: Literal["trusted", "forward"] = "trusted"
+    refit: Literal["trusted", "forward"] = "forward"
     refit_filter: FilterBy = "prune_by_noise_rate"  # cleanlab's filter_by between rounds
 
 

@@ -8,11 +8,13 @@ peers' runs of docs/results/peers/runs/, the 100-epoch runs of docs/results/offl
 read from there (``STORED``) instead of being rerun; everything else is a plain
 ``bdsel train --config fashion_mnist`` under ``--runs``, one process per core with one thread.
 
-- bayesian (crossfit): the shipped crossfit default (one round of K = 2 models).
-- bayesian (crossfit, refit round): ``zeroshot.crossfit.rounds=2``, the second round refits
-  the fold models on the points cleanlab trusts from the first round's out-of-fold
-  probabilities.
-- cleanlab → X: ``data.clean.cache`` = the shipped crossfit cache of the same data, then X.
+- bayesian (crossfit): the shipped crossfit default, two rounds of K = 2 models, the second
+  trained through the noise channel the first one's out-of-fold probabilities estimate
+  (``zeroshot.crossfit.refit=forward``).
+- bayesian (crossfit, one round): ``zeroshot.crossfit.rounds=1``, the default before.
+- bayesian (crossfit, refit round): ``rounds=2 refit=trusted``, the second round refits the
+  fold models on the points cleanlab trusts from the first round's out-of-fold probabilities.
+- cleanlab → X: ``data.clean.cache`` = the one-round crossfit cache of the same data, then X.
 
 The report: per setting, the table (final EMA accuracy, against uniform and against bayesian
 (holdout) of the same seed, samples and seconds to the targets, the mislabeled share among
@@ -47,9 +49,10 @@ from bdsel.rundir import first_reaching, has_summary, read_metrics, read_summary
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 BAYES = ("select.method=bayesian", "select.prefilter=1.0", "select.anneal=0")
 LONG = ("train.epochs=100", "eval.every=4", "eval.other_weights=false")
-CROSSFIT = ("zeroshot.predictor=crossfit",)
-REFIT = ("zeroshot.predictor=crossfit", "zeroshot.crossfit.rounds=2")
-FORWARD = (*REFIT, "zeroshot.crossfit.refit=forward")
+CROSSFIT = ("zeroshot.predictor=crossfit",)  # the shipped defaults
+ONE_ROUND = (*CROSSFIT, "zeroshot.crossfit.rounds=1")
+REFIT = (*CROSSFIT, "zeroshot.crossfit.rounds=2", "zeroshot.crossfit.refit=trusted")
+FORWARD = (*CROSSFIT, "zeroshot.crossfit.rounds=2", "zeroshot.crossfit.refit=forward")
 
 # name -> (what the tables call it, its data overrides)
 SETTINGS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -70,21 +73,23 @@ class Arm:
 
 
 PEERS, OFFLINE = "peers/runs/", "offline/runs/"
+KEPT = RESULTS / "holdout_free" / "runs"  # this study's records of runs of earlier sessions
 ARMS = [
     Arm("uniform", "uniform", ("select.method=uniform", *LONG),
         stored={"n20": PEERS + "uniform-n20-s{}", "n40": PEERS + "uniform-n40-s{}"}),
     Arm("bayesian_holdout", "bayesian (holdout)", (*BAYES, *LONG), cache=(),
         stored={"n20": PEERS + "bayesian_holdout-n20-s{}", "n40": OFFLINE + "b100n40_s{}"}),
-    Arm("bayesian_crossfit", "bayesian (crossfit)", (*BAYES, *CROSSFIT, *LONG), cache=CROSSFIT,
-        stored={"n20": PEERS + "bayesian_crossfit-n20-s{}", "n40": OFFLINE + "bcfNn40_s{}"}),
+    Arm("bayesian_crossfit_fwd", "bayesian (crossfit, shipped: forward-corrected round)",
+        (*BAYES, *FORWARD, *LONG), cache=FORWARD),
+    Arm("bayesian_crossfit", "bayesian (crossfit, one round)", (*BAYES, *ONE_ROUND, *LONG),
+        cache=ONE_ROUND, stored={"n20": PEERS + "bayesian_crossfit-n20-s{}",
+                                 "n40": OFFLINE + "bcfNn40_s{}"}),
     Arm("bayesian_crossfit_r2", "bayesian (crossfit, refit round)", (*BAYES, *REFIT, *LONG),
         cache=REFIT),
-    Arm("bayesian_crossfit_fwd", "bayesian (crossfit, forward-corrected round)",
-        (*BAYES, *FORWARD, *LONG), cache=FORWARD),
     Arm("clean_uniform", "cleanlab → uniform", ("select.method=uniform", *LONG), cleans=True,
         stored={"n20": PEERS + "clean_uniform-n20-s{}", "n40": PEERS + "clean_uniform-n40-s{}"}),
-    Arm("clean_bayesian", "cleanlab → bayesian (crossfit)", (*BAYES, *CROSSFIT, *LONG),
-        cache=CROSSFIT, cleans=True, stored={"n20": PEERS + "clean_bayesian-n20-s{}"}),
+    Arm("clean_bayesian", "cleanlab → bayesian (crossfit, one round)", (*BAYES, *ONE_ROUND, *LONG),
+        cache=ONE_ROUND, cleans=True, stored={"n20": PEERS + "clean_bayesian-n20-s{}"}),
 ]  # fmt: skip
 ARM = {a.key: a for a in ARMS}
 
@@ -117,7 +122,7 @@ GRID: list[tuple[str, str, tuple[int, ...]]] = [
     ("bayesian_holdout", "p30", (0, 1)), ("bayesian_holdout", "n20", (0, 1, 2)),
     ("uniform", "p30", (0, 1)), ("uniform", "n20", (0, 1, 2)), ("uniform", "n40", (0, 1)),
     ("bayesian_holdout", "n40", (0, 1)),
-    ("bayesian_crossfit", "p30", (0, 1)), ("bayesian_crossfit", "n20", (0, 1, 2)),
+    ("bayesian_crossfit", "p30", (0, 1)), ("bayesian_crossfit", "n20", (0, 1)),
     ("bayesian_crossfit", "n40", (0, 1)),
     *[("bayesian_crossfit_r2", s, (seed,)) for seed in (0, 1) for s in ("n20", "n40", "p30")],
     *[("bayesian_crossfit_fwd", s, (seed,)) for seed in (0, 1) for s in ("n40", "p30", "n20")],
@@ -140,7 +145,10 @@ def cache_path(setting: str, predictor: tuple[str, ...]) -> Path:
 
 
 def run_dir(run: Run, runs: Path) -> Path:
-    return run.stored or runs / run.name
+    """A stored run's directory, else the run under ``runs``, else this study's record of it
+    from an earlier session (docs/results/holdout_free/runs/: config, metrics, summary)."""
+    here, kept = runs / run.name, KEPT / run.name
+    return run.stored or (kept if not has_summary(here) and has_summary(kept) else here)
 
 
 def command(run: Run, runs: Path) -> list[str]:
@@ -148,12 +156,12 @@ def command(run: Run, runs: Path) -> list[str]:
     if run.arm.cache:  # the hold-out cache is the default path already; a crossfit one is
         values.append(f"zeroshot.cache={cache_path(run.setting, run.arm.cache)}")  # seed 0's
     if run.arm.cleans:
-        values.append(f"data.clean.cache={cache_path(run.setting, CROSSFIT)}")
+        values.append(f"data.clean.cache={cache_path(run.setting, ONE_ROUND)}")
     cmd = [bdsel_executable(), "train", "--config", "fashion_mnist", "--run-dir"]
     return [*cmd, str(runs / run.name), "--overwrite", *(a for v in values for a in ("--set", v))]
 
 
-CACHES = {"holdout": (), "crossfit": CROSSFIT, "crossfit_r2": REFIT, "crossfit_fwd": FORWARD}
+CACHES = {"holdout": (), "crossfit_fwd": FORWARD, "crossfit": ONE_ROUND, "crossfit_r2": REFIT}
 
 
 def cache_jobs(todo: list[Run]) -> list[tuple[str, list[str]]]:
@@ -165,7 +173,7 @@ def cache_jobs(todo: list[Run]) -> list[tuple[str, list[str]]]:
             key = next(k for k, v in CACHES.items() if v == r.arm.cache)
             needed["holdout" if key == "holdout" else f"{key}_{r.setting}"] = r.arm.cache
         if r.arm.cleans:
-            needed[f"crossfit_{r.setting}"] = CROSSFIT
+            needed[f"crossfit_{r.setting}"] = ONE_ROUND
     jobs = []
     for name, predictor in needed.items():
         setting = "n20" if name == "holdout" else name.rsplit("_", 1)[1]
@@ -211,6 +219,7 @@ class Result:
     arm: Arm
     runs: list[Run]
     records: list[list[dict[str, Any]]]
+    dirs: list[Path] = field(default_factory=list)  # where each run's records were read
 
     @property
     def finals(self) -> dict[int, float]:
@@ -222,11 +231,17 @@ class Result:
 
     @property
     def clocks(self) -> set[str]:
-        """Where its runs were made: "offline/" or "peers/" (stored, other days) or "" (here)."""
-        return {
-            next(k for k in (OFFLINE, PEERS) if k in str(r.stored)) if r.stored else ""
-            for r in self.runs
-        }
+        """Where its runs were made: "offline/", "peers/" or "holdout_free/" (records of other
+        sessions, each its own day) or "" (under ``--runs``: this session)."""
+        out = set()
+        for d in self.dirs:
+            parts = (
+                d.resolve().relative_to(RESULTS).parts
+                if d.resolve().is_relative_to(RESULTS)
+                else ()
+            )
+            out.add(parts[0] + "/" if parts else "")
+        return out
 
     def mislabeled(self, key: str) -> float | None:
         xs = [x[key] for rs in self.records for x in rs if x.get(key) is not None]
@@ -239,7 +254,8 @@ def results(setting: str, runs: Path) -> dict[str, Result]:
         mine = [r for r in RUNS if r.arm is arm and r.setting == setting]
         mine = [r for r in mine if has_summary(run_dir(r, runs))]
         if mine:
-            out[arm.key] = Result(arm, mine, [read_metrics(run_dir(r, runs)) for r in mine])
+            dirs = [run_dir(r, runs) for r in mine]
+            out[arm.key] = Result(arm, mine, [read_metrics(d) for d in dirs], dirs)
     return out
 
 
@@ -296,8 +312,8 @@ NOTE = (
 )
 
 
-LABELS = {"holdout": "holdout", "crossfit": "crossfit (shipped)",
-          "crossfit_r2": "crossfit, refit round", "crossfit_fwd": "crossfit, forward-corrected round"}  # fmt: skip
+LABELS = {"holdout": "holdout", "crossfit_fwd": "crossfit (shipped: forward-corrected round)",
+          "crossfit": "crossfit, one round", "crossfit_r2": "crossfit, refit round"}  # fmt: skip
 
 
 def diagnostics(setting: str, caches: dict[str, float], stored: dict[str, list[str]]) -> str:

@@ -139,7 +139,7 @@ def main() -> None:
             sampler.set_epoch(epoch)
         selector.set_epoch(epoch)  # bdsel
         for indices, images, labels in loader:
-            with bdsel.scoring(model):  # bdsel: no grad, BN batch stats, bf16
+            with bdsel.scoring(model):  # bdsel: no grad, BN batch stats, native bf16
                 model(images)
             pos = selector.select(indices, labels, *hook.take()).positions  # bdsel
             loss = F.cross_entropy(train_model(images[pos]), labels[pos])

@@ -29,7 +29,14 @@ def crossfit_values(tiny_config_values: dict, tmp_path: Path, monkeypatch) -> di
         "predictor": "crossfit",
         "cache": str(tmp_path / "cf.h5"),
         "batch_size": 256,
-        "crossfit": {"folds": 3, "epochs": 2, "patience": 1, "batch_size": 64, "rounds": 2},
+        "crossfit": {
+            "folds": 3,
+            "epochs": 2,
+            "patience": 1,
+            "batch_size": 64,
+            "rounds": 2,
+            "refit": "trusted",
+        },
     }
     return values
 
@@ -257,7 +264,9 @@ def test_a_forward_refit_resumes_after_a_kill_between_rounds(
     assert whole.rounds_done == 2 and whole.transition is not None
     torch.testing.assert_close(whole.transition.sum(1), torch.ones(len(whole.transition)).double())
     assert torch.equal(torch.load(tmp_path / "whole.pt")["transition"], whole.transition)
-    assert whole.spec()["refit_noise"] == pytest.approx(1 - float(whole.transition.diagonal().mean()))
+    assert whole.spec()["refit_noise"] == pytest.approx(
+        1 - float(whole.transition.diagonal().mean())
+    )
 
     real_supervised = crossfit_module.fit_supervised
     fits: list[str] = []

@@ -14,13 +14,14 @@ def test_the_grid_names_each_run_once_and_covers_the_issue_settings():
     for r in hf.RUNS:
         seeds[r.arm.key, r.setting].add(r.seed)
     for setting in ("n40", "p30"):
-        for arm in ("uniform", "bayesian_holdout", "bayesian_crossfit"):
+        for arm in ("uniform", "bayesian_holdout", "bayesian_crossfit_fwd", "bayesian_crossfit"):
             assert seeds[arm, setting] >= {0, 1}
-    for arm in ("uniform", "bayesian_holdout", "bayesian_crossfit"):
+    for arm in ("uniform", "bayesian_holdout", "bayesian_crossfit_fwd"):  # the shipped one
         assert seeds[arm, "n20"] == {0, 1, 2}
 
 
-def test_runs_made_for_other_studies_are_read_from_there(tmp_path: Path):
+def test_runs_made_for_other_studies_are_read_from_there(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(hf, "KEPT", tmp_path / "kept")
     uniform = hf.Run(hf.ARM["uniform"], "n20", 0)
     assert uniform.stored == hf.RESULTS / "peers/runs/uniform-n20-s0"
     assert hf.run_dir(uniform, tmp_path) == uniform.stored
@@ -28,8 +29,14 @@ def test_runs_made_for_other_studies_are_read_from_there(tmp_path: Path):
     assert fresh.stored is None and hf.run_dir(fresh, tmp_path) == tmp_path / fresh.name
     missing = hf.Run(hf.ARM["bayesian_holdout"], "n20", 2)  # the peers ran seeds 0 and 1
     assert missing.stored is None
-    shipped = hf.Run(hf.ARM["bayesian_crossfit"], "n40", 1)  # one round: the offline study's
-    assert shipped.stored == hf.RESULTS / "offline/runs/bcfNn40_s1"
+    one = hf.Run(hf.ARM["bayesian_crossfit"], "n40", 1)  # one round: the offline study's
+    assert one.stored == hf.RESULTS / "offline/runs/bcfNn40_s1"
+    # A run of this study made in an earlier session: its kept record, unless made again here.
+    kept = hf.Run(hf.ARM["bayesian_holdout"], "p30", 0)
+    _run(tmp_path / "kept" / kept.name, [0.8], 0.1)
+    assert hf.run_dir(kept, tmp_path) == tmp_path / "kept" / kept.name
+    _run(tmp_path / kept.name, [0.8], 0.1)
+    assert hf.run_dir(kept, tmp_path) == tmp_path / kept.name
     assert hf.Run(hf.ARM["bayesian_crossfit_r2"], "n40", 1).stored is None
 
 
@@ -37,12 +44,15 @@ def test_commands_read_the_cache_of_their_own_setting_and_predictor(tmp_path: Pa
     run = hf.Run(hf.ARM["clean_bayesian"], "p30", 1)
     cmd = hf.command(run, tmp_path)
     sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
-    shipped = str(hf.cache_path("p30", hf.CROSSFIT))
-    assert f"zeroshot.cache={shipped}" in sets and f"data.clean.cache={shipped}" in sets
+    one = str(hf.cache_path("p30", hf.ONE_ROUND))  # the cache the stored cleaning runs used
+    assert f"zeroshot.cache={one}" in sets and f"data.clean.cache={one}" in sets
     assert "data.noise.kind=pairflip" in sets and "seed=1" in sets
     refit = hf.command(hf.Run(hf.ARM["bayesian_crossfit_r2"], "p30", 0), tmp_path)
     assert f"zeroshot.cache={hf.cache_path('p30', hf.REFIT)}" in refit
     assert hf.cache_path("p30", hf.REFIT) != hf.cache_path("p30", hf.CROSSFIT)
+    assert hf.cache_path("p30", hf.ONE_ROUND) != hf.cache_path("p30", hf.CROSSFIT)
+    # the shipped arm names its settings; they are the defaults: the shipped cache
+    assert hf.cache_path("p30", hf.FORWARD) == hf.cache_path("p30", hf.CROSSFIT)
     assert hf.cache_path("n20", hf.CROSSFIT) != hf.cache_path("p30", hf.CROSSFIT)
     # the hold-out model learns clean labels: one cache for every setting
     assert hf.cache_path("n20", ()) == hf.cache_path("p30", ())
@@ -68,6 +78,7 @@ def test_the_table_compares_with_uniform_and_holdout_of_the_same_seed(
     runs = [hf.Run(hf.ARM[a], "p30", s) for a in ("uniform", "bayesian_holdout",
             "bayesian_crossfit") for s in (0, 1)]  # fmt: skip
     monkeypatch.setattr(hf, "RUNS", runs)
+    monkeypatch.setattr(hf, "KEPT", tmp_path / "kept")  # no record of an earlier session
     _run(tmp_path / "uniform-p30-s0", [0.70, 0.80], 0.3)
     _run(tmp_path / "uniform-p30-s1", [0.72, 0.82], 0.3)
     _run(tmp_path / "bayesian_holdout-p30-s0", [0.80, 0.86], 0.05)
@@ -76,7 +87,7 @@ def test_the_table_compares_with_uniform_and_holdout_of_the_same_seed(
     res = hf.results("p30", tmp_path)
     assert list(res) == ["uniform", "bayesian_holdout", "bayesian_crossfit"]
     text = hf.table(res, [0.8])
-    line = next(x for x in text.splitlines() if x.startswith("| bayesian (crossfit)"))
+    line = next(x for x in text.splitlines() if x.startswith("| bayesian (crossfit, one"))
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[1] == "0" and cells[2] == "85.00%"
     assert cells[3] == "+5.00 pts" and cells[4] == "-1.00 pts"  # seed 0's uniform, holdout

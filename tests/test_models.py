@@ -87,3 +87,23 @@ def test_bf16_candidate_forward_keeps_the_top_of_the_ranking():
         ]
         overlaps.append(len(top[0] & top[1]) / 32)
     assert sum(overlaps) / len(overlaps) >= 0.95
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_candidate_precision_is_bf16_only_where_the_cpu_computes_it(native, monkeypatch):
+    """select.candidate_precision=auto: bf16 on a CPU with native bf16, fp32 on one without
+    (where emulated bf16 convolutions cost far more than they save)."""
+    import bdsel.forward as forward
+
+    monkeypatch.setattr(forward, "native_bf16", lambda device: native)
+    model = create_model("small_cnn", n_classes=10, in_channels=1)
+    x = torch.randn(8, 1, 28, 28)
+    with forward.candidate_autocast(torch.device("cpu"), "auto")():
+        logits, _ = model(x)
+    assert logits.dtype == (torch.bfloat16 if native else torch.float32)
+    with forward.scoring(model):  # the library's context reads the same choice
+        logits, _ = model(x)
+    assert logits.dtype == (torch.bfloat16 if native else torch.float32)
+    for forced, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        with forward.candidate_autocast(torch.device("cpu"), forced)():
+            assert model(x)[0].dtype == dtype
