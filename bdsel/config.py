@@ -226,7 +226,8 @@ class HoldoutConfig(FitConfig):
 class CrossfitConfig(FitConfig):
     """The ``crossfit`` predictor: K models, each trained on the observed labels of all folds
     of the training subset but one (early stopping on that one's) and predicting it, then, by
-    default, K more on what cleanlab trusts of those labels; no clean labels needed
+    default, K more trained for the clean label through the noise channel the first round's
+    out-of-fold probabilities estimate; no clean labels needed
     (docs/predictors.md). A fixed budget with a cosine rate instead of a fit to the plateau: noisy
     labels take many epochs to plateau, 10 cosine epochs at lr 0.01 came within 1.5 points
     of it (86.6% against 88.2% test accuracy, Fashion-MNIST at 20% noise) in a third of the
@@ -237,17 +238,16 @@ class CrossfitConfig(FitConfig):
     patience: int = 0
     lr: float = 0.01
     schedule: Literal["none", "cosine"] = "cosine"
-    # 1: the K models of one round predict. 2: a second round of K models, trained afresh on
-    # the points cleanlab trusts from the first round's out-of-fold probabilities (the same
-    # folds: still no row predicted by a model that trained on it), skipped where cleanlab
-    # trusts under half the rows (crossfit.MIN_TRUSTED). Measured on the offline default, 100
-    # epochs (docs/results/holdout_free/): the refit filters more noise out of what bayesian
-    # selects at pairflip noise and gains 0.2 points there, but loses 0.3-0.5 points at
-    # symmetric noise, at 1.7x the cache's seconds, so one round is the default.
+    # 1: the K models of one round predict. 2 (the default): a second round of K fresh models
+    # on the same folds (still no row predicted by a model that trained on it), trained as
+    # ``refit`` says from the first round's out-of-fold probabilities.
     rounds: int = 2
-    # What a later round trains on. trusted: the rows cleanlab trusts, their observed labels.
-    # forward: every row, through the noise channel estimated from the round before (anchor
-    # points; the forward loss correction): the models learn the clean label.
+    # forward (the default): every row, through the noise channel the round before estimates
+    # (anchor points), with the forward loss correction: the models learn the clean label.
+    # Skipped where that channel leaves a class unidentifiable. trusted: the rows cleanlab
+    # trusts, their observed labels; skipped where it trusts under half of them
+    # (crossfit.MIN_TRUSTED). Measured, 100 epochs (docs/results/holdout_free/): forward beats
+    # one round and trusted at every setting; trusted lost 0.3-0.5 points at symmetric noise.
     refit: Literal["trusted", "forward"] = "forward"
     refit_filter: FilterBy = "prune_by_noise_rate"  # cleanlab's filter_by between rounds
 

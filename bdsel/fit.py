@@ -70,16 +70,13 @@ def fit_supervised(
     description: str = "fit",
 ) -> nn.Module:
     """Plain minibatch training on ``indices`` (global, train split) with ``labels`` [N].
-
     Returns the trained model in eval mode: with ``ema_decay`` > 0 the weight EMA's copy (as
     the main run evaluates), else ``model`` itself; with ``early_stopping``, at most
-    ``epochs`` epochs and the weights of the best-scoring one. ``schedule``: "none"
-    (the optimizer's rate throughout) or "cosine" (decayed to 0 over ``epochs`` epochs).
-    ``on_batch(epoch, idx, logits)`` sees every training batch's global indices and detached
-    logits of the online model (SVP counts forgetting events). ``loss(logits, labels)``: the
-    training loss (a forward-corrected one trains for the clean label through a noise channel,
-    bdsel.data.noise_channel). ``progress``: rich Progress.
-    """
+    ``epochs`` epochs and the weights of the best-scoring one. ``schedule``: "none" or
+    "cosine" (decayed to 0 over ``epochs`` epochs). ``on_batch(epoch, idx, logits)`` sees
+    every batch's global indices and the online model's detached logits (SVP's forgetting
+    events). ``loss(logits, labels)``: the training loss (the forward-corrected one of
+    bdsel.data.noise_channel trains for the clean label). ``progress``: rich Progress."""
     device = source.device
     steps_per_epoch = -(-len(indices) // batch_size)
     task = (
