@@ -152,6 +152,22 @@ class _Kill(KeyboardInterrupt):
     pass
 
 
+def _kill_round_two(monkeypatch) -> list[str]:
+    """Make crossfit's fits raise _Kill in the first model of round 2 (three folds a round);
+    returns the list of the fits' descriptions, as they start."""
+    real_supervised = crossfit_module.fit_supervised
+    fits: list[str] = []
+
+    def killing_supervised(*args, **kw):
+        fits.append(kw["description"])
+        if len(fits) == 4:
+            raise _Kill
+        return real_supervised(*args, **kw)
+
+    monkeypatch.setattr(crossfit_module, "fit_supervised", killing_supervised)
+    return fits
+
+
 def test_crossfit_cache_resumes_after_a_kill(
     crossfit_values: dict, tmp_path: Path, monkeypatch, caplog
 ):
@@ -211,15 +227,7 @@ def test_crossfit_cache_resumes_after_a_kill(
     cfg3.write_text(yaml.safe_dump(third))
 
     real_supervised = crossfit_module.fit_supervised
-    fits: list[str] = []
-
-    def killing_supervised(*args, **kw):
-        fits.append(kw["description"])
-        if len(fits) == 4:  # the first model of round 2 (three folds a round)
-            raise _Kill
-        return real_supervised(*args, **kw)
-
-    monkeypatch.setattr(crossfit_module, "fit_supervised", killing_supervised)
+    fits = _kill_round_two(monkeypatch)
     result = runner.invoke(app, ["cache-zeroshot", "-c", str(cfg3)])
     assert result.exit_code == 130
     from bdsel.zeroshot.run import holdout_weights_path
@@ -268,16 +276,7 @@ def test_a_forward_refit_resumes_after_a_kill_between_rounds(
         1 - float(whole.transition.diagonal().mean())
     )
 
-    real_supervised = crossfit_module.fit_supervised
-    fits: list[str] = []
-
-    def killing_supervised(*args, **kw):
-        fits.append(kw["description"])
-        if len(fits) == 4:  # the first model of round 2 (three folds a round)
-            raise _Kill
-        return real_supervised(*args, **kw)
-
-    monkeypatch.setattr(crossfit_module, "fit_supervised", killing_supervised)
+    fits = _kill_round_two(monkeypatch)
     with pytest.raises(_Kill):
         CrossfitPredictor(cfg, data, source).fit_or_load(tmp_path / "killed.pt")
     assert torch.load(tmp_path / "killed.pt")["rounds_done"] == 1
