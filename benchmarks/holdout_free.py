@@ -305,10 +305,12 @@ NOTE = (
     " Mislabeled among trained: the share of mislabeled points among those trained on, mean"
     " over evaluations and seeds; in the data drawn from: the same share in the training"
     " subset the method draws from (after cleaning, for the cleanlab rows). (other clock):"
-    " runs made on another day than the setting's uniform runs (docs/results/offline/ on"
-    " 2026-11-29, docs/results/peers/ on 2026-12-01, the rest on the date above), whose"
-    " seconds are not compared: this machine's speed varied by up to 2× between those days;"
-    " their accuracy and samples compare."
+    " runs made in another session than the setting's uniform runs (docs/results/offline/ on"
+    " 2026-11-29, docs/results/peers/ on 2026-12-01, docs/results/holdout_free/runs/ in an"
+    " earlier session, the rest in the session of the date above), whose seconds are not"
+    " compared: the machine's speed varied by up to 2× between sessions, and a CPU without"
+    " native bf16 scores the candidates in fp32 (select.candidate_precision: auto) where the"
+    " earlier sessions' scored them in bf16; their accuracy and samples compare."
 )
 
 
