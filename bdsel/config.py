@@ -246,8 +246,9 @@ class CrossfitConfig(FitConfig):
     # (anchor points), with the forward loss correction: the models learn the clean label.
     # Skipped where that channel leaves a class unidentifiable. trusted: the rows cleanlab
     # trusts, their observed labels; skipped where it trusts under half of them
-    # (crossfit.MIN_TRUSTED). Measured, 100 epochs (docs/results/holdout_free/): forward beats
-    # one round and trusted at every setting; trusted lost 0.3-0.5 points at symmetric noise.
+    # (crossfit.MIN_TRUSTED). Measured, 100 epochs (docs/results/holdout_free/): forward is level
+    # with one round at 20% symmetric noise, +0.5 points at 40%, +1.9 at 30% pairflip; trusted
+    # lost 0.3-0.5 points at symmetric noise.
     refit: Literal["trusted", "forward"] = "forward"
     refit_filter: FilterBy = "prune_by_noise_rate"  # cleanlab's filter_by between rounds
 

@@ -390,13 +390,14 @@ def report(args: argparse.Namespace) -> None:
         text += ["", f"## {title}", "", table(res, targets), NOTE, ""]
         text += ["What the predictors say about the mislabeled training points (log p_zs of the",
                  "observed label at the temperature `auto` reads; AUROC: how often a mislabeled",
-                 "point gets less than a clean one; cache s: the cache command's seconds):", "",
+                 "point gets less than a clean one; cache s: the cache command's seconds, in the session",
+                 "that made it: compare them within a session only):", "",
                  diagnostics(setting, caches, stored)]  # fmt: skip
         cleaned = [read_summary(run_dir(r, args.runs)).get("cleaning")
                    for x in res.values() if x.arm.cleans for r in x.runs]  # fmt: skip
         if cleaned and cleaned[0]:
             c = cleaned[0]
-            text += [f"cleanlab on the shipped crossfit cache flags {c['n_flagged']:,} of "
+            text += [f"cleanlab on the one-round crossfit cache flags {c['n_flagged']:,} of "
                      f"{c['n_points']:,} points (precision {100 * c['precision']:.1f}%, recall "
                      f"{100 * c['recall']:.1f}%); {100 * c['mislabeled_left']:.1f}% of the rest "
                      "are mislabeled.", ""]  # fmt: skip
