@@ -124,15 +124,20 @@ def native_bf16(device: torch.device) -> bool:
         return False
 
 
+def candidate_precision(device: torch.device, precision: str = "auto") -> str:
+    """What select.candidate_precision means on ``device``: ``auto`` is ``bf16`` where the
+    device computes it natively (``native_bf16``) and ``fp32`` elsewhere; ``bf16`` and
+    ``fp32`` stand."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
+
+
 def candidate_autocast(
     device: torch.device, precision: str = "auto"
 ) -> Callable[[], contextlib.AbstractContextManager]:
-    """The candidate forward's autocast (select.candidate_precision): ``auto`` is bf16 where
-    the device computes it natively (``native_bf16``) and full precision elsewhere; ``bf16``
-    and ``fp32`` force it."""
-    if precision == "auto":
-        precision = "bf16" if native_bf16(device) else "fp32"
-    return autocast_for(device, precision)
+    """The candidate forward's autocast, at ``candidate_precision(device, precision)``."""
+    return autocast_for(device, candidate_precision(device, precision))
 
 
 def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

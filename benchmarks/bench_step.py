@@ -30,7 +30,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from bdsel.config import load_config
 from bdsel.data import derive_run_data, from_tensors, make_image_source
 from bdsel.evaluation import make_ema
-from bdsel.forward import autocast_for, native_bf16
+from bdsel.forward import autocast_for, candidate_precision
 from bdsel.models import create_model
 from bdsel.optim import build_optimizer
 from bdsel.runtime import SectionTimer, resolve_device
@@ -115,8 +115,8 @@ def bench(args: argparse.Namespace) -> dict:
     )
     source = make_image_source(ds, device, channels_last=not args.nchw)
     autocast = autocast_for(device)
-    if args.candidate_precision == "auto":  # what auto means on this device, for the printout
-        args.candidate_precision = "bf16" if native_bf16(device) else "fp32"
+    # what auto means on this device, for the printout
+    args.candidate_precision = candidate_precision(device, args.candidate_precision)
     score_autocast = autocast_for(device, args.candidate_precision)
     zs = torch.log_softmax(torch.randn(n, c, device=device) * 3, dim=1)
     results, profiles = {}, {}

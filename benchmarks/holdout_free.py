@@ -233,15 +233,11 @@ class Result:
     def clocks(self) -> set[str]:
         """Where its runs were made: "offline/", "peers/" or "holdout_free/" (records of other
         sessions, each its own day) or "" (under ``--runs``: this session)."""
-        out = set()
-        for d in self.dirs:
-            parts = (
-                d.resolve().relative_to(RESULTS).parts
-                if d.resolve().is_relative_to(RESULTS)
-                else ()
-            )
-            out.add(parts[0] + "/" if parts else "")
-        return out
+        places = [d.resolve() for d in self.dirs]
+        return {
+            p.relative_to(RESULTS).parts[0] + "/" if p.is_relative_to(RESULTS) else ""
+            for p in places
+        }
 
     def mislabeled(self, key: str) -> float | None:
         xs = [x[key] for rs in self.records for x in rs if x.get(key) is not None]

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from bdsel.config import Config
 from bdsel.data import RunData, int64_sha256
@@ -220,7 +221,7 @@ class CrossfitPredictor:
         observed = self.data.observed
         bs = self.config.zeroshot.batch_size
         self.fold_epochs, self.fold_accuracy = [], []
-        loss = forward_loss(self.transition) if self.transition is not None else None
+        loss = F.cross_entropy if self.transition is None else forward_loss(self.transition)
         what = f", round {self.rounds_done + 1}/{c.rounds}" if c.rounds > 1 else ""
         for k, model in enumerate(self.models):
             held_out = self.folds[k]
@@ -247,7 +248,7 @@ class CrossfitPredictor:
                 ema_decay=self.config.train.ema_decay,
                 early_stopping=stop,
                 schedule=c.schedule,
-                **({} if loss is None else {"loss": loss}),
+                loss=loss,
                 progress=progress,
                 description=f"crossfit model {k + 1}/{c.folds}{what}",
             )
