@@ -68,7 +68,8 @@ class Arm:
     label: str
     overrides: tuple[str, ...] = ()
     cache: tuple[str, ...] | None = None  # zeroshot.cache: the cache these overrides make
-    cleans: bool = False  # data.clean.cache = the (shipped) crossfit cache of the same data
+    # data.clean.cache: the crossfit cache of the same data these predictor overrides make
+    cleans: tuple[str, ...] | None = None
     stored: dict[str, str] = field(default_factory=dict)  # setting -> run directory, {seed}
 
 
@@ -86,10 +87,15 @@ ARMS = [
                                  "n40": OFFLINE + "bcfNn40_s{}"}),
     Arm("bayesian_crossfit_r2", "bayesian (crossfit, refit round)", (*BAYES, *REFIT, *LONG),
         cache=REFIT),
-    Arm("clean_uniform", "cleanlab → uniform", ("select.method=uniform", *LONG), cleans=True,
+    Arm("clean_uniform", "cleanlab (one round) → uniform", ("select.method=uniform", *LONG),
+        cleans=ONE_ROUND,
         stored={"n20": PEERS + "clean_uniform-n20-s{}", "n40": PEERS + "clean_uniform-n40-s{}"}),
     Arm("clean_bayesian", "cleanlab → bayesian (crossfit, one round)", (*BAYES, *ONE_ROUND, *LONG),
-        cache=ONE_ROUND, cleans=True, stored={"n20": PEERS + "clean_bayesian-n20-s{}"}),
+        cache=ONE_ROUND, cleans=ONE_ROUND, stored={"n20": PEERS + "clean_bayesian-n20-s{}"}),
+    Arm("clean_uniform_fwd", "cleanlab (shipped crossfit) → uniform",
+        ("select.method=uniform", *LONG), cleans=FORWARD),
+    Arm("clean_bayesian_fwd", "cleanlab (shipped crossfit) → bayesian (crossfit, shipped)",
+        (*BAYES, *FORWARD, *LONG), cache=FORWARD, cleans=FORWARD),
 ]  # fmt: skip
 ARM = {a.key: a for a in ARMS}
 
@@ -130,6 +136,8 @@ GRID: list[tuple[str, str, tuple[int, ...]]] = [
     ("clean_uniform", "p30", (0,)), ("clean_uniform", "n20", (0, 1)),
     ("clean_uniform", "n40", (0, 1)), ("clean_bayesian", "n20", (0, 1)),
     ("clean_bayesian", "p30", (0,)), ("clean_bayesian", "n40", (0,)),
+    *[("clean_uniform_fwd", s, (0, 1)) for s in ("n40", "n20", "p30")],
+    ("clean_bayesian_fwd", "n40", (0,)), ("clean_bayesian_fwd", "p30", (0,)),
 ]  # fmt: skip
 RUNS = [Run(ARM[arm], setting, seed) for arm, setting, seeds in GRID for seed in seeds]
 
@@ -156,7 +164,7 @@ def command(run: Run, runs: Path) -> list[str]:
     if run.arm.cache:  # the hold-out cache is the default path already; a crossfit one is
         values.append(f"zeroshot.cache={cache_path(run.setting, run.arm.cache)}")  # seed 0's
     if run.arm.cleans:
-        values.append(f"data.clean.cache={cache_path(run.setting, ONE_ROUND)}")
+        values.append(f"data.clean.cache={cache_path(run.setting, run.arm.cleans)}")
     cmd = [bdsel_executable(), "train", "--config", "fashion_mnist", "--run-dir"]
     return [*cmd, str(runs / run.name), "--overwrite", *(a for v in values for a in ("--set", v))]
 
@@ -169,11 +177,10 @@ def cache_jobs(todo: list[Run]) -> list[tuple[str, list[str]]]:
     log keeps the time each took); the hold-out model's serves every setting."""
     needed: dict[str, tuple[str, ...]] = {}
     for r in todo:
-        if r.arm.cache is not None:
-            key = next(k for k, v in CACHES.items() if v == r.arm.cache)
-            needed["holdout" if key == "holdout" else f"{key}_{r.setting}"] = r.arm.cache
-        if r.arm.cleans:
-            needed[f"crossfit_{r.setting}"] = ONE_ROUND
+        for predictor in (r.arm.cache, r.arm.cleans):  # the cache it reads, the one it cleans by
+            if predictor is not None:
+                key = next(k for k, v in CACHES.items() if v == predictor)
+                needed["holdout" if key == "holdout" else f"{key}_{r.setting}"] = predictor
     jobs = []
     for name, predictor in needed.items():
         setting = "n20" if name == "holdout" else name.rsplit("_", 1)[1]
@@ -356,6 +363,22 @@ def _diagnostic_cells(
     ]
 
 
+def cleaning_lines(res: dict[str, Result], runs: Path) -> list[str]:
+    """What cleanlab flagged on each cache the cleaned runs of a setting cleaned by."""
+    lines, done = [], set()
+    for x in res.values():
+        key = next((k for k, v in CACHES.items() if v == x.arm.cleans), None)
+        c = read_summary(run_dir(x.runs[0], runs)).get("cleaning") if key else None
+        if key in done or not c:
+            continue
+        done.add(key)
+        lines += [f"cleanlab on the {LABELS[key]} cache flags {c['n_flagged']:,} of "
+                  f"{c['n_points']:,} points (precision {100 * c['precision']:.1f}%, recall "
+                  f"{100 * c['recall']:.1f}%); {100 * c['mislabeled_left']:.1f}% of the rest "
+                  "are mislabeled.", ""]  # fmt: skip
+    return lines
+
+
 def report(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     caches = cache_seconds(args.runs)
@@ -389,14 +412,7 @@ def report(args: argparse.Namespace) -> None:
                  "point gets less than a clean one; cache s: the cache command's seconds, in the session",
                  "that made it: compare them within a session only):", "",
                  diagnostics(setting, caches, stored)]  # fmt: skip
-        cleaned = [read_summary(run_dir(r, args.runs)).get("cleaning")
-                   for x in res.values() if x.arm.cleans for r in x.runs]  # fmt: skip
-        if cleaned and cleaned[0]:
-            c = cleaned[0]
-            text += [f"cleanlab on the one-round crossfit cache flags {c['n_flagged']:,} of "
-                     f"{c['n_points']:,} points (precision {100 * c['precision']:.1f}%, recall "
-                     f"{100 * c['recall']:.1f}%); {100 * c['mislabeled_left']:.1f}% of the rest "
-                     "are mislabeled.", ""]  # fmt: skip
+        text += cleaning_lines(res, runs=args.runs)
         text += [f"Curves: [{setting}/]({setting}/report.html)", "",
                  f"![accuracy against epochs]({setting}/accuracy_vs_epoch.png)"]  # fmt: skip
         log(f"{title}: {sum(len(x.runs) for x in res.values())} runs -> {sub}")
