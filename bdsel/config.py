@@ -251,10 +251,6 @@ class CrossfitConfig(FitConfig):
     # lost 0.3-0.5 points at symmetric noise.
     refit: Literal["trusted", "forward"] = "forward"
     refit_filter: FilterBy = "prune_by_noise_rate"  # cleanlab's filter_by between rounds
-    # The first round's budget where later rounds follow (None: ``epochs``). A forward refit
-    # reads only the noise channel from the first round, which a short fit can estimate,
-    # and the saved epochs can go to the round that predicts.
-    first_epochs: int | None = None
 
 
 @dataclass
@@ -571,8 +567,6 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("zeroshot.crossfit.folds", _at_least(2), "an int >= 2"),
     ("zeroshot.crossfit.rounds", _at_least(1), POSITIVE_INT),
     ("zeroshot.crossfit.epochs", _at_least(1), POSITIVE_INT),
-    ("zeroshot.crossfit.first_epochs", lambda v: v is None or v >= 1,
-     "an int >= 1 or null (null: zeroshot.crossfit.epochs)"),
     ("zeroshot.crossfit.patience", _at_least(0), "an int >= 0 (0: no early stop)"),
     ("zeroshot.crossfit.lr", _positive, POSITIVE_FLOAT),
     ("zeroshot.crossfit.weight_decay", _at_least(0), NON_NEGATIVE),

@@ -125,41 +125,6 @@ def test_no_row_is_predicted_by_a_model_that_trained_on_it(
     torch.testing.assert_close(predictor.logprobs("test", test_rows), mean, atol=1e-5, rtol=0)
 
 
-def test_the_first_round_trains_for_first_epochs_where_later_rounds_follow(
-    crossfit_values: dict, monkeypatch
-):
-    monkeypatch.setattr(crossfit_module, "identifiable", lambda t: True)
-    budgets: list[int] = []
-
-    def fit_supervised(model, *args, **kw):  # records each model's budget, trains nothing
-        budgets.append(kw["epochs"])
-        return model
-
-    monkeypatch.setattr(crossfit_module, "fit_supervised", fit_supervised)
-    values = dict(crossfit_values)
-    values["zeroshot"] = dict(values["zeroshot"])
-    shipped = dict(values["zeroshot"]["crossfit"], refit="forward", folds=2)
-    expected = {  # (rounds, first_epochs) -> each model's budget, round by round (epochs: 2)
-        (2, 1): [1, 1, 2, 2],
-        (3, 1): [1, 1, 2, 2, 2, 2],
-        (2, None): [2, 2, 2, 2],
-        (2, 2): [2, 2, 2, 2],
-        (1, 1): [2, 2],  # no later round: the one round predicts, with ``epochs``
-    }
-    settings = []
-    for (rounds, first), budget in expected.items():
-        values["zeroshot"]["crossfit"] = dict(shipped, rounds=rounds, first_epochs=first)
-        cfg = load_config(values=values)
-        data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
-        budgets.clear()
-        CrossfitPredictor(cfg, data, make_image_source(data.dataset, torch.device("cpu"))).fit()
-        assert budgets == budget
-        settings.append(CrossfitPredictor.settings(cfg))
-    # Only a first round shorter or longer than ``epochs`` names it (old caches still match).
-    assert [s.get("first_epochs") for s in settings] == [1, 1, None, None, None]
-    assert settings[2] == settings[3]
-
-
 def test_a_refit_on_too_few_trusted_rows_is_skipped(crossfit_values: dict, monkeypatch):
     monkeypatch.setattr(crossfit_module, "MIN_TRUSTED", MIN_TRUSTED)  # the shipped gate
     cfg = load_config(values=crossfit_values)

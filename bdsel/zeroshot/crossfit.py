@@ -110,20 +110,11 @@ class CrossfitPredictor:
     def settings(config: Config) -> dict[str, Any]:
         """The settings that shape its outputs, as its spec names them."""
         settings = fit_settings("crossfit", config, config.zeroshot.crossfit)
-        if settings["first_epochs"] in (None, settings["epochs"]) or settings["rounds"] == 1:
-            del settings["first_epochs"]  # every round's budget is ``epochs``, as before
         if settings["rounds"] == 1:  # the value before it was a setting: old caches match
             del settings["rounds"], settings["refit_filter"], settings["refit"]
         elif settings["refit"] == "trusted":
             del settings["refit"]
         return settings
-
-    def round_epochs(self, round_index: int) -> int:
-        """The epoch budget of round ``round_index`` (0-based): ``first_epochs`` for the first
-        round where later rounds follow, ``epochs`` otherwise."""
-        c = self.config.zeroshot.crossfit
-        first = c.epochs if c.first_epochs is None or c.rounds == 1 else c.first_epochs
-        return first if round_index == 0 else c.epochs
 
     @classmethod
     def from_config(cls, config: Config, data: RunData, device: torch.device) -> CrossfitPredictor:
@@ -132,12 +123,10 @@ class CrossfitPredictor:
     def describe(self) -> str:
         c = self.config.zeroshot.crossfit
         n = len(self.data.train_idx)
-        epochs = f"{'at most ' if c.patience else ''}{self.round_epochs(0)} epochs each"
+        epochs = f"{'at most ' if c.patience else ''}{c.epochs} epochs each"
         if c.schedule == "cosine":
             epochs += ", cosine learning rate"
         more = f"; then {c.rounds - 1} more round{'s' if c.rounds > 2 else ''} of them afresh"
-        if self.round_epochs(0) != c.epochs:
-            more += f" ({c.epochs} epochs each)"
         if c.rounds == 1:
             refit = ""
         elif c.refit == "forward":
@@ -252,7 +241,7 @@ class CrossfitPredictor:
                 self.source,
                 self.training_rows(k),
                 observed,
-                epochs=self.round_epochs(self.rounds_done),
+                epochs=c.epochs,
                 batch_size=c.batch_size,
                 optimizer=optimizer,
                 seed=self.config.seed + 7919 * (k + 2),  # a stream per fold model
