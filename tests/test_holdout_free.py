@@ -61,6 +61,24 @@ def test_commands_read_the_cache_of_their_own_setting_and_predictor(tmp_path: Pa
     assert "select.method=uniform" in uniform
 
 
+def test_cleaned_arms_clean_by_their_own_cache_and_it_is_made_first(tmp_path: Path, monkeypatch):
+    fwd, one = str(hf.cache_path("n40", hf.FORWARD)), str(hf.cache_path("n40", hf.ONE_ROUND))
+    uniform = hf.command(hf.Run(hf.ARM["clean_uniform_fwd"], "n40", 1), tmp_path)
+    assert f"data.clean.cache={fwd}" in uniform and not any("zeroshot.cache" in a for a in uniform)
+    bayes = hf.command(hf.Run(hf.ARM["clean_bayesian_fwd"], "n40", 0), tmp_path)
+    assert f"data.clean.cache={fwd}" in bayes and f"zeroshot.cache={fwd}" in bayes
+    assert f"data.clean.cache={one}" in hf.command(
+        hf.Run(hf.ARM["clean_uniform"], "n40", 0), tmp_path
+    )
+    monkeypatch.setattr(hf, "cache_path", lambda setting, predictor: tmp_path / "absent.h5")
+    todo = [
+        hf.Run(hf.ARM["clean_uniform_fwd"], "n40", 0),
+        hf.Run(hf.ARM["clean_uniform"], "p30", 0),
+    ]
+    names = [name for name, _ in hf.cache_jobs(todo)]
+    assert names == ["cache_crossfit_fwd_n40", "cache_crossfit_p30"]
+
+
 def _run(path: Path, accs: list[float], noisy: float) -> None:
     path.mkdir(parents=True)
     records = [
