@@ -379,6 +379,35 @@ def cleaning_lines(res: dict[str, Result], runs: Path) -> list[str]:
     return lines
 
 
+def at_samples(x: Result, budget: float) -> float | None:
+    """Mean over seeds of the test accuracy at the last evaluation within ``budget``
+    gradient samples (None when a run has none)."""
+    accs = [at[-1]["test_acc"] for rs in x.records if (at := [r for r in rs
+            if r["samples_seen"] <= budget])]  # fmt: skip
+    return statistics.fmean(accs) if len(accs) == len(x.records) else None
+
+
+COMPARED = ("bayesian_crossfit_fwd", "bayesian_holdout", "uniform")
+
+
+def equal_steps_lines(res: dict[str, Result]) -> list[str]:
+    """Each cleaned-then-uniform row against the selecting runs at its own (smaller) step
+    count: cleaning drops points, so its 100 epochs take fewer steps than theirs."""
+    lines = []
+    for x in res.values():
+        if x.arm.cleans is None or x.arm.key.startswith("clean_bayesian"):
+            continue
+        budget = statistics.fmean(rs[-1]["samples_seen"] for rs in x.records)
+        final = statistics.fmean(x.finals.values())
+        others = [f"{res[k].arm.label} {100 * acc:.2f}%" for k in COMPARED
+                  if k in res and (acc := at_samples(res[k], budget)) is not None]  # fmt: skip
+        if others:
+            lines += [f"At equal steps: {x.arm.label} ends at {100 * final:.2f}% after "
+                      f"{budget:,.0f} gradient samples; at their last evaluation within as many"
+                      f" (mid-schedule), {', '.join(others)}.", ""]  # fmt: skip
+    return lines
+
+
 def report(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     caches = cache_seconds(args.runs)
@@ -412,7 +441,7 @@ def report(args: argparse.Namespace) -> None:
                  "point gets less than a clean one; cache s: the cache command's seconds, in the session",
                  "that made it: compare them within a session only):", "",
                  diagnostics(setting, caches, stored)]  # fmt: skip
-        text += cleaning_lines(res, runs=args.runs)
+        text += cleaning_lines(res, runs=args.runs) + equal_steps_lines(res)
         text += [f"Curves: [{setting}/]({setting}/report.html)", "",
                  f"![accuracy against epochs]({setting}/accuracy_vs_epoch.png)"]  # fmt: skip
         log(f"{title}: {sum(len(x.runs) for x in res.values())} runs -> {sub}")

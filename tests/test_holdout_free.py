@@ -111,3 +111,24 @@ def test_the_table_compares_with_uniform_and_holdout_of_the_same_seed(
     assert cells[3] == "+5.00 pts" and cells[4] == "-1.00 pts"  # seed 0's uniform, holdout
     assert cells[5] == "100 (0.50×)"  # samples to 80%: uniform's mean is (200 + 100) / 2
     assert cells[7:] == ["10.0%", "30.0%"]
+
+
+def test_cleaned_runs_are_compared_at_their_own_step_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    runs = [hf.Run(hf.ARM[a], "n40", 0) for a in ("uniform", "bayesian_crossfit_fwd",
+            "clean_uniform_fwd", "clean_bayesian_fwd")]  # fmt: skip
+    monkeypatch.setattr(hf, "RUNS", runs)
+    monkeypatch.setattr(hf, "KEPT", tmp_path / "kept")
+    monkeypatch.setattr(hf.Run, "stored", property(lambda self: None))
+    _run(tmp_path / "uniform-n40-s0", [0.70, 0.75, 0.80, 0.81], 0.4)  # samples 100 .. 400
+    _run(tmp_path / "bayesian_crossfit_fwd-n40-s0", [0.80, 0.84, 0.86, 0.87], 0.1)
+    _run(tmp_path / "clean_uniform_fwd-n40-s0", [0.78, 0.83], 0.05)  # 100 epochs, 200 samples
+    _run(tmp_path / "clean_bayesian_fwd-n40-s0", [0.79, 0.82], 0.05)
+    res = hf.results("n40", tmp_path)
+    assert hf.at_samples(res["bayesian_crossfit_fwd"], 250) == pytest.approx(0.84)
+    assert hf.at_samples(res["uniform"], 50) is None  # no evaluation within 50 samples
+    lines = [x for x in hf.equal_steps_lines(res) if x]
+    assert len(lines) == 1  # the cleaned bayesian run is a selecting run, not a baseline here
+    assert "ends at 83.00% after 200 gradient samples" in lines[0]
+    assert "shipped: forward-corrected round) 84.00%" in lines[0] and "uniform 75.00%" in lines[0]
