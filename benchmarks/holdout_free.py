@@ -219,6 +219,35 @@ def _pm(xs: list[float], signed: bool = False) -> str:
     return f"{mean:+.2f}{std} pts" if signed else f"{mean:.2f}{std}%"
 
 
+SESSIONS = "sessions.json"  # in KEPT: run name -> when the report that kept its record ran
+
+
+def kept_sessions() -> dict[str, str]:
+    path = KEPT / SESSIONS
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _clock(path: Path, sessions: dict[str, str]) -> str:
+    if not path.is_relative_to(RESULTS):
+        return ""
+    place = path.relative_to(RESULTS).parts[0] + "/"
+    if path.parent == KEPT.resolve():  # unknown: a clock of its own, compared with nothing
+        return place + sessions.get(path.name, f"unknown {path.name}")
+    return place
+
+
+def keep_records(runs: Path, out: Path) -> None:
+    """Copy the records of this session's runs to <out>/runs/ and note when (a record kept
+    before keeps its first note: the session that made the run)."""
+    names = [r.name for r in RUNS if not r.stored and has_summary(runs / r.name)]
+    copy_records(runs, names, out)
+    path = out / "runs" / SESSIONS
+    sessions = json.loads(path.read_text()) if path.exists() else {}
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    sessions |= {n: now for n in names if n not in sessions}
+    path.write_text(json.dumps(sessions, indent=1, sort_keys=True) + "\n")
+
+
 @dataclass
 class Result:
     """One arm's runs at one setting, as the table reads them."""
@@ -238,13 +267,12 @@ class Result:
 
     @property
     def clocks(self) -> set[str]:
-        """Where its runs were made: "offline/", "peers/" or "holdout_free/" (records of other
-        sessions, each its own day) or "" (under ``--runs``: this session)."""
+        """Where its runs were made: "offline/", "peers/" (each one session), "holdout_free/"
+        plus the session that kept the record (``SESSIONS``: this study's records come from
+        several) or "" (under ``--runs``: this session)."""
+        sessions = kept_sessions()
         places = [d.resolve() for d in self.dirs]
-        return {
-            p.relative_to(RESULTS).parts[0] + "/" if p.is_relative_to(RESULTS) else ""
-            for p in places
-        }
+        return {_clock(p, sessions) for p in places}
 
     def mislabeled(self, key: str) -> float | None:
         xs = [x[key] for rs in self.records for x in rs if x.get(key) is not None]
@@ -309,8 +337,9 @@ NOTE = (
     " over evaluations and seeds; in the data drawn from: the same share in the training"
     " subset the method draws from (after cleaning, for the cleanlab rows). (other clock):"
     " runs made in another session than the setting's uniform runs (docs/results/offline/ on"
-    " 2026-11-29, docs/results/peers/ on 2026-12-01, docs/results/holdout_free/runs/ in an"
-    " earlier session, the rest in the session of the date above), whose seconds are not"
+    " 2026-11-29, docs/results/peers/ on 2026-12-01, docs/results/holdout_free/runs/ in the"
+    " session its runs/sessions.json names, the rest in the session of the date above), whose"
+    " seconds are not"
     " compared: the machine's speed varied by up to 2× between sessions, and a CPU without"
     " native bf16 scores the candidates in fp32 (select.candidate_precision: auto) where the"
     " earlier sessions' scored them in bf16; their accuracy and samples compare."
@@ -447,7 +476,7 @@ def report(args: argparse.Namespace) -> None:
         log(f"{title}: {sum(len(x.runs) for x in res.values())} runs -> {sub}")
     (args.out / "README.md").write_text("\n".join(text) + "\n")
     stored_path.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
-    copy_records(args.runs, [r.name for r in RUNS if not r.stored], args.out)
+    keep_records(args.runs, args.out)
 
 
 def main() -> None:

@@ -132,3 +132,31 @@ def test_cleaned_runs_are_compared_at_their_own_step_count(
     assert len(lines) == 1  # the cleaned bayesian run is a selecting run, not a baseline here
     assert "ends at 83.00% after 200 gradient samples" in lines[0]
     assert "shipped: forward-corrected round) 84.00%" in lines[0] and "uniform 75.00%" in lines[0]
+
+
+def test_kept_records_of_different_sessions_are_on_different_clocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    monkeypatch.setattr(hf, "RESULTS", results)
+    monkeypatch.setattr(hf, "KEPT", results / "holdout_free" / "runs")
+    uniform, bayes = (
+        hf.Run(hf.ARM["uniform"], "p30", 0),
+        hf.Run(hf.ARM["bayesian_holdout"], "p30", 0),
+    )
+    monkeypatch.setattr(hf, "RUNS", [uniform, bayes])
+    for run in (uniform, bayes):
+        _run(runs / run.name, [0.8], 0.1)
+        (runs / run.name / "config.yaml").write_text("{}")
+    hf.keep_records(runs, results / "holdout_free")  # one report: one session for both
+    sessions = json.loads((hf.KEPT / hf.SESSIONS).read_text())
+    assert set(sessions) == {uniform.name, bayes.name} and len(set(sessions.values())) == 1
+
+    def clock(run: hf.Run) -> set[str]:
+        return hf.Result(run.arm, [run], [[]], [hf.KEPT / run.name]).clocks
+
+    assert clock(uniform) == clock(bayes) != {""}
+    (hf.KEPT / hf.SESSIONS).write_text(json.dumps({uniform.name: "earlier"}))
+    assert clock(uniform) == {"holdout_free/earlier"} and clock(bayes) != clock(uniform)
+    hf.keep_records(runs, results / "holdout_free")  # a record kept before keeps its session
+    assert json.loads((hf.KEPT / hf.SESSIONS).read_text())[uniform.name] == "earlier"
