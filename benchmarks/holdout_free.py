@@ -48,6 +48,7 @@ from bdsel.rundir import first_reaching, has_summary, read_metrics, read_summary
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 BAYES = ("select.method=bayesian", "select.prefilter=1.0", "select.anneal=0")
+RHO = ("select.method=rho_loss", "select.prefilter=1.0")
 LONG = ("train.epochs=100", "eval.every=4", "eval.other_weights=false")
 CROSSFIT = ("zeroshot.predictor=crossfit",)  # the shipped defaults
 ONE_ROUND = (*CROSSFIT, "zeroshot.crossfit.rounds=1")
@@ -96,6 +97,10 @@ ARMS = [
         ("select.method=uniform", *LONG), cleans=FORWARD),
     Arm("clean_bayesian_fwd", "cleanlab (shipped crossfit) → bayesian (crossfit, shipped)",
         (*BAYES, *FORWARD, *LONG), cache=FORWARD, cleans=FORWARD),
+    Arm("rho_loss_holdout", "rho_loss (holdout)", (*RHO, *LONG), cache=(),
+        stored={"n40": OFFLINE + "r100n40_s{}"}),
+    Arm("rho_loss_crossfit_fwd", "rho_loss (crossfit, shipped)", (*RHO, *FORWARD, *LONG),
+        cache=FORWARD),
 ]  # fmt: skip
 ARM = {a.key: a for a in ARMS}
 
@@ -138,6 +143,7 @@ GRID: list[tuple[str, str, tuple[int, ...]]] = [
     ("clean_bayesian", "p30", (0,)), ("clean_bayesian", "n40", (0,)),
     *[("clean_uniform_fwd", s, (0, 1)) for s in ("n40", "n20", "p30")],
     ("clean_bayesian_fwd", "n40", (0,)), ("clean_bayesian_fwd", "p30", (0,)),
+    ("rho_loss_holdout", "n40", (0, 1)), ("rho_loss_crossfit_fwd", "n40", (0, 1)),
 ]  # fmt: skip
 RUNS = [Run(ARM[arm], setting, seed) for arm, setting, seeds in GRID for seed in seeds]
 

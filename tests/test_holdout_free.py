@@ -56,6 +56,12 @@ def test_commands_read_the_cache_of_their_own_setting_and_predictor(tmp_path: Pa
     assert hf.cache_path("n20", hf.CROSSFIT) != hf.cache_path("p30", hf.CROSSFIT)
     # the hold-out model learns clean labels: one cache for every setting
     assert hf.cache_path("n20", ()) == hf.cache_path("p30", ())
+    rho = hf.command(hf.Run(hf.ARM["rho_loss_crossfit_fwd"], "n40", 1), tmp_path)
+    assert f"zeroshot.cache={hf.cache_path('n40', hf.FORWARD)}" in rho
+    assert "select.method=rho_loss" in rho and "data.noise.rate=0.4" in rho
+    assert hf.Run(hf.ARM["rho_loss_holdout"], "n40", 1).stored == (
+        hf.RESULTS / "offline/runs/r100n40_s1"
+    )
     uniform = hf.command(hf.Run(hf.ARM["uniform"], "p30", 0), tmp_path)
     assert not any(a.startswith(("zeroshot.cache", "data.clean")) for a in uniform)
     assert "select.method=uniform" in uniform
