@@ -35,6 +35,7 @@ import json
 import os
 import statistics
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -228,8 +229,8 @@ def _pm(xs: list[float], signed: bool = False) -> str:
 SESSIONS = "sessions.json"  # in KEPT: run name -> when the report that kept its record ran
 
 
-def kept_sessions() -> dict[str, str]:
-    path = KEPT / SESSIONS
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object this study keeps beside its report, {} before the first report."""
     return json.loads(path.read_text()) if path.exists() else {}
 
 
@@ -248,7 +249,7 @@ def keep_records(runs: Path, out: Path) -> None:
     names = [r.name for r in RUNS if not r.stored and has_summary(runs / r.name)]
     copy_records(runs, names, out)
     path = out / "runs" / SESSIONS
-    sessions = json.loads(path.read_text()) if path.exists() else {}
+    sessions = _read_json(path)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sessions |= {n: now for n in names if n not in sessions}
     path.write_text(json.dumps(sessions, indent=1, sort_keys=True) + "\n")
@@ -271,12 +272,12 @@ class Result:
         hits = [x[key] for rs in self.records if (x := first_reaching(rs, target))]
         return (statistics.fmean(hits) if hits else None), len(hits)
 
-    @property
+    @cached_property
     def clocks(self) -> set[str]:
         """Where its runs were made: "offline/", "peers/" (each one session), "holdout_free/"
         plus the session that kept the record (``SESSIONS``: this study's records come from
         several) or "" (under ``--runs``: this session)."""
-        sessions = kept_sessions()
+        sessions = _read_json(KEPT / SESSIONS)
         places = [d.resolve() for d in self.dirs]
         return {_clock(p, sessions) for p in places}
 
@@ -345,8 +346,7 @@ NOTE = (
     " runs made in another session than the setting's uniform runs (docs/results/offline/ on"
     " 2026-11-29, docs/results/peers/ on 2026-12-01, docs/results/holdout_free/runs/ in the"
     " session its runs/sessions.json names, the rest in the session of the date above), whose"
-    " seconds are not"
-    " compared: the machine's speed varied by up to 2× between sessions, and a CPU without"
+    " seconds are not compared: the machine's speed varied by up to 2× between sessions, and a CPU without"
     " native bf16 scores the candidates in fp32 (select.candidate_precision: auto) where the"
     " earlier sessions' scored them in bf16; their accuracy and samples compare."
 )
@@ -430,7 +430,7 @@ def equal_steps_lines(res: dict[str, Result]) -> list[str]:
     count: cleaning drops points, so its 100 epochs take fewer steps than theirs."""
     lines = []
     for x in res.values():
-        if x.arm.cleans is None or x.arm.key.startswith("clean_bayesian"):
+        if x.arm.cleans is None or "select.method=uniform" not in x.arm.overrides:
             continue
         budget = statistics.fmean(rs[-1]["samples_seen"] for rs in x.records)
         final = statistics.fmean(x.finals.values())
@@ -447,7 +447,7 @@ def report(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     caches = cache_seconds(args.runs)
     stored_path = args.out / "diagnostics.json"
-    stored = json.loads(stored_path.read_text()) if stored_path.exists() else {}
+    stored = _read_json(stored_path)
     text = ["# Bayesian selection without a clean hold-out set", ""]
     text += [
         f"`python benchmarks/holdout_free.py` on {datetime.date.today()}: every run is `bdsel",
