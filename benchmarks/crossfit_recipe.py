@@ -26,56 +26,54 @@ import torch.nn.functional as F
 
 from bdsel.config import load_config
 from bdsel.data import derive_run_data, load_dataset
-from bdsel.data.noise_channel import anchor_transition, forward_loss
+from bdsel.data.noise_channel import anchor_transition, forward_loss, symmetric_channel
 from bdsel.evaluation import predict_logprobs
 from bdsel.fit import fit_supervised
-from bdsel.models import create_model
 from bdsel.optim import build_optimizer
 from bdsel.zeroshot.calibration import fit_label_noise
-from bdsel.zeroshot.crossfit import assign_folds
+from bdsel.zeroshot.crossfit import CrossfitPredictor, fold_seed
 from bdsel.zeroshot.holdout import as_train_config, training_source
 
 
-def symmetric(eps: float, n_classes: int) -> torch.Tensor:
-    t = torch.full((n_classes, n_classes), eps / (n_classes - 1), dtype=torch.float64)
-    return t.fill_diagonal_(1 - eps)
-
-
-def fit_fold_model(args: argparse.Namespace, loss) -> dict:
-    """Model 1 of the cache (fold 0's: trained on the other folds) and what it predicts."""
+def fit_fold_model(args: argparse.Namespace) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """Model 1 of the cache (fold 0's: trained on the other folds), as the predictor builds
+    and trains it: what it predicts, its log-probs of fold 0 and fold 0's observed labels."""
     cfg = load_config("fashion_mnist", [
         f"data.noise.kind={args.kind}", f"data.noise.rate={args.rate}",
-        f"zeroshot.crossfit.lr={args.lr}",
+        f"zeroshot.crossfit.lr={args.lr}", f"zeroshot.crossfit.folds={args.folds}",
     ])  # fmt: skip
     ds = load_dataset(cfg.data)
     data = derive_run_data(ds, cfg.data, cfg.seed)
     source = training_source(cfg, data, torch.device("cpu"))
-    folds = assign_folds(data.train_idx, args.folds, cfg.data.split_seed)
-    torch.manual_seed(cfg.seed * 31)
-    model = create_model("small_cnn", n_classes=ds.n_classes, in_channels=ds.in_channels)
-    optimizer = build_optimizer(model, as_train_config(cfg, cfg.zeroshot.crossfit))
+    predictor = CrossfitPredictor(cfg, data, source)  # the folds and fold 0's initial model
+    c = cfg.zeroshot.crossfit
+    if args.what == "anchor" or args.eps is None:
+        loss = F.cross_entropy
+    else:
+        loss = forward_loss(symmetric_channel(args.eps, ds.n_classes))
     start = time.perf_counter()
     model = fit_supervised(
-        model, source, torch.cat(folds[1:]), data.observed, epochs=args.epochs,
-        batch_size=cfg.zeroshot.crossfit.batch_size, optimizer=optimizer,
-        seed=cfg.seed + 7919 * 2, ema_decay=cfg.train.ema_decay, schedule="cosine",
-        loss=loss(ds.n_classes),
+        predictor.models[0], source, predictor.training_rows(0), data.observed,
+        epochs=args.epochs, batch_size=c.batch_size,
+        optimizer=build_optimizer(predictor.models[0], as_train_config(cfg, c)),
+        seed=fold_seed(cfg.seed, 0), ema_decay=cfg.train.ema_decay, schedule=c.schedule,
+        loss=loss,
     )  # fmt: skip
     seconds = time.perf_counter() - start
-    rows = folds[0]
+    rows = predictor.folds[0]
     lp = predict_logprobs(model, source, "train", rows, 512)
     test = predict_logprobs(model, source, "test", torch.arange(len(ds.test.labels)), 512)
     clean, observed = ds.train.labels[rows], data.observed[rows]
     mislabeled = observed != clean
     observed_lp = lp.gather(1, observed[:, None]).squeeze(1)
-    return {
+    out = {
         **vars(args), "fit_s": round(seconds, 1),
         "fold_clean_acc": round(float((lp.argmax(1) == clean).float().mean()), 4),
         "test_acc": round(float((test.argmax(1) == ds.test.labels).float().mean()), 4),
         "mislabeled_q50": round(float(observed_lp[mislabeled].median()), 3),
         "clean_q10": round(float(observed_lp[~mislabeled].quantile(0.1)), 3),
-        "_lp": lp, "_observed": observed,
     }  # fmt: skip
+    return out, lp, observed
 
 
 def main() -> None:
@@ -89,24 +87,20 @@ def main() -> None:
     p.add_argument("--folds", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(1)
-    if args.what == "anchor" or args.eps is None:
-        loss = lambda c: F.cross_entropy  # noqa: E731
-    else:
-        loss = lambda c: forward_loss(symmetric(args.eps, c))  # noqa: E731
-    out = fit_fold_model(args, loss)
-    lp, observed = out.pop("_lp"), out.pop("_observed")
-    if args.what == "anchor":
-        t = anchor_transition(lp.double().exp())
-        off = t.clone().fill_diagonal_(0)
-        fit = fit_label_noise(lp, observed)
-        out |= {
-            "anchor_noise": round(float(1 - t.diagonal().mean()), 4),
-            "off_diagonal_concentration": [round(float(v), 3) for v in off.max(1).values / off.sum(1)],
-            "fit_label_noise": [fit.model, round(fit.noise_rate, 4), round(fit.temperature, 3)],
-        }  # fmt: skip
+    out, lp, observed = fit_fold_model(args)
+    if args.what == "fold":
+        print(json.dumps(out), flush=True)
+        return
+    t = anchor_transition(lp.double().exp())
+    off = t.clone().fill_diagonal_(0)
+    fit = fit_label_noise(lp, observed)
+    out |= {
+        "anchor_noise": round(float(1 - t.diagonal().mean()), 4),
+        "off_diagonal_concentration": [round(float(v), 3) for v in off.max(1).values / off.sum(1)],
+        "fit_label_noise": [fit.model, round(fit.noise_rate, 4), round(fit.temperature, 3)],
+    }  # fmt: skip
     print(json.dumps(out), flush=True)
-    if args.what == "anchor":
-        print(t.numpy().round(3))
+    print(t.numpy().round(3))
 
 
 if __name__ == "__main__":

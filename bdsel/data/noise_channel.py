@@ -39,6 +39,13 @@ def anchor_transition(probs: torch.Tensor, quantile: float = 0.97) -> torch.Tens
     return t / t.sum(1, keepdim=True)
 
 
+def symmetric_channel(eps: float, n_classes: int) -> torch.Tensor:
+    """The symmetric channel of rate ``eps``: float64 [C, C], 1 − ε on the diagonal and
+    ε/(C − 1) everywhere else (a label changed to any other class alike)."""
+    t = torch.full((n_classes, n_classes), eps / (n_classes - 1), dtype=torch.float64)
+    return t.fill_diagonal_(1 - eps)
+
+
 def identifiable(transition: torch.Tensor) -> bool:
     """Whether every clean class is still the most likely observed label of its own row (the
     channel's diagonal dominates): only then is the clean label recoverable through it."""

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from bdsel.data.noise_channel import symmetric_channel
+
 # T is searched in [T_MIN, T_MAX]; a predictor that is right on every label pushes T to T_MIN.
 T_MIN, T_MAX = 1e-2, 1e2
 
@@ -235,9 +237,7 @@ def fit_label_noise(logprobs: torch.Tensor, labels: torch.Tensor) -> NoiseFit:
         prior = p.mean(0)  # the clean classes' share, as the fitted predictor sees them
         rate = float(1 - (prior * m.diagonal()).sum())
         return NoiseFit("transition", t_mat, rate, m.tolist(), bic)
-    sym = torch.full((c, c), eps / (c - 1), dtype=torch.float64)
-    sym.fill_diagonal_(1 - eps)
-    return NoiseFit("symmetric", t_sym, eps, sym.tolist(), bic)
+    return NoiseFit("symmetric", t_sym, eps, symmetric_channel(eps, c).tolist(), bic)
 
 
 def _symmetric_nll(logprobs: torch.Tensor, labels: torch.Tensor, t: float, eps: float) -> float:

@@ -82,6 +82,11 @@ def assign_folds(train_idx: torch.Tensor, folds: int, seed: int) -> list[torch.T
     return [perm[k::folds].sort().values for k in range(folds)]
 
 
+def fold_seed(seed: int, k: int) -> int:
+    """The training stream (data order, augmentation) of fold k's model: one per fold model."""
+    return seed + 7919 * (k + 2)
+
+
 @register_predictor("crossfit", section="zeroshot.crossfit", cache_stem=cache_stem)
 class CrossfitPredictor:
     """K models, each trained on the observed labels of all folds but its own."""
@@ -244,7 +249,7 @@ class CrossfitPredictor:
                 epochs=c.epochs,
                 batch_size=c.batch_size,
                 optimizer=optimizer,
-                seed=self.config.seed + 7919 * (k + 2),  # a stream per fold model
+                seed=fold_seed(self.config.seed, k),
                 ema_decay=self.config.train.ema_decay,
                 early_stopping=stop,
                 schedule=c.schedule,
