@@ -234,7 +234,7 @@ class CrossfitConfig(FitConfig):
     time (304 s against 796 s on one CPU thread; docs/results/offline/predictor_budget.md)."""
 
     folds: int = 2
-    epochs: int = 10
+    epochs: int = 18
     patience: int = 0
     lr: float = 0.01
     schedule: Literal["none", "cosine"] = "cosine"
@@ -251,6 +251,16 @@ class CrossfitConfig(FitConfig):
     # lost 0.3-0.5 points at symmetric noise.
     refit: Literal["trusted", "forward"] = "forward"
     refit_filter: FilterBy = "prune_by_noise_rate"  # cleanlab's filter_by between rounds
+    # A forward refit's first round only estimates the channel, from out-of-fold
+    # probabilities: it trains the models of the first ``channel_folds`` folds, for
+    # ``channel_epochs`` each (the later rounds: every fold's, ``epochs``).
+    channel_folds: int = 1
+    channel_epochs: int = 8
+    # The channel a forward refit trains through. auto: the anchor-point matrix where its rows
+    # put their off-diagonal mass on one class (a pair flip), else the symmetric channel of its
+    # noise rate, where the anchor matrix would also carry the model's own confusions
+    # (bdsel.data.noise_channel.choose_channel). anchor: the anchor-point matrix always.
+    channel: Literal["auto", "anchor"] = "auto"
 
 
 @dataclass
@@ -571,6 +581,8 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("zeroshot.crossfit.lr", _positive, POSITIVE_FLOAT),
     ("zeroshot.crossfit.weight_decay", _at_least(0), NON_NEGATIVE),
     ("zeroshot.crossfit.batch_size", _at_least(1), POSITIVE_INT),
+    ("zeroshot.crossfit.channel_folds", _at_least(1), POSITIVE_INT),
+    ("zeroshot.crossfit.channel_epochs", _at_least(1), POSITIVE_INT),
     ("zeroshot.holdout.lr", _positive, POSITIVE_FLOAT),
     ("zeroshot.holdout.weight_decay", _at_least(0), NON_NEGATIVE),
     ("zeroshot.holdout.batch_size", _at_least(1), POSITIVE_INT),
@@ -621,6 +633,12 @@ def _check_combinations(config: Config) -> None:
         raise ConfigError(
             f"select.n_selected ({s.n_selected}) > select.n_candidates ({s.n_candidates}): "
             "cannot select more points than there are candidates"
+        )
+    c = config.zeroshot.crossfit
+    if c.channel_folds > c.folds:
+        raise ConfigError(
+            f"zeroshot.crossfit.channel_folds ({c.channel_folds}) > zeroshot.crossfit.folds "
+            f"({c.folds}): the channel round cannot train more fold models than there are folds"
         )
     if config.eval.model == "ema" and config.train.ema_decay == 0.0:
         raise ConfigError("eval.model=ema needs train.ema_decay > 0 (or set eval.model=online)")

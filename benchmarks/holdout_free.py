@@ -8,10 +8,14 @@ peers' runs of docs/results/peers/runs/, the 100-epoch runs of docs/results/offl
 read from there (``STORED``) instead of being rerun; everything else is a plain
 ``bdsel train --config fashion_mnist`` under ``--runs``, one process per core with one thread.
 
-- bayesian (crossfit): the shipped crossfit default, two rounds of K = 2 models, the second
-  trained through the noise channel the first one's out-of-fold probabilities estimate
-  (``zeroshot.crossfit.refit=forward``).
-- bayesian (crossfit, one round): ``zeroshot.crossfit.rounds=1``, the default before.
+- bayesian (crossfit, shipped): the shipped crossfit default: a channel round (one fold's
+  model, 8 epochs) whose out-of-fold probabilities estimate the noise channel, anchor points
+  or their symmetric projection as ``channel: auto`` chooses, then K = 2 models of 18 epochs
+  trained through it (``zeroshot.crossfit.refit=forward``).
+- bayesian (crossfit, forward round, anchor channel): the default before, two rounds of K = 2
+  models of 10 epochs, the second through the anchor-point channel, pinned by its overrides.
+- bayesian (crossfit, one round): ``zeroshot.crossfit.rounds=1``, 10 epochs, the default
+  before that.
 - bayesian (crossfit, refit round): ``rounds=2 refit=trusted``, the second round refits the
   fold models on the points cleanlab trusts from the first round's out-of-fold probabilities.
 - cleanlab → X: ``data.clean.cache`` = the one-round crossfit cache of the same data, then X.
@@ -52,9 +56,14 @@ BAYES = ("select.method=bayesian", "select.prefilter=1.0", "select.anneal=0")
 RHO = ("select.method=rho_loss", "select.prefilter=1.0")
 LONG = ("train.epochs=100", "eval.every=4", "eval.other_weights=false")
 CROSSFIT = ("zeroshot.predictor=crossfit",)  # the shipped defaults
-ONE_ROUND = (*CROSSFIT, "zeroshot.crossfit.rounds=1")
-REFIT = (*CROSSFIT, "zeroshot.crossfit.rounds=2", "zeroshot.crossfit.refit=trusted")
-FORWARD = (*CROSSFIT, "zeroshot.crossfit.rounds=2", "zeroshot.crossfit.refit=forward")
+# The earlier defaults, pinned: 10 epochs, and a forward refit's first round all of whose
+# K models train as long as the second's and estimate the anchor-point channel.
+EARLIER = (*CROSSFIT, "zeroshot.crossfit.epochs=10")
+ONE_ROUND = (*EARLIER, "zeroshot.crossfit.rounds=1")
+REFIT = (*EARLIER, "zeroshot.crossfit.rounds=2", "zeroshot.crossfit.refit=trusted")
+FORWARD = (*EARLIER, "zeroshot.crossfit.rounds=2", "zeroshot.crossfit.refit=forward",
+           "zeroshot.crossfit.channel_folds=2", "zeroshot.crossfit.channel_epochs=10",
+           "zeroshot.crossfit.channel=anchor")  # fmt: skip
 
 # name -> (what the tables call it, its data overrides)
 SETTINGS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -82,7 +91,9 @@ ARMS = [
         stored={"n20": PEERS + "uniform-n20-s{}", "n40": PEERS + "uniform-n40-s{}"}),
     Arm("bayesian_holdout", "bayesian (holdout)", (*BAYES, *LONG), cache=(),
         stored={"n20": PEERS + "bayesian_holdout-n20-s{}", "n40": OFFLINE + "b100n40_s{}"}),
-    Arm("bayesian_crossfit_fwd", "bayesian (crossfit, shipped: forward-corrected round)",
+    Arm("bayesian_crossfit_auto", "bayesian (crossfit, shipped: channel round, auto channel)",
+        (*BAYES, *CROSSFIT, *LONG), cache=CROSSFIT),
+    Arm("bayesian_crossfit_fwd", "bayesian (crossfit, forward round, anchor channel)",
         (*BAYES, *FORWARD, *LONG), cache=FORWARD),
     Arm("bayesian_crossfit", "bayesian (crossfit, one round)", (*BAYES, *ONE_ROUND, *LONG),
         cache=ONE_ROUND, stored={"n20": PEERS + "bayesian_crossfit-n20-s{}",
@@ -94,13 +105,13 @@ ARMS = [
         stored={"n20": PEERS + "clean_uniform-n20-s{}", "n40": PEERS + "clean_uniform-n40-s{}"}),
     Arm("clean_bayesian", "cleanlab → bayesian (crossfit, one round)", (*BAYES, *ONE_ROUND, *LONG),
         cache=ONE_ROUND, cleans=ONE_ROUND, stored={"n20": PEERS + "clean_bayesian-n20-s{}"}),
-    Arm("clean_uniform_fwd", "cleanlab (shipped crossfit) → uniform",
+    Arm("clean_uniform_fwd", "cleanlab (crossfit, forward round) → uniform",
         ("select.method=uniform", *LONG), cleans=FORWARD),
-    Arm("clean_bayesian_fwd", "cleanlab (shipped crossfit) → bayesian (crossfit, shipped)",
+    Arm("clean_bayesian_fwd", "cleanlab (crossfit, forward round) → bayesian (same crossfit)",
         (*BAYES, *FORWARD, *LONG), cache=FORWARD, cleans=FORWARD),
     Arm("rho_loss_holdout", "rho_loss (holdout)", (*RHO, *LONG), cache=(),
         stored={"n40": OFFLINE + "r100n40_s{}"}),
-    Arm("rho_loss_crossfit_fwd", "rho_loss (crossfit, shipped)", (*RHO, *FORWARD, *LONG),
+    Arm("rho_loss_crossfit_fwd", "rho_loss (crossfit, forward round)", (*RHO, *FORWARD, *LONG),
         cache=FORWARD),
 ]  # fmt: skip
 ARM = {a.key: a for a in ARMS}
@@ -145,6 +156,8 @@ GRID: list[tuple[str, str, tuple[int, ...]]] = [
     *[("clean_uniform_fwd", s, (0, 1)) for s in ("n40", "n20", "p30")],
     ("clean_bayesian_fwd", "n40", (0,)), ("clean_bayesian_fwd", "p30", (0,)),
     ("rho_loss_holdout", "n40", (0, 1)), ("rho_loss_crossfit_fwd", "n40", (0, 1)),
+    *[("bayesian_crossfit_auto", s, (0, 1)) for s in ("n40", "p30", "n20")],
+    ("bayesian_crossfit_auto", "n20", (2,)),
 ]  # fmt: skip
 RUNS = [Run(ARM[arm], setting, seed) for arm, setting, seeds in GRID for seed in seeds]
 
@@ -176,7 +189,8 @@ def command(run: Run, runs: Path) -> list[str]:
     return [*cmd, str(runs / run.name), "--overwrite", *(a for v in values for a in ("--set", v))]
 
 
-CACHES = {"holdout": (), "crossfit_fwd": FORWARD, "crossfit": ONE_ROUND, "crossfit_r2": REFIT}
+CACHES = {"holdout": (), "crossfit_auto": CROSSFIT, "crossfit_fwd": FORWARD, "crossfit": ONE_ROUND,
+          "crossfit_r2": REFIT}  # fmt: skip
 
 
 def cache_jobs(todo: list[Run]) -> list[tuple[str, list[str]]]:
@@ -352,7 +366,8 @@ NOTE = (
 )
 
 
-LABELS = {"holdout": "holdout", "crossfit_fwd": "crossfit (shipped: forward-corrected round)",
+LABELS = {"holdout": "holdout", "crossfit_auto": "crossfit (shipped: channel round, auto channel)",
+          "crossfit_fwd": "crossfit (forward round, anchor channel)",
           "crossfit": "crossfit, one round", "crossfit_r2": "crossfit, refit round"}  # fmt: skip
 
 
@@ -422,7 +437,7 @@ def at_samples(x: Result, budget: float) -> float | None:
     return statistics.fmean(accs) if len(accs) == len(x.records) else None
 
 
-COMPARED = ("bayesian_crossfit_fwd", "bayesian_holdout", "uniform")
+COMPARED = ("bayesian_crossfit_auto", "bayesian_crossfit_fwd", "bayesian_holdout", "uniform")
 
 
 def equal_steps_lines(res: dict[str, Result]) -> list[str]:

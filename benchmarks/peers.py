@@ -59,7 +59,11 @@ LONG = ("train.epochs=100", "eval.every=4", "eval.other_weights=false")
 FULL_DATA = ("select.n_candidates=128", "train.epochs=15", "eval.other_weights=false")
 # The crossfit predictor these runs were made with: one round, the default until 2026-12-02
 # (benchmarks/holdout_free.py measures the forward-corrected round that replaced it).
-CROSSFIT = ("zeroshot.predictor=crossfit", "zeroshot.crossfit.rounds=1")
+CROSSFIT = (
+    "zeroshot.predictor=crossfit",
+    "zeroshot.crossfit.rounds=1",
+    "zeroshot.crossfit.epochs=10",
+)
 
 
 @dataclass(frozen=True)

@@ -50,11 +50,12 @@ def test_folds_partition_the_training_subset():
 
 
 @pytest.mark.parametrize(
-    "folds, rounds, refit",
-    [(2, 1, "trusted"), (3, 2, "trusted"), (2, 3, "trusted"), (3, 2, "forward"), (2, 3, "forward")],
-)
+    "folds, rounds, refit, channel_folds",
+    [(2, 1, "trusted", 1), (3, 2, "trusted", 1), (2, 3, "trusted", 1), (3, 2, "forward", 1),
+     (3, 2, "forward", 2), (3, 2, "forward", 3), (2, 3, "forward", 1)],
+)  # fmt: skip
 def test_no_row_is_predicted_by_a_model_that_trained_on_it(
-    crossfit_values: dict, folds: int, rounds: int, refit: str, monkeypatch
+    crossfit_values: dict, folds: int, rounds: int, refit: str, channel_folds: int, monkeypatch
 ):
     # On tiny data the first round's channel may leave a class unidentifiable; open that gate
     # too, as MIN_TRUSTED's is: this test is about the rows each round's models see.
@@ -62,32 +63,32 @@ def test_no_row_is_predicted_by_a_model_that_trained_on_it(
     values = dict(crossfit_values)
     values["zeroshot"] = dict(values["zeroshot"])
     values["zeroshot"]["crossfit"] = dict(
-        values["zeroshot"]["crossfit"], folds=folds, rounds=rounds, refit=refit
-    )
+        values["zeroshot"]["crossfit"], folds=folds, rounds=rounds, refit=refit,
+        channel_folds=channel_folds, channel_epochs=1,
+    )  # fmt: skip
     cfg = load_config(values=values)
     data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
     source = make_image_source(data.dataset, torch.device("cpu"))
-    trained_on: list[set[int]] = []
     original = source.iter_batches
+    fits: list[dict] = []  # per model trained, in order: its round, fold, rows, loss, epochs
 
     def spy(split, order, batch_size, **kw):
         if kw.get("generator") is not None:  # training batches are the augmented ones
-            trained_on[-1].update(order.tolist())
+            fits[-1]["seen"].update(order.tolist())
         yield from original(split, order, batch_size, **kw)
 
     source.iter_batches = spy
     predictor = CrossfitPredictor(cfg, data, source)
-    trusted: list[set[int] | None] = []  # per round: the rows the round before trusted
-    corrected: list[bool] = []  # per model: trained through a noise channel
-
     real_supervised = crossfit_module.fit_supervised
 
     def fit_supervised(*args, **kw):
-        if len(trained_on) % folds == 0:
-            rows = predictor.trusted
-            trusted.append(None if rows is None else set(rows.tolist()))
-        trained_on.append(set())
-        corrected.append(kw["loss"] is not torch.nn.functional.cross_entropy)
+        r = predictor.rounds_done
+        rows = predictor.trusted  # the rows the round before trusted (None: every row)
+        fits.append({
+            "round": r, "fold": sum(f["round"] == r for f in fits), "seen": set(),
+            "trusted": None if rows is None else set(rows.tolist()), "epochs": kw["epochs"],
+            "corrected": kw["loss"] is not torch.nn.functional.cross_entropy,
+        })  # fmt: skip
         return real_supervised(*args, **kw)
 
     crossfit_module.fit_supervised = fit_supervised
@@ -95,18 +96,22 @@ def test_no_row_is_predicted_by_a_model_that_trained_on_it(
         predictor.fit()
     finally:
         crossfit_module.fit_supervised = real_supervised
-    assert len(trained_on) == folds * rounds
+    channel_round = refit == "forward" and rounds > 1  # the first round only estimates T
+    per_round = [channel_folds if r == 0 and channel_round else folds for r in range(rounds)]
+    assert [f["round"] for f in fits] == [r for r in range(rounds) for _ in range(per_round[r])]
+    assert len(predictor.models) == folds
     everything = set(data.train_idx.tolist())
-    for r in range(rounds):
-        for k, fold in enumerate(predictor.folds):
-            seen, own = trained_on[r * folds + k], set(fold.tolist())
-            assert seen and not seen & own  # model k of every round: never its own fold
-            assert corrected[r * folds + k] == (r > 0 and refit == "forward")
-            if r == 0 or refit == "forward":  # every other fold's row
-                assert seen | own == everything
-            else:  # a refit round: the other folds' rows the previous round trusted
-                assert seen == (everything - own) & trusted[r]
-                assert len(trusted[r]) < len(everything)  # tiny data, 20% noise: some flagged
+    for f in fits:
+        r, k, seen = f["round"], f["fold"], f["seen"]
+        own = set(predictor.folds[k].tolist())
+        assert seen and not seen & own  # model k of every round: never its own fold
+        assert f["corrected"] == (r > 0 and refit == "forward")
+        assert f["epochs"] == (1 if r == 0 and channel_round else 2)
+        if r == 0 or refit == "forward":  # every other fold's row
+            assert seen | own == everything
+        else:  # a refit round: the other folds' rows the previous round trusted
+            assert seen == (everything - own) & f["trusted"]
+            assert len(f["trusted"]) < len(everything)  # tiny data, 20% noise: some flagged
     # Which model predicts each training row: the last round's of its fold.
     rows = data.train_idx[:40]
     out = predictor.logprobs("train", rows)

@@ -5,7 +5,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bdsel.data.noise_channel import MIN_ENTRY, anchor_transition, forward_loss, identifiable
+from bdsel.data.noise_channel import (
+    CONCENTRATED,
+    MIN_ENTRY,
+    anchor_transition,
+    choose_channel,
+    forward_loss,
+    identifiable,
+    off_diagonal_concentration,
+    symmetric_channel,
+)
 
 
 def _channel(c: int) -> torch.Tensor:
@@ -28,6 +37,52 @@ def test_anchor_points_recover_a_known_channel():
     assert estimate.dtype == torch.float64
     torch.testing.assert_close(estimate, t, atol=1e-12, rtol=0)
     torch.testing.assert_close(estimate.sum(1), torch.ones(c, dtype=torch.float64))
+
+
+def _pairflip(c: int, rate: float) -> torch.Tensor:
+    t = torch.eye(c, dtype=torch.float64) * (1 - rate)
+    for i in range(c):
+        t[i, (i + 1) % c] = rate
+    return t
+
+
+def test_off_diagonal_concentration_by_brute_force():
+    t = _channel(5)  # off-diagonal 0.25 and 0.05 per row
+    torch.testing.assert_close(
+        off_diagonal_concentration(t), torch.full((5,), 0.25 / 0.30, dtype=torch.float64)
+    )
+    spread = off_diagonal_concentration(symmetric_channel(0.4, 10))
+    torch.testing.assert_close(spread, torch.full((10,), 1 / 9, dtype=torch.float64))
+    # A row with no off-diagonal mass (no noise in that class) counts as spread, not NaN.
+    assert off_diagonal_concentration(torch.eye(3)).tolist() == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("kind", ["symmetric", "pairflip"])
+def test_the_channel_choice_recovers_a_known_channel_from_anchor_points(kind: str):
+    # Synthetic out-of-fold probabilities of a model that also confuses classes 0 and 1 (a
+    # clean-posterior mix, as T-shirt and shirt): the anchor points of class 0 carry that
+    # confusion on top of the noise. The choice projects it away at symmetric noise and keeps
+    # the estimated matrix at a pair flip.
+    g = torch.Generator().manual_seed(1)
+    c, n = 6, 3000
+    clean = torch.distributions.Dirichlet(torch.full((c,), 0.3)).sample((n,)).double()
+    confused = torch.eye(c, dtype=torch.float64)
+    confused[0, :2] = torch.tensor([0.8, 0.2], dtype=torch.float64)  # class 0's surest: 80%
+    anchors = confused.repeat(150, 1)
+    clean = torch.cat([clean, anchors])[torch.randperm(n + 150 * c, generator=g)]
+    truth = symmetric_channel(0.4, c) if kind == "symmetric" else _pairflip(c, 0.3)
+    anchor = anchor_transition(clean @ truth)
+    chosen, channel = choose_channel(anchor)
+    assert chosen == ("symmetric" if kind == "symmetric" else "anchor")
+    if kind == "symmetric":  # the rate is the anchor matrix's, the confusion spread out
+        rate = float(1 - anchor.diagonal().mean())
+        torch.testing.assert_close(channel, symmetric_channel(rate, c), atol=1e-12, rtol=0)
+        assert abs(rate - 0.4) < 0.03  # 0.4 + class 0's share of the confusion
+        assert float(off_diagonal_concentration(anchor).mean()) < CONCENTRATED
+    else:  # the anchor matrix itself: the pair flip, class 0's row with the confusion mixed in
+        assert torch.equal(channel, anchor)
+        torch.testing.assert_close(channel[1:], truth[1:], atol=1e-12, rtol=0)
+        torch.testing.assert_close(channel[0], confused[0] @ truth, atol=1e-12, rtol=0)
 
 
 def test_the_outlier_filter_passes_over_points_above_the_quantile():

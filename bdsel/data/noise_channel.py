@@ -46,6 +46,32 @@ def symmetric_channel(eps: float, n_classes: int) -> torch.Tensor:
     return t.fill_diagonal_(1 - eps)
 
 
+# The mean share of a row's off-diagonal mass on its largest entry above which a channel is
+# taken as concentrated (a pair flip) rather than spread (symmetric: 1/(C − 1) per entry). On
+# the offline default's first-round anchor matrices: 0.25 at 40% symmetric noise, with the
+# model's own confusions, and 0.83 at 30% pairflip (docs/results/holdout_free/crossfit_recipe.md).
+CONCENTRATED = 0.5
+
+
+def off_diagonal_concentration(transition: torch.Tensor) -> torch.Tensor:
+    """Per row, the share of its off-diagonal mass on its largest off-diagonal entry: float64
+    [C], from 1/(C − 1) (spread evenly) to 1 (all on one class); 0 for a row without any."""
+    off = transition.double().clone().fill_diagonal_(0)
+    total = off.sum(1)
+    return torch.where(total > 0, off.max(1).values / total.clamp_min(1e-300), 0.0)
+
+
+def choose_channel(anchor: torch.Tensor) -> tuple[str, torch.Tensor]:
+    """The channel a forward correction trains through, from an anchor-point estimate [C, C]:
+    ("anchor", it) where its rows are concentrated (mean off_diagonal_concentration at least
+    CONCENTRATED), else ("symmetric", the symmetric channel of its rate 1 − mean diagonal),
+    whose off-diagonal is then mostly the model's own confusions, not the labels' noise."""
+    t = anchor.double()
+    if t.shape[0] <= 2 or float(off_diagonal_concentration(t).mean()) >= CONCENTRATED:
+        return "anchor", t
+    return "symmetric", symmetric_channel(float(1 - t.diagonal().mean()), t.shape[0])
+
+
 def identifiable(transition: torch.Tensor) -> bool:
     """Whether every clean class is still the most likely observed label of its own row (the
     channel's diagonal dominates): only then is the clean label recoverable through it."""

@@ -43,7 +43,13 @@ from bdsel.config import Config
 from bdsel.data import RunData, int64_sha256
 from bdsel.data.batching import ImageSource
 from bdsel.data.label_issues import find_label_issues
-from bdsel.data.noise_channel import anchor_transition, forward_loss, identifiable
+from bdsel.data.noise_channel import (
+    anchor_transition,
+    choose_channel,
+    forward_loss,
+    identifiable,
+    off_diagonal_concentration,
+)
 from bdsel.evaluation import predict_logprobs
 from bdsel.fit import EarlyStopping, fit_supervised
 from bdsel.models import create_model
@@ -102,12 +108,14 @@ class CrossfitPredictor:
         self.fold_of = torch.full((n_rows,), -1, dtype=torch.int64)  # -1: not in the subset
         for k, rows in enumerate(self.folds):
             self.fold_of[rows] = k
-        self.models = [self._new_model(k) for k in range(c.folds)]
+        self.models = [self._new_model(k) for k in range(self._round_folds(0))]
         self.fold_epochs: list[int] = []  # epochs each model trained (early stopping)
         self.fold_accuracy: list[float] = []  # its accuracy on its fold's observed labels
         self.rounds_done = 0
         self.trusted: torch.Tensor | None = None  # a refit round's rows: what cleanlab kept
         self.transition: torch.Tensor | None = None  # a forward refit's channel [C, C]
+        self.channel_kind: str | None = None  # which: "anchor" or "symmetric"
+        self.concentration: float | None = None  # the anchor matrix's, choose_channel's input
         self.refit_skipped = False  # too few rows trusted: the round before stands
         self.trained = False
 
@@ -115,11 +123,33 @@ class CrossfitPredictor:
     def settings(config: Config) -> dict[str, Any]:
         """The settings that shape its outputs, as its spec names them."""
         settings = fit_settings("crossfit", config, config.zeroshot.crossfit)
-        if settings["rounds"] == 1:  # the value before it was a setting: old caches match
+        c = config.zeroshot.crossfit
+        # Left out where they do nothing, or at the value they had before they were settings:
+        # the caches made then keep matching.
+        if not c.rounds > 1 or c.refit != "forward":
+            del settings["channel_folds"], settings["channel_epochs"], settings["channel"]
+        else:
+            if c.channel_folds == c.folds:
+                del settings["channel_folds"]
+            if c.channel_epochs == c.epochs:
+                del settings["channel_epochs"]
+            if c.channel == "anchor":
+                del settings["channel"]
+        if settings["rounds"] == 1:
             del settings["rounds"], settings["refit_filter"], settings["refit"]
         elif settings["refit"] == "trusted":
             del settings["refit"]
         return settings
+
+    def _channel_round(self, r: int) -> bool:
+        """Whether round r (0-based) only estimates a forward refit's channel."""
+        c = self.config.zeroshot.crossfit
+        return r == 0 and c.rounds > 1 and c.refit == "forward"
+
+    def _round_folds(self, r: int) -> int:
+        """How many fold models round r trains: the first ones, in fold order."""
+        c = self.config.zeroshot.crossfit
+        return c.channel_folds if self._channel_round(r) else c.folds
 
     @classmethod
     def from_config(cls, config: Config, data: RunData, device: torch.device) -> CrossfitPredictor:
@@ -135,7 +165,13 @@ class CrossfitPredictor:
         if c.rounds == 1:
             refit = ""
         elif c.refit == "forward":
-            refit = f"{more} on every point, through the noise channel the round before estimates"
+            first = f"{c.channel_folds} of them" if c.channel_folds < c.folds else "all of them"
+            channel = "" if c.channel == "anchor" else ", or its symmetric projection"
+            refit = (
+                f"; the first round trains {first} for {c.channel_epochs} epochs, only to "
+                f"estimate the noise channel (anchor points{channel}); then {c.rounds - 1} more "
+                f"round{'s' if c.rounds > 2 else ''} of them afresh on every point, through it"
+            )
         else:
             refit = (
                 f"{more} on the points cleanlab trusts from the round before, if at least "
@@ -160,13 +196,26 @@ class CrossfitPredictor:
             if self.rounds_done > 0:
                 if not self._prepare_refit():
                     self.refit_skipped = True
+                    self._complete_round(progress, save)
                     break
                 self.models = [self._new_model(k) for k in range(c.folds)]
-            self._fit_round(progress)
+                self.fold_epochs, self.fold_accuracy = [], []
+            self._fit_round(progress, range(len(self.models)))
             self.rounds_done += 1
             if save is not None:
                 save()
         self.trained = True
+
+    def _complete_round(self, progress: Any, save: Any) -> None:
+        """A channel round that trained only some folds' models stands when its refit is
+        skipped: train the other folds' models as it would have, so that every fold has one."""
+        have, folds = len(self.models), self.config.zeroshot.crossfit.folds
+        if have == folds:
+            return
+        self.models += [self._new_model(k) for k in range(have, folds)]
+        self._fit_round(progress, range(have, folds))
+        if save is not None:
+            save()
 
     def _new_model(self, k: int) -> torch.nn.Module:
         ds = self.data.dataset
@@ -189,10 +238,14 @@ class CrossfitPredictor:
         probabilities: the rows cleanlab trusts (``trusted``) or the noise channel
         (``forward``). False when the round before is too poor to refit from: cleanlab trusts
         under MIN_TRUSTED of the rows, or the channel leaves a clean class unidentifiable."""
-        if self.config.zeroshot.crossfit.refit == "forward":
-            transition = anchor_transition(self._out_of_fold()[1])
-            self.transition = transition if identifiable(transition) else None
-            return self.transition is not None
+        c = self.config.zeroshot.crossfit
+        if c.refit == "forward":
+            anchor = anchor_transition(self._out_of_fold()[1])
+            self.concentration = float(off_diagonal_concentration(anchor).mean())
+            kind, transition = choose_channel(anchor) if c.channel == "auto" else ("anchor", anchor)
+            ok = identifiable(transition)
+            self.transition, self.channel_kind = (transition, kind) if ok else (None, None)
+            return ok
         trusted = self._trusted_rows()
         if len(trusted) < MIN_TRUSTED * len(self.data.train_idx):
             return False
@@ -209,26 +262,29 @@ class CrossfitPredictor:
         return rows[~flagged].sort().values
 
     def _out_of_fold(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training rows fold by fold and the current models' probabilities of their
-        observed label, each fold predicted by its own model: (int64 [N], float64 [N, C]).
-        Models trained through a channel predict the clean label: their P(clean | x) T."""
+        """The rows of the folds the current models predict, fold by fold, and those models'
+        probabilities of their observed label: (int64 [N], float64 [N, C]). Models trained
+        through a channel predict the clean label: their P(clean | x) T."""
         bs = self.config.zeroshot.batch_size
+        folds = self.folds[: len(self.models)]  # a channel round's: the first folds only
         probs = torch.cat([
             predict_logprobs(m, self.source, "train", f.to(self.source.device), bs).cpu()
-            for m, f in zip(self.models, self.folds, strict=True)
+            for m, f in zip(self.models, folds, strict=True)
         ]).double().exp()  # fmt: skip
         if self.transition is not None:
             probs = probs @ self.transition.double()
-        return torch.cat(self.folds), probs
+        return torch.cat(folds), probs
 
-    def _fit_round(self, progress: Any) -> None:
+    def _fit_round(self, progress: Any, ks: range) -> None:
+        """Train the current round's models of folds ``ks``."""
         c = self.config.zeroshot.crossfit
         observed = self.data.observed
         bs = self.config.zeroshot.batch_size
-        self.fold_epochs, self.fold_accuracy = [], []
         loss = F.cross_entropy if self.transition is None else forward_loss(self.transition)
         what = f", round {self.rounds_done + 1}/{c.rounds}" if c.rounds > 1 else ""
-        for k, model in enumerate(self.models):
+        epochs = c.channel_epochs if self._channel_round(self.rounds_done) else c.epochs
+        for k in ks:
+            model = self.models[k]
             held_out = self.folds[k]
             if self.trusted is not None:  # scored on its fold's trusted labels
                 held_out = held_out[torch.isin(held_out, self.trusted)]
@@ -246,7 +302,7 @@ class CrossfitPredictor:
                 self.source,
                 self.training_rows(k),
                 observed,
-                epochs=c.epochs,
+                epochs=epochs,
                 batch_size=c.batch_size,
                 optimizer=optimizer,
                 seed=fold_seed(self.config.seed, k),
@@ -265,6 +321,7 @@ class CrossfitPredictor:
         (after its last round, or after an earlier one: the later rounds are then trained)."""
         if weights.is_file():
             saved = torch.load(weights, map_location=self.source.device)
+            self.models = [self._new_model(k) for k in range(len(saved["models"]))]
             for model, state in zip(self.models, saved["models"], strict=True):
                 model.load_state_dict(state)
                 model.eval()
@@ -272,6 +329,8 @@ class CrossfitPredictor:
             self.rounds_done = saved.get("rounds_done", 1)
             self.trusted = saved.get("trusted")
             self.transition = saved.get("transition")
+            self.channel_kind = saved.get("channel_kind")
+            self.concentration = saved.get("concentration")
         self.fit(progress, save=lambda: self._save(weights))
 
     def _save(self, weights: Path) -> None:
@@ -283,6 +342,8 @@ class CrossfitPredictor:
             "rounds_done": self.rounds_done,
             "trusted": self.trusted,
             "transition": self.transition,
+            "channel_kind": self.channel_kind,
+            "concentration": self.concentration,
         }
         torch.save(state, buf)
         atomic_write_bytes(weights, buf.getvalue())
@@ -331,15 +392,23 @@ class CrossfitPredictor:
 
     def _refit_spec(self) -> dict[str, Any]:
         """A refit round's training rows: how many the round before trusted (the last refit's;
-        0 when even the first refit was skipped), and whether a refit was skipped."""
+        0 when even the first refit was skipped), or the channel a forward refit trained
+        through (its noise rate, and with ``channel: auto`` which it chose and from what
+        concentration); and whether a refit was skipped."""
         if self.config.zeroshot.crossfit.rounds == 1:
             return {}
         if self.config.zeroshot.crossfit.refit == "forward":
+            keys = ["refit_noise", "refit_skipped"]
+            if self.config.zeroshot.crossfit.channel == "auto":  # which channel, and why
+                keys += ["refit_channel", "concentration"]
             if not self.trained:
-                return {"refit_noise": None, "refit_skipped": None}
-            t = self.transition
-            noise = None if t is None else round(float(1 - t.diagonal().mean()), 6)
-            return {"refit_noise": noise, "refit_skipped": self.refit_skipped}
+                return dict.fromkeys(keys)
+            t, c = self.transition, self.concentration
+            values = [
+                None if t is None else round(float(1 - t.diagonal().mean()), 6),
+                self.refit_skipped, self.channel_kind, None if c is None else round(c, 6),
+            ]  # fmt: skip
+            return dict(zip(keys, values[: len(keys)], strict=True))
         if not self.trained:
             return {"refit_points": None, "refit_skipped": None}
         points = 0 if self.trusted is None else len(self.trusted)
