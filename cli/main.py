@@ -332,8 +332,14 @@ def predictor_rows(spec: dict) -> list[tuple[str, str]]:
         )
         rows.append(("refit round", f"skipped: {why}"))
     elif spec.get("refit_noise") is not None:
+        channel = {"symmetric": "symmetric, the anchor points' rate"}.get(
+            spec.get("refit_channel"), "anchor points"
+        )
+        why = (
+            f", mean off-diagonal concentration {c:.2f}" if (c := spec.get("concentration")) else ""
+        )
         rows.append(
-            ("refit round's noise channel (anchor points)", f"{spec['refit_noise']:.1%} noise")
+            (f"refit round's noise channel ({channel})", f"{spec['refit_noise']:.1%} noise{why}")
         )
     elif spec.get("refit_points"):
         rows.append(("refit round trained on (trusted points)", f"{spec['refit_points']:,}"))

@@ -55,6 +55,11 @@ def test_int_accepted_for_float_but_not_str_for_int():
         ("data.noise.kind=gaussian", r"data\.noise\.kind: expected one of"),
         ("data.noise.rate=1.5", r"data\.noise\.rate: expected a fraction in \[0, 1\]"),
         ("train.epochs=0", r"train\.epochs: expected a positive int"),
+        (
+            "zeroshot.crossfit.channel_folds=3",
+            r"channel_folds \(3\) > zeroshot\.crossfit\.folds \(2\)",
+        ),
+        ("zeroshot.crossfit.channel=symmetric", r"zeroshot\.crossfit\.channel: expected one of"),
         ("report.targets=[80]", r"report\.targets: expected accuracies in \(0, 1\]"),
         ("train.epochs", r"expected key\.path=value"),
     ],

@@ -153,19 +153,45 @@ def test_a_refit_on_too_few_trusted_rows_is_skipped(crossfit_values: dict, monke
     assert refit.spec()["refit_points"] == len(trusted)
 
 
+def test_a_skipped_forward_refit_completes_its_channel_round(crossfit_values: dict, monkeypatch):
+    # The channel round trained fold 0's model only; where its channel leaves a class
+    # unidentifiable the first round stands, so it trains the other folds' models as it would
+    # have: every fold gets a model that never saw it, the same as a one-round predictor's.
+    monkeypatch.setattr(crossfit_module, "identifiable", lambda t: False)
+    cfg = load_config(values=crossfit_values, overrides=[
+        "zeroshot.crossfit.refit=forward", "zeroshot.crossfit.channel_epochs=2"])  # fmt: skip
+    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
+    source = make_image_source(data.dataset, torch.device("cpu"))
+    predictor = CrossfitPredictor(cfg, data, source)
+    assert len(predictor.models) == 1  # the channel round's
+    predictor.fit()
+    assert predictor.refit_skipped and predictor.rounds_done == 1
+    assert len(predictor.models) == 3 and len(predictor.fold_epochs) == 3
+    spec = predictor.spec()
+    assert spec["refit_skipped"] is True and spec["refit_noise"] is None
+    assert spec["refit_channel"] is None and 0 < spec["concentration"] <= 1
+    one = load_config(values=crossfit_values, overrides=["zeroshot.crossfit.rounds=1"])
+    single = CrossfitPredictor(one, data, source)
+    rows = torch.cat([data.train_idx[:50], torch.arange(5)])
+    for split in ("train", "test"):
+        torch.testing.assert_close(single.logprobs(split, rows), predictor.logprobs(split, rows))
+
+
 class _Kill(KeyboardInterrupt):
     pass
 
 
 def _kill_round_two(monkeypatch) -> list[str]:
-    """Make crossfit's fits raise _Kill in the first model of round 2 (three folds a round);
-    returns the list of the fits' descriptions, as they start."""
+    """Make crossfit's fits raise _Kill in the first model of round 2 (however many the first
+    round trained); returns the list of the fits' descriptions, as they start."""
     real_supervised = crossfit_module.fit_supervised
     fits: list[str] = []
+    killed = []
 
     def killing_supervised(*args, **kw):
         fits.append(kw["description"])
-        if len(fits) == 4:
+        if kw["description"].endswith("round 2/2") and not killed:  # once
+            killed.append(True)
             raise _Kill
         return real_supervised(*args, **kw)
 

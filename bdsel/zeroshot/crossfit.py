@@ -8,12 +8,18 @@ log-probs therefore come from a model that never saw it. Rows outside the traini
 (the test set, a hold-out) get the mean of the K models' probabilities.
 
 Models trained on noisy labels learn the noise (a pairflip channel entirely), so by default
-(``rounds: 2, refit: forward``) a second round trains K fresh models on the same folds, each
-on the other folds' rows through the noise channel that the first round's out-of-fold
-probabilities estimate (anchor points, bdsel.data.noise_channel), with the forward loss
-correction: they learn the clean label, and so are as sure as a model of clean labels that a
-mislabeled point is wrong. Where the estimated channel leaves a class unidentifiable (its
-diagonal does not dominate), the refit is skipped and the first round stands.
+(``rounds: 2, refit: forward``) a first round only estimates the noise channel: it trains the
+models of the first ``channel_folds`` folds (one) for ``channel_epochs``, and their
+out-of-fold probabilities give the channel's anchor-point estimate
+(bdsel.data.noise_channel), or, where its rows spread their off-diagonal mass as symmetric
+noise does (``channel: auto``), the symmetric channel of its rate: the anchor matrix then
+carries the model's own confusions too. A second round trains K fresh models on the same
+folds, each on the other folds' rows through that channel, with the forward loss correction:
+they learn the clean label, and so are as sure as a model of clean labels that a mislabeled
+point is wrong. Where the channel leaves a class unidentifiable (its diagonal does not
+dominate), the refit is skipped and the first round stands, its missing folds' models
+trained as it would have.
+
 ``refit: trusted`` instead trains the second round on the rows cleanlab's ``find_label_issues``
 does not flag from the first round's out-of-fold probabilities, skipped where it trusts under
 ``MIN_TRUSTED`` of the rows (on 600 synthetic images after 3 epochs the first round trusts 26%
@@ -166,7 +172,7 @@ class CrossfitPredictor:
             refit = ""
         elif c.refit == "forward":
             first = f"{c.channel_folds} of them" if c.channel_folds < c.folds else "all of them"
-            channel = "" if c.channel == "anchor" else ", or its symmetric projection"
+            channel = "" if c.channel == "anchor" else ", or their symmetric projection"
             refit = (
                 f"; the first round trains {first} for {c.channel_epochs} epochs, only to "
                 f"estimate the noise channel (anchor points{channel}); then {c.rounds - 1} more "
