@@ -371,7 +371,18 @@ LABELS = {"holdout": "holdout", "crossfit_auto": "crossfit (shipped: channel rou
           "crossfit": "crossfit, one round", "crossfit_r2": "crossfit, refit round"}  # fmt: skip
 
 
-def diagnostics(setting: str, caches: dict[str, float], stored: dict[str, list[str]]) -> str:
+def timed_caches(runs: Path) -> dict[str, str]:
+    """Each cache command's seconds as a table cell, with when its log was written (UTC): the
+    machine's speed varies between sessions, so a cell says which session timed it."""
+    out = {}
+    for name, seconds in cache_seconds(runs).items():
+        when = (runs / "logs" / f"cache_{name}.txt").stat().st_mtime
+        stamp = datetime.datetime.fromtimestamp(when, datetime.timezone.utc)
+        out[name] = f"{seconds:.0f} ({stamp:%Y-%m-%d %H:%M})"
+    return out
+
+
+def diagnostics(setting: str, caches: dict[str, str], stored: dict[str, list[str]]) -> str:
     """What each predictor with a cache for this setting says about the mislabeled points.
     A row is measured where the cache is on this machine and kept in ``stored`` (name ->
     cells, the report's diagnostics.json); a cache made in another session gives its stored
@@ -390,7 +401,7 @@ def diagnostics(setting: str, caches: dict[str, float], stored: dict[str, list[s
 
 
 def _diagnostic_cells(
-    key: str, setting: str, caches: dict[str, float], before: list[str] | None
+    key: str, setting: str, caches: dict[str, str], before: list[str] | None
 ) -> list[str]:
     from bdsel.zeroshot.cache import read_cache_info
 
@@ -399,15 +410,15 @@ def _diagnostic_cells(
     overrides = [*SETTINGS[setting][1], *predictor, "select.method=bayesian"]
     result = summarize(*label_logprobs("fashion_mnist", overrides))
     seconds = caches.get("holdout" if key == "holdout" else f"{key}_{setting}")
-    if seconds is None and before is not None and before[4] != "?":
-        seconds = float(before[4])  # the same cache, timed when it was made
+    if seconds is None and before is not None:
+        seconds = before[4]  # the same cache, timed when it was made
     observed = key != "holdout"
     return [
         LABELS[key],
         info.get("noise_model", "symmetric") if observed else "- (clean labels)",
         f"{100 * info['label_noise_rate']:.1f}%" if observed else "-",
         f"{info['temperature_denoised' if observed else 'temperature']:.3f}",
-        "?" if seconds is None else f"{seconds:.0f}",
+        seconds or "?",
         f"{result['auroc']:.4f}",
         *(f"{v:.2f}" for v in (*result["clean"], *result["noisy"])),
     ]
@@ -460,7 +471,7 @@ def equal_steps_lines(res: dict[str, Result]) -> list[str]:
 
 def report(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
-    caches = cache_seconds(args.runs)
+    caches = timed_caches(args.runs)
     stored_path = args.out / "diagnostics.json"
     stored = _read_json(stored_path)
     text = ["# Bayesian selection without a clean hold-out set", ""]
@@ -488,8 +499,9 @@ def report(args: argparse.Namespace) -> None:
         text += ["", f"## {title}", "", table(res, targets), NOTE, ""]
         text += ["What the predictors say about the mislabeled training points (log p_zs of the",
                  "observed label at the temperature `auto` reads; AUROC: how often a mislabeled",
-                 "point gets less than a clean one; cache s: the cache command's seconds, in the session",
-                 "that made it: compare them within a session only):", "",
+                 "point gets less than a clean one; cache s: the cache command's seconds and when",
+                 "it ended (UTC), one process per core beside another: the machine's speed varied",
+                 "by 2.2× between sessions, so compare them within a session only):", "",
                  diagnostics(setting, caches, stored)]  # fmt: skip
         text += cleaning_lines(res, runs=args.runs) + equal_steps_lines(res)
         text += [f"Curves: [{setting}/]({setting}/report.html)", "",
