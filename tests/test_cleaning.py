@@ -54,7 +54,10 @@ def test_training_drops_exactly_the_flagged_points_and_records_it(
 ):
     values = dict(tiny_config_values)
     values["data"] = dict(values["data"], noise={"kind": "symmetric", "rate": 0.3})
-    values["zeroshot"] = {"predictor": "crossfit", "crossfit": {"epochs": 3}}
+    # One round: cleaning reads any crossfit cache's out-of-fold probabilities, and on these
+    # 600 tiny images the default's two rounds (a channel round, then 3-epoch models through
+    # its channel) leave the noise where it was (30.1% of the kept points, against 30%).
+    values["zeroshot"] = {"predictor": "crossfit", "crossfit": {"epochs": 3, "rounds": 1}}
     config_path = tmp_path / "tiny.yaml"
     config_path.write_text(yaml.safe_dump(values))
     cache = tmp_path / "cf.h5"
