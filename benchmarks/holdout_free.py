@@ -18,7 +18,8 @@ read from there (``STORED``) instead of being rerun; everything else is a plain
   before that.
 - bayesian (crossfit, refit round): ``rounds=2 refit=trusted``, the second round refits the
   fold models on the points cleanlab trusts from the first round's out-of-fold probabilities.
-- cleanlab → X: ``data.clean.cache`` = the one-round crossfit cache of the same data, then X.
+- cleanlab → X: ``data.clean.cache`` = a crossfit cache of the same data (one round, the
+  forward round, or the shipped default, as the arm's label says), then X.
 
 The report: per setting, the table (final EMA accuracy, against uniform and against bayesian
 (holdout) of the same seed, samples and seconds to the targets, the mislabeled share among
@@ -109,6 +110,10 @@ ARMS = [
         ("select.method=uniform", *LONG), cleans=FORWARD),
     Arm("clean_bayesian_fwd", "cleanlab (crossfit, forward round) → bayesian (same crossfit)",
         (*BAYES, *FORWARD, *LONG), cache=FORWARD, cleans=FORWARD),
+    Arm("clean_uniform_auto", "cleanlab (crossfit, shipped) → uniform",
+        ("select.method=uniform", *LONG), cleans=CROSSFIT),
+    Arm("clean_bayesian_auto", "cleanlab (crossfit, shipped) → bayesian (same crossfit)",
+        (*BAYES, *CROSSFIT, *LONG), cache=CROSSFIT, cleans=CROSSFIT),
     Arm("rho_loss_holdout", "rho_loss (holdout)", (*RHO, *LONG), cache=(),
         stored={"n40": OFFLINE + "r100n40_s{}"}),
     Arm("rho_loss_crossfit_fwd", "rho_loss (crossfit, forward round)", (*RHO, *FORWARD, *LONG),
@@ -158,6 +163,8 @@ GRID: list[tuple[str, str, tuple[int, ...]]] = [
     ("rho_loss_holdout", "n40", (0, 1)), ("rho_loss_crossfit_fwd", "n40", (0, 1)),
     *[("bayesian_crossfit_auto", s, (0, 1)) for s in ("n40", "p30", "n20")],
     ("bayesian_crossfit_auto", "n20", (2,)),
+    *[("clean_uniform_auto", s, (0,)) for s in ("n40", "p30", "n20")],
+    ("clean_bayesian_auto", "n40", (0,)), ("clean_bayesian_auto", "p30", (0,)),
 ]  # fmt: skip
 RUNS = [Run(ARM[arm], setting, seed) for arm, setting, seeds in GRID for seed in seeds]
 
