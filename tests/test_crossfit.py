@@ -153,7 +153,9 @@ def test_a_refit_on_too_few_trusted_rows_is_skipped(crossfit_values: dict, monke
     assert refit.spec()["refit_points"] == len(trusted)
 
 
-def test_a_skipped_forward_refit_completes_its_channel_round(crossfit_values: dict, monkeypatch):
+def test_a_skipped_forward_refit_completes_its_channel_round(
+    crossfit_values: dict, tmp_path: Path, monkeypatch
+):
     # The channel round trained fold 0's model only; where its channel leaves a class
     # unidentifiable the first round stands, so it trains the other folds' models as it would
     # have: every fold gets a model that never saw it, the same as a one-round predictor's.
@@ -164,7 +166,7 @@ def test_a_skipped_forward_refit_completes_its_channel_round(crossfit_values: di
     source = make_image_source(data.dataset, torch.device("cpu"))
     predictor = CrossfitPredictor(cfg, data, source)
     assert len(predictor.models) == 1  # the channel round's
-    predictor.fit()
+    predictor.fit_or_load(tmp_path / "w.pt")
     assert predictor.refit_skipped and predictor.rounds_done == 1
     assert len(predictor.models) == 3 and len(predictor.fold_epochs) == 3
     spec = predictor.spec()
@@ -175,6 +177,17 @@ def test_a_skipped_forward_refit_completes_its_channel_round(crossfit_values: di
     rows = torch.cat([data.train_idx[:50], torch.arange(5)])
     for split in ("train", "test"):
         torch.testing.assert_close(single.logprobs(split, rows), predictor.logprobs(split, rows))
+    # Reloaded (a cache write killed after the fit), the skip stands: the refit is not retried
+    # on the completed round's K models, whose channel would be another estimate.
+    monkeypatch.setattr(crossfit_module, "identifiable", lambda t: True)
+    fits: list[str] = []
+    real_supervised = crossfit_module.fit_supervised
+    monkeypatch.setattr(crossfit_module, "fit_supervised",
+                        lambda *a, **kw: fits.append(kw["description"]) or real_supervised(*a, **kw))  # fmt: skip
+    reloaded = CrossfitPredictor(cfg, data, source)
+    reloaded.fit_or_load(tmp_path / "w.pt")
+    assert fits == [] and reloaded.refit_skipped and reloaded.spec() == spec
+    assert torch.equal(reloaded.logprobs("train", rows), predictor.logprobs("train", rows))
 
 
 class _Kill(KeyboardInterrupt):

@@ -132,7 +132,7 @@ class CrossfitPredictor:
         c = config.zeroshot.crossfit
         # Left out where they do nothing, or at the value they had before they were settings:
         # the caches made then keep matching.
-        if not c.rounds > 1 or c.refit != "forward":
+        if c.rounds == 1 or c.refit != "forward":
             del settings["channel_folds"], settings["channel_epochs"], settings["channel"]
         else:
             if c.channel_folds == c.folds:
@@ -198,7 +198,7 @@ class CrossfitPredictor:
         """Train the rounds not trained yet (all of them on a fresh predictor); ``save()`` is
         called after each (a resumable checkpoint)."""
         c = self.config.zeroshot.crossfit
-        while self.rounds_done < c.rounds:
+        while self.rounds_done < c.rounds and not self.refit_skipped:
             if self.rounds_done > 0:
                 if not self._prepare_refit():
                     self.refit_skipped = True
@@ -337,6 +337,9 @@ class CrossfitPredictor:
             self.transition = saved.get("transition")
             self.channel_kind = saved.get("channel_kind")
             self.concentration = saved.get("concentration")
+            # A skipped refit stands: retried on a completed channel round's K models, it
+            # would estimate another channel than the one round 1 was judged by.
+            self.refit_skipped = saved.get("refit_skipped", False)
         self.fit(progress, save=lambda: self._save(weights))
 
     def _save(self, weights: Path) -> None:
@@ -350,6 +353,7 @@ class CrossfitPredictor:
             "transition": self.transition,
             "channel_kind": self.channel_kind,
             "concentration": self.concentration,
+            "refit_skipped": self.refit_skipped,
         }
         torch.save(state, buf)
         atomic_write_bytes(weights, buf.getvalue())
@@ -404,17 +408,18 @@ class CrossfitPredictor:
         if self.config.zeroshot.crossfit.rounds == 1:
             return {}
         if self.config.zeroshot.crossfit.refit == "forward":
-            keys = ["refit_noise", "refit_skipped"]
-            if self.config.zeroshot.crossfit.channel == "auto":  # which channel, and why
-                keys += ["refit_channel", "concentration"]
-            if not self.trained:
-                return dict.fromkeys(keys)
             t, c = self.transition, self.concentration
-            values = [
-                None if t is None else round(float(1 - t.diagonal().mean()), 6),
-                self.refit_skipped, self.channel_kind, None if c is None else round(c, 6),
-            ]  # fmt: skip
-            return dict(zip(keys, values[: len(keys)], strict=True))
+            spec = {
+                "refit_noise": None if t is None else round(float(1 - t.diagonal().mean()), 6),
+                "refit_skipped": self.refit_skipped,
+                "refit_channel": self.channel_kind,  # with channel: auto, which it chose
+                "concentration": None if c is None else round(c, 6),  # and from what
+            }
+            if not self.trained:
+                spec = dict.fromkeys(spec)
+            if self.config.zeroshot.crossfit.channel == "anchor":
+                del spec["refit_channel"], spec["concentration"]
+            return spec
         if not self.trained:
             return {"refit_points": None, "refit_skipped": None}
         points = 0 if self.trusted is None else len(self.trusted)
