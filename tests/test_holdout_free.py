@@ -13,11 +13,14 @@ def test_the_grid_names_each_run_once_and_covers_the_issue_settings():
     seeds = {(r.arm.key, r.setting): set() for r in hf.RUNS}
     for r in hf.RUNS:
         seeds[r.arm.key, r.setting].add(r.seed)
-    for setting in ("n40", "p30"):
-        for arm in ("uniform", "bayesian_holdout", "bayesian_crossfit_fwd", "bayesian_crossfit"):
+    shipped = "bayesian_crossfit_auto"
+    for setting in ("n40", "p30"):  # the issue's 2 seeds, beside what they are compared with
+        for arm in ("uniform", "bayesian_holdout", shipped, "bayesian_crossfit_fwd"):
             assert seeds[arm, setting] >= {0, 1}
-    for arm in ("uniform", "bayesian_holdout", "bayesian_crossfit_fwd"):  # the shipped one
+    for arm in ("uniform", "bayesian_holdout", shipped, "bayesian_crossfit_fwd"):
         assert seeds[arm, "n20"] == {0, 1, 2}
+    # a third seed at 40% only where the hold-out and uniform runs of that seed are in the grid
+    assert seeds[shipped, "n40"] <= seeds["bayesian_holdout", "n40"] & seeds["uniform", "n40"]
 
 
 def test_runs_made_for_other_studies_are_read_from_there(tmp_path: Path, monkeypatch):
