@@ -19,7 +19,9 @@ read from there (``STORED``) instead of being rerun; everything else is a plain
 - bayesian (crossfit, refit round): ``rounds=2 refit=trusted``, the second round refits the
   fold models on the points cleanlab trusts from the first round's out-of-fold probabilities.
 - cleanlab → X: ``data.clean.cache`` = a crossfit cache of the same data (one round, the
-  forward round, or the shipped default, as the arm's label says), then X.
+  forward round, or the shipped default, as the arm's label says), then X; bayesian (holdout)
+  on the data the shipped cache cleaned tells whether what selection does with the points
+  cleaning missed comes from scoring with the cache that missed them.
 
 The report: per setting, the table (final EMA accuracy, against uniform and against bayesian
 (holdout) of the same seed, samples and seconds to the targets, the mislabeled share among
@@ -114,6 +116,8 @@ ARMS = [
         ("select.method=uniform", *LONG), cleans=CROSSFIT),
     Arm("clean_bayesian_auto", "cleanlab (crossfit, shipped) → bayesian (same crossfit)",
         (*BAYES, *CROSSFIT, *LONG), cache=CROSSFIT, cleans=CROSSFIT),
+    Arm("clean_bayesian_holdout_auto", "cleanlab (crossfit, shipped) → bayesian (holdout)",
+        (*BAYES, *LONG), cache=(), cleans=CROSSFIT),
     Arm("rho_loss_holdout", "rho_loss (holdout)", (*RHO, *LONG), cache=(),
         stored={"n40": OFFLINE + "r100n40_s{}"}),
     Arm("rho_loss_crossfit_fwd", "rho_loss (crossfit, forward round)", (*RHO, *FORWARD, *LONG),
@@ -167,6 +171,7 @@ GRID: list[tuple[str, str, tuple[int, ...]]] = [
     ("bayesian_crossfit_auto", "n40", (2,)),
     *[("clean_uniform_auto", s, (0,)) for s in ("n40", "p30", "n20")],
     ("clean_bayesian_auto", "n40", (0,)), ("clean_bayesian_auto", "p30", (0,)),
+    ("clean_bayesian_holdout_auto", "p30", (0,)),
 ]  # fmt: skip
 RUNS = [Run(ARM[arm], setting, seed) for arm, setting, seeds in GRID for seed in seeds]
 
