@@ -17,9 +17,9 @@ DEMO_METHODS ?= bayesian_crossfit bayesian rho_loss uniform
 # keep 2 cores busy, two single-threaded ones do (and two with default threads fight).
 DEMO_JOBS ?= 2
 DEMO_THREADS ?= $(shell n=$$(( $$(nproc) / $(DEMO_JOBS) )); echo $$(( n > 0 ? n : 1 )))
-# The demo's budget: 16 minutes on 2 cores after the install, measured with the crossfit
-# default before its channel round (that cache took 10.5 of them on one core; today's trains
-# 44 model-epochs against 40): 10 of the config's 30 epochs,
+# The demo's budget: 8 minutes on 2 cores after the install (7 min 41 s from a fresh clone on
+# 2026-12-04, the crossfit cache 6 of them on one core; the same machine kind took 16 minutes
+# on 2026-12-03, its speed varies 2x between sessions): 10 of the config's 30 epochs,
 # the EMA's accuracy (with recalibrated BN statistics, on 10,000 test images) every other
 # epoch and not the raw weights' beside it (half of each evaluation). Training is the config's;
 # `make demo DEMO_SET=` runs the config as it is.
