@@ -169,7 +169,7 @@ GRID: list[tuple[str, str, tuple[int, ...]]] = [
     ("bayesian_crossfit_auto", "n20", (2,)),
     ("bayesian_holdout", "n40", (2,)), ("uniform", "n40", (2,)),
     ("bayesian_crossfit_auto", "n40", (2,)),
-    *[("clean_uniform_auto", s, (0,)) for s in ("n40", "p30", "n20")],
+    *[("clean_uniform_auto", s, (0, 1)) for s in ("n40", "p30", "n20")],
     ("clean_bayesian_auto", "n40", (0,)), ("clean_bayesian_auto", "p30", (0,)),
     ("clean_bayesian_holdout_auto", "p30", (0,)),
 ]  # fmt: skip

@@ -1,0 +1,93 @@
+"""What a crossfit cache costs against the hold-out one, side by side in one run: the two
+``bdsel cache-zeroshot`` commands of the offline default, alternated on one core with one
+thread and nothing beside them (hold-out, crossfit, hold-out, ...: a drift of the machine's
+speed shows as two hold-out timings that differ), each written to a scratch file so that the
+caches under cache/ stay as they are. The seconds are the command's own (fitting included).
+
+    python benchmarks/cache_cost.py                      # 40% symmetric noise, 2 hold-out runs
+    python benchmarks/cache_cost.py --set data.noise.rate=0.2 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+from jobs import bdsel_executable, log, run_pool
+from peers import CACHE_TIME
+
+PREDICTORS = {"holdout": (), "crossfit": ("zeroshot.predictor=crossfit",)}
+
+
+def schedule(repeats: int) -> list[str]:
+    """Hold-out first and last, crossfit between: h c h c h for ``repeats`` = 3."""
+    return [name for _ in range(repeats - 1) for name in ("holdout", "crossfit")] + ["holdout"]
+
+
+def command(predictor: str, overrides: list[str], out: Path) -> list[str]:
+    sets = [a for v in ("seed=0", *overrides, *PREDICTORS[predictor]) for a in ("--set", v)]
+    cmd = [bdsel_executable(), "cache-zeroshot", "--config", "fashion_mnist", *sets]
+    return [*cmd, "--out", str(out)]
+
+
+def seconds_of(log_path: Path) -> float:
+    m = CACHE_TIME.search(log_path.read_text(errors="replace"))
+    if m is None:
+        raise SystemExit(f"{log_path}: the cache command printed no time")
+    return float(m.group(1))
+
+
+def table(timings: list[tuple[str, float]], overrides: list[str]) -> str:
+    held = [s for name, s in timings if name == "holdout"]
+    cross = [s for name, s in timings if name == "crossfit"]
+    lines = [
+        f"# The crossfit cache's seconds against the hold-out cache's ({datetime.date.today()})",
+        "",
+        "`python benchmarks/cache_cost.py"
+        + "".join(f" --set {v}" for v in overrides)
+        + f" --repeats {len(held)}`: the offline default's two caches, in this order on one"
+        f" core with one thread and nothing beside them ({os.cpu_count()}-core CPU; torch"
+        f" {torch.__version__}).",
+        "",
+        "| order | predictor | seconds |",
+        "|---|---|---|",
+        *(f"| {i + 1} | {name} | {s:.1f} |" for i, (name, s) in enumerate(timings)),
+        "",
+        f"Crossfit / hold-out: {statistics.fmean(cross) / statistics.fmean(held):.2f}×"
+        f" (means; the hold-out runs span {min(held):.1f}–{max(held):.1f} s).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--set", dest="overrides", action="append", default=None,
+                   help="a data override of both caches (default: data.noise.rate=0.4)")  # fmt: skip
+    p.add_argument("--repeats", type=int, default=2, help="hold-out runs (crossfit: one fewer)")
+    p.add_argument("--runs", type=Path, default=Path("runs/cache_cost"))
+    p.add_argument("--out", type=Path, default=Path("docs/results/holdout_free/cache_cost.md"))
+    args = p.parse_args()
+    if args.repeats < 2:
+        raise SystemExit("--repeats: at least 2 (a hold-out run on each side of a crossfit one)")
+    overrides = args.overrides if args.overrides is not None else ["data.noise.rate=0.4"]
+    names = schedule(args.repeats)
+    with tempfile.TemporaryDirectory() as scratch:
+        jobs = [(f"{i}_{name}", command(name, overrides, Path(scratch) / f"{i}_{name}.h5"))
+                for i, name in enumerate(names)]  # fmt: skip
+        run_pool(jobs, args.runs, n_jobs=1)
+    timings = [(name, seconds_of(args.runs / "logs" / f"{i}_{name}.txt"))
+               for i, name in enumerate(names)]  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(table(timings, overrides))
+    log(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""benchmarks/cache_cost.py: the alternating schedule, the commands, the ratio it reports."""
+
+from pathlib import Path
+
+import cache_cost as cc
+
+
+def test_the_schedule_puts_a_holdout_run_on_each_side_of_every_crossfit_one():
+    assert cc.schedule(2) == ["holdout", "crossfit", "holdout"]
+    assert cc.schedule(3) == ["holdout", "crossfit", "holdout", "crossfit", "holdout"]
+
+
+def test_each_command_writes_its_own_scratch_file_and_only_crossfit_names_its_predictor():
+    held = cc.command("holdout", ["data.noise.rate=0.4"], Path("/s/0.h5"))
+    cross = cc.command("crossfit", ["data.noise.rate=0.4"], Path("/s/1.h5"))
+    assert held[-2:] == ["--out", "/s/0.h5"] and cross[-2:] == ["--out", "/s/1.h5"]
+    assert "zeroshot.predictor=crossfit" in cross and "zeroshot.predictor=crossfit" not in held
+    assert "data.noise.rate=0.4" in held and "data.noise.rate=0.4" in cross
+
+
+def test_the_ratio_is_of_the_means_and_the_holdout_spread_is_shown():
+    text = cc.table([("holdout", 200.0), ("crossfit", 450.0), ("holdout", 250.0)], [])
+    assert "Crossfit / hold-out: 2.00×" in text  # 450 / mean(200, 250)
+    assert "200.0–250.0 s" in text
+    assert "| 2 | crossfit | 450.0 |" in text
+
+
+def test_seconds_are_read_from_the_cache_commands_own_line(tmp_path: Path):
+    log = tmp_path / "0_holdout.txt"
+    log.write_text("│ time (fitting the predictor included) │ 189.1s │\n")
+    assert cc.seconds_of(log) == 189.1
