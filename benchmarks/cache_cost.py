@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import re
 import statistics
 import tempfile
 from pathlib import Path
@@ -22,6 +23,8 @@ from jobs import bdsel_executable, log, run_pool
 from peers import CACHE_TIME
 
 PREDICTORS = {"holdout": (), "crossfit": ("zeroshot.predictor=crossfit",)}
+# A finished training bar: "2124/2124 steps 0:01:51" (done/total, elapsed).
+STEPS = re.compile(r"(\d+)/\1\s+steps\s+(\d+):(\d\d):(\d\d)")
 
 
 def schedule(repeats: int) -> list[str]:
@@ -42,9 +45,19 @@ def seconds_of(log_path: Path) -> float:
     return float(m.group(1))
 
 
-def table(timings: list[tuple[str, float]], overrides: list[str]) -> str:
-    held = [s for name, s in timings if name == "holdout"]
-    cross = [s for name, s in timings if name == "crossfit"]
+def steps_of(log_path: Path) -> tuple[int, float]:
+    """Training steps and their seconds, summed over the log's finished training bars."""
+    bars = [(int(n), 3600 * int(h) + 60 * int(m) + int(sec))
+            for n, h, m, sec in STEPS.findall(log_path.read_text(errors="replace"))]  # fmt: skip
+    return sum(n for n, _ in bars), float(sum(t for _, t in bars))
+
+
+Timing = tuple[str, float, tuple[int, float]]  # predictor, seconds, (training steps, their s)
+
+
+def table(timings: list[Timing], overrides: list[str]) -> str:
+    held = [s for name, s, _ in timings if name == "holdout"]
+    cross = [s for name, s, _ in timings if name == "crossfit"]
     lines = [
         f"# The crossfit cache's seconds against the hold-out cache's ({datetime.date.today()})",
         "",
@@ -54,12 +67,19 @@ def table(timings: list[tuple[str, float]], overrides: list[str]) -> str:
         f" core with one thread and nothing beside them ({os.cpu_count()}-core CPU; torch"
         f" {torch.__version__}).",
         "",
-        "| order | predictor | seconds |",
-        "|---|---|---|",
-        *(f"| {i + 1} | {name} | {s:.1f} |" for i, (name, s) in enumerate(timings)),
+        "| order | predictor | seconds | training steps | steps/s |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {i + 1} | {name} | {s:.1f} | {n:,} | {n / t:.1f} |"
+            if t
+            else f"| {i + 1} | {name} | {s:.1f} | {n:,} | - |"
+            for i, (name, s, (n, t)) in enumerate(timings)
+        ),  # fmt: skip
         "",
         f"Crossfit / hold-out: {statistics.fmean(cross) / statistics.fmean(held):.2f}×"
-        f" (means; the hold-out runs span {min(held):.1f}–{max(held):.1f} s).",
+        f" (means; the hold-out runs span {min(held):.1f}–{max(held):.1f} s). Steps/s"
+        " shows the machine's speed during each run: a ratio between runs of unequal speed"
+        " is the speed's as much as the predictors'.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -73,17 +93,19 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="hold-out runs (crossfit: one fewer)")
     p.add_argument("--runs", type=Path, default=Path("runs/cache_cost"))
     p.add_argument("--out", type=Path, default=Path("docs/results/holdout_free/cache_cost.md"))
+    p.add_argument("--report-only", action="store_true", help="rewrite --out from the logs")
     args = p.parse_args()
     if args.repeats < 2:
         raise SystemExit("--repeats: at least 2 (a hold-out run on each side of a crossfit one)")
     overrides = args.overrides if args.overrides is not None else ["data.noise.rate=0.4"]
     names = schedule(args.repeats)
-    with tempfile.TemporaryDirectory() as scratch:
-        jobs = [(f"{i}_{name}", command(name, overrides, Path(scratch) / f"{i}_{name}.h5"))
-                for i, name in enumerate(names)]  # fmt: skip
-        run_pool(jobs, args.runs, n_jobs=1)
-    timings = [(name, seconds_of(args.runs / "logs" / f"{i}_{name}.txt"))
-               for i, name in enumerate(names)]  # fmt: skip
+    if not args.report_only:
+        with tempfile.TemporaryDirectory() as scratch:
+            jobs = [(f"{i}_{name}", command(name, overrides, Path(scratch) / f"{i}_{name}.h5"))
+                    for i, name in enumerate(names)]  # fmt: skip
+            run_pool(jobs, args.runs, n_jobs=1)
+    logs = [args.runs / "logs" / f"{i}_{name}.txt" for i, name in enumerate(names)]
+    timings = [(name, seconds_of(p), steps_of(p)) for name, p in zip(names, logs, strict=True)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table(timings, overrides))
     log(f"wrote {args.out}")

@@ -502,6 +502,9 @@ def report(args: argparse.Namespace) -> None:
         if has_summary(run_dir(r, args.runs)):
             where = f" (from `{r.stored.relative_to(RESULTS)}`)" if r.stored else ""
             text.append(f"| {r.name} | `{' '.join(r.overrides())}`{where} |")
+    if (args.out / "cache_cost.md").exists():  # benchmarks/cache_cost.py
+        text += ["", "The two predictors' caches timed side by side in one run:",
+                 "[cache_cost.md](cache_cost.md)."]  # fmt: skip
     for setting, (title, _) in SETTINGS.items():
         res = results(setting, args.runs)
         if "uniform" not in res:
