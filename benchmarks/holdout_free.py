@@ -122,6 +122,8 @@ ARMS = [
         stored={"n40": OFFLINE + "r100n40_s{}"}),
     Arm("rho_loss_crossfit_fwd", "rho_loss (crossfit, forward round)", (*RHO, *FORWARD, *LONG),
         cache=FORWARD),
+    Arm("rho_loss_crossfit_auto", "rho_loss (crossfit, shipped)", (*RHO, *CROSSFIT, *LONG),
+        cache=CROSSFIT),
 ]  # fmt: skip
 ARM = {a.key: a for a in ARMS}
 
@@ -172,6 +174,7 @@ GRID: list[tuple[str, str, tuple[int, ...]]] = [
     *[("clean_uniform_auto", s, (0, 1)) for s in ("n40", "p30", "n20")],
     ("clean_bayesian_auto", "n40", (0,)), ("clean_bayesian_auto", "p30", (0,)),
     ("clean_bayesian_holdout_auto", "p30", (0,)),
+    ("rho_loss_crossfit_auto", "n40", (0, 1)),
 ]  # fmt: skip
 RUNS = [Run(ARM[arm], setting, seed) for arm, setting, seeds in GRID for seed in seeds]
 
