@@ -15,7 +15,8 @@ def test_the_grid_names_each_run_once_and_covers_the_issue_settings():
         seeds[r.arm.key, r.setting].add(r.seed)
     shipped = "bayesian_crossfit_auto"
     for setting in ("n40", "p30"):  # the issue's 2 seeds, beside what they are compared with
-        for arm in ("uniform", "bayesian_holdout", shipped, "bayesian_crossfit_fwd"):
+        for arm in ("uniform", "bayesian_holdout", shipped, "bayesian_crossfit_fwd",
+                    "bayesian_crossfit"):  # fmt: skip
             assert seeds[arm, setting] >= {0, 1}
     for arm in ("uniform", "bayesian_holdout", shipped, "bayesian_crossfit_fwd"):
         assert seeds[arm, "n20"] == {0, 1, 2}
