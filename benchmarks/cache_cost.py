@@ -70,11 +70,9 @@ def table(timings: list[Timing], overrides: list[str]) -> str:
         "| order | predictor | seconds | training steps | steps/s |",
         "|---|---|---|---|---|",
         *(
-            f"| {i + 1} | {name} | {s:.1f} | {n:,} | {n / t:.1f} |"
-            if t
-            else f"| {i + 1} | {name} | {s:.1f} | {n:,} | - |"
+            f"| {i + 1} | {name} | {s:.1f} | {n:,} | {f'{n / t:.1f}' if t else '-'} |"
             for i, (name, s, (n, t)) in enumerate(timings)
-        ),  # fmt: skip
+        ),
         "",
         f"Crossfit / hold-out: {statistics.fmean(cross) / statistics.fmean(held):.2f}×"
         f" (means; the hold-out runs span {min(held):.1f}–{max(held):.1f} s). Steps/s"
