@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from jobs import bdsel_executable, log, run_pool
-from peers import CACHE_TIME
+from peers import logged_cache_seconds
 
 PREDICTORS = {"holdout": (), "crossfit": ("zeroshot.predictor=crossfit",)}
 # A finished training bar: "2124/2124 steps 0:01:51" (done/total, elapsed).
@@ -39,10 +39,9 @@ def command(predictor: str, overrides: list[str], out: Path) -> list[str]:
 
 
 def seconds_of(log_path: Path) -> float:
-    m = CACHE_TIME.search(log_path.read_text(errors="replace"))
-    if m is None:
+    if (seconds := logged_cache_seconds(log_path)) is None:
         raise SystemExit(f"{log_path}: the cache command printed no time")
-    return float(m.group(1))
+    return seconds
 
 
 def steps_of(log_path: Path) -> tuple[int, float]:

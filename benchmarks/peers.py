@@ -240,13 +240,19 @@ def run_missing(args: argparse.Namespace) -> None:
 CACHE_TIME = re.compile(r"time \(fitting the predictor[^\n]*?([0-9]+\.[0-9]+)s")
 
 
+def logged_cache_seconds(log: Path) -> float | None:
+    """The seconds a cache command's log says it took (fitting included); None if none."""
+    m = CACHE_TIME.search(log.read_text(errors="replace"))
+    return float(m.group(1)) if m else None
+
+
 def cache_seconds(runs: Path) -> dict[str, float]:
     """Seconds of each cache command, as its log under <runs>/logs says (the command prints
     the time, fitting included); a cache made elsewhere has none."""
     out = {}
     for path in sorted((runs / "logs").glob("cache_*.txt")):
-        if m := CACHE_TIME.search(path.read_text(errors="replace")):
-            out[path.stem.removeprefix("cache_")] = float(m.group(1))
+        if (seconds := logged_cache_seconds(path)) is not None:
+            out[path.stem.removeprefix("cache_")] = seconds
     return out
 
 
