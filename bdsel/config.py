@@ -262,6 +262,12 @@ class CrossfitConfig(FitConfig):
     # noise rate, where the anchor matrix would also carry the model's own confusions
     # (bdsel.data.noise_channel.choose_channel). anchor: the anchor-point matrix always.
     channel: Literal["auto", "anchor"] = "auto"
+    # How the round after the channel round starts its models of the first ``channel_folds``
+    # folds. fresh: a new model, ``epochs`` through the channel. continue: the channel round's
+    # model of that fold (trained on the same rows) goes on through the channel for
+    # ``epochs - channel_epochs`` more, with a fresh optimizer and schedule: every model
+    # trains ``epochs`` in all, and the channel round costs nothing beyond them.
+    refit_init: Literal["fresh", "continue"] = "fresh"
 
 
 @dataclass
@@ -640,6 +646,11 @@ def _check_combinations(config: Config) -> None:
         raise ConfigError(
             f"zeroshot.crossfit.channel_folds ({c.channel_folds}) > zeroshot.crossfit.folds "
             f"({c.folds}): the channel round cannot train more fold models than there are folds"
+        )
+    if c.refit_init == "continue" and c.channel_epochs >= c.epochs:
+        raise ConfigError(
+            f"zeroshot.crossfit.refit_init=continue needs channel_epochs ({c.channel_epochs}) < "
+            f"epochs ({c.epochs}): a continued model trains epochs - channel_epochs more"
         )
     if config.eval.model == "ema" and config.train.ema_decay == 0.0:
         raise ConfigError("eval.model=ema needs train.ema_decay > 0 (or set eval.model=online)")

@@ -134,7 +134,10 @@ class CrossfitPredictor:
         # the caches made then keep matching.
         if c.rounds == 1 or c.refit != "forward":
             del settings["channel_folds"], settings["channel_epochs"], settings["channel"]
+            del settings["refit_init"]
         else:
+            if c.refit_init == "fresh":
+                del settings["refit_init"]
             if c.channel_folds == c.folds:
                 del settings["channel_folds"]
             if c.channel_epochs == c.epochs:
@@ -151,6 +154,12 @@ class CrossfitPredictor:
         """Whether round r (0-based) only estimates a forward refit's channel."""
         c = self.config.zeroshot.crossfit
         return r == 0 and c.rounds > 1 and c.refit == "forward"
+
+    def _continued(self, r: int) -> int:
+        """How many of round r's models (the first ones) go on from the round before's."""
+        c = self.config.zeroshot.crossfit
+        carried = r == 1 and self._channel_round(0) and c.refit_init == "continue"
+        return c.channel_folds if carried else 0
 
     def _round_folds(self, r: int) -> int:
         """How many fold models round r trains: the first ones, in fold order."""
@@ -178,6 +187,11 @@ class CrossfitPredictor:
                 f"estimate the noise channel (anchor points{channel}); then {c.rounds - 1} more "
                 f"round{'s' if c.rounds > 2 else ''} of them afresh on every point, through it"
             )
+            if c.refit_init == "continue":
+                refit = refit.replace(
+                    "of them afresh",
+                    f"of them ({first} going on for {c.epochs - c.channel_epochs} epochs)",
+                )
         else:
             refit = (
                 f"{more} on the points cleanlab trusts from the round before, if at least "
@@ -204,7 +218,8 @@ class CrossfitPredictor:
                     self.refit_skipped = True
                     self._complete_round(progress, save)
                     break
-                self.models = [self._new_model(k) for k in range(c.folds)]
+                kept = self.models[: self._continued(self.rounds_done)]
+                self.models = kept + [self._new_model(k) for k in range(len(kept), c.folds)]
                 self.fold_epochs, self.fold_accuracy = [], []
             self._fit_round(progress, range(len(self.models)))
             self.rounds_done += 1
@@ -289,6 +304,7 @@ class CrossfitPredictor:
         loss = F.cross_entropy if self.transition is None else forward_loss(self.transition)
         what = f", round {self.rounds_done + 1}/{c.rounds}" if c.rounds > 1 else ""
         epochs = c.channel_epochs if self._channel_round(self.rounds_done) else c.epochs
+        continued = self._continued(self.rounds_done)  # they have channel_epochs behind them
         for k in ks:
             model = self.models[k]
             held_out = self.folds[k]
@@ -308,7 +324,7 @@ class CrossfitPredictor:
                 self.source,
                 self.training_rows(k),
                 observed,
-                epochs=epochs,
+                epochs=epochs - c.channel_epochs if k < continued else epochs,
                 batch_size=c.batch_size,
                 optimizer=optimizer,
                 seed=fold_seed(self.config.seed, k),
@@ -317,7 +333,8 @@ class CrossfitPredictor:
                 schedule=c.schedule,
                 loss=loss,
                 progress=progress,
-                description=f"crossfit model {k + 1}/{c.folds}{what}",
+                description=f"crossfit model {k + 1}/{c.folds}{what}"
+                + (", continued" if k < continued else ""),
             )
             self.fold_epochs.append(stop.best_epoch)
             self.fold_accuracy.append(stop.best_score)
