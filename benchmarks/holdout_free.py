@@ -59,6 +59,9 @@ BAYES = ("select.method=bayesian", "select.prefilter=1.0", "select.anneal=0")
 RHO = ("select.method=rho_loss", "select.prefilter=1.0")
 LONG = ("train.epochs=100", "eval.every=4", "eval.other_weights=false")
 CROSSFIT = ("zeroshot.predictor=crossfit",)  # the shipped defaults
+# The channel round's fold model goes on through the channel (8 + 10 epochs) instead of a
+# fresh one's 18: 36 model-epochs against 44.
+CONTINUE = (*CROSSFIT, "zeroshot.crossfit.refit_init=continue")
 # The earlier defaults, pinned: 10 epochs, and a forward refit's first round all of whose
 # K models train as long as the second's and estimate the anchor-point channel.
 EARLIER = (*CROSSFIT, "zeroshot.crossfit.epochs=10")
@@ -96,6 +99,8 @@ ARMS = [
         stored={"n20": PEERS + "bayesian_holdout-n20-s{}", "n40": OFFLINE + "b100n40_s{}"}),
     Arm("bayesian_crossfit_auto", "bayesian (crossfit, shipped: channel round, auto channel)",
         (*BAYES, *CROSSFIT, *LONG), cache=CROSSFIT),
+    Arm("bayesian_crossfit_cont", "bayesian (crossfit, channel round's model continued)",
+        (*BAYES, *CONTINUE, *LONG), cache=CONTINUE),
     Arm("bayesian_crossfit_fwd", "bayesian (crossfit, forward round, anchor channel)",
         (*BAYES, *FORWARD, *LONG), cache=FORWARD),
     Arm("bayesian_crossfit", "bayesian (crossfit, one round)", (*BAYES, *ONE_ROUND, *LONG),
@@ -175,6 +180,8 @@ GRID: list[tuple[str, str, tuple[int, ...]]] = [
     ("clean_bayesian_auto", "n40", (0,)), ("clean_bayesian_auto", "p30", (0,)),
     ("clean_bayesian_holdout_auto", "p30", (0,)),
     ("rho_loss_crossfit_auto", "n40", (0, 1)),
+    *[("bayesian_crossfit_cont", s, (0, 1)) for s in ("n40", "p30", "n20")],
+    ("bayesian_crossfit_cont", "n40", (2,)), ("bayesian_crossfit_cont", "n20", (2,)),
 ]  # fmt: skip
 RUNS = [Run(ARM[arm], setting, seed) for arm, setting, seeds in GRID for seed in seeds]
 
@@ -206,8 +213,8 @@ def command(run: Run, runs: Path) -> list[str]:
     return [*cmd, str(runs / run.name), "--overwrite", *(a for v in values for a in ("--set", v))]
 
 
-CACHES = {"holdout": (), "crossfit_auto": CROSSFIT, "crossfit_fwd": FORWARD, "crossfit": ONE_ROUND,
-          "crossfit_r2": REFIT}  # fmt: skip
+CACHES = {"holdout": (), "crossfit_auto": CROSSFIT, "crossfit_cont": CONTINUE,
+          "crossfit_fwd": FORWARD, "crossfit": ONE_ROUND, "crossfit_r2": REFIT}  # fmt: skip
 
 
 def cache_jobs(todo: list[Run]) -> list[tuple[str, list[str]]]:
@@ -384,6 +391,7 @@ NOTE = (
 
 
 LABELS = {"holdout": "holdout", "crossfit_auto": "crossfit (shipped: channel round, auto channel)",
+          "crossfit_cont": "crossfit (channel round's model continued)",
           "crossfit_fwd": "crossfit (forward round, anchor channel)",
           "crossfit": "crossfit, one round", "crossfit_r2": "crossfit, refit round"}  # fmt: skip
 

@@ -50,13 +50,16 @@ def test_folds_partition_the_training_subset():
 
 
 @pytest.mark.parametrize(
-    "folds, rounds, refit, channel_folds",
-    [(2, 1, "trusted", 1), (3, 2, "trusted", 1), (2, 3, "trusted", 1), (3, 2, "forward", 1),
-     (3, 2, "forward", 2), (3, 2, "forward", 3), (2, 3, "forward", 1)],
+    "folds, rounds, refit, channel_folds, init",
+    [(2, 1, "trusted", 1, "fresh"), (3, 2, "trusted", 1, "fresh"), (2, 3, "trusted", 1, "fresh"),
+     (3, 2, "forward", 1, "fresh"), (3, 2, "forward", 2, "fresh"), (3, 2, "forward", 3, "fresh"),
+     (2, 3, "forward", 1, "fresh"), (3, 2, "forward", 1, "continue"),
+     (3, 2, "forward", 2, "continue"), (2, 3, "forward", 2, "continue")],
 )  # fmt: skip
 def test_no_row_is_predicted_by_a_model_that_trained_on_it(
-    crossfit_values: dict, folds: int, rounds: int, refit: str, channel_folds: int, monkeypatch
-):
+    crossfit_values: dict, folds: int, rounds: int, refit: str, channel_folds: int, init: str,
+    monkeypatch,
+):  # fmt: skip
     # On tiny data the first round's channel may leave a class unidentifiable; open that gate
     # too, as MIN_TRUSTED's is: this test is about the rows each round's models see.
     monkeypatch.setattr(crossfit_module, "identifiable", lambda t: True)
@@ -64,7 +67,7 @@ def test_no_row_is_predicted_by_a_model_that_trained_on_it(
     values["zeroshot"] = dict(values["zeroshot"])
     values["zeroshot"]["crossfit"] = dict(
         values["zeroshot"]["crossfit"], folds=folds, rounds=rounds, refit=refit,
-        channel_folds=channel_folds, channel_epochs=1,
+        channel_folds=channel_folds, channel_epochs=1, refit_init=init,
     )  # fmt: skip
     cfg = load_config(values=values)
     data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
@@ -88,8 +91,11 @@ def test_no_row_is_predicted_by_a_model_that_trained_on_it(
             "round": r, "fold": sum(f["round"] == r for f in fits), "seen": set(),
             "trusted": None if rows is None else set(rows.tolist()), "epochs": kw["epochs"],
             "corrected": kw["loss"] is not torch.nn.functional.cross_entropy,
+            "start": {n: t.clone() for n, t in args[0].state_dict().items()},
         })  # fmt: skip
-        return real_supervised(*args, **kw)
+        fits[-1]["result"] = real_supervised(*args, **kw)
+        fits[-1]["end"] = {n: t.clone() for n, t in fits[-1]["result"].state_dict().items()}
+        return fits[-1]["result"]
 
     crossfit_module.fit_supervised = fit_supervised
     try:
@@ -106,7 +112,12 @@ def test_no_row_is_predicted_by_a_model_that_trained_on_it(
         own = set(predictor.folds[k].tolist())
         assert seen and not seen & own  # model k of every round: never its own fold
         assert f["corrected"] == (r > 0 and refit == "forward")
-        assert f["epochs"] == (1 if r == 0 and channel_round else 2)
+        continued = r == 1 and init == "continue" and k < channel_folds
+        # A continued model: the channel round's model of its fold, for the epochs left of 2.
+        assert f["epochs"] == (1 if (r == 0 and channel_round) or continued else 2)
+        before = [b["end"] for b in fits if b["round"] == r - 1 and b["fold"] == k]
+        same = bool(before) and all(torch.equal(before[0][n], t) for n, t in f["start"].items())
+        assert same == continued  # it starts from its fold's model of the round before, or anew
         if r == 0 or refit == "forward":  # every other fold's row
             assert seen | own == everything
         else:  # a refit round: the other folds' rows the previous round trusted
@@ -203,7 +214,7 @@ def _kill_round_two(monkeypatch) -> list[str]:
 
     def killing_supervised(*args, **kw):
         fits.append(kw["description"])
-        if kw["description"].endswith("round 2/2") and not killed:  # once
+        if "round 2/2" in kw["description"] and not killed:  # once
             killed.append(True)
             raise _Kill
         return real_supervised(*args, **kw)
@@ -304,11 +315,15 @@ def test_crossfit_cache_resumes_after_a_kill(
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.parametrize("init", ["fresh", "continue"])
 def test_a_forward_refit_resumes_after_a_kill_between_rounds(
-    crossfit_values: dict, tmp_path: Path, monkeypatch
+    crossfit_values: dict, tmp_path: Path, init: str, monkeypatch
 ):
     monkeypatch.setattr(crossfit_module, "identifiable", lambda t: True)  # tiny data's channel
-    cfg = load_config(values=crossfit_values, overrides=["zeroshot.crossfit.refit=forward"])
+    overrides = ["zeroshot.crossfit.refit=forward", f"zeroshot.crossfit.refit_init={init}"]
+    if init == "continue":  # the epochs left after the channel round's: 2 - 1
+        overrides.append("zeroshot.crossfit.channel_epochs=1")
+    cfg = load_config(values=crossfit_values, overrides=overrides)
     data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
     source = make_image_source(data.dataset, torch.device("cpu"))
     whole = CrossfitPredictor(cfg, data, source)
@@ -327,7 +342,10 @@ def test_a_forward_refit_resumes_after_a_kill_between_rounds(
     fits.clear()
     resumed = CrossfitPredictor(cfg, data, source)
     resumed.fit_or_load(tmp_path / "killed.pt")  # round 1 reloaded, its channel re-estimated
-    assert fits == [f"crossfit model {k}/3, round 2/2" for k in (1, 2, 3)]
+    first = ", continued" if init == "continue" else ""  # model 1 goes on from round 1's
+    assert fits == [f"crossfit model 1/3, round 2/2{first}"] + [
+        f"crossfit model {k}/3, round 2/2" for k in (2, 3)
+    ]
     assert torch.equal(resumed.transition, whole.transition)
     rows = torch.cat([data.train_idx[:30], torch.arange(5)])
     for split in ("train", "test"):
