@@ -647,10 +647,12 @@ def _check_combinations(config: Config) -> None:
             f"zeroshot.crossfit.channel_folds ({c.channel_folds}) > zeroshot.crossfit.folds "
             f"({c.folds}): the channel round cannot train more fold models than there are folds"
         )
-    if c.refit_init == "continue" and c.channel_epochs >= c.epochs:
+    channel_round = c.rounds > 1 and c.refit == "forward"
+    if channel_round and c.refit_init == "continue" and c.channel_epochs >= c.epochs:
         raise ConfigError(
             f"zeroshot.crossfit.refit_init=continue needs channel_epochs ({c.channel_epochs}) < "
-            f"epochs ({c.epochs}): a continued model trains epochs - channel_epochs more"
+            f"epochs ({c.epochs}): a continued model trains epochs - channel_epochs more (lower "
+            "zeroshot.crossfit.channel_epochs, or set zeroshot.crossfit.refit_init=fresh)"
         )
     if config.eval.model == "ema" and config.train.ema_decay == 0.0:
         raise ConfigError("eval.model=ema needs train.ema_decay > 0 (or set eval.model=online)")

@@ -43,6 +43,17 @@ def test_int_accepted_for_float_but_not_str_for_int():
         load_config("fashion_mnist", ["train.epochs=many"])
 
 
+def test_a_continued_refit_needs_epochs_left_after_the_channel_round():
+    continued = ["zeroshot.crossfit.refit_init=continue", "zeroshot.crossfit.channel_epochs=18"]
+    with pytest.raises(ConfigError, match=r"channel_epochs \(18\) < epochs \(18\)"):
+        load_config("fashion_mnist", continued)
+    # Without a channel round there is nothing to continue from: no error.
+    cfg = load_config("fashion_mnist", [*continued, "zeroshot.crossfit.refit=trusted"])
+    assert cfg.zeroshot.crossfit.refit_init == "continue"
+    fresh = load_config("fashion_mnist", [*continued[1:], "zeroshot.crossfit.refit_init=fresh"])
+    assert fresh.zeroshot.crossfit.channel_epochs == 18
+
+
 @pytest.mark.parametrize(
     ("override", "pattern"),
     [
