@@ -25,6 +25,7 @@ def test_the_ratio_is_of_the_means_and_the_holdout_spread_is_shown():
     assert "Crossfit / hold-out: 2.00×" in text  # 450 / mean(200, 250)
     assert "200.0–250.0 s" in text
     assert "| 2 | crossfit | 450.0 | 300 | 15.0 |" in text
+    assert "Training steps, crossfit / hold-out: 3.00×" in text  # 300 / 100
 
 
 def test_seconds_are_read_from_the_cache_commands_own_line(tmp_path: Path):
