@@ -62,6 +62,7 @@ CROSSFIT = ("zeroshot.predictor=crossfit",)  # the shipped defaults
 # The channel round's fold model goes on through the channel (8 + 10 epochs) instead of a
 # fresh one's 18: 36 model-epochs against 44.
 CONTINUE = (*CROSSFIT, "zeroshot.crossfit.refit_init=continue")
+E16 = (*CROSSFIT, "zeroshot.crossfit.epochs=16")  # 1 × 8 + 2 × 16 = 40 model-epochs
 # The earlier defaults, pinned: 10 epochs, and a forward refit's first round all of whose
 # K models train as long as the second's and estimate the anchor-point channel.
 EARLIER = (*CROSSFIT, "zeroshot.crossfit.epochs=10")
@@ -101,6 +102,8 @@ ARMS = [
         (*BAYES, *CROSSFIT, *LONG), cache=CROSSFIT),
     Arm("bayesian_crossfit_cont", "bayesian (crossfit, channel round's model continued)",
         (*BAYES, *CONTINUE, *LONG), cache=CONTINUE),
+    Arm("bayesian_crossfit_e16", "bayesian (crossfit, 16-epoch models)",
+        (*BAYES, *E16, *LONG), cache=E16),
     Arm("bayesian_crossfit_fwd", "bayesian (crossfit, forward round, anchor channel)",
         (*BAYES, *FORWARD, *LONG), cache=FORWARD),
     Arm("bayesian_crossfit", "bayesian (crossfit, one round)", (*BAYES, *ONE_ROUND, *LONG),
@@ -182,6 +185,8 @@ GRID: list[tuple[str, str, tuple[int, ...]]] = [
     ("rho_loss_crossfit_auto", "n40", (0, 1)),
     *[("bayesian_crossfit_cont", s, (0, 1)) for s in ("n40", "p30", "n20")],
     ("bayesian_crossfit_cont", "n40", (2,)), ("bayesian_crossfit_cont", "n20", (2,)),
+    *[("bayesian_crossfit_e16", s, (0, 1)) for s in ("n40", "p30", "n20")],
+    ("bayesian_crossfit_e16", "n20", (2,)), ("bayesian_crossfit_e16", "n40", (2,)),
 ]  # fmt: skip
 RUNS = [Run(ARM[arm], setting, seed) for arm, setting, seeds in GRID for seed in seeds]
 
@@ -213,7 +218,7 @@ def command(run: Run, runs: Path) -> list[str]:
     return [*cmd, str(runs / run.name), "--overwrite", *(a for v in values for a in ("--set", v))]
 
 
-CACHES = {"holdout": (), "crossfit_auto": CROSSFIT, "crossfit_cont": CONTINUE,
+CACHES = {"holdout": (), "crossfit_auto": CROSSFIT, "crossfit_cont": CONTINUE, "crossfit_e16": E16,
           "crossfit_fwd": FORWARD, "crossfit": ONE_ROUND, "crossfit_r2": REFIT}  # fmt: skip
 
 
@@ -392,6 +397,7 @@ NOTE = (
 
 LABELS = {"holdout": "holdout", "crossfit_auto": "crossfit (shipped: channel round, auto channel)",
           "crossfit_cont": "crossfit (channel round's model continued)",
+          "crossfit_e16": "crossfit (16-epoch models)",
           "crossfit_fwd": "crossfit (forward round, anchor channel)",
           "crossfit": "crossfit, one round", "crossfit_r2": "crossfit, refit round"}  # fmt: skip
 
