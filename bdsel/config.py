@@ -232,7 +232,8 @@ class CrossfitConfig(FitConfig):
     to plateau, 10 cosine epochs at lr 0.01 came within 1.5 points of it (86.6% against 88.2%
     test accuracy, Fashion-MNIST at 20% noise) in a third of the time (304 s against 796 s on
     one CPU thread; docs/results/offline/predictor_budget.md); through the channel, 20 epochs
-    gained 2.0 points over 10 at 40% noise (docs/results/holdout_free/crossfit_recipe.md)."""
+    gained 2.0 points over 10 at 40% noise (docs/results/holdout_free/crossfit_recipe.md), and
+    16 instead of 18 cost bayesian 0.06-0.36 points at the end (docs/results/holdout_free/)."""
 
     folds: int = 2
     epochs: int = 18
