@@ -220,9 +220,9 @@ def test_a_state_dict_round_trip_continues_identically():
     )
 
 
-def _gloo_worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+def _gloo_worker(rank: int, rendezvous: str, out: str) -> None:
+    # A file rendezvous: no port to find free and lose to another process before binding it.
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
     selector = bayesian()
     for step in range(4):
         indices, labels, logits, features = batch(10 * step + rank)  # each rank its own batch
@@ -233,10 +233,8 @@ def _gloo_worker(rank: int, port: int, out: str) -> None:
 
 
 def test_under_two_process_gloo_both_ranks_hold_the_same_posterior(tmp_path: Path):
-    from test_distributed import _free_port
-
     out = str(tmp_path / "selector")
-    mp.spawn(_gloo_worker, args=(_free_port(), out), nprocs=2, join=True)
+    mp.spawn(_gloo_worker, args=(str(tmp_path / "rendezvous"), out), nprocs=2, join=True)
     states = [torch.load(f"{out}.{r}", weights_only=False)["posterior"] for r in (0, 1)]
     assert states[0]["n_updates"] == 4
     for key in ("A", "G"):
