@@ -18,7 +18,8 @@ folds, each on the other folds' rows through that channel, with the forward loss
 they learn the clean label, and so are as sure as a model of clean labels that a mislabeled
 point is wrong. Where the channel leaves a class unidentifiable (its diagonal does not
 dominate), the refit is skipped and the first round stands, its missing folds' models
-trained as it would have.
+trained as it would have. ``refit_init: continue`` starts the second round's models of the
+channel round's folds from that round's models instead (cheaper; measured below the default).
 
 ``refit: trusted`` instead trains the second round on the rows cleanlab's ``find_label_issues``
 does not flag from the first round's out-of-fold probabilities, skipped where it trusts under
