@@ -183,16 +183,14 @@ class CrossfitPredictor:
         elif c.refit == "forward":
             first = f"{c.channel_folds} of them" if c.channel_folds < c.folds else "all of them"
             channel = "" if c.channel == "anchor" else ", or their symmetric projection"
+            start = "afresh"
+            if c.refit_init == "continue":
+                start = f"({first} going on for {c.epochs - c.channel_epochs} epochs)"
             refit = (
                 f"; the first round trains {first} for {c.channel_epochs} epochs, only to "
                 f"estimate the noise channel (anchor points{channel}); then {c.rounds - 1} more "
-                f"round{'s' if c.rounds > 2 else ''} of them afresh on every point, through it"
+                f"round{'s' if c.rounds > 2 else ''} of them {start} on every point, through it"
             )
-            if c.refit_init == "continue":
-                refit = refit.replace(
-                    "of them afresh",
-                    f"of them ({first} going on for {c.epochs - c.channel_epochs} epochs)",
-                )
         else:
             refit = (
                 f"{more} on the points cleanlab trusts from the round before, if at least "
@@ -308,6 +306,7 @@ class CrossfitPredictor:
         continued = self._continued(self.rounds_done)  # they have channel_epochs behind them
         for k in ks:
             model = self.models[k]
+            carried = k < continued
             held_out = self.folds[k]
             if self.trusted is not None:  # scored on its fold's trusted labels
                 held_out = held_out[torch.isin(held_out, self.trusted)]
@@ -325,7 +324,7 @@ class CrossfitPredictor:
                 self.source,
                 self.training_rows(k),
                 observed,
-                epochs=epochs - c.channel_epochs if k < continued else epochs,
+                epochs=epochs - c.channel_epochs if carried else epochs,
                 batch_size=c.batch_size,
                 optimizer=optimizer,
                 seed=fold_seed(self.config.seed, k),
@@ -335,7 +334,7 @@ class CrossfitPredictor:
                 loss=loss,
                 progress=progress,
                 description=f"crossfit model {k + 1}/{c.folds}{what}"
-                + (", continued" if k < continued else ""),
+                + (", continued" if carried else ""),
             )
             self.fold_epochs.append(stop.best_epoch)
             self.fold_accuracy.append(stop.best_score)
