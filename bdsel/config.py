@@ -270,6 +270,11 @@ class CrossfitConfig(FitConfig):
     # trains ``epochs`` in all, and the channel round costs nothing beyond them.
     refit_init: Literal["fresh", "continue"] = "fresh"
 
+    @property
+    def channel_round(self) -> bool:
+        """Whether the first round only estimates the noise channel (a forward refit's)."""
+        return self.rounds > 1 and self.refit == "forward"
+
 
 @dataclass
 class ZeroshotConfig:
@@ -648,8 +653,7 @@ def _check_combinations(config: Config) -> None:
             f"zeroshot.crossfit.channel_folds ({c.channel_folds}) > zeroshot.crossfit.folds "
             f"({c.folds}): the channel round cannot train more fold models than there are folds"
         )
-    channel_round = c.rounds > 1 and c.refit == "forward"
-    if channel_round and c.refit_init == "continue" and c.channel_epochs >= c.epochs:
+    if c.channel_round and c.refit_init == "continue" and c.channel_epochs >= c.epochs:
         raise ConfigError(
             f"zeroshot.crossfit.refit_init=continue needs channel_epochs ({c.channel_epochs}) < "
             f"epochs ({c.epochs}): a continued model trains epochs - channel_epochs more (lower "

@@ -133,7 +133,7 @@ class CrossfitPredictor:
         c = config.zeroshot.crossfit
         # Left out where they do nothing, or at the value they had before they were settings:
         # the caches made then keep matching.
-        if c.rounds == 1 or c.refit != "forward":
+        if not c.channel_round:
             del settings["channel_folds"], settings["channel_epochs"], settings["channel"]
             del settings["refit_init"]
         else:
@@ -153,8 +153,7 @@ class CrossfitPredictor:
 
     def _channel_round(self, r: int) -> bool:
         """Whether round r (0-based) only estimates a forward refit's channel."""
-        c = self.config.zeroshot.crossfit
-        return r == 0 and c.rounds > 1 and c.refit == "forward"
+        return r == 0 and self.config.zeroshot.crossfit.channel_round
 
     def _continued(self, r: int) -> int:
         """How many of round r's models (the first ones) go on from the round before's."""
