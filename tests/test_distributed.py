@@ -4,7 +4,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,12 +18,6 @@ import yaml
 from bdsel.laplace import LastLayerLaplace
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _batches(rank: int):
     g = torch.Generator().manual_seed(100 + rank)
     out = []
@@ -37,9 +30,9 @@ def _batches(rank: int):
     return out
 
 
-def _posterior_worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+def _posterior_worker(rank: int, rendezvous: str, out: str) -> None:
+    # A file rendezvous: no port to find free and lose to another process before binding it.
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
     post = LastLayerLaplace(6, 4, dtype=torch.float64, momentum=0.9)
     for h, p, y in _batches(rank):
         post.update(h, p, y, all_reduce=True)
@@ -49,7 +42,7 @@ def _posterior_worker(rank: int, port: int, out: str) -> None:
 
 def test_two_process_posterior_equals_one_process_on_the_union(tmp_path: Path):
     out = str(tmp_path / "posterior")
-    mp.spawn(_posterior_worker, args=(_free_port(), out), nprocs=2, join=True)
+    mp.spawn(_posterior_worker, args=(str(tmp_path / "rendezvous"), out), nprocs=2, join=True)
     single = LastLayerLaplace(6, 4, dtype=torch.float64, momentum=0.9)
     for (h0, p0, y0), (h1, p1, y1) in zip(_batches(0), _batches(1), strict=True):
         single.update(torch.cat([h0, h1]), torch.cat([p0, p1]), torch.cat([y0, y1]))
