@@ -262,7 +262,10 @@ class CrossfitConfig(FitConfig):
     # put their off-diagonal mass on one class (a pair flip), else the symmetric channel of its
     # noise rate, where the anchor matrix would also carry the model's own confusions
     # (bdsel.data.noise_channel.choose_channel). anchor: the anchor-point matrix always.
-    channel: Literal["auto", "anchor"] = "auto"
+    # fitted: as auto, but the symmetric channel's rate is the one of most likelihood of the
+    # observed labels (with a temperature) under the channel round's out-of-fold
+    # probabilities, not the anchor diagonal's, which counts the model's confusions as noise.
+    channel: Literal["auto", "anchor", "fitted"] = "auto"
     # How the round after the channel round starts its models of the first ``channel_folds``
     # folds. fresh: a new model, ``epochs`` through the channel. continue: the channel round's
     # model of that fold (trained on the same rows) goes on through the channel for

@@ -12,7 +12,8 @@ from bdsel_cli.main import app
 from typer.testing import CliRunner
 
 from bdsel.config import load_config
-from bdsel.data import derive_run_data, load_dataset, make_image_source
+from bdsel.data import derive_run_data, load_dataset, make_image_source, noise_channel
+from bdsel.data.noise_channel import symmetric_channel
 from bdsel.zeroshot import crossfit as crossfit_module
 from bdsel.zeroshot.crossfit import MIN_TRUSTED, CrossfitPredictor, assign_folds
 
@@ -199,6 +200,53 @@ def test_a_skipped_forward_refit_completes_its_channel_round(
     reloaded.fit_or_load(tmp_path / "w.pt")
     assert fits == [] and reloaded.refit_skipped and reloaded.spec() == spec
     assert torch.equal(reloaded.logprobs("train", rows), predictor.logprobs("train", rows))
+
+
+@pytest.mark.parametrize("channel", ["auto", "fitted"])
+def test_a_fitted_channel_takes_its_rate_from_the_channel_rounds_out_of_fold_labels(
+    crossfit_values: dict, channel: str, monkeypatch
+):
+    # channel: fitted hands choose_channel the symmetric rate fitted (with a temperature) to
+    # the observed labels of the channel round's fold under that round's model, and trains
+    # through what it chose; auto fits nothing and leaves the rate to the anchor matrix.
+    fits, choices = [], []
+    real_fit, real_choose = (
+        crossfit_module.fit_temperature_and_noise,
+        crossfit_module.choose_channel,
+    )
+
+    def fit(logprobs, labels):
+        fits.append((logprobs, labels))
+        return real_fit(logprobs, labels)
+
+    def choose(anchor, rate=None):
+        choices.append((rate, real_choose(anchor, rate)))
+        return choices[-1][1]
+
+    monkeypatch.setattr(crossfit_module, "fit_temperature_and_noise", fit)
+    monkeypatch.setattr(crossfit_module, "choose_channel", choose)
+    monkeypatch.setattr(crossfit_module, "identifiable", lambda t: True)
+    monkeypatch.setattr(noise_channel, "CONCENTRATED", 1.01)  # every matrix reads as spread
+    cfg = load_config(values=crossfit_values, overrides=[
+        "zeroshot.crossfit.refit=forward", "zeroshot.crossfit.channel_epochs=1",
+        "zeroshot.crossfit.epochs=1", f"zeroshot.crossfit.channel={channel}"])  # fmt: skip
+    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
+    predictor = CrossfitPredictor(cfg, data, make_image_source(data.dataset, torch.device("cpu")))
+    predictor.fit()
+    assert len(choices) == 1
+    rate, (kind, transition) = choices[0]
+    assert kind == predictor.channel_kind == "symmetric"
+    assert torch.equal(predictor.transition, transition)
+    if channel == "auto":
+        assert fits == [] and rate is None
+        return
+    ((logprobs, labels),) = fits
+    fold = predictor.folds[0]  # the channel round trains fold 0's model only
+    assert logprobs.shape == (len(fold), data.dataset.n_classes) and logprobs.dtype == torch.float64
+    assert torch.equal(labels, data.observed[fold])
+    torch.testing.assert_close(logprobs.exp().sum(1), torch.ones(len(fold), dtype=torch.float64))
+    assert rate == real_fit(logprobs, labels)[1]
+    torch.testing.assert_close(transition, symmetric_channel(rate, data.dataset.n_classes))
 
 
 class _Kill(KeyboardInterrupt):

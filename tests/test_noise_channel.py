@@ -74,13 +74,16 @@ def test_the_channel_choice_recovers_a_known_channel_from_anchor_points(kind: st
     anchor = anchor_transition(clean @ truth)
     chosen, channel = choose_channel(anchor)
     assert chosen == ("symmetric" if kind == "symmetric" else "anchor")
+    given_kind, given = choose_channel(anchor, rate=0.37)  # a rate estimated some other way
+    assert given_kind == chosen
     if kind == "symmetric":  # the rate is the anchor matrix's, the confusion spread out
         rate = float(1 - anchor.diagonal().mean())
         torch.testing.assert_close(channel, symmetric_channel(rate, c), atol=1e-12, rtol=0)
+        torch.testing.assert_close(given, symmetric_channel(0.37, c), atol=1e-12, rtol=0)
         assert abs(rate - 0.4) < 0.03  # 0.4 + class 0's share of the confusion
         assert float(off_diagonal_concentration(anchor).mean()) < CONCENTRATED
     else:  # the anchor matrix itself: the pair flip, class 0's row with the confusion mixed in
-        assert torch.equal(channel, anchor)
+        assert torch.equal(channel, anchor) and torch.equal(given, anchor)  # the rate unused
         torch.testing.assert_close(channel[1:], truth[1:], atol=1e-12, rtol=0)
         torch.testing.assert_close(channel[0], confused[0] @ truth, atol=1e-12, rtol=0)
 

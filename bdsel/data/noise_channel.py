@@ -61,15 +61,17 @@ def off_diagonal_concentration(transition: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, off.max(1).values / total.clamp_min(1e-300), 0.0)
 
 
-def choose_channel(anchor: torch.Tensor) -> tuple[str, torch.Tensor]:
+def choose_channel(anchor: torch.Tensor, rate: float | None = None) -> tuple[str, torch.Tensor]:
     """The channel a forward correction trains through, from an anchor-point estimate [C, C]:
     ("anchor", it) where its rows are concentrated (mean off_diagonal_concentration at least
-    CONCENTRATED), else ("symmetric", the symmetric channel of its rate 1 − mean diagonal),
-    whose off-diagonal is then mostly the model's own confusions, not the labels' noise."""
+    CONCENTRATED), else ("symmetric", the symmetric channel of ``rate``, by default the anchor
+    matrix's 1 − mean diagonal), whose off-diagonal is then mostly the model's own confusions,
+    not the labels' noise."""
     t = anchor.double()
     if t.shape[0] <= 2 or float(off_diagonal_concentration(t).mean()) >= CONCENTRATED:
         return "anchor", t
-    return "symmetric", symmetric_channel(float(1 - t.diagonal().mean()), t.shape[0])
+    eps = float(1 - t.diagonal().mean()) if rate is None else rate
+    return "symmetric", symmetric_channel(eps, t.shape[0])
 
 
 def identifiable(transition: torch.Tensor) -> bool:

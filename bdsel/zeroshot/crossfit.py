@@ -62,6 +62,7 @@ from bdsel.fit import EarlyStopping, fit_supervised
 from bdsel.models import create_model
 from bdsel.optim import build_optimizer
 from bdsel.rundir import atomic_write_bytes
+from bdsel.zeroshot.calibration import fit_temperature_and_noise
 from bdsel.zeroshot.holdout import (
     as_train_config,
     fit_settings,
@@ -181,7 +182,11 @@ class CrossfitPredictor:
             refit = ""
         elif c.refit == "forward":
             first = f"{c.channel_folds} of them" if c.channel_folds < c.folds else "all of them"
-            channel = "" if c.channel == "anchor" else ", or their symmetric projection"
+            channel = {
+                "anchor": "",
+                "auto": ", or their symmetric projection",
+                "fitted": ", or a symmetric channel of the noise rate fitted to them",
+            }[c.channel]
             start = "afresh"
             if c.refit_init == "continue":
                 start = f"({first} going on for {c.epochs - c.channel_epochs} epochs)"
@@ -259,9 +264,16 @@ class CrossfitPredictor:
         under MIN_TRUSTED of the rows, or the channel leaves a clean class unidentifiable."""
         c = self.config.zeroshot.crossfit
         if c.refit == "forward":
-            anchor = anchor_transition(self._out_of_fold()[1])
+            rows, probs = self._out_of_fold()
+            anchor = anchor_transition(probs)
             self.concentration = float(off_diagonal_concentration(anchor).mean())
-            kind, transition = choose_channel(anchor) if c.channel == "auto" else ("anchor", anchor)
+            kind, transition = (
+                ("anchor", anchor)
+                if c.channel == "anchor"
+                else choose_channel(
+                    anchor, self._fitted_rate(rows, probs) if c.channel == "fitted" else None
+                )
+            )
             ok = identifiable(transition)
             self.transition, self.channel_kind = (transition, kind) if ok else (None, None)
             return ok
@@ -270,6 +282,13 @@ class CrossfitPredictor:
             return False
         self.trusted = trusted
         return True
+
+    def _fitted_rate(self, rows: torch.Tensor, probs: torch.Tensor) -> float:
+        """The symmetric noise rate of most likelihood of the rows' observed labels under the
+        out-of-fold probabilities ``probs``, with a temperature fitted alongside
+        (bdsel.zeroshot.calibration.fit_temperature_and_noise): unlike the anchor matrix's
+        diagonal, it does not count the model's own confusions as noise."""
+        return fit_temperature_and_noise(probs.clamp_min(1e-300).log(), self.data.observed[rows])[1]
 
     def _trusted_rows(self) -> torch.Tensor:
         """The training rows cleanlab does not flag from the out-of-fold probabilities: sorted
