@@ -12,9 +12,10 @@ read from there (``STORED``) instead of being rerun; everything else is a plain
   model, 8 epochs) whose out-of-fold probabilities estimate the noise channel, anchor points
   or their symmetric projection as ``channel: auto`` chooses, then K = 2 models of 18 epochs
   trained through it (``zeroshot.crossfit.refit=forward``).
-- bayesian (crossfit, channel round's model continued; 16-epoch models): two cheaper caches
-  than the shipped one, measured against it (``refit_init=continue``: 36 model-epochs;
-  ``epochs=16``: 40; the shipped default's 44).
+- bayesian (crossfit, channel round's model continued; 16-epoch models; 3-epoch channel
+  round, fitted rate): three cheaper caches than the shipped one, measured against it
+  (``refit_init=continue``: 36 model-epochs; ``epochs=16``: 40; ``channel_epochs=3
+  channel=fitted``: 39; the shipped default's 44).
 - bayesian (crossfit, forward round, anchor channel): the default before, two rounds of K = 2
   models of 10 epochs, the second through the anchor-point channel, pinned by its overrides.
 - bayesian (crossfit, one round): ``zeroshot.crossfit.rounds=1``, 10 epochs, the default
@@ -66,6 +67,10 @@ CROSSFIT = ("zeroshot.predictor=crossfit",)  # the shipped defaults
 # fresh one's 18: 36 model-epochs against 44.
 CONTINUE = (*CROSSFIT, "zeroshot.crossfit.refit_init=continue")
 E16 = (*CROSSFIT, "zeroshot.crossfit.epochs=16")  # 1 × 8 + 2 × 16 = 40 model-epochs
+# A 3-epoch channel round (1 × 3 + 2 × 18 = 39 model-epochs), its symmetric channel's rate
+# fitted by likelihood: after 3 epochs the anchor diagonal counts many more of the model's
+# own confusions as noise than after 8 (benchmarks/channel_round.py).
+C3 = (*CROSSFIT, "zeroshot.crossfit.channel_epochs=3", "zeroshot.crossfit.channel=fitted")
 # The earlier defaults, pinned: 10 epochs, and a forward refit's first round all of whose
 # K models train as long as the second's and estimate the anchor-point channel.
 EARLIER = (*CROSSFIT, "zeroshot.crossfit.epochs=10")
@@ -107,6 +112,8 @@ ARMS = [
         (*BAYES, *CONTINUE, *LONG), cache=CONTINUE),
     Arm("bayesian_crossfit_e16", "bayesian (crossfit, 16-epoch models)",
         (*BAYES, *E16, *LONG), cache=E16),
+    Arm("bayesian_crossfit_c3", "bayesian (crossfit, 3-epoch channel round, fitted rate)",
+        (*BAYES, *C3, *LONG), cache=C3),
     Arm("bayesian_crossfit_fwd", "bayesian (crossfit, forward round, anchor channel)",
         (*BAYES, *FORWARD, *LONG), cache=FORWARD),
     Arm("bayesian_crossfit", "bayesian (crossfit, one round)", (*BAYES, *ONE_ROUND, *LONG),
@@ -190,6 +197,7 @@ GRID: list[tuple[str, str, tuple[int, ...]]] = [
     ("bayesian_crossfit_cont", "n40", (0,)), ("bayesian_crossfit_cont", "p30", (0,)),
     ("bayesian_crossfit_e16", "n40", (0, 1)), ("bayesian_crossfit_e16", "p30", (0, 1)),
     ("bayesian_crossfit_e16", "n20", (0,)),
+    ("bayesian_crossfit_c3", "n40", (0,)), ("bayesian_crossfit_c3", "p30", (0,)),
 ]  # fmt: skip
 RUNS = [Run(ARM[arm], setting, seed) for arm, setting, seeds in GRID for seed in seeds]
 
@@ -222,6 +230,7 @@ def command(run: Run, runs: Path) -> list[str]:
 
 
 CACHES = {"holdout": (), "crossfit_auto": CROSSFIT, "crossfit_cont": CONTINUE, "crossfit_e16": E16,
+          "crossfit_c3": C3,
           "crossfit_fwd": FORWARD, "crossfit": ONE_ROUND, "crossfit_r2": REFIT}  # fmt: skip
 
 
@@ -401,6 +410,7 @@ NOTE = (
 LABELS = {"holdout": "holdout", "crossfit_auto": "crossfit (shipped: channel round, auto channel)",
           "crossfit_cont": "crossfit (channel round's model continued)",
           "crossfit_e16": "crossfit (16-epoch models)",
+          "crossfit_c3": "crossfit (3-epoch channel round, fitted rate)",
           "crossfit_fwd": "crossfit (forward round, anchor channel)",
           "crossfit": "crossfit, one round", "crossfit_r2": "crossfit, refit round"}  # fmt: skip
 
