@@ -44,7 +44,6 @@ def estimate(setting: str, epochs: int) -> dict:
     from bdsel.config import load_config
     from bdsel.data import derive_run_data, load_dataset
     from bdsel.data.noise_channel import anchor_transition, choose_channel, identifiable
-    from bdsel.zeroshot.calibration import fit_temperature_and_noise
     from bdsel.zeroshot.crossfit import CrossfitPredictor
 
     overrides = ["seed=0", *SETTINGS[setting][1], "zeroshot.predictor=crossfit",
@@ -59,7 +58,7 @@ def estimate(setting: str, epochs: int) -> dict:
     true.index_put_((data.clean[rows], data.observed[rows]), torch.ones(len(rows)).double(), True)
     true /= true.sum(1, keepdim=True)
     anchor = anchor_transition(probs)
-    fitted = fit_temperature_and_noise(probs.clamp_min(1e-300).log(), data.observed[rows])[1]
+    fitted = predictor._fitted_rate(rows, probs)  # what channel: fitted would train through
     out = {"setting": setting, "epochs": epochs, "true_rate": float(1 - true.diagonal().mean())}
     for name, rate in (("auto", None), ("fitted", fitted)):
         kind, t = choose_channel(anchor, rate)

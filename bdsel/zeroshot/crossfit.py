@@ -267,13 +267,11 @@ class CrossfitPredictor:
             rows, probs = self._out_of_fold()
             anchor = anchor_transition(probs)
             self.concentration = float(off_diagonal_concentration(anchor).mean())
-            kind, transition = (
-                ("anchor", anchor)
-                if c.channel == "anchor"
-                else choose_channel(
-                    anchor, self._fitted_rate(rows, probs) if c.channel == "fitted" else None
-                )
-            )
+            if c.channel == "anchor":
+                kind, transition = "anchor", anchor
+            else:
+                rate = self._fitted_rate(rows, probs) if c.channel == "fitted" else None
+                kind, transition = choose_channel(anchor, rate)
             ok = identifiable(transition)
             self.transition, self.channel_kind = (transition, kind) if ok else (None, None)
             return ok
