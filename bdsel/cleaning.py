@@ -26,7 +26,7 @@ def clean_run_data(config: Config, data: RunData) -> RunData:
     if clean.cache is None:
         return data
     from bdsel.zeroshot.cache import CacheError, load_zs_logprobs, read_cache_info
-    from bdsel.zeroshot.run import check_split
+    from bdsel.zeroshot.provenance import check_split
 
     path = Path(clean.cache)
     if not path.is_file():

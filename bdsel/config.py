@@ -272,6 +272,10 @@ class CrossfitConfig(FitConfig):
     # ``epochs - channel_epochs`` more, with a fresh optimizer and schedule: every model
     # trains ``epochs`` in all, and the channel round costs nothing beyond them.
     refit_init: Literal["fresh", "continue"] = "fresh"
+    # Clean-then-select: true trains the fold models on the train subset ``data.clean`` leaves
+    # (a cache made for that subset), so that its rows are scored by models of the cleaned
+    # data, not by the ones whose agreement let their wrong labels through cleaning.
+    cleaned: bool = False
 
     @property
     def channel_round(self) -> bool:
@@ -661,6 +665,17 @@ def _check_combinations(config: Config) -> None:
             f"zeroshot.crossfit.refit_init=continue needs channel_epochs ({c.channel_epochs}) < "
             f"epochs ({c.epochs}): a continued model trains epochs - channel_epochs more (lower "
             "zeroshot.crossfit.channel_epochs, or set zeroshot.crossfit.refit_init=fresh)"
+        )
+    if c.cleaned and config.data.clean.cache is None:
+        raise ConfigError(
+            "zeroshot.crossfit.cleaned=true trains the fold models on the points data.clean "
+            "keeps: set data.clean.cache to the crossfit cache that cleans them"
+        )
+    if c.cleaned and config.zeroshot.cache == config.data.clean.cache:
+        raise ConfigError(
+            "zeroshot.crossfit.cleaned=true: zeroshot.cache is data.clean.cache, the cache that "
+            "cleans the data; the cleaned data's cache needs a file of its own (leave "
+            "zeroshot.cache unset for its default name)"
         )
     if config.eval.model == "ema" and config.train.ema_decay == 0.0:
         raise ConfigError("eval.model=ema needs train.ema_decay > 0 (or set eval.model=online)")

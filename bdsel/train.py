@@ -67,14 +67,22 @@ class TrainingDiverged(RuntimeError):
 
 
 def build_lookups(
-    names: tuple[str, ...], config: Config, data: RunData, device: torch.device
+    names: tuple[str, ...],
+    config: Config,
+    data: RunData,
+    device: torch.device,
+    cleaned: RunData | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Per-index quantities a selector asks for, as device tensors indexed by global index."""
+    """Per-index quantities a selector asks for, as device tensors indexed by global index,
+    checked against the train subset their cache was made for: the whole one (``data``), or,
+    for a predictor fitted on the cleaned data, the one ``data.clean`` leaves (``cleaned``)."""
     if not names:
         return {}
-    from bdsel.zeroshot.run import load_lookups  # late: open_clip and h5py only when needed
+    # late: open_clip and h5py only when needed
+    from bdsel.zeroshot.run import fits_cleaned, load_lookups
 
-    return load_lookups(names, config, data, device)
+    made_for = cleaned if cleaned is not None and fits_cleaned(config) else data
+    return load_lookups(names, config, made_for, device)
 
 
 def prefilter_size(config: Config, selector: Selector) -> int:
@@ -106,10 +114,10 @@ def build_run(config: Config, dataset: Dataset | None = None, world: World | Non
     torch.manual_seed(config.seed)
     dataset = dataset if dataset is not None else load_dataset(config.data)
     data = derive_run_data(dataset, config.data, config.seed)
-    # Tables by global index, checked against the whole train subset they were made for;
-    # data.clean then drops points from it (clean-then-train).
-    lookups = build_lookups(selector_class(config.select.method).requires, config, data, device)
-    data = clean_run_data(config, data)
+    cleaned = clean_run_data(config, data)  # data.clean's points dropped (clean-then-train)
+    requires = selector_class(config.select.method).requires
+    lookups = build_lookups(requires, config, data, device, cleaned)
+    data = cleaned
     n_train = len(data.train_idx) // world.size  # each rank's slice of an epoch
     n_candidates = config.select.n_candidates
     if n_train < n_candidates:

@@ -71,6 +71,9 @@ E16 = (*CROSSFIT, "zeroshot.crossfit.epochs=16")  # 1 × 8 + 2 × 16 = 40 model-
 # fitted by likelihood: after 3 epochs the anchor diagonal counts many more of the model's
 # own confusions as noise than after 8 (benchmarks/channel_round.py).
 C3 = (*CROSSFIT, "zeroshot.crossfit.channel_epochs=3", "zeroshot.crossfit.channel=fitted")
+# Fold models refit on the points the shipped cache's cleaning keeps (its cache needs that
+# cleaning's: predictor_overrides).
+CLEANED = (*CROSSFIT, "zeroshot.crossfit.cleaned=true")
 # The earlier defaults, pinned: 10 epochs, and a forward refit's first round all of whose
 # K models train as long as the second's and estimate the anchor-point channel.
 EARLIER = (*CROSSFIT, "zeroshot.crossfit.epochs=10")
@@ -136,6 +139,9 @@ ARMS = [
         (*BAYES, *CROSSFIT, *LONG), cache=CROSSFIT, cleans=CROSSFIT),
     Arm("clean_bayesian_holdout_auto", "cleanlab (crossfit, shipped) → bayesian (holdout)",
         (*BAYES, *LONG), cache=(), cleans=CROSSFIT),
+    Arm("clean_bayesian_recache",
+        "cleanlab (crossfit, shipped) → bayesian (crossfit models of the cleaned points)",
+        (*BAYES, *CLEANED, *LONG), cache=CLEANED, cleans=CROSSFIT),
     Arm("rho_loss_holdout", "rho_loss (holdout)", (*RHO, *LONG), cache=(),
         stored={"n40": OFFLINE + "r100n40_s{}"}),
     Arm("rho_loss_crossfit_fwd", "rho_loss (crossfit, forward round)", (*RHO, *FORWARD, *LONG),
@@ -198,18 +204,25 @@ GRID: list[tuple[str, str, tuple[int, ...]]] = [
     ("bayesian_crossfit_e16", "n40", (0, 1)), ("bayesian_crossfit_e16", "p30", (0, 1)),
     ("bayesian_crossfit_e16", "n20", (0,)),
     ("bayesian_crossfit_c3", "n40", (0,)), ("bayesian_crossfit_c3", "p30", (0,)),
+    ("clean_bayesian_recache", "n40", (0,)), ("clean_bayesian_recache", "p30", (0,)),
 ]  # fmt: skip
 RUNS = [Run(ARM[arm], setting, seed) for arm, setting, seeds in GRID for seed in seeds]
 
 
+def predictor_overrides(setting: str, predictor: tuple[str, ...]) -> list[str]:
+    """What makes a predictor's cache for a setting's data (seed 0's serves every seed: the
+    crossfit models' split and labels do not depend on the run's seed); models of the cleaned
+    points also name the shipped cache that cleans them."""
+    cleaned = [f"data.clean.cache={cache_path(setting, CROSSFIT)}"] if predictor == CLEANED else []
+    return ["seed=0", *SETTINGS[setting][1], *predictor, *cleaned]
+
+
 def cache_path(setting: str, predictor: tuple[str, ...]) -> Path:
-    """The cache a predictor's overrides make for a setting's data (seed 0's serves every
-    seed: the crossfit models' split and labels do not depend on the run's seed)."""
+    """The cache a predictor's overrides make for a setting's data."""
     from bdsel.config import load_config
     from bdsel.zeroshot.run import default_cache_path
 
-    overrides = ["seed=0", *SETTINGS[setting][1], *predictor]
-    return default_cache_path(load_config("fashion_mnist", overrides))
+    return default_cache_path(load_config("fashion_mnist", predictor_overrides(setting, predictor)))
 
 
 def run_dir(run: Run, runs: Path) -> Path:
@@ -230,7 +243,7 @@ def command(run: Run, runs: Path) -> list[str]:
 
 
 CACHES = {"holdout": (), "crossfit_auto": CROSSFIT, "crossfit_cont": CONTINUE, "crossfit_e16": E16,
-          "crossfit_c3": C3,
+          "crossfit_c3": C3, "crossfit_cleaned": CLEANED,
           "crossfit_fwd": FORWARD, "crossfit": ONE_ROUND, "crossfit_r2": REFIT}  # fmt: skip
 
 
@@ -248,7 +261,7 @@ def cache_jobs(todo: list[Run]) -> list[tuple[str, list[str]]]:
         setting = "n20" if name == "holdout" else name.rsplit("_", 1)[1]
         if cache_path(setting, predictor).exists():
             continue
-        sets = [a for v in ("seed=0", *SETTINGS[setting][1], *predictor) for a in ("--set", v)]
+        sets = [a for v in predictor_overrides(setting, predictor) for a in ("--set", v)]
         jobs.append((f"cache_{name}", [bdsel_executable(), "cache-zeroshot", "--config",
                                        "fashion_mnist", *sets]))  # fmt: skip
     return jobs
@@ -266,7 +279,10 @@ def run_missing(args: argparse.Namespace) -> None:
     skip = set(args.skip.split(",")) if args.skip else set()
     todo = [r for r in selected(args.only) if not has_summary(run_dir(r, args.runs))]
     todo = [r for r in todo if r.name not in skip]
-    run_pool(cache_jobs(todo), args.runs, args.jobs)
+    caches = cache_jobs(todo)
+    # The caches of cleaned points after the ones that clean them.
+    for wave in (False, True):
+        run_pool([j for j in caches if ("cleaned" in j[0]) == wave], args.runs, args.jobs)
     run_pool([(r.name, command(r, args.runs)) for r in todo], args.runs, args.jobs)
 
 

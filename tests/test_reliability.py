@@ -19,7 +19,12 @@ from bdsel.config import load_config
 from bdsel.rundir import writer as runlog
 from bdsel.rundir.writer import check_metrics_for_resume, evaluated_epochs
 from bdsel.train import TrainingDiverged, train
-from bdsel.zeroshot.run import default_cache_path
+from bdsel.zeroshot.run import (
+    default_cache_path,
+    omitted_settings,
+    predictor_settings,
+    spec_mismatch,
+)
 
 runner = CliRunner()
 ENOSPC = OSError(errno.ENOSPC, "No space left on device")
@@ -380,6 +385,21 @@ def test_train_refuses_a_cache_made_with_other_predictor_settings(
     assert "epochs (cache: 1, config: 5)" in _out(result)  # still said, as a warning
     saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
     assert saved["zeroshot"]["accept_mismatch"] is True
+
+
+def test_a_setting_the_config_leaves_out_is_checked_too():
+    # Settings left out of a spec at their default stay out of the default file's name, but a
+    # cache named by zeroshot.cache that was made with one of them set is still refused.
+    made = load_config(
+        "fashion_mnist", ["zeroshot.predictor=crossfit", "zeroshot.crossfit.refit_init=continue"]
+    )
+    plain = load_config("fashion_mnist", ["zeroshot.predictor=crossfit"])
+    stored = predictor_settings(made)
+    assert "refit_init" in stored and "refit_init" not in predictor_settings(plain)
+    assert "refit_init" in omitted_settings(plain) and "refit_init" not in omitted_settings(made)
+    diff = spec_mismatch(stored, predictor_settings(plain), omitted_settings(plain))
+    assert diff == ["refit_init (cache: 'continue', config: unset)"]
+    assert spec_mismatch(stored, predictor_settings(made), omitted_settings(made)) == []
 
 
 # ----------------------------------------------------------------------------- 9. CLI output

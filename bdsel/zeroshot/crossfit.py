@@ -150,7 +150,17 @@ class CrossfitPredictor:
             del settings["rounds"], settings["refit_filter"], settings["refit"]
         elif settings["refit"] == "trusted":
             del settings["refit"]
+        if c.cleaned:  # which cleaning left the rows it trains on (their hash is checked too)
+            clean = config.data.clean
+            settings["cleaned"] = {"by": Path(clean.cache).name, "filter_by": clean.filter_by}
+        else:
+            del settings["cleaned"]
         return settings
+
+    @staticmethod
+    def fits_cleaned(config: Config) -> bool:
+        """Whether its models train on the train subset data.clean leaves, not the whole one."""
+        return config.zeroshot.crossfit.cleaned
 
     def _channel_round(self, r: int) -> bool:
         """Whether round r (0-based) only estimates a forward refit's channel."""
@@ -200,9 +210,10 @@ class CrossfitPredictor:
                 f"{more} on the points cleanlab trusts from the round before, if at least "
                 f"{MIN_TRUSTED:.0%} of them"
             )
+        points = "training points data.clean keeps" if c.cleaned else "training points"
         return (
             f"{c.folds} cross-fitted models ({c.model}, {epochs}, on "
-            f"{c.folds - 1}/{c.folds} of {n} training points with their observed labels{refit})"
+            f"{c.folds - 1}/{c.folds} of {n} {points} with their observed labels{refit})"
         )
 
     def calibration(self) -> tuple[torch.Tensor, torch.Tensor]:

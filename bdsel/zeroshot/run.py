@@ -8,18 +8,21 @@ training run its per-index zero-shot log-probs: ``zs_logprobs`` (at ``zeroshot.t
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
 
+from bdsel.cleaning import clean_run_data
 from bdsel.config import Config
-from bdsel.data import RunData, derive_run_data, int64_sha256, load_dataset
+from bdsel.data import RunData, derive_run_data, load_dataset
 from bdsel.distributed import World, barrier, broadcast_from_main, init_world
 from bdsel.locking import ExclusiveLock, LockedError
 from bdsel.registries import check_names
@@ -34,6 +37,7 @@ from bdsel.zeroshot.cache import (
     partial_path,
     read_cache_info,
 )
+from bdsel.zeroshot.provenance import check_split
 from bdsel.zeroshot.registry import (
     CalibratedPredictor,
     DatasetSpecific,
@@ -72,11 +76,15 @@ def default_cache_path(config: Config) -> Path:
     return Path("cache") / f"{stem}-{settings_hash(config)}.h5"
 
 
-def spec_mismatch(stored: dict[str, Any], expected: dict[str, Any]) -> list[str]:
-    """The keys of ``expected`` whose value the cache's stored spec does not share."""
+def spec_mismatch(
+    stored: dict[str, Any], expected: dict[str, Any], omitted: Iterable[str] = ()
+) -> list[str]:
+    """The keys of ``expected`` whose value the cache's stored spec does not share, and the
+    ``omitted`` settings (ones the config's spec leaves out: at their default, or doing
+    nothing there) that the stored spec names: its cache was made with them set."""
     if stored.get("kind") != expected["kind"]:
         return [f"kind (cache: {stored.get('kind')!r}, config: {expected['kind']!r})"]
-    out = []
+    out = [f"{key} (cache: {stored[key]!r}, config: unset)" for key in omitted if key in stored]
     for key, value in expected.items():
         if stored.get(key) != value:
             shown = (
@@ -98,6 +106,18 @@ def expected_spec(config: Config, data: RunData) -> dict[str, Any]:
     return expected
 
 
+def omitted_settings(config: Config) -> list[str]:
+    """The settings of the predictor's config section that its ``settings(config)`` leaves
+    out for this config (at the value they had before they were settings, or where they do
+    nothing), in the section's order."""
+    entry = predictor_entry(config.zeroshot.predictor)
+    section: Any = config
+    for part in entry.section.split("."):
+        section = getattr(section, part)
+    named = entry.cls.settings(config)
+    return [f.name for f in dataclasses.fields(section) if f.name not in named]
+
+
 def predictor_device(config: Config, world: World) -> torch.device:
     device = resolve_device(config.zeroshot.device, "zeroshot.device")
     if device.type == "cuda" and world.distributed:
@@ -109,6 +129,14 @@ def calibrates_on_observed_labels(predictor: Any) -> bool:
     """Whether a predictor (class or instance) fits its temperature to the observed, possibly
     noisy labels (``calibration_labels = "observed"``: crossfit, clip) rather than clean ones."""
     return getattr(predictor, "calibration_labels", "clean") == "observed"
+
+
+def fits_cleaned(config: Config) -> bool:
+    """Whether the predictor's models train on the train subset ``data.clean`` leaves
+    (``zeroshot.crossfit.cleaned``): its cache is then made for, and checked against, that
+    subset rather than the whole one."""
+    fits = getattr(predictor_entry(config.zeroshot.predictor).cls, "fits_cleaned", None)
+    return bool(fits is not None and fits(config))
 
 
 def make_predictor(config: Config, data: RunData, world: World | None = None):
@@ -179,6 +207,8 @@ def _write_cache(
         console, progress = Console(quiet=True), False
     dataset = load_dataset(config.data)
     data = derive_run_data(dataset, config.data, config.seed)
+    if fits_cleaned(config):
+        data = clean_run_data(config, data)
     predictor = make_predictor(config, data, world)
     weights = holdout_weights_path(out)
     needs_model = isinstance(predictor, TrainedPredictor) and not (out.exists() and not overwrite)
@@ -250,65 +280,6 @@ def holdout_weights_path(cache: Path) -> Path:
     return partial_path(cache).with_suffix(".model.pt")
 
 
-# The data settings a trained predictor's spec records (spec key -> config key), which decide
-# its split and observed labels.
-SPLIT_KEYS = {
-    "split_seed": "data.split_seed",
-    "train_fraction": "data.train_fraction",
-    "holdout_fraction": "data.holdout_fraction",
-    "noise": "data.noise",
-    "imbalance_ratio": "data.imbalance.ratio",
-}
-
-
-def split_differences(spec: dict[str, Any], config: Config) -> str:
-    """The data settings in which a cache's stored spec and ``config`` differ, each with both
-    values (``data.noise: cache {...}, this run {...}``); for a spec that records none of
-    them, the keys that could differ."""
-    d = config.data
-    current = {
-        "split_seed": config.seed if d.split_seed is None else d.split_seed,
-        "train_fraction": d.train_fraction,
-        "holdout_fraction": d.holdout_fraction,
-        "noise": {"kind": d.noise.kind, "rate": d.noise.rate},
-        "imbalance_ratio": d.imbalance.ratio,
-    }
-    differ = [
-        f"{SPLIT_KEYS[k]}: cache {spec[k]!r}, this run {current[k]!r}"
-        for k in SPLIT_KEYS
-        if k in spec and spec[k] != current[k]
-    ]
-    recorded = [SPLIT_KEYS[k] for k in SPLIT_KEYS if k in spec]
-    return "; ".join(differ) or (
-        f"{', '.join(recorded)} are the same: the dataset's order or labels differ"
-        if recorded
-        else " / ".join(SPLIT_KEYS.values()) + " differ"
-    )
-
-
-def check_split(path: Path, spec: dict[str, Any], config: Config, data: RunData) -> None:
-    """A trained predictor's cache must come from this run's split: the hold-out model from
-    its hold-out subset, the cross-fitted models from its train subset and observed labels
-    (else they may have trained on the rows they predict). CacheError naming what differs."""
-    if spec.get("kind") == "holdout" and spec.get("holdout_sha256") != int64_sha256(
-        data.holdout_idx
-    ):
-        raise CacheError(
-            f"{path} was made by a hold-out model trained on another hold-out split than this "
-            f"run's ({split_differences(spec, config)}): it may have seen this run's training "
-            "points. Re-run bdsel cache-zeroshot"
-        )
-    if spec.get("kind") == "crossfit" and (
-        spec.get("train_sha256") != int64_sha256(data.train_idx)
-        or spec.get("observed_sha256") != int64_sha256(data.observed[data.train_idx])
-    ):
-        raise CacheError(
-            f"{path} was made by cross-fitted models on another training subset or other "
-            f"observed labels than this run's ({split_differences(spec, config)}): its models "
-            "may have seen the rows they predict. Re-run bdsel cache-zeroshot"
-        )
-
-
 def load_lookups(
     names: tuple[str, ...], config: Config, data: RunData, device: torch.device
 ) -> dict[str, torch.Tensor]:
@@ -367,7 +338,7 @@ def _check_cache_spec(
 ) -> None:
     """The cache was made for this run's predictor settings and split, and by a model that
     can serve as the irreducible-loss model when a lookup asks for one."""
-    if diff := spec_mismatch(spec, expected_spec(config, data)):
+    if diff := spec_mismatch(spec, expected_spec(config, data), omitted_settings(config)):
         what = f"{path} was made with other predictor settings than this run's: {'; '.join(diff)}"
         if not config.zeroshot.accept_mismatch:
             raise CacheError(
