@@ -197,14 +197,14 @@ GRID: list[tuple[str, str, tuple[int, ...]]] = [
     ("bayesian_crossfit_auto", "n40", (2,)),
     *[("clean_uniform_auto", s, (0, 1)) for s in ("n40", "p30", "n20")],
     ("clean_bayesian_auto", "n40", (0,)), ("clean_bayesian_auto", "p30", (0,)),
-    ("clean_bayesian_holdout_auto", "p30", (0,)),
+    ("clean_bayesian_holdout_auto", "p30", (0,)), ("clean_bayesian_holdout_auto", "n40", (0,)),
     ("rho_loss_crossfit_auto", "n40", (0, 1)),
     # Two cheaper caches, stopped where they fell short of the shipped one (predictors.md).
     ("bayesian_crossfit_cont", "n40", (0,)), ("bayesian_crossfit_cont", "p30", (0,)),
     ("bayesian_crossfit_e16", "n40", (0, 1)), ("bayesian_crossfit_e16", "p30", (0, 1)),
     ("bayesian_crossfit_e16", "n20", (0,)),
     ("bayesian_crossfit_c3", "n40", (0,)), ("bayesian_crossfit_c3", "p30", (0,)),
-    ("clean_bayesian_recache", "n40", (0,)), ("clean_bayesian_recache", "p30", (0,)),
+    ("clean_bayesian_recache", "n40", (0, 1)), ("clean_bayesian_recache", "p30", (0, 1)),
 ]  # fmt: skip
 RUNS = [Run(ARM[arm], setting, seed) for arm, setting, seeds in GRID for seed in seeds]
 

@@ -1,5 +1,6 @@
 """benchmarks/holdout_free.py: the grid as data, the caches its runs read, the table."""
 
+import argparse
 import json
 from pathlib import Path
 
@@ -91,6 +92,22 @@ def test_cleaned_arms_clean_by_their_own_cache_and_it_is_made_first(tmp_path: Pa
     ]
     names = [name for name, _ in hf.cache_jobs(todo)]
     assert names == ["cache_crossfit_fwd_n40", "cache_crossfit_p30"]
+
+
+def test_models_of_the_cleaned_points_are_cached_after_the_cache_that_cleans(
+    tmp_path: Path, monkeypatch
+):
+    shipped, recache = hf.cache_path("p30", hf.CROSSFIT), hf.cache_path("p30", hf.CLEANED)
+    assert recache != shipped
+    cmd = hf.command(hf.Run(hf.ARM["clean_bayesian_recache"], "p30", 1), tmp_path)
+    assert f"data.clean.cache={shipped}" in cmd and f"zeroshot.cache={recache}" in cmd
+    assert "zeroshot.crossfit.cleaned=true" in cmd
+    monkeypatch.setattr(hf, "cache_path", lambda setting, predictor: tmp_path / "absent.h5")
+    pools: list[list[str]] = []
+    monkeypatch.setattr(hf, "run_pool", lambda jobs, runs, n: pools.append([j[0] for j in jobs]))
+    only = "clean_bayesian_recache-p30-s0"
+    hf.run_missing(argparse.Namespace(only=only, skip="", runs=tmp_path, jobs=2))
+    assert pools == [["cache_crossfit_auto_p30"], ["cache_crossfit_cleaned_p30"], [only]]
 
 
 def _run(path: Path, accs: list[float], noisy: float) -> None:
