@@ -204,7 +204,7 @@ GRID: list[tuple[str, str, tuple[int, ...]]] = [
     ("bayesian_crossfit_e16", "n40", (0, 1)), ("bayesian_crossfit_e16", "p30", (0, 1)),
     ("bayesian_crossfit_e16", "n20", (0,)),
     ("bayesian_crossfit_c3", "n40", (0,)), ("bayesian_crossfit_c3", "p30", (0,)),
-    ("clean_bayesian_recache", "n40", (0, 1)), ("clean_bayesian_recache", "p30", (0, 1)),
+    ("clean_bayesian_recache", "n40", (0,)), ("clean_bayesian_recache", "p30", (0,)),
 ]  # fmt: skip
 RUNS = [Run(ARM[arm], setting, seed) for arm, setting, seeds in GRID for seed in seeds]
 
@@ -428,7 +428,9 @@ LABELS = {"holdout": "holdout", "crossfit_auto": "crossfit (shipped: channel rou
           "crossfit_e16": "crossfit (16-epoch models)",
           "crossfit_c3": "crossfit (3-epoch channel round, fitted rate)",
           "crossfit_fwd": "crossfit (forward round, anchor channel)",
-          "crossfit": "crossfit, one round", "crossfit_r2": "crossfit, refit round"}  # fmt: skip
+          "crossfit": "crossfit, one round", "crossfit_r2": "crossfit, refit round",
+          "crossfit_cleaned": "crossfit of the points the shipped cache's cleaning keeps "
+                              "(on those points)"}  # fmt: skip
 
 
 def timed_caches(runs: Path) -> dict[str, str]:
@@ -467,7 +469,7 @@ def _diagnostic_cells(
 
     predictor = CACHES[key]
     info = read_cache_info(cache_path(setting, predictor))
-    overrides = [*SETTINGS[setting][1], *predictor, "select.method=bayesian"]
+    overrides = [*predictor_overrides(setting, predictor), "select.method=bayesian"]
     result = summarize(*label_logprobs("fashion_mnist", overrides))
     seconds = caches.get("holdout" if key == "holdout" else f"{key}_{setting}")
     if seconds is None and before is not None:

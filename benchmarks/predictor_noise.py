@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from bdsel.cleaning import clean_run_data
 from bdsel.config import load_config
 from bdsel.data import derive_run_data, load_dataset
 from bdsel.train import build_lookups
@@ -68,12 +69,14 @@ def summarize(logprob: torch.Tensor, noisy: torch.Tensor) -> dict[str, object]:
 
 
 def label_logprobs(config_name: str, overrides: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p_zs(observed label | x) and the mislabeled mask over a run's training points."""
+    """log p_zs(observed label | x) and the mislabeled mask over the training points a run
+    draws from: those ``data.clean`` keeps, where the overrides set it."""
     config = load_config(config_name, overrides)
     data = derive_run_data(load_dataset(config.data), config.data, config.seed)
-    zs = build_lookups(("zs_logprobs",), config, data, torch.device("cpu"))["zs_logprobs"]
-    idx = torch.as_tensor(data.train_idx)
-    return zs[idx, data.observed[idx]], data.noisy[idx]
+    kept = clean_run_data(config, data)
+    lookups = build_lookups(("zs_logprobs",), config, data, torch.device("cpu"), kept)
+    idx = torch.as_tensor(kept.train_idx)
+    return lookups["zs_logprobs"][idx, data.observed[idx]], data.noisy[idx]
 
 
 def main() -> None:

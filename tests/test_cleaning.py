@@ -13,6 +13,7 @@ import torch
 import yaml
 from bdsel_cli.main import app
 from cleanlab.filter import find_label_issues as cleanlab_find
+from predictor_noise import label_logprobs
 from test_reliability import assert_one_line_error
 from typer.testing import CliRunner
 
@@ -139,6 +140,11 @@ def test_crossfit_models_of_the_cleaned_points_train_on_and_predict_only_those(
         return runner.invoke(
             app, ["train", "-c", str(config_path), "--run-dir", str(tmp_path / name), *extra]
         )
+
+    # predictor_noise.py's diagnostics read it on the points it was made for, those kept.
+    lp, noisy = label_logprobs(str(config_path), [*sets, f"zeroshot.cache={recache}"])
+    assert len(lp) == len(kept) and torch.equal(noisy, data.noisy[kept])
+    assert bool((lp <= 0).all()) and bool(torch.isfinite(lp).all())
 
     trained = train("run", "select.method=bayesian", f"zeroshot.cache={recache}")
     assert trained.exit_code == 0, trained.output
