@@ -103,6 +103,7 @@ def test_models_of_the_cleaned_points_are_cached_after_the_cache_that_cleans(
     assert f"data.clean.cache={shipped}" in cmd and f"zeroshot.cache={recache}" in cmd
     assert "zeroshot.crossfit.cleaned=true" in cmd
     monkeypatch.setattr(hf, "cache_path", lambda setting, predictor: tmp_path / "absent.h5")
+    monkeypatch.setattr(hf, "KEPT", tmp_path / "kept")  # not the run's record, if it is kept
     pools: list[list[str]] = []
     monkeypatch.setattr(hf, "run_pool", lambda jobs, runs, n: pools.append([j[0] for j in jobs]))
     only = "clean_bayesian_recache-p30-s0"
