@@ -77,8 +77,11 @@ def broadcast_from_main(obj: Any) -> Any:
 
 def shutdown() -> None:
     """Leave the process group at the end of a command (torchrun warns about, and NCCL may
-    leak, a group never destroyed); a no-op for a single process."""
+    leak, a group never destroyed); a no-op for a single process. The ranks meet first: a
+    rank that tears its connections down while a peer's last collective still sends on them can
+    abort (seen once under gloo: "terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

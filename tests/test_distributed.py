@@ -15,6 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
 
+from bdsel.distributed import shutdown
 from bdsel.laplace import LastLayerLaplace
 
 
@@ -37,7 +38,7 @@ def _posterior_worker(rank: int, rendezvous: str, out: str) -> None:
     for h, p, y in _batches(rank):
         post.update(h, p, y, all_reduce=True)
     torch.save(post.state_dict(), f"{out}.{rank}")
-    dist.destroy_process_group()
+    shutdown()  # bdsel's own teardown: the ranks meet, then leave
 
 
 def test_two_process_posterior_equals_one_process_on_the_union(tmp_path: Path):

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import bdsel
+from bdsel.distributed import shutdown
 from bdsel.forward import LastLayerHook, scoring
 from bdsel.table import ZeroShotTable
 
@@ -229,7 +230,7 @@ def _gloo_worker(rank: int, rendezvous: str, out: str) -> None:
         pos = selector.select(indices, labels, logits, features, generator=gen(step)).positions
         selector.observe(indices[pos], labels[pos], logits[pos], features[pos])
     torch.save(selector.state_dict(), f"{out}.{rank}")
-    dist.destroy_process_group()
+    shutdown()  # bdsel's own teardown: the ranks meet, then leave
 
 
 def test_under_two_process_gloo_both_ranks_hold_the_same_posterior(tmp_path: Path):
