@@ -3,6 +3,7 @@ that says so, a loss that turns NaN, and one line with exit 2 instead of a trace
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -15,6 +16,7 @@ import yaml
 from bdsel_cli.main import app, epoch_line
 from typer.testing import CliRunner
 
+import bdsel.zeroshot.run as run_module
 from bdsel.config import load_config
 from bdsel.rundir import writer as runlog
 from bdsel.rundir.writer import check_metrics_for_resume, evaluated_epochs
@@ -400,6 +402,15 @@ def test_a_setting_the_config_leaves_out_is_checked_too():
     diff = spec_mismatch(stored, predictor_settings(plain), omitted_settings(plain))
     assert diff == ["refit_init (cache: 'continue', config: unset)"]
     assert spec_mismatch(stored, predictor_settings(made), omitted_settings(made)) == []
+
+
+def test_a_predictor_whose_section_is_not_the_configs_omits_nothing(monkeypatch):
+    config = load_config("fashion_mnist", ["zeroshot.predictor=crossfit"])
+    entry = run_module.predictor_entry("crossfit")
+    assert "refit_init" in omitted_settings(config)
+    elsewhere = dataclasses.replace(entry, section="zeroshot.not_a_section")
+    monkeypatch.setattr(run_module, "predictor_entry", lambda name: elsewhere)
+    assert omitted_settings(config) == []
 
 
 # ----------------------------------------------------------------------------- 9. CLI output

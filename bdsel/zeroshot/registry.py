@@ -3,7 +3,8 @@
 A predictor is one file holding a class registered under the name ``zeroshot.predictor``
 selects, with:
 
-- ``section``: the config section that holds its settings (``zeroshot.holdout``, ...);
+- ``section``: the config section that holds its settings (``zeroshot.holdout``, ...): a
+  cache whose spec names a setting of it that ``settings(config)`` leaves out is refused;
 - ``cache_stem(config)``: the default cache file name, ``cache/<stem>.h5``, which must change
   whenever a setting that changes its outputs does;
 - ``from_config(config, data, device)`` (classmethod): the predictor for a run's dataset;
