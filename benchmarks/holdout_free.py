@@ -280,9 +280,11 @@ def run_missing(args: argparse.Namespace) -> None:
     todo = [r for r in selected(args.only) if not has_summary(run_dir(r, args.runs))]
     todo = [r for r in todo if r.name not in skip]
     caches = cache_jobs(todo)
-    # The caches of cleaned points after the ones that clean them.
+    # A cache whose command cleans by another cache (data.clean.cache) after the ones that do
+    # not: the cache it cleans by is one of those.
     for wave in (False, True):
-        run_pool([j for j in caches if ("cleaned" in j[0]) == wave], args.runs, args.jobs)
+        jobs = [j for j in caches if any(a.startswith("data.clean.cache=") for a in j[1]) == wave]
+        run_pool(jobs, args.runs, args.jobs)
     run_pool([(r.name, command(r, args.runs)) for r in todo], args.runs, args.jobs)
 
 
