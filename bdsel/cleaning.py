@@ -35,10 +35,10 @@ def clean_run_data(config: Config, data: RunData) -> RunData:
             "--set zeroshot.predictor=crossfit (the same data settings)"
         )
     spec = read_cache_info(path).get("predictor", {})
-    if spec.get("kind") != "crossfit":
+    if spec.get("kind") not in ("crossfit", "probe"):
         raise CacheError(
             f"data.clean.cache: {path} was made by {spec.get('kind')!r}; cleaning needs "
-            "out-of-fold probabilities, a cache made with zeroshot.predictor=crossfit"
+            "out-of-fold probabilities, a cache made with zeroshot.predictor=crossfit or probe"
         )
     check_split(path, spec, config, data)
     idx = data.train_idx

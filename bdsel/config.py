@@ -144,6 +144,11 @@ class TrainConfig:
     log_every: int = 50  # steps between progress updates (the only host syncs in an epoch)
     # TensorBoard event files in <run_dir>/tb/ with the scalars of metrics.jsonl (bdsel.tensorboard)
     tensorboard: bool = True
+    # A time budget in seconds end to end: the predictor's (what the caches the run reads cost
+    # to make, recorded in them) plus training's (selection included, evaluation excluded).
+    # The run stops after the first epoch that reaches it (or after ``epochs``), evaluated.
+    # Methods then compare at equal seconds, not equal epochs. null: no budget.
+    budget_s: float | None = None
 
 
 @dataclass
@@ -286,6 +291,30 @@ class CrossfitConfig(FitConfig):
 
 
 @dataclass
+class ProbeConfig:
+    """The ``probe`` predictor (the offline default): K linear probes on frozen features, each
+    fitted on the observed labels of all folds of the training subset but one and predicting
+    it, then again through the noise channel their out-of-fold probabilities estimate; no
+    clean label, one pass over the images (docs/predictors.md)."""
+
+    # pixels: the raw pixels (in-memory datasets); clip: open_clip's image embeddings
+    # (zeroshot.model, zeroshot.pretrained); backbone: a bdsel model's penultimate features
+    # with its backbone weights from a local file (backbone, weights).
+    features: Literal["pixels", "clip", "backbone"] = "pixels"
+    backbone: str | None = None  # features=backbone: a registered model name
+    weights: str | None = None  # features=backbone: its local backbone weights file
+    folds: int = 2
+    epochs: int = 5  # minibatch Adam, from zero weights
+    lr: float = 0.003
+    weight_decay: float = 0.001  # L2 on the weights
+    batch_size: int = 256
+    # auto: a second round of probes learns the clean label through the noise channel the
+    # first round's out-of-fold probabilities estimate (anchor points where concentrated, as
+    # a pair flip's are, else symmetric at the fitted rate). none: the first round stands.
+    channel: Literal["auto", "none"] = "auto"
+
+
+@dataclass
 class ZeroshotConfig:
     predictor: str = "holdout"  # a registered predictor (bdsel.zeroshot.list_predictors)
     cache: str | None = (
@@ -307,6 +336,7 @@ class ZeroshotConfig:
     prompts: str | None = None  # YAML/JSON file with class_names and templates
     holdout: HoldoutConfig = field(default_factory=HoldoutConfig)
     crossfit: CrossfitConfig = field(default_factory=CrossfitConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     # train: use a cache whose stored predictor settings differ from these (bdsel train
     # --accept-cache-mismatch); recorded here so that the run directory says so.
     accept_mismatch: bool = False
@@ -605,10 +635,16 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("zeroshot.crossfit.batch_size", _at_least(1), POSITIVE_INT),
     ("zeroshot.crossfit.channel_folds", _at_least(1), POSITIVE_INT),
     ("zeroshot.crossfit.channel_epochs", _at_least(1), POSITIVE_INT),
+    ("zeroshot.probe.folds", _at_least(2), "an int >= 2"),
+    ("zeroshot.probe.epochs", _at_least(1), POSITIVE_INT),
+    ("zeroshot.probe.lr", _positive, POSITIVE_FLOAT),
+    ("zeroshot.probe.weight_decay", _at_least(0), NON_NEGATIVE),
+    ("zeroshot.probe.batch_size", _at_least(1), POSITIVE_INT),
     ("zeroshot.holdout.lr", _positive, POSITIVE_FLOAT),
     ("zeroshot.holdout.weight_decay", _at_least(0), NON_NEGATIVE),
     ("zeroshot.holdout.batch_size", _at_least(1), POSITIVE_INT),
     ("train.epochs", _at_least(1), POSITIVE_INT),
+    ("train.budget_s", lambda v: v is None or v > 0, "null or a positive number of seconds"),
     ("train.lr", _positive, POSITIVE_FLOAT),
     ("train.weight_decay", _at_least(0), NON_NEGATIVE),
     ("train.momentum", _within(0, 1, high_open=True), "a float in [0, 1)"),

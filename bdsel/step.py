@@ -48,6 +48,9 @@ class Run:
     noisy: torch.Tensor  # bool [N] on the device
     ema: WeightEMA | None  # the weight EMA (train.ema_decay > 0), on the rank that evaluates
     n_prefiltered: int  # candidates left by select.prefilter (n_B when it is off)
+    # what its caches cost before the first step (bdsel.zeroshot.run.one_time_cost), carried
+    # by every metrics record: the end-to-end clock starts at predictor_s
+    one_time: dict[str, Any] = field(default_factory=dict)
 
 
 def candidate_forward(

@@ -117,6 +117,15 @@ def build_run(config: Config, dataset: Dataset | None = None, world: World | Non
     cleaned = clean_run_data(config, data)  # data.clean's points dropped (clean-then-train)
     requires = selector_class(config.select.method).requires
     lookups = build_lookups(requires, config, data, device, cleaned)
+    from bdsel.zeroshot.run import one_time_cost  # late, as build_lookups
+
+    one_time = one_time_cost(config, requires)
+    if config.train.budget_s is not None and one_time["predictor_s"] is None:
+        raise ValueError(
+            "train.budget_s counts the predictor's seconds, and the cache this run reads "
+            "holds no record of them (made before bdsel recorded them): remake it with bdsel "
+            "cache-zeroshot --overwrite, or leave train.budget_s unset"
+        )
     data = cleaned
     n_train = len(data.train_idx) // world.size  # each rank's slice of an epoch
     n_candidates = config.select.n_candidates
@@ -147,7 +156,9 @@ def build_run(config: Config, dataset: Dataset | None = None, world: World | Non
         extras={"data": data, "source": source},
     )
     selector = selector_from_config(config.select.method, context)
-    return _assemble(config, data, source, model, selector, world)
+    run = _assemble(config, data, source, model, selector, world)
+    run.one_time = one_time
+    return run
 
 
 def _assemble(
@@ -296,8 +307,10 @@ def train(
     EMA, evaluates and writes.
     """
     if mode == "resume" and (finished := RunDir(run_dir).finished_summary(config)) is not None:
-        log.warning(f"{run_dir} is complete ({config.train.epochs} epochs): nothing to resume")
-        if (damage := RunDir(run_dir).finished_damage(config)) is not None:
+        epochs = finished.get("epochs_run", config.train.epochs)
+        why = "" if epochs == config.train.epochs else ", its train.budget_s spent"
+        log.warning(f"{run_dir} is complete ({epochs} epochs{why}): nothing to resume")
+        if (damage := RunDir(run_dir).finished_damage(config, epochs)) is not None:
             log.warning(damage)
         return finished  # a finished run is never rewritten
     world = init_world(config.train.device)
@@ -323,6 +336,14 @@ class Loop:
     train_idx: torch.Tensor = field(init=False)  # the train subset, on the device
     has_noise: bool = field(init=False)  # whether any training label was made wrong
 
+    @property
+    def out_of_time(self) -> bool:
+        """Whether train.budget_s is spent: the predictor's seconds plus training's."""
+        budget = self.run.config.train.budget_s
+        if budget is None:
+            return False
+        return self.run.one_time.get("predictor_s", 0.0) + self.state.wall_s >= budget
+
     def __post_init__(self) -> None:
         data = self.run.data
         self.train_idx = data.train_idx.to(self.run.device)
@@ -345,6 +366,8 @@ def _train(
                 on_epoch, progress)  # fmt: skip
     _start(loop, mode)
     for epoch in range(loop.state.epoch, run.config.train.epochs):
+        if loop.out_of_time:
+            break  # a resumed run that had already spent its budget
         _train_epoch(loop, epoch)
         _end_epoch(loop)
     return _finish(loop)
@@ -432,7 +455,8 @@ def _end_epoch(loop: Loop) -> None:
             f"stopped ({kept}); lower train.lr or check the data, then start again with "
             "--overwrite"
         )
-    if state.epoch % config.eval.every == 0 or state.epoch == config.train.epochs:
+    last = state.epoch == config.train.epochs or loop.out_of_time
+    if state.epoch % config.eval.every == 0 or last:
         totals = _reduce_stats(stepper.stats, world)
         if loop.evaluator is not None:
             metrics = loop.evaluator(run.model, run.ema)
@@ -449,6 +473,8 @@ def _end_epoch(loop: Loop) -> None:
 
 def _finish(loop: Loop) -> dict[str, Any]:
     summary = summarize(loop.run.config, read_metrics(loop.rundir.path))
+    if loop.state.epoch < loop.run.config.train.epochs:  # train.budget_s ended it
+        summary["stopped_by_budget"] = loop.run.config.train.budget_s
     if loop.run.data.cleaning is not None:
         summary["cleaning"] = loop.run.data.cleaning  # data.clean: flagged, precision, recall
     if loop.world.is_main:
@@ -474,6 +500,7 @@ def _record(loop: Loop, metrics: dict[str, float], totals: EpochStats | None) ->
         ),
         "base_noisy_frac": run.data.base_noisy_frac if has_noise else None,
         "wall_s": state.wall_s,
+        **run.one_time,  # predictor_s: the clock end to end is predictor_s + wall_s
         "selection_s": loop.stepper.timer.seconds(),
         "lr": run.optimizer.param_groups[0]["lr"],
     }
@@ -524,6 +551,8 @@ def summarize(config: Config, metrics: list[dict[str, Any]]) -> dict[str, Any]:
         f"final_{key}": last.get(key),
         f"best_{key}": max((r[key] for r in metrics), default=None),
         "wall_s": last.get("wall_s"),
+        "predictor_s": last.get("predictor_s"),
+        "predictor_test_acc": last.get("predictor_test_acc"),
         "selection_s": last.get("selection_s"),
         "epochs_to_target": {
             f"{t:g}": epochs_to_target(metrics, t, key) for t in config.report.targets

@@ -7,7 +7,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -270,9 +269,7 @@ def cache_zeroshot(
         check_names(cfg)
         path = out or default_cache_path(cfg)
         console.rule(f"bdsel cache-zeroshot → {path}")
-        started = time.perf_counter()
         summary = run_cache(cfg, path, overwrite=overwrite, console=console)
-        seconds = time.perf_counter() - started  # the predictor's fit included
         shutdown()  # under torchrun: leave the process group cache_zeroshot() joined
     except KeyboardInterrupt as exc:
         raise _interrupted(exc, "run the same command again to resume") from None
@@ -294,10 +291,18 @@ def cache_zeroshot(
             "-" if summary.temperature is None else f"{summary.temperature:.3f}",
         ),
         *denoised_rows(summary),
-        ("time (fitting the predictor included)", f"{seconds:.1f}s"),
+        ("this command's time", f"{summary.seconds:.1f}s"),
+        ("the cache's cost (fitting included, every session)", seconds_text(summary)),
     ):
         table.add_row(key, value)
     console.print(table)
+
+
+def seconds_text(summary) -> str:
+    """The cache's recorded cost, or why there is none."""
+    if summary.predictor_seconds is None:
+        return "not recorded (made before bdsel recorded it)"
+    return f"{summary.predictor_seconds:.1f}s"
 
 
 def denoised_rows(summary) -> list[tuple[str, str]]:
@@ -332,7 +337,8 @@ def predictor_rows(spec: dict) -> list[tuple[str, str]]:
         )
         rows.append(("refit round", f"skipped: {why}"))
     elif spec.get("refit_noise") is not None:
-        channel = {"symmetric": "symmetric, the anchor points' rate"}.get(
+        rate = "the fitted rate" if spec.get("kind") == "probe" else "the anchor points' rate"
+        channel = {"symmetric": f"symmetric, {rate}"}.get(
             spec.get("refit_channel"), "anchor points"
         )
         why = (

@@ -72,6 +72,7 @@ def _tiny_clip(tmp_path: Path) -> dict:
 TINY_PREDICTOR = {
     "holdout": lambda tmp_path: {"holdout": {"epochs": 1, "batch_size": 32}},
     "crossfit": lambda tmp_path: {"crossfit": {"epochs": 1, "batch_size": 32}},
+    "probe": lambda tmp_path: {"probe": {"epochs": 1, "batch_size": 32}},
     "clip": _tiny_clip,
 }
 

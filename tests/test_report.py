@@ -453,13 +453,15 @@ def test_every_run_is_read_at_the_shortest_runs_training_time(tmp_path):
     from bdsel.report.table import terminal_table
 
     runs = tmp_path / "runs"
-    write_run(runs / "slow", [0.5, 0.7, 0.9], method="bayesian")  # wall 10, 20, 30 s
+    write_run(runs / "slow", [0.5, 0.7, 0.9], method="full")  # wall 10, 20, 30 s
     write_run(runs / "fast", [0.6, 0.8])  # uniform, wall 10, 20 s: the clock is 20 s
+    # bayesian read a cache whose cost is not recorded: it is not on the clock
+    write_run(runs / "old", [0.6, 0.8], method="bayesian")
     report = make_report([runs])
     headers, body = terminal_table(report.rows, report.targets)
     column = headers.index("acc at 20.0s")
     got = {cells[0]: cells[column] for cells in body}
-    assert got == {"bayesian": "70%", "uniform": "80%"}
-    slow = next(r for r in report.runs if r.method == "bayesian")
+    assert got == {"full": "70%", "uniform": "80%", "bayesian": "?"}
+    slow = next(r for r in report.runs if r.method == "full")
     assert slow.acc_at_seconds(29.9) == 0.7 and slow.acc_at_seconds(30) == 0.9
     assert math.isnan(slow.acc_at_seconds(5))

@@ -332,7 +332,8 @@ class Wrapped:
 
 def read_all(path: Path) -> tuple[dict, dict]:
     with h5py.File(path, "r") as f:
-        attrs = {k: f.attrs[k] for k in f.attrs if k != "created_at"}
+        # when it was made, and what it cost (seconds: a resumed cache's are its sessions' sum)
+        attrs = {k: f.attrs[k] for k in f.attrs if k not in ("created_at", "predictor_seconds")}
         data = {f"{s}/{d}": f[s][d][...] for s in ("train", "test") for d in ("logprobs", "done")}
     return attrs, data
 

@@ -8,6 +8,7 @@ Runs still being written are read up to their last complete record.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -24,6 +25,8 @@ from bdsel.rundir import SUMMARY as SUMMARY_FILE
 from bdsel.rundir import MetricsOrderError, RunDirError
 
 SELECT_PREFIX = "select/"
+# The end-to-end clock: a run's predictor_s (what its caches cost) + wall_s (its training).
+END_TO_END = "e2e_s"
 
 
 class ReportError(ValueError):
@@ -110,7 +113,10 @@ class RunRecord:
         return self.summary is not None and self.summary.get("status") == "complete"
 
     def column(self, key: str) -> np.ndarray:
-        """The values of ``key`` over the records, float64 [n_records]; NaN where null/absent."""
+        """The values of ``key`` over the records, float64 [n_records]; NaN where null/absent.
+        ``e2e_s`` (END_TO_END): wall_s plus the run's predictor_s."""
+        if key == END_TO_END:
+            return self.column("wall_s") + self.predictor_s
         out = np.full(len(self.records), np.nan)
         for i, record in enumerate(self.records):
             value = record.get(key)
@@ -145,12 +151,33 @@ class RunRecord:
 
     @property
     def wall_s(self) -> float:
-        return _last_finite(self.column("wall_s"))
+        return last_finite(self.column("wall_s"))
 
-    def acc_at_seconds(self, seconds: float) -> float:
-        """Test accuracy of the last evaluation after at most ``seconds`` of training (NaN
-        when none came that early): where the run stood on the clock."""
-        wall, acc = self.column("wall_s"), self.column("test_acc")
+    @property
+    def predictor_s(self) -> float:
+        """What the caches it read cost before its first step (``predictor_s``): 0 for a run
+        that reads none, NaN where that is not known (a cache or a run from before bdsel
+        recorded it)."""
+        recorded = last_finite(self.column("predictor_s"))
+        if math.isfinite(recorded) or self.reads_cache:
+            return recorded
+        return 0.0
+
+    @property
+    def reads_cache(self) -> bool:
+        """Whether the run read a zero-shot or cleaning cache before its first step."""
+        return bool(config_get(self.config, "data.clean.cache")) or reads_zeroshot(self.method)
+
+    @property
+    def e2e_s(self) -> float:
+        """The end-to-end clock at its last record: predictor seconds + training seconds."""
+        return self.predictor_s + self.wall_s
+
+    def acc_at_seconds(self, seconds: float, clock: str = "wall_s") -> float:
+        """Test accuracy of the last evaluation after at most ``seconds`` on ``clock``
+        (``wall_s``: training; ``e2e_s``: end to end), NaN when none came that early: where
+        the run stood on that clock."""
+        wall, acc = self.column(clock), self.column("test_acc")
         early = np.flatnonzero(wall <= seconds + 1e-9)
         return float(acc[early[-1]]) if len(early) else math.nan
 
@@ -165,11 +192,20 @@ class RunRecord:
         return float(sel[i] / wall[i])
 
 
+@functools.cache
+def reads_zeroshot(method: str) -> bool:
+    """Whether selection method ``method`` reads a zero-shot cache (its selector requires a
+    per-index table); True for a name no longer registered, so nothing is hidden."""
+    from bdsel.selection.registry import SELECTORS  # late: torch only when rows are built
+
+    return method not in SELECTORS or bool(SELECTORS.get(method).requires)
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _last_finite(values: np.ndarray) -> float:
+def last_finite(values: np.ndarray) -> float:
     finite = values[np.isfinite(values)]
     return float(finite[-1]) if finite.size else math.nan
 

@@ -23,7 +23,14 @@ import numpy as np
 from rich import box
 from rich.table import Table as RichTable
 
-from bdsel.report.runs import RunRecord, flatten_config
+from bdsel.report.runs import (
+    END_TO_END,
+    RunRecord,
+    config_get,
+    flatten_config,
+    last_finite,
+    reads_zeroshot,
+)
 from bdsel.rundir import epochs_to_target, seconds_to_target
 
 # Config keys that do not split a group: runs differing only here are seeds of one setting
@@ -78,6 +85,19 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def _seconds_text(seconds: list[float | None]) -> str:
+    """The mean over the runs that reached a target, with "k/n" when not all did; "-" when
+    none did, "?" when a run's clock is unknown."""
+    reached = [s for s in seconds if s is not None]
+    if not reached:
+        return "-"
+    mean = _mean(reached)
+    if not math.isfinite(mean):
+        return "?"
+    text = format_duration(mean)
+    return text if len(reached) == len(seconds) else f"{text} ({len(reached)}/{len(seconds)})"
+
+
 @dataclass
 class TargetCell:
     """Epochs (and training seconds) to one target for every run of a row (None: never
@@ -87,6 +107,19 @@ class TargetCell:
     epochs: list[int | None]
     final_acc: float  # the row's mean final accuracy, shown when no run reached the target
     seconds: list[float | None] = field(default_factory=list)  # wall_s when first reached
+    predictor: list[float] = field(default_factory=list)  # each run's predictor_s (NaN: unknown)
+
+    @property
+    def e2e(self) -> list[float | None]:
+        """End to end: each run's predictor seconds + its training seconds to the target."""
+        if not self.predictor:
+            return [None] * len(self.seconds)
+        return [
+            None if s is None else s + p for s, p in zip(self.seconds, self.predictor, strict=True)
+        ]
+
+    def e2e_text(self) -> str:
+        return _seconds_text(self.e2e)
 
     @property
     def mean_seconds(self) -> float:
@@ -94,15 +127,7 @@ class TargetCell:
         return _mean([s for s in self.seconds if s is not None])
 
     def seconds_text(self) -> str:
-        reached = [s for s in self.seconds if s is not None]
-        if not reached:
-            return "-"
-        text = format_duration(self.mean_seconds)
-        return (
-            text
-            if len(reached) == len(self.seconds)
-            else f"{text} ({len(reached)}/{len(self.seconds)})"
-        )
+        return _seconds_text(self.seconds)
 
     @property
     def n_reached(self) -> int:
@@ -177,6 +202,22 @@ class TableRow:
             return pct(values[0])
         return f"{100 * _mean(values):.1f} ± {100 * _std(values):.1f}%"
 
+    @property
+    def predictor_s(self) -> float:
+        """Mean over runs of what their caches cost (0: none read; NaN: not known)."""
+        return float(np.mean([run.predictor_s for run in self.runs]))
+
+    @property
+    def predictor_test_acc(self) -> float:
+        return _mean([last_finite(run.column("predictor_test_acc")) for run in self.runs])
+
+    def predictor_text(self) -> str:
+        """The predictor's cost: "-" for none, "?" where unknown, else its seconds."""
+        seconds = self.predictor_s
+        if seconds == 0:
+            return "-"
+        return format_duration(seconds) if math.isfinite(seconds) else "?"
+
     def noise_text(self) -> str:
         if not self.has_noise:
             return "n/a"
@@ -197,15 +238,6 @@ def grouping_view(config: dict[str, Any]) -> dict[str, Any]:
         if key in GROUP_IGNORED_KEYS or unused_predictor or (parts[0] == "zeroshot" and not reads):
             del flat[key]
     return flat
-
-
-@functools.cache
-def reads_zeroshot(method: str) -> bool:
-    """Whether selection method ``method`` reads a zero-shot cache (its selector requires a
-    per-index table); True for a name no longer registered, so nothing is hidden."""
-    from bdsel.selection.registry import SELECTORS  # late: torch only when rows are built
-
-    return method not in SELECTORS or bool(SELECTORS.get(method).requires)
 
 
 @functools.cache
@@ -268,6 +300,7 @@ def build_rows(runs: list[RunRecord], targets: list[float]) -> list[TableRow]:
                 [epochs_to_target(r.records, t) for r in members],
                 final,
                 [seconds_to_target(r.records, t) for r in members],
+                [r.predictor_s for r in members],
             )
             for t in targets
         ]
@@ -330,9 +363,10 @@ def display_table(rows: list[TableRow], targets: list[float]) -> tuple[list[str]
     headers = ["method", "dataset", "noise"] + (["config"] if with_variant else [])
     headers += ["seeds"] + [f"epochs to {pct(t)}" for t in targets]
     headers += [f"time to {pct(t)}" for t in targets]
+    headers += [f"end to end to {pct(t)}" for t in targets]
     clock = equal_time(rows)
-    headers += [f"acc at {format_duration(clock)} of training"]
-    headers += ["final acc", "best acc", "epochs", "wall time", "selecting"]
+    headers += [f"acc at {format_duration(clock)} end to end"]
+    headers += ["final acc", "best acc", "epochs", "wall time", "predictor", "selecting"]
     headers += ["noisy: selected vs base"]
     body = []
     for r in rows:
@@ -342,11 +376,18 @@ def display_table(rows: list[TableRow], targets: list[float]) -> tuple[list[str]
         )
         cells += [f"{len(r.runs)} ({seeds})"] + [c.text() for c in r.cells]
         cells += [c.seconds_text() for c in r.cells]
+        cells += [c.e2e_text() for c in r.cells]
         cells += [acc_at_text(r, clock)]
         share = _mean([run.selection_share for run in r.runs])
         cells += [r.acc_text(r.final_accs), r.acc_text(r.best_accs), r.epochs_text()]
-        cells += [format_duration(_mean([run.wall_s for run in r.runs]))]
+        cells += [format_duration(_mean([run.wall_s for run in r.runs])), r.predictor_text()]
         cells += [pct(share) if math.isfinite(share) else "n/a", r.noise_text()]
+        body.append(cells)
+    for p in predictor_rows(rows):  # each predictor's own accuracy: is the training worth it?
+        cells = [f"predictor: {p.name}", p.dataset, p.noise] + ([""] if with_variant else [])
+        cells += [str(p.n_runs)] + ["" for _ in targets] * 3 + [""]
+        cells += [pct(p.test_acc) if math.isfinite(p.test_acc) else "?", "", ""]
+        cells += ["", p.seconds_text(), "", ""]
         body.append(cells)
     return headers, body
 
@@ -361,8 +402,9 @@ def to_csv(rows: list[TableRow], targets: list[float]) -> str:
     headers = ["method", "dataset", "noise_kind", "noise_rate", *variant_keys, "n_seeds", "seeds"]
     for t in targets:
         headers += [f"epochs_to_{t:g}", f"reached_{t:g}", f"seconds_to_{t:g}"]
+        headers += [f"e2e_seconds_to_{t:g}"]
     headers += ["final_acc_mean", "final_acc_std", "best_acc_mean", "best_acc_std"]
-    headers += ["epochs_run", "wall_s", "selection_share"]
+    headers += ["epochs_run", "wall_s", "predictor_s", "predictor_test_acc", "selection_share"]
     headers += ["selected_noisy_frac", "base_noisy_frac", "runs"]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -373,10 +415,12 @@ def to_csv(rows: list[TableRow], targets: list[float]) -> str:
         line += [len(r.runs), " ".join(str(s) for s in r.seeds)]
         for cell in r.cells:
             line += [_csv_value(cell.mean_epoch), cell.n_reached, _csv_value(cell.mean_seconds)]
+            line += [_csv_value(_mean([s for s in cell.e2e if s is not None]))]
         line += [_csv_value(_mean(r.final_accs)), _csv_value(_std(r.final_accs))]
         line += [_csv_value(_mean(r.best_accs)), _csv_value(_std(r.best_accs))]
         line += [_csv_value(_mean([run.epochs_run for run in r.runs]))]
         line += [_csv_value(_mean([run.wall_s for run in r.runs]))]
+        line += [_csv_value(r.predictor_s), _csv_value(r.predictor_test_acc)]
         line += [_csv_value(_mean([run.selection_share for run in r.runs]))]
         noisy = (r.selected_noisy_frac, r.base_noisy_frac) if r.has_noise else (math.nan,) * 2
         line += [_csv_value(noisy[0]), _csv_value(noisy[1])]
@@ -399,8 +443,11 @@ def to_markdown(rows: list[TableRow], targets: list[float]) -> str:
         "(final accuracy in parentheses); for several seeds the mean over the seeds that "
         'reached it, with "k/n" when not all did. Time to a target: training wall-clock at '
         "that epoch (selection included, evaluation excluded), mean over the seeds that reached "
-        "it. Accuracy at T of training: each run's test accuracy at its last evaluation within "
-        "T seconds of training, T the shortest run's training time (all runs on one clock). "
+        "it. End to end: the same plus the predictor's seconds (what the caches the run read "
+        "cost to make, fitting included; 0 for a run that reads none). Accuracy at T end to "
+        "end: each run's test accuracy at its last evaluation within T seconds of predictor "
+        "plus training, T the shortest run's end-to-end time (all runs on one clock). "
+        "predictor rows: each predictor's own test accuracy and cost. "
         "Accuracies: mean ± std over seeds. "
         "selecting: share of wall time spent selecting. noisy: mean fraction of noisy labels "
         "among the selected points vs the base rate.",
@@ -432,13 +479,54 @@ TERMINAL_LABEL_MAX = 32  # a row's label in the terminal table (the CSV/MD/HTML 
 
 
 def equal_time(rows: list[TableRow]) -> float:
-    """The clock every row is read at besides the epochs: the shortest run's training time
-    (the fastest method's whole run, when runs have the same epochs)."""
-    return min((run.wall_s for r in rows for run in r.runs), default=math.nan)
+    """The clock every row is read at besides the epochs: the shortest run's end-to-end time,
+    predictor included (the fastest method's whole run, when runs have the same budget), over
+    the runs whose predictor cost is known (NaN when none is)."""
+    clocks = [run.e2e_s for r in rows for run in r.runs if math.isfinite(run.e2e_s)]
+    return min(clocks, default=math.nan)
+
+
+@dataclass
+class PredictorRow:
+    """A predictor as the runs that read it recorded it: its own test accuracy and cost."""
+
+    name: str
+    dataset: str
+    noise: str
+    test_acc: float
+    seconds: float
+    n_runs: int
+
+    def seconds_text(self) -> str:
+        return format_duration(self.seconds) if math.isfinite(self.seconds) else "?"
+
+
+def predictor_rows(rows: list[TableRow]) -> list[PredictorRow]:
+    """One row per zero-shot predictor setting that the runs read (dataset, noise, predictor,
+    cost): what the selecting runs must beat to be worth training."""
+    found: dict[tuple, PredictorRow] = {}
+    for r in rows:
+        for run in r.runs:
+            acc = last_finite(run.column("predictor_test_acc"))
+            if not reads_zeroshot(run.method) or not math.isfinite(acc):
+                continue
+            name = str(r.variant.get("zeroshot.predictor") or _predictor_name(run))
+            key = (name, r.dataset, r.noise, round(acc, 6), round(run.predictor_s, 3))
+            if key in found:
+                found[key].n_runs += 1
+            else:
+                found[key] = PredictorRow(name, r.dataset, r.noise, acc, run.predictor_s, 1)
+    return list(found.values())
+
+
+def _predictor_name(run: RunRecord) -> str:
+    return str(config_get(run.config, "zeroshot.predictor", "?"))
 
 
 def acc_at_text(row: TableRow, seconds: float) -> str:
-    accs = [run.acc_at_seconds(seconds) for run in row.runs]
+    if not all(math.isfinite(run.predictor_s) for run in row.runs):
+        return "?"  # a cache from before bdsel recorded its cost: not on the clock
+    accs = [run.acc_at_seconds(seconds, END_TO_END) for run in row.runs]
     if not math.isfinite(seconds) or not all(math.isfinite(a) for a in accs):
         return "-"
     return row.acc_text(accs)
@@ -446,8 +534,10 @@ def acc_at_text(row: TableRow, seconds: float) -> str:
 
 def terminal_table(rows: list[TableRow], targets: list[float]) -> tuple[list[str], list[list[str]]]:
     """The fewest columns that say which method reaches which target first, and ends where:
-    label, then per target the epochs and training time to it (``ep 8, 1m17s``), the final accuracy and the
-    share of mislabeled points among the selected (against the base rate). Fits 100 columns
+    label, then per target the epochs and the end-to-end time to it (``ep 8, 1m17s``: predictor
+    plus training), the accuracy at equal end-to-end seconds, the final accuracy and the share
+    of mislabeled points among the selected (against the base rate); then a row per predictor
+    with its cost (in the first target's column) and its own test accuracy. Fits 100 columns
     for a handful of targets; everything else is in table.csv / .md / report.html."""
     headers = ["method"] + [f"to {pct(t)}" for t in targets]
     clock = equal_time(rows)
@@ -460,12 +550,15 @@ def terminal_table(rows: list[TableRow], targets: list[float]) -> tuple[list[str
             label = label[: TERMINAL_LABEL_MAX - 1] + "…"
         cells = [label]
         for c in r.cells:
-            cells.append(c.text() if c.n_reached == 0 else f"ep {c.text()}, {c.seconds_text()}")
+            cells.append(c.text() if c.n_reached == 0 else f"ep {c.text()}, {c.e2e_text()}")
         noisy = "n/a"
         if r.has_noise:
             noisy = f"{pct(r.selected_noisy_frac)} ({pct(r.base_noisy_frac)})"
         cells += [acc_at_text(r, clock), r.acc_text(r.final_accs), noisy]
         body.append(cells)
+    for p in predictor_rows(rows):  # its cost where a run's time to a target would be
+        cells = [f"predictor: {p.name}", p.seconds_text()] + ["" for _ in targets[1:]]
+        body.append([*cells, "", pct(p.test_acc), ""])
     return headers, body
 
 

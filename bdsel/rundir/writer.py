@@ -320,12 +320,14 @@ class RunDir:
                               weights_only=False)  # fmt: skip
         except Exception:  # a damaged checkpoint: the resume proper says what is wrong
             return None
-        return summary if ckpt.get("epoch") == config.train.epochs else None
+        by_budget = summary.get("stopped_by_budget") is not None  # train.budget_s was spent
+        return summary if by_budget or ckpt.get("epoch") == config.train.epochs else None
 
-    def finished_damage(self, config: Config) -> str | None:
-        """What is damaged in a finished run's metrics.jsonl (left as it is), or None."""
-        t = config.train
-        check = self.check_metrics(t.epochs, t.epochs, config.eval.every)
+    def finished_damage(self, config: Config, epochs: int | None = None) -> str | None:
+        """What is damaged in a finished run's metrics.jsonl (left as it is), or None.
+        ``epochs``: the epochs it ran (fewer than train.epochs when its budget ended it)."""
+        epochs = config.train.epochs if epochs is None else epochs
+        check = self.check_metrics(epochs, epochs, config.eval.every)
         problem = check.report(self.path / METRICS)
         return None if problem is None else f"{problem}; summary.json holds the final numbers"
 

@@ -47,6 +47,9 @@ REQUIRED_ATTRS = (
 )  # fmt: skip
 # optional: the temperature fits (bdsel.zeroshot.calibration), when the predictor has labels
 CALIBRATION_ATTRS = ("temperature", "temperature_denoised", "label_noise_rate")
+# the seconds the predictor took to make the cache, its fitting included (a cache made before
+# bdsel recorded them has none): the one-time cost every end-to-end clock starts from
+SECONDS_ATTR = "predictor_seconds"
 # the noise model of the fit with label noise ("symmetric" or "transition", chosen by BIC) and
 # its transition matrix and BICs (JSON); a cache made before bdsel chose one has neither
 NOISE_MODEL_ATTRS = ("noise_model", "noise_fit")
@@ -86,6 +89,7 @@ class CacheSummary:
     label_noise_rate: float | None = None  # that fit's estimated share of wrong labels
     noise_model: str | None = None  # that fit's noise model: "symmetric" or "transition"
     predictor: dict[str, Any] | None = None  # the stored spec
+    predictor_seconds: float | None = None  # what the cache cost, fitting included (SECONDS_ATTR)
 
 
 def partial_path(path: str | Path) -> Path:
@@ -198,7 +202,7 @@ def _read_attrs(f: h5py.File, path: Path) -> dict[str, Any]:
         elif isinstance(value, np.generic):
             value = value.item()
         info[key] = value
-    for key in CALIBRATION_ATTRS:  # optional: fitted when the predictor has calibration labels
+    for key in (*CALIBRATION_ATTRS, SECONDS_ATTR):  # optional
         if key in f.attrs:
             info[key] = float(f.attrs[key])
     if "noise_model" in f.attrs:
@@ -453,7 +457,8 @@ def _check_output(out: torch.Tensor, n_rows: int, n_classes: int) -> np.ndarray:
 
 
 def _fill_split(f: h5py.File, split: str, predictor: Predictor, done: np.ndarray,
-                batch_size: int, flush_every: int, advance: Callable[[int], None]) -> int:  # fmt: skip
+                batch_size: int, flush_every: int, advance: Callable[[int], None],
+                clock: Callable[[], float]) -> int:  # fmt: skip
     """Run the predictor on every row of ``split`` not yet done; returns rows computed."""
     lp_ds, done_ds = f[split]["logprobs"], f[split]["done"]
     n_classes = lp_ds.shape[1]
@@ -461,6 +466,7 @@ def _fill_split(f: h5py.File, split: str, predictor: Predictor, done: np.ndarray
     def commit() -> None:
         f.flush()  # the log-prob rows reach the OS before the flags that vouch for them
         done_ds[...] = done
+        f.attrs[SECONDS_ATTR] = clock()  # a resumed cache adds its own to these
         f.flush()
 
     todo = np.flatnonzero(~done)
@@ -519,6 +525,7 @@ def build_cache(
     overwrite: bool = False,
     calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
     label_noise: bool = False,
+    fit_seconds: float = 0.0,
 ) -> CacheSummary:
     """Run ``predictor`` over every train and test image and write the cache at ``path``.
 
@@ -529,6 +536,10 @@ def build_cache(
     label noise is stored too (``temperature_denoised``, ``label_noise_rate``, ``noise_model``,
     ``noise_fit``: symmetric or a transition matrix, whichever BIC prefers), and
     added to a complete cache made before bdsel fitted it (its log-probs are not recomputed).
+
+    The cache records what it cost (``predictor_seconds``): ``fit_seconds`` (the predictor's
+    fitting, done before this call), the rows and the calibration, summed over the sessions
+    that wrote a resumed one (each commit of rows records the seconds so far).
 
     Resumes ``<path>.partial`` when it was made for the same dataset fingerprint and predictor
     spec; returns at once when ``path`` is already complete for them. A cache or partial file
@@ -549,8 +560,12 @@ def build_cache(
     _prepare_partial(part, fingerprint, spec, n_classes, overwrite, console)
     f = h5py.File(part, "r+")
     try:
-        computed = _fill(f, part, dataset, predictor, (batch_size, flush_every), progress, console)
+        before = float(f.attrs.get(SECONDS_ATTR, 0.0)) + fit_seconds  # earlier sessions' too
+        clock = lambda: before + time.perf_counter() - t0  # noqa: E731
+        computed = _fill(f, part, dataset, predictor, (batch_size, flush_every), progress,
+                         console, clock)  # fmt: skip
         _write_stats(f, dataset, calibration, label_noise)
+        f.attrs[SECONDS_ATTR] = clock()
         f.attrs["complete"] = True  # last: every row and statistic is already written
         f.flush()
         info = _read_attrs(f, part)
@@ -643,9 +658,11 @@ def _fill(
     sizes: tuple[int, int],
     progress: bool,
     console: Console,
+    clock: Callable[[], float],
 ) -> int:
     """Compute every row not done yet, split by split, with a progress bar; returns how many.
-    ``sizes``: (batch size, batches per flush)."""
+    ``sizes``: (batch size, batches per flush); ``clock()``: the cache's seconds so far, stored
+    with every commit."""
     done = {s: f[s]["done"][...].astype(bool) for s in SPLITS}
     for s in SPLITS:
         _reset_invalid_done(f[s]["logprobs"], done[s])
@@ -661,7 +678,7 @@ def _fill(
         for s in SPLITS:
             bar.update(task, description=f"zero-shot {s}")
             advance = lambda k: bar.advance(task, k)  # noqa: E731
-            computed += _fill_split(f, s, predictor, done[s], *sizes, advance)
+            computed += _fill_split(f, s, predictor, done[s], *sizes, advance, clock)
     return computed
 
 
@@ -682,7 +699,8 @@ def _summary(path: Path, fp: dict, info: dict, t0: float, computed: int) -> Cach
                         temperature_denoised=info.get("temperature_denoised"),
                         label_noise_rate=info.get("label_noise_rate"),
                         noise_model=info.get("noise_model"),
-                        predictor=info.get("predictor"))  # fmt: skip
+                        predictor=info.get("predictor"),
+                        predictor_seconds=info.get(SECONDS_ATTR))  # fmt: skip
 
 
 def _read_rows(dataset: h5py.Dataset, rows: torch.Tensor) -> torch.Tensor:

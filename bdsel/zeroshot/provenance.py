@@ -59,7 +59,7 @@ def check_split(path: Path, spec: dict[str, Any], config: Config, data: RunData)
             f"run's ({split_differences(spec, config)}): it may have seen this run's training "
             "points. Re-run bdsel cache-zeroshot"
         )
-    if spec.get("kind") == "crossfit" and (
+    if "train_sha256" in spec and (  # cross-fitted: the crossfit models, the probe
         spec.get("train_sha256") != int64_sha256(data.train_idx)
         or spec.get("observed_sha256") != int64_sha256(data.observed[data.train_idx])
     ):

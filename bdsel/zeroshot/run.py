@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from bdsel.registries import check_names
 from bdsel.rundir import DiskFullError
 from bdsel.runtime import resolve_device, step_progress
 from bdsel.zeroshot.cache import (
+    SECONDS_ATTR,
     CacheError,
     CacheSummary,
     auto_temperature,
@@ -49,8 +51,8 @@ from bdsel.zeroshot.sharded import ShardedPredictor, serve
 
 LOOKUPS = ("zs_logprobs", "il_logprobs")
 # Predictors whose log-probs can serve as RHO-LOSS's irreducible loss: models that never
-# trained on the row they predict (the hold-out model, the cross-fitted models).
-IL_PREDICTORS = ("holdout", "crossfit")
+# trained on the row they predict (the hold-out model, the cross-fitted models and probes).
+IL_PREDICTORS = ("holdout", "crossfit", "probe")
 log = logging.getLogger(__name__)
 
 
@@ -216,8 +218,10 @@ def _write_cache(
     weights = holdout_weights_path(out)
     needs_model = isinstance(predictor, TrainedPredictor) and not (out.exists() and not overwrite)
     barrier()  # every rank has looked at ``out`` before rank 0 may replace it
+    t_fit = time.perf_counter()
     if needs_model:
         _fit_predictor(predictor, weights, world, overwrite, progress, console)
+    fit_seconds = time.perf_counter() - t_fit
     summary = None
     if world.is_main:
         writer = predictor
@@ -236,6 +240,7 @@ def _write_cache(
                 if isinstance(predictor, CalibratedPredictor)
                 else None,
                 label_noise=calibrates_on_observed_labels(predictor),
+                fit_seconds=fit_seconds,
             )
         finally:
             if world.distributed:
@@ -310,6 +315,23 @@ def load_lookups(
     return out
 
 
+def one_time_cost(config: Config, lookups: tuple[str, ...]) -> dict[str, Any]:
+    """What a run's caches cost before its first step, as its metrics records carry it:
+    ``predictor_s``, the seconds recorded in the zero-shot cache it reads (when ``lookups``
+    asks for one) and in ``data.clean.cache`` (0 for a run that reads none; None when a cache
+    holds no record of its seconds), and ``predictor_test_acc``, the zero-shot cache's own
+    test accuracy (None without one)."""
+    paths = ([default_cache_path(config)] if lookups else []) + (
+        [Path(config.data.clean.cache)] if config.data.clean.cache else []
+    )
+    seconds: float | None = 0.0
+    for path in paths:
+        recorded = read_cache_info(path).get(SECONDS_ATTR)
+        seconds = None if seconds is None or recorded is None else seconds + float(recorded)
+    test_acc = float(read_cache_info(paths[0])["test_accuracy"]) if lookups else None
+    return {"predictor_s": seconds, "predictor_test_acc": test_acc}
+
+
 def _existing_cache(config: Config) -> Path:
     """The run's cache file; a CacheError saying how to make it when it is not there."""
     path = default_cache_path(config)
@@ -353,7 +375,7 @@ def _check_cache_spec(
     if "il_logprobs" in names and spec.get("kind") not in IL_PREDICTORS:
         raise CacheError(
             f"select.method={config.select.method} needs an irreducible-loss model: a cache "
-            f"made with zeroshot.predictor=holdout or crossfit; {path} was made by "
+            f"made with zeroshot.predictor=holdout, crossfit or probe; {path} was made by "
             f"{spec.get('kind')!r}"
         )
 
