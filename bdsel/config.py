@@ -146,7 +146,8 @@ class TrainConfig:
     tensorboard: bool = True
     # A time budget in seconds end to end: the predictor's (what the caches the run reads cost
     # to make, recorded in them) plus training's (selection included, evaluation excluded).
-    # The run stops after the first epoch that reaches it (or after ``epochs``), evaluated.
+    # The run stops at the step that spends it (under torchrun at that epoch's end), or after
+    # ``epochs``, and is evaluated there.
     # Methods then compare at equal seconds, not equal epochs. null: no budget.
     budget_s: float | None = None
 

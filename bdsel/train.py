@@ -336,13 +336,20 @@ class Loop:
     train_idx: torch.Tensor = field(init=False)  # the train subset, on the device
     has_noise: bool = field(init=False)  # whether any training label was made wrong
 
-    @property
-    def out_of_time(self) -> bool:
-        """Whether train.budget_s is spent: the predictor's seconds plus training's."""
+    def left_s(self) -> float:
+        """Seconds of train.budget_s left: minus the predictor's and the training so far
+        (inf without a budget)."""
         budget = self.run.config.train.budget_s
         if budget is None:
+            return float("inf")
+        return budget - self.run.one_time.get("predictor_s", 0.0) - self.state.wall_s
+
+    @property
+    def out_of_time(self) -> bool:
+        """Whether train.budget_s is spent, as rank 0 sees it (every rank stops together)."""
+        if self.run.config.train.budget_s is None:
             return False
-        return self.run.one_time.get("predictor_s", 0.0) + self.state.wall_s >= budget
+        return bool(broadcast_from_main(self.left_s() <= 0))
 
     def __post_init__(self) -> None:
         data = self.run.data
@@ -429,11 +436,16 @@ def _train_epoch(loop: Loop, epoch: int) -> None:
     order = run.selector.epoch_order(loop.train_idx, g_perm)
     per_rank = len(order) // world.size
     order = order[world.rank * per_rank : (world.rank + 1) * per_rank]
+    # train.budget_s ends a single process's run at the step that spends it; under torchrun
+    # (where the ranks would have to agree at every step) at the epoch's end.
+    deadline = t0 + loop.left_s() if not world.distributed else float("inf")
     for i, n in enumerate(loop.stepper.epoch(order, (g_aug, g_sel))):
         state.samples_seen += n * world.size
         state.step += 1
         if loop.task is not None and ((i + 1) % run.config.train.log_every == 0):
             loop.progress.update(loop.task, completed=state.step)
+        if time.perf_counter() >= deadline:
+            break  # the budget is spent: the rest of the epoch is not trained
     if run.device.type == "cuda":
         torch.cuda.synchronize()
     state.wall_s += time.perf_counter() - t0

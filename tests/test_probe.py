@@ -148,6 +148,7 @@ def test_a_budget_counts_the_predictor_and_the_report_reads_end_to_end(
     bayes = load_config(values=values)
     summary = train(bayes, tmp_path / "bayes")
     assert summary["epochs_run"] == 1 and summary["stopped_by_budget"] == pytest.approx(cost + 1e-3)
+    assert summary["steps"] == 1  # the first step spends the millisecond left
     assert summary["predictor_s"] == pytest.approx(cost)
     # resumed once it is over: nothing more to train, and nothing reported lost
     with caplog.at_level("WARNING"):
@@ -233,3 +234,16 @@ def test_the_probe_runs_on_clip_image_embeddings_offline(tiny_config_values, tmp
     feats = FeatureExtractor(config, data.dataset, torch.device("cpu"))("train", data.train_idx[:8])
     assert feats.shape == (8, 32)
     torch.testing.assert_close(feats.norm(dim=1), torch.ones(8))
+
+
+def test_the_library_pages_probe_snippet_runs():
+    import bdsel
+
+    x, clean = _clusters(400, 4, 6, seed=9)
+    images = (x - x.min()).div(x.max() - x.min()).mul(255).to(torch.uint8).reshape(400, 1, 2, 3)
+    noisy_labels, n_classes = _pairflip(clean, 4, 0.2, seed=10), 4
+    features = images.reshape(len(images), -1).float() / 255  # as docs/library.md writes it
+    fit = bdsel.crossfit_probe(features, noisy_labels, n_classes)
+    table = bdsel.ZeroShotTable.calibrated(fit.logprobs, noisy_labels)
+    assert table.n_rows == 400 and table.n_classes == 4
+    assert table.temperature > 0 and fit.folds == 2
