@@ -46,6 +46,7 @@ _PUBLIC = {
     "IndexedDataset": "bdsel.data.indexed",
     "ZeroShotTable": "bdsel.table",
     "write_zeroshot_cache": "bdsel.zeroshot.any_dataset",
+    "crossfit_probe": "bdsel.zeroshot.probe",
     "ClipPredictor": "bdsel.zeroshot.clip",
 }
 

@@ -534,12 +534,9 @@ def build_cache(
     ``temperature`` attribute, which ``zeroshot.temperature: auto`` reads. ``label_noise``:
     the calibration labels are observed ones that noise may have changed; the fit under
     label noise is stored too (``temperature_denoised``, ``label_noise_rate``, ``noise_model``,
-    ``noise_fit``: symmetric or a transition matrix, whichever BIC prefers), and
-    added to a complete cache made before bdsel fitted it (its log-probs are not recomputed).
-
-    The cache records what it cost (``predictor_seconds``): ``fit_seconds`` (the predictor's
-    fitting, done before this call), the rows and the calibration, summed over the sessions
-    that wrote a resumed one (each commit of rows records the seconds so far).
+    ``noise_fit``: symmetric or a transition matrix, whichever BIC prefers), and added to a
+    complete cache made before bdsel fitted it (its log-probs are not recomputed). Its cost is
+    recorded (SECONDS_ATTR: ``fit_seconds``, rows and calibration, over a resume's sessions).
 
     Resumes ``<path>.partial`` when it was made for the same dataset fingerprint and predictor
     spec; returns at once when ``path`` is already complete for them. A cache or partial file
@@ -551,21 +548,18 @@ def build_cache(
     t0 = time.perf_counter()
     path, part = Path(path), partial_path(path)
     fingerprint, spec = dataset_fingerprint(dataset), _json_spec(predictor.spec())
-    n_classes = len(dataset.class_names)
     console = console or Console()
 
     if path.exists() and not overwrite:
         info = _complete_info(path, fingerprint, spec, calibration, label_noise)
         return _summary(path, fingerprint, info, t0, 0)
-    _prepare_partial(part, fingerprint, spec, n_classes, overwrite, console)
+    _prepare_partial(part, fingerprint, spec, len(dataset.class_names), overwrite, console)
     f = h5py.File(part, "r+")
     try:
-        before = float(f.attrs.get(SECONDS_ATTR, 0.0)) + fit_seconds  # earlier sessions' too
-        clock = lambda: before + time.perf_counter() - t0  # noqa: E731
+        clock = _cost_clock(f, fit_seconds, t0)
         computed = _fill(f, part, dataset, predictor, (batch_size, flush_every), progress,
                          console, clock)  # fmt: skip
-        _write_stats(f, dataset, calibration, label_noise)
-        f.attrs[SECONDS_ATTR] = clock()
+        _write_stats(f, dataset, calibration, label_noise, clock)
         f.attrs["complete"] = True  # last: every row and statistic is already written
         f.flush()
         info = _read_attrs(f, part)
@@ -581,13 +575,22 @@ def build_cache(
     return _summary(path, fingerprint, info, t0, computed)
 
 
+def _cost_clock(f: h5py.File, fit_seconds: float, t0: float) -> Callable[[], float]:
+    """The cache's cost so far: what earlier sessions recorded in ``f``, the fit before this
+    call and the seconds since ``t0``."""
+    before = float(f.attrs.get(SECONDS_ATTR, 0.0)) + fit_seconds
+    return lambda: before + time.perf_counter() - t0
+
+
 def _write_stats(
     f: h5py.File,
     dataset: Dataset,
     calibration: tuple[torch.Tensor, torch.Tensor] | None,
     label_noise: bool,
+    clock: Callable[[], float],
 ) -> None:
-    """Accuracies and the mean clean-label log-prob of the filled cache, and its temperature."""
+    """Accuracies and the mean clean-label log-prob of the filled cache, its temperature and,
+    once they are done, its cost so far (``clock()``)."""
     train_acc, train_lp = _split_stats(f, "train", dataset.train.labels)
     test_acc, _ = _split_stats(f, "test", dataset.test.labels)
     f.attrs["train_accuracy"] = train_acc
@@ -595,6 +598,7 @@ def _write_stats(
     f.attrs["mean_clean_logprob"] = train_lp
     if calibration is not None:
         _calibrate(f, calibration, label_noise)
+    f.attrs[SECONDS_ATTR] = clock()
 
 
 def _complete_info(

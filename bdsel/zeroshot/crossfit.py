@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from bdsel.config import Config
-from bdsel.data import RunData, int64_sha256
+from bdsel.data import RunData
 from bdsel.data.batching import ImageSource
 from bdsel.data.label_issues import find_label_issues
 from bdsel.data.noise_channel import (
@@ -69,6 +69,7 @@ from bdsel.zeroshot.holdout import (
     training_source,
     weights_sha256,
 )
+from bdsel.zeroshot.provenance import fitted_rows
 from bdsel.zeroshot.registry import register_predictor
 
 FOLD_SEED = 104_729  # the fold assignment's stream, apart from the split's and the models'
@@ -424,17 +425,9 @@ class CrossfitPredictor:
         return out
 
     def spec(self) -> dict[str, Any]:
-        d = self.config.data
-        train_idx = self.data.train_idx
         return {
             **self.settings(self.config),
-            "seed": self.config.seed,
-            "split_seed": self.config.seed if d.split_seed is None else d.split_seed,
-            "train_fraction": d.train_fraction,
-            "noise": {"kind": d.noise.kind, "rate": d.noise.rate},
-            "imbalance_ratio": d.imbalance.ratio,
-            "train_sha256": int64_sha256(train_idx),
-            "observed_sha256": int64_sha256(self.data.observed[train_idx]),
+            **fitted_rows(self.config, self.data),
             # Fit results: None (matches any stored value) until the models are trained, so
             # that a complete cache is recognised before anything is refit.
             "fold_epochs": self.fold_epochs if self.trained else None,

@@ -35,11 +35,12 @@ import torch
 import torch.nn.functional as F
 
 from bdsel.config import Config
-from bdsel.data import RunData, int64_sha256
+from bdsel.data import RunData
 from bdsel.data.noise_channel import anchor_transition, choose_channel, forward_loss, identifiable
 from bdsel.rundir import atomic_write_bytes
 from bdsel.zeroshot.calibration import fit_temperature_and_noise
 from bdsel.zeroshot.features import FeatureExtractor
+from bdsel.zeroshot.provenance import fitted_rows
 from bdsel.zeroshot.registry import register_predictor
 
 Channel = Literal["auto", "none"]
@@ -317,17 +318,11 @@ class ProbePredictor:
         return out
 
     def spec(self) -> dict[str, Any]:
-        d, train_idx, fit = self.config.data, self.data.train_idx, self.fit_
+        fit = self.fit_
         return {
             **self.settings(self.config),
             **self.extractor.spec(),
-            "seed": self.config.seed,
-            "split_seed": self.config.seed if d.split_seed is None else d.split_seed,
-            "train_fraction": d.train_fraction,
-            "noise": {"kind": d.noise.kind, "rate": d.noise.rate},
-            "imbalance_ratio": d.imbalance.ratio,
-            "train_sha256": int64_sha256(train_idx),
-            "observed_sha256": int64_sha256(self.data.observed[train_idx]),
+            **fitted_rows(self.config, self.data),
             # Fit results: None (matches any stored value) until the probes are fitted.
             "refit_channel": None if fit is None else fit.channel,
             "refit_noise": None

@@ -22,6 +22,22 @@ SPLIT_KEYS = {
 }
 
 
+def fitted_rows(config: Config, data: RunData) -> dict[str, Any]:
+    """What a cross-fitted predictor's spec records of the rows it fitted on (its models or
+    probes, on the train subset's observed labels): the run's seed, the split's settings and
+    hashes of the train subset and of its observed labels, which :func:`check_split` checks."""
+    d, train_idx = config.data, data.train_idx
+    return {
+        "seed": config.seed,
+        "split_seed": config.seed if d.split_seed is None else d.split_seed,
+        "train_fraction": d.train_fraction,
+        "noise": {"kind": d.noise.kind, "rate": d.noise.rate},
+        "imbalance_ratio": d.imbalance.ratio,
+        "train_sha256": int64_sha256(train_idx),
+        "observed_sha256": int64_sha256(data.observed[train_idx]),
+    }
+
+
 def split_differences(spec: dict[str, Any], config: Config) -> str:
     """The data settings in which a cache's stored spec and ``config`` differ, each with both
     values (``data.noise: cache {...}, this run {...}``); for a spec that records none of
