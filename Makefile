@@ -9,21 +9,25 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 DEMO_DIR ?= runs/demo
-# A demo run's name is its method, or <method>_crossfit for the crossfit predictor. In this
-# order `make -j2` starts both caches first, then each run as soon as its cache and a core
-# are free; uniform, which needs no cache, last.
-DEMO_METHODS ?= bayesian_crossfit bayesian rho_loss uniform
+# The demo compares on the clock, predictor included: bayesian with the `probe` predictor (a
+# cross-fitted linear probe on the pixels: no clean label, seconds to make), uniform, and
+# full-data training (batch 128), each given the same DEMO_BUDGET seconds end to end
+# (train.budget_s: the predictor's seconds, recorded in its cache, plus training's). In this
+# order `make -j2` starts the probe cache and uniform first, then bayesian once the cache
+# exists, then full-data on the core uniform frees.
+DEMO_METHODS ?= bayesian uniform full
+DEMO_PREDICTOR ?= probe
+DEMO_BUDGET ?= 90
 # Runs side by side, each with its share of the cores: one small-batch torch process does not
 # keep 2 cores busy, two single-threaded ones do (and two with default threads fight).
 DEMO_JOBS ?= 2
 DEMO_THREADS ?= $(shell n=$$(( $$(nproc) / $(DEMO_JOBS) )); echo $$(( n > 0 ? n : 1 )))
-# The demo's budget: 8 minutes on 2 cores after the install (7 min 41 s from a fresh clone on
-# 2026-12-04, the crossfit cache 6 of them on one core; the same machine kind took 16 minutes
-# on 2026-12-03, its speed varies 2x between sessions): 10 of the config's 30 epochs,
-# the EMA's accuracy (with recalibrated BN statistics, on 10,000 test images) every other
-# epoch and not the raw weights' beside it (half of each evaluation). Training is the config's;
-# `make demo DEMO_SET=` runs the config as it is.
-DEMO_SET ?= train.epochs=10 eval.every=2 eval.other_weights=false
+# At most 100 epochs, stopped by the budget; the EMA's accuracy (recalibrated BN statistics,
+# 10,000 test images) every other epoch and at the budget's epoch, not the raw weights' beside
+# it. `make demo DEMO_SET=` runs the config as it is, on its epochs.
+DEMO_SET ?= train.epochs=100 train.budget_s=$(DEMO_BUDGET) eval.every=2 eval.other_weights=false
+# full-data training: every candidate of batches of 128, as in benchmarks/peers.py
+DEMO_SET_full ?= select.n_candidates=128
 # Images for the zero-shot benchmark: 128 suit a CPU (ViT-B-32 runs ~15 img/s on 2 cores).
 BENCH_ZS_IMAGES ?= 128
 
@@ -64,22 +68,20 @@ demo: install data
 	@$(MAKE) --no-print-directory -j$(DEMO_JOBS) $(addprefix demo-run-,$(DEMO_METHODS))
 	$(BIN)/bdsel report $(DEMO_DIR) --out $(DEMO_DIR)/report
 
-# bayesian_crossfit -> crossfit; anything else -> holdout (the config's predictor)
-demo_predictor = $(if $(findstring _crossfit,$(1)),crossfit,holdout)
-demo_method = $(patsubst %_crossfit,%,$(1))
-demo_needs_cache = $(filter bayesian rho_loss irreducible_loss,$(call demo_method,$(1)))
+demo_needs_cache = $(filter bayesian rho_loss irreducible_loss,$(1))
 # Each job's lines go out prefixed with its name (a pipe: plain lines, no live bars to mix).
 demo_log = 2>&1 | sed -u 's/^/[$(1)] /'
 
-.PHONY: demo-cache-% demo-run-%
+.PHONY: demo-cache demo-run-%
 .SECONDEXPANSION:
-demo-cache-%:
+demo-cache:
 	@set -o pipefail; OMP_NUM_THREADS=$(DEMO_THREADS) $(BIN)/bdsel cache-zeroshot \
-		--config fashion_mnist --set zeroshot.predictor=$* $(call demo_log,$*)
-demo-run-%: $$(if $$(call demo_needs_cache,$$*),demo-cache-$$(call demo_predictor,$$*))
+		--config fashion_mnist --set zeroshot.predictor=$(DEMO_PREDICTOR) $(call demo_log,cache)
+demo-run-%: $$(if $$(call demo_needs_cache,$$*),demo-cache)
 	@set -o pipefail; OMP_NUM_THREADS=$(DEMO_THREADS) $(BIN)/bdsel train --config fashion_mnist \
-		--set select.method=$(call demo_method,$*) --set zeroshot.predictor=$(call demo_predictor,$*) \
-		$(addprefix --set ,$(DEMO_SET)) --run-dir $(DEMO_DIR)/$* --overwrite $(call demo_log,$*)
+		--set select.method=$* --set zeroshot.predictor=$(DEMO_PREDICTOR) \
+		$(addprefix --set ,$(DEMO_SET) $(DEMO_SET_$*)) --run-dir $(DEMO_DIR)/$* --overwrite \
+		$(call demo_log,$*)
 
 # The evidence (docs/results/): the Bayesian score's settings tuned on a validation split (16
 # runs of 30 epochs, two at a time: 43 minutes on 2 CPU cores), then the long table, every
@@ -87,8 +89,10 @@ demo-run-%: $$(if $$(call demo_needs_cache,$$*),demo-cache-$$(call demo_predicto
 # a run, one run per core), then what each predictor gives mislabeled points, then the peers
 # (InfoBatch, cleanlab then training, full data; benchmarks/peers.py), then bayesian without a
 # clean hold-out set (the crossfit predictor against the hold-out one at 20% and 40% symmetric
-# and 30% pairflip noise; benchmarks/holdout_free.py). All resume: a finished run is never
-# rerun.
+# and 30% pairflip noise; benchmarks/holdout_free.py), then the probe predictor's quality and
+# bayesian with it against uniform and full-data training at equal seconds end to end
+# (benchmarks/probe_quality.py, benchmarks/end_to_end.py). All resume: a finished run is
+# never rerun.
 # The older 15-epoch table: benchmarks/fashion_sweep.py --noise 0,0.2,0.4 --seeds 0,1,2.
 RESULTS_DIR ?= docs/results
 results: install data
@@ -98,6 +102,8 @@ results: install data
 	$(BIN)/python benchmarks/predictor_noise.py --out $(RESULTS_DIR)/offline/predictor_noise.md
 	$(BIN)/python benchmarks/peers.py --out $(RESULTS_DIR)/peers --jobs $(DEMO_JOBS)
 	$(BIN)/python benchmarks/holdout_free.py --out $(RESULTS_DIR)/holdout_free --jobs $(DEMO_JOBS)
+	$(BIN)/python benchmarks/probe_quality.py --out $(RESULTS_DIR)/end_to_end/probe_quality.md
+	$(BIN)/python benchmarks/end_to_end.py --out $(RESULTS_DIR)/end_to_end --jobs $(DEMO_JOBS)
 
 # Per-step cost of each method side by side, and the zero-shot cache against bare CLIP.
 bench: install
