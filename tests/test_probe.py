@@ -247,3 +247,24 @@ def test_the_library_pages_probe_snippet_runs():
     table = bdsel.ZeroShotTable.calibrated(fit.logprobs, noisy_labels)
     assert table.n_rows == 400 and table.n_classes == 4
     assert table.temperature > 0 and fit.folds == 2
+
+
+def test_the_probe_runs_on_a_frozen_backbones_features(tiny_config_values, tmp_path):
+    from bdsel.models import create_model
+
+    torch.manual_seed(0)
+    weights = tmp_path / "backbone.pt"
+    torch.save(create_model("small_cnn", n_classes=10, in_channels=1).state_dict(), weights)
+    values = json.loads(json.dumps(tiny_config_values))
+    values["zeroshot"] = {"predictor": "probe", "cache": str(tmp_path / "bb.h5"),
+                          "probe": {"features": "backbone", "backbone": "small_cnn",
+                                    "weights": str(weights), "epochs": 2}}  # fmt: skip
+    config = load_config(values=values)
+    summary = cache_zeroshot(config, progress=False)
+    spec = read_cache_info(summary.path)["predictor"]
+    assert spec["features"] == "backbone" and spec["backbone"] == "small_cnn"
+    assert spec["weights"] == "backbone.pt" and len(spec["weights_sha256"]) == 64
+    # a backbone without its weights file is named before anything runs
+    values["zeroshot"]["probe"]["weights"] = None
+    with pytest.raises(ValueError, match="zeroshot.probe.weights"):
+        cache_zeroshot(load_config(values=values), progress=False)
