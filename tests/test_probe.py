@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_tiny_clip
 
 from bdsel.config import load_config
 from bdsel.report import make_report
@@ -16,7 +17,6 @@ from bdsel.report.table import build_rows, display_table, equal_time, predictor_
 from bdsel.zeroshot.cache import read_cache_info
 from bdsel.zeroshot.probe import assign_probe_folds, crossfit_probe
 from bdsel.zeroshot.run import cache_zeroshot, one_time_cost
-from tests.conftest import write_tiny_clip
 
 
 def _clusters(n: int, c: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
