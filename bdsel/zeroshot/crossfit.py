@@ -69,7 +69,7 @@ from bdsel.zeroshot.holdout import (
     training_source,
     weights_sha256,
 )
-from bdsel.zeroshot.provenance import fitted_rows
+from bdsel.zeroshot.provenance import fitted_rows, split_stem
 from bdsel.zeroshot.registry import register_predictor
 
 FOLD_SEED = 104_729  # the fold assignment's stream, apart from the split's and the models'
@@ -80,13 +80,8 @@ MIN_TRUSTED = 0.5
 
 def cache_stem(config: Config) -> str:
     """Everything its outputs depend on: split, noise, folds and model."""
-    d, c = config.data, config.zeroshot.crossfit
-    split_seed = config.seed if d.split_seed is None else d.split_seed
-    stem = (
-        f"{d.name}-crossfit{c.folds}-{c.model}-split{split_seed}-t{d.train_fraction:g}"
-        f"-h{d.holdout_fraction:g}-{d.noise.kind}{d.noise.rate:g}-s{config.seed}"
-    )
-    return stem + (f"-lt{d.imbalance.ratio:g}" if d.imbalance.ratio > 1 else "")
+    c = config.zeroshot.crossfit
+    return f"{config.data.name}-crossfit{c.folds}-{c.model}-{split_stem(config)}"
 
 
 def assign_folds(train_idx: torch.Tensor, folds: int, seed: int) -> list[torch.Tensor]:

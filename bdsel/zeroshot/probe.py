@@ -40,7 +40,7 @@ from bdsel.data.noise_channel import anchor_transition, choose_channel, forward_
 from bdsel.rundir import atomic_write_bytes
 from bdsel.zeroshot.calibration import fit_temperature_and_noise
 from bdsel.zeroshot.features import FeatureExtractor
-from bdsel.zeroshot.provenance import fitted_rows
+from bdsel.zeroshot.provenance import fitted_rows, split_stem
 from bdsel.zeroshot.registry import register_predictor
 
 Channel = Literal["auto", "none"]
@@ -218,13 +218,8 @@ def _fit_round(
 
 def cache_stem(config: Config) -> str:
     """Everything its outputs depend on: split, noise, features and folds."""
-    d, p = config.data, config.zeroshot.probe
-    split_seed = config.seed if d.split_seed is None else d.split_seed
-    stem = (
-        f"{d.name}-probe{p.folds}-{p.features}-split{split_seed}-t{d.train_fraction:g}"
-        f"-h{d.holdout_fraction:g}-{d.noise.kind}{d.noise.rate:g}-s{config.seed}"
-    )
-    return stem + (f"-lt{d.imbalance.ratio:g}" if d.imbalance.ratio > 1 else "")
+    p = config.zeroshot.probe
+    return f"{config.data.name}-probe{p.folds}-{p.features}-{split_stem(config)}"
 
 
 @register_predictor("probe", section="zeroshot.probe", cache_stem=cache_stem)

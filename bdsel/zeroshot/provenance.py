@@ -22,6 +22,18 @@ SPLIT_KEYS = {
 }
 
 
+def split_stem(config: Config) -> str:
+    """The part of a cross-fitted predictor's cache name that its fitted rows decide: the
+    split's seed and fractions, the noise, the run's seed and any imbalance."""
+    d = config.data
+    split_seed = config.seed if d.split_seed is None else d.split_seed
+    stem = (
+        f"split{split_seed}-t{d.train_fraction:g}-h{d.holdout_fraction:g}"
+        f"-{d.noise.kind}{d.noise.rate:g}-s{config.seed}"
+    )
+    return stem + (f"-lt{d.imbalance.ratio:g}" if d.imbalance.ratio > 1 else "")
+
+
 def fitted_rows(config: Config, data: RunData) -> dict[str, Any]:
     """What a cross-fitted predictor's spec records of the rows it fitted on (its models or
     probes, on the train subset's observed labels): the run's seed, the split's settings and
