@@ -268,3 +268,27 @@ def test_the_probe_runs_on_a_frozen_backbones_features(tiny_config_values, tmp_p
     values["zeroshot"]["probe"]["weights"] = None
     with pytest.raises(ValueError, match="zeroshot.probe.weights"):
         cache_zeroshot(load_config(values=values), progress=False)
+
+
+def test_an_interrupted_caches_probes_are_reloaded_as_they_were(tiny_config_values, tmp_path):
+    from bdsel.data import derive_run_data, load_dataset
+    from bdsel.zeroshot.registry import create_predictor
+
+    config = _probe_config(tiny_config_values, tmp_path)
+    data = derive_run_data(load_dataset(config.data), config.data, config.seed)
+    first = create_predictor(config, data, torch.device("cpu"))
+    first.fit_or_load(tmp_path / "probes.pt")
+    assert (tmp_path / "probes.pt").is_file()
+    again = create_predictor(config, data, torch.device("cpu"))
+    again.fit_or_load(tmp_path / "probes.pt")
+    rows = torch.arange(len(data.dataset.train))
+    assert torch.equal(first.logprobs("train", rows), again.logprobs("train", rows))
+    assert again.spec() == first.spec()
+    # reloaded, not refitted: what the file holds is what it predicts
+    saved = torch.load(tmp_path / "probes.pt")
+    saved["biases"] = saved["biases"] + torch.arange(saved["biases"].shape[1]).float()
+    torch.save(saved, tmp_path / "probes.pt")
+    third = create_predictor(config, data, torch.device("cpu"))
+    third.fit_or_load(tmp_path / "probes.pt")
+    outside = rows[first.position < 0]  # rows the probes' biases decide
+    assert not torch.equal(third.logprobs("train", outside), first.logprobs("train", outside))
