@@ -164,6 +164,11 @@ class RunRecord:
         return 0.0
 
     @property
+    def predictor_test_acc(self) -> float:
+        """The zero-shot cache's own test accuracy as the run recorded it (NaN: none)."""
+        return last_finite(self.column("predictor_test_acc"))
+
+    @property
     def reads_cache(self) -> bool:
         """Whether the run read a zero-shot or cleaning cache before its first step."""
         return bool(config_get(self.config, "data.clean.cache")) or reads_zeroshot(self.method)

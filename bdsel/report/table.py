@@ -28,7 +28,6 @@ from bdsel.report.runs import (
     RunRecord,
     config_get,
     flatten_config,
-    last_finite,
     reads_zeroshot,
 )
 from bdsel.rundir import epochs_to_target, seconds_to_target
@@ -209,7 +208,7 @@ class TableRow:
 
     @property
     def predictor_test_acc(self) -> float:
-        return _mean([last_finite(run.column("predictor_test_acc")) for run in self.runs])
+        return _mean([run.predictor_test_acc for run in self.runs])
 
     def predictor_text(self) -> str:
         """The predictor's cost: "-" for none, "?" where unknown, else its seconds."""
@@ -510,7 +509,7 @@ def predictor_rows(rows: list[TableRow]) -> list[PredictorRow]:
     found: dict[tuple, PredictorRow] = {}
     for r in rows:
         for run in r.runs:
-            acc = last_finite(run.column("predictor_test_acc"))
+            acc = run.predictor_test_acc
             if not reads_zeroshot(run.method) or not math.isfinite(acc):
                 continue
             name = str(r.variant.get("zeroshot.predictor") or _predictor_name(run))

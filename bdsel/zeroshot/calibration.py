@@ -177,9 +177,8 @@ def _transition_em(p: torch.Tensor, labels: torch.Tensor, m: torch.Tensor, steps
 
     Accelerated by SQUAREM (Varadhan and Roland, 2008): two EM steps give a direction, an
     extrapolation along it is kept when it stays inside the simplex and does not raise the
-    NLL (else the plain EM steps),
-    so the likelihood still increases every step to the same optimum (the NLL is convex in M),
-    in a fraction of plain EM's steps."""
+    NLL (else the plain EM steps), so the likelihood still increases every step to the same
+    optimum (the NLL is convex in M), in a fraction of plain EM's steps."""
 
     def nll(m: torch.Tensor) -> float:
         q = (p * m.T[labels]).sum(1).clamp_min(1e-300)

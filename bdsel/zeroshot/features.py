@@ -43,7 +43,7 @@ class FeatureExtractor:
         p = config.zeroshot.probe
         self.kind, self.dataset, self.device = p.features, dataset, device
         self.batch_size = config.zeroshot.batch_size
-        self._spec: dict[str, object] = {"features": p.features}
+        self._spec: dict[str, object] = {}  # what identifies the weights (features is a setting)
         self._encode = None
         if p.features == "clip":
             self._encode = self._clip_encoder(config)

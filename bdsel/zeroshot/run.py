@@ -324,11 +324,10 @@ def one_time_cost(config: Config, lookups: tuple[str, ...]) -> dict[str, Any]:
     paths = ([default_cache_path(config)] if lookups else []) + (
         [Path(config.data.clean.cache)] if config.data.clean.cache else []
     )
-    seconds: float | None = 0.0
-    for path in paths:
-        recorded = read_cache_info(path).get(SECONDS_ATTR)
-        seconds = None if seconds is None or recorded is None else seconds + float(recorded)
-    test_acc = float(read_cache_info(paths[0])["test_accuracy"]) if lookups else None
+    infos = [read_cache_info(path) for path in paths]
+    recorded = [info.get(SECONDS_ATTR) for info in infos]
+    seconds = None if None in recorded else float(sum(recorded))
+    test_acc = float(infos[0]["test_accuracy"]) if lookups else None
     return {"predictor_s": seconds, "predictor_test_acc": test_acc}
 
 
