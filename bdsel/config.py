@@ -188,6 +188,9 @@ class SelectConfig:
     # A free first stage: keep this fraction of the candidates, those whose observed label
     # the cached predictor finds most plausible, before the candidate forward (1: off).
     prefilter: float = 1.0
+    # Forward (and score) only this fraction of the candidates each step: those whose score
+    # at their last visit was highest; every candidate in the first selecting epoch (1: off).
+    rescore: float = 1.0
     # bayesian: score = a * mean_s log p(y|f_s) + (1-a) * log p_zs(y|x) - log mean_s p(y|f_s)
     alpha: float = 0.2
     adaptive_alpha: bool = False
@@ -614,6 +617,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("select.momentum", _within(0, 1, high_open=True), "a float in [0, 1)"),
     ("select.warmup_epochs", _at_least(0), "an int >= 0"),
     ("select.prefilter", _within(0, 1, low_open=True), "a fraction in (0, 1]"),
+    ("select.rescore", _within(0, 1, low_open=True), "a fraction in (0, 1]"),
     ("select.anneal", _within(0, 1, high_open=True), "a fraction of the epochs in [0, 1)"),
     ("select.infobatch.prune_ratio", _within(0, 1, high_open=True), "a fraction in [0, 1)"),
     ("select.infobatch.delta", _within(0, 1), "a fraction of the epochs in [0, 1]"),

@@ -28,7 +28,7 @@ from bdsel.evaluation import WeightEMA
 from bdsel.forward import batchnorm_batch_stats
 from bdsel.models import Classifier
 from bdsel.runtime import SectionTimer
-from bdsel.selection import Selector, prefilter
+from bdsel.selection import Selector, prefilter, shortlist
 
 
 @dataclass
@@ -48,6 +48,8 @@ class Run:
     noisy: torch.Tensor  # bool [N] on the device
     ema: WeightEMA | None  # the weight EMA (train.ema_decay > 0), on the rank that evaluates
     n_prefiltered: int  # candidates left by select.prefilter (n_B when it is off)
+    # candidates the forward scores once the selector has last scores (select.rescore)
+    n_rescored: int | None = None
     # what its caches cost before the first step (bdsel.zeroshot.run.one_time_cost), carried
     # by every metrics record: the end-to-end clock starts at predictor_s
     one_time: dict[str, Any] = field(default_factory=dict)
@@ -174,8 +176,8 @@ class Stepper:
     def choose(
         self, candidates: Candidates, generator: torch.Generator
     ) -> tuple[Candidates, Selection]:
-        """The selection half of a step: prefilter, candidate forward (when the method reads
-        it), ``select``. Returns the candidates it chose from (fewer after a prefilter) and
+        """The selection half of a step: prefilter, shortlist by the last scores
+        (``select.rescore``), candidate forward (when the method reads it), ``select``. Returns the candidates it chose from (fewer after a prefilter) and
         the choice."""
         run = self.run
         self.timer.start()
@@ -184,6 +186,11 @@ class Stepper:
                 candidates = self._prefilter(candidates)
         logits = features = None
         if run.selector.wants_forward():
+            if run.n_rescored is not None and run.n_rescored < candidates.indices.shape[0]:
+                last = run.selector.last_scores(candidates.indices)
+                if last is not None:
+                    with record_function("bdsel/shortlist"):
+                        candidates = shortlist(candidates, last, run.n_rescored)
             with record_function("bdsel/candidate_forward"):
                 bn = run.config.select.candidate_bn
                 scored = candidate_forward(

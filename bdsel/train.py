@@ -99,6 +99,20 @@ def prefilter_size(config: Config, selector: Selector) -> int:
     return max(s.n_selected, round(s.prefilter * s.n_candidates))
 
 
+def rescore_size(config: Config, selector: Selector) -> int:
+    """How many candidates select.rescore leaves the candidate forward (of those the
+    prefilter left), once the method has a round of scores to go by; never fewer than n_b."""
+    s = config.select
+    kept = prefilter_size(config, selector)
+    if s.rescore >= 1.0:
+        return kept
+    if not selector.keeps_scores():
+        raise ValueError(
+            f"select.rescore: select.method={s.method} keeps no scores to go by (bayesian does)"
+        )
+    return max(s.n_selected, min(kept, round(s.rescore * s.n_candidates)))
+
+
 def compile_enabled(setting: bool | str, device: torch.device) -> bool:
     """train.compile: true, false, or auto (CUDA only: on CPU it was measured not to pay)."""
     return device.type == "cuda" if setting == "auto" else bool(setting)
@@ -190,6 +204,7 @@ def _assemble(
         noisy=data.noisy.to(device),
         ema=make_ema(model, config.train.ema_decay) if world.is_main else None,
         n_prefiltered=prefilter_size(config, selector),
+        n_rescored=rescore_size(config, selector),
     )
 
 

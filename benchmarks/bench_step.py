@@ -43,7 +43,7 @@ from bdsel.selection import (
     selector_from_config,
 )
 from bdsel.step import EpochStats, Run, Stepper, candidate_forward
-from bdsel.train import prefilter_size
+from bdsel.train import prefilter_size, rescore_size
 
 PHASES = ("candidate_forward", "select", "train_step", "observe")
 
@@ -138,6 +138,8 @@ def bench(args: argparse.Namespace) -> dict:
                     "prefilter": args.prefilter
                     if selector_class(method).has_plausibility()
                     else 1.0,
+                    # likewise for a method that keeps no scores
+                    "rescore": args.rescore if selector_class(method).keeps_scores() else 1.0,
                 },
                 "data": {"train_fraction": 1.0},
             }
@@ -157,6 +159,8 @@ def bench(args: argparse.Namespace) -> dict:
             extras={"data": data, "source": source, "model": model},
         )
         selector = selector_from_config(method, ctx)
+        if cfg.select.rescore < 1.0:
+            selector.set_epoch(1)  # its second selecting epoch: the shortlist is on
         totals = dict.fromkeys((*PHASES, "step", "excluded"), 0.0)
         phase = PhaseTimer(device, totals)
         agreement: list[float] = []
@@ -175,6 +179,7 @@ def bench(args: argparse.Namespace) -> dict:
             scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0),
             steps_per_epoch=args.warmup + args.steps,
             n_prefiltered=prefilter_size(cfg, selector),
+            n_rescored=rescore_size(cfg, selector),
             observed=data.observed.to(device),
             noisy=data.noisy.to(device),
             ema=make_ema(model, cfg.train.ema_decay),  # the step updates it, as in training
@@ -300,6 +305,12 @@ def main() -> None:
         help="select.prefilter where the method has a cached score (others run unfiltered)",
     )
     p.add_argument(
+        "--rescore",
+        type=float,
+        default=1.0,
+        help="select.rescore where the method keeps scores (others score every candidate)",
+    )
+    p.add_argument(
         "--independent-noise",
         action="store_true",
         help="bayesian: independent noise per candidate (S·B·C² work) instead of shared",
@@ -329,7 +340,7 @@ def main() -> None:
     print(
         f"# {args.model}, C={args.classes}, n_B={args.n_candidates}, n_b={args.n_selected}, "
         f"S={args.n_samples}{' (independent noise)' if args.independent_noise else ''}, "
-        f"prefilter {args.prefilter:g}, candidate BN {args.candidate_bn}; "
+        f"prefilter {args.prefilter:g}, rescore {args.rescore:g}, candidate BN {args.candidate_bn}; "
         f"candidate forward {args.candidate_precision}, {'NCHW' if args.nchw else 'NHWC'} "
         f"weights; {device.type} ({name}), {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}; mean over {args.steps} steps after {args.warmup} warm-up"

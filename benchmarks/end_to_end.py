@@ -46,8 +46,11 @@ ARMS = {
     "bayesian": ("select.method=bayesian", "train.epochs=100"),
     # the step-cost lever: half the candidates to forward and score (32 of 160)
     "bayesian_nb160": ("select.method=bayesian", "select.n_candidates=160", "train.epochs=100"),
+    # the other lever: forward only the third of the 320 candidates whose last scores were
+    # highest (every candidate in the first selecting epoch)
+    "bayesian_rescore": ("select.method=bayesian", "select.rescore=0.34", "train.epochs=100"),
 }
-BAYES_ARMS = ("bayesian", "bayesian_nb160")
+BAYES_ARMS = ("bayesian", "bayesian_nb160", "bayesian_rescore")
 BOUNDS = {"p20": 0.8, "p40": 0.5, "pf30": 0.5}  # the bound on bayesian's seconds ratio
 
 

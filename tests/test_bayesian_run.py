@@ -331,6 +331,85 @@ def test_uniform_epochs_skip_the_candidate_forward(bayes_values: dict, tmp_path:
         assert sizes == expected
 
 
+def test_rescore_forwards_the_candidates_whose_last_scores_were_highest(
+    bayes_values: dict, tmp_path: Path
+):
+    """select.rescore: in the first selecting epoch every candidate is scored and its score
+    kept; from the second, the candidate forward sees only the n_B · rescore candidates whose
+    last scores were highest (never-scored ones first), and the kept scores resume exactly."""
+    from bdsel.forward import autocast_for
+    from bdsel.runtime import SectionTimer
+    from bdsel.selection import Candidates, shortlist
+    from bdsel.step import EpochStats, Stepper
+    from bdsel.train import build_run
+
+    cands = Candidates(torch.arange(10, 16), torch.randn(6, 1, 4, 4), torch.tensor([0, 1] * 3))
+    last = torch.tensor([0.5, torch.inf, -3.0, 2.0, 1.0, -1.0], dtype=torch.float64)
+    kept = shortlist(cands, last, 3)
+    assert sorted(kept.indices.tolist()) == [11, 13, 14]  # never scored, then 2.0 and 1.0
+    assert torch.equal(kept.labels, cands.labels[kept.indices - 10])
+    assert torch.equal(kept.inputs, cands.inputs[kept.indices - 10])
+
+    values = dict(bayes_values, select=dict(bayes_values["select"], rescore=0.5))
+    cfg = load_config(values=values)
+    assert runner.invoke(app, ["cache-zeroshot", "-c", _write(tmp_path, values)]).exit_code == 0
+    run = build_run(cfg)
+    assert (run.n_prefiltered, run.n_rescored) == (64, 32)
+    sizes: list[int] = []
+    run.model.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
+    scored: list[torch.Tensor] = []
+    real_select = run.selector.select
+
+    def spy(indices, labels, logits=None, features=None, **kw):
+        scored.append(indices.clone())
+        return real_select(indices, labels, logits, features, **kw)
+
+    run.selector.select = spy
+    plain = autocast_for(run.device, "fp32")
+    first, second = run.data.train_idx[:64], run.data.train_idx[32:96]
+
+    def step(idx: torch.Tensor) -> None:
+        cands = Candidates(idx, run.source.rows("train", idx), run.observed[idx])
+        stats, timer = EpochStats.zeros(run.device), SectionTimer(run.device)
+        g = torch.Generator().manual_seed(0)
+        Stepper(run, run.model, run.model, plain, plain, timer, stats).step(cands, g)
+
+    run.selector.set_epoch(0)  # the first selecting epoch: no shortlist, every score kept
+    step(first)
+    assert sizes == [64, 16]
+    kept_scores = run.selector._last.clone()
+    assert torch.isfinite(kept_scores[first]).all()
+    assert torch.isinf(kept_scores[run.data.train_idx[64:]]).all()
+
+    run.selector.set_epoch(1)
+    sizes.clear()
+    step(second)
+    assert sizes == [32, 16]
+    # rows 64-95 were never scored, so they are the whole shortlist
+    assert sorted(scored[-1].tolist()) == sorted(run.data.train_idx[64:96].tolist())
+    before = run.selector._last.clone()
+    assert torch.isfinite(before[second]).all()
+    step(second)  # now all 64 have scores: the 32 highest of them
+    top = second[torch.argsort(before[second], descending=True)[:32]]
+    assert sorted(scored[-1].tolist()) == sorted(top.tolist())
+    rescored = set(scored[-1].tolist())
+    untouched = [i for i in second.tolist() if i not in rescored]
+    assert torch.equal(run.selector._last[untouched], before[untouched])
+    assert not torch.equal(run.selector._last[scored[-1]], before[scored[-1]])
+
+    fresh = build_run(cfg)
+    fresh.selector.load_state_dict(run.selector.state_dict())
+    assert torch.equal(fresh.selector._last, run.selector._last)
+    with pytest.raises(ValueError, match="last_scores: 3 rows in the state"):
+        fresh.selector.load_state_dict({**run.selector.state_dict(), "last_scores": before[:3]})
+
+    summary = train(load_config(values=dict(values, train=dict(values["train"], epochs=3))),
+                    tmp_path / "run")  # fmt: skip
+    assert summary["epochs_run"] == 3
+    with pytest.raises(ValueError, match="select.rescore: select.method=uniform keeps no"):
+        build_run(load_config(values=dict(values, select=dict(values["select"], method="uniform"))))
+
+
 def _write(tmp_path: Path, values: dict) -> str:
     path = tmp_path / "prefilter.yaml"
     path.write_text(yaml.safe_dump(values))

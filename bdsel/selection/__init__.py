@@ -8,6 +8,7 @@ from bdsel.selection.base import (
     Selector,
     SelectorContext,
     prefilter,
+    shortlist,
     top_k_positions,
 )
 from bdsel.selection.configured import selector_from_config
@@ -32,5 +33,6 @@ __all__ = [
     "selector_class",
     "selector_from_config",
     "selector_settings",
+    "shortlist",
     "top_k_positions",
 ]

@@ -173,6 +173,18 @@ class Selector:
         none or is not selecting (warm-up)."""
         return None
 
+    @classmethod
+    def keeps_scores(cls) -> bool:
+        """Whether the method remembers its candidates' scores (overrides last_scores)."""
+        return cls.last_scores is not Selector.last_scores
+
+    def last_scores(self, indices: torch.Tensor) -> torch.Tensor | None:
+        """Each candidate's score at its last visit, float [n] (higher: the more worth
+        training on; +inf where never scored), for ``select.rescore``; None while there is
+        no full round of scores to go by (before and during the first selecting epoch) or
+        the method is not selecting."""
+        return None
+
     def _generator(self, device: torch.device) -> torch.Generator:
         if device not in self._generators:
             self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
@@ -244,6 +256,16 @@ def class_quantile(scores: torch.Tensor, labels: torch.Tensor, n_classes: int) -
     rank[order] = rank_sorted
     count = onehot.sum(0)[labels]
     return (rank.float() - 0.5) / count.float()
+
+
+def shortlist(candidates: Candidates, last_scores: torch.Tensor, keep: int) -> Candidates:
+    """The ``keep`` candidates whose scores at their last visit were the highest, as a
+    smaller candidate batch: those the candidate forward need not score again this step are
+    the ones last seen far below the n_b picked (a mislabeled point, a learned one). Fixed
+    shapes, no host sync."""
+    pos = top_k_positions(last_scores, keep)
+    inputs = None if candidates.inputs is None else candidates.inputs[pos]
+    return Candidates(candidates.indices[pos], inputs, candidates.labels[pos])
 
 
 def top_k_positions(scores: torch.Tensor, k: int) -> torch.Tensor:

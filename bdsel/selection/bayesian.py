@@ -88,6 +88,8 @@ class Bayesian(WarmupSelector):
             fisher=fisher,
             device=device if device is not None else self.zs_logprobs.device,
         )
+        # Each row's score at its last visit (+inf: never scored), for select.rescore.
+        self._last = torch.full((self.n_rows,), torch.inf, device=self.zs_logprobs.device)
 
     def pick(
         self,
@@ -124,6 +126,7 @@ class Bayesian(WarmupSelector):
             alpha = torch.tensor(self.alpha, device=labels.device)
         scores = score_from_terms(terms, alpha)
         positions = top_k_positions(scores, self.n_selected)
+        self._last[candidates.indices.to(self._last.device)] = scores.float().to(self._last.device)
 
         # Predictive spread of the observed label's logit (0 before the first update: MAP).
         sample0 = first[0]
@@ -160,6 +163,13 @@ class Bayesian(WarmupSelector):
     def wants_forward(self) -> bool:
         return not self.uniform_epoch  # uniform picks (warm-up, annealing) need no forward
 
+    def last_scores(self, indices: torch.Tensor) -> torch.Tensor | None:
+        """The score at each candidate's last visit, from the second selecting epoch on (in
+        the first, every row is scored once: its epoch visits each)."""
+        if self.uniform_epoch or self.epoch <= self.warmup_epochs:
+            return None
+        return self._last[indices.to(self._last.device)].to(indices.device)
+
     def plausibility(self, candidates: Candidates) -> torch.Tensor | None:
         """The zero-shot log-prob of the observed label: the score's free, cached term."""
         if self.uniform_epoch:
@@ -181,7 +191,17 @@ class Bayesian(WarmupSelector):
         self.posterior.update(features, probs, labels, all_reduce=distributed)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"posterior": self.posterior.state_dict()}
+        return {"posterior": self.posterior.state_dict(), "last_scores": self._last.cpu()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.posterior.load_state_dict(state["posterior"])
+        last = state.get("last_scores")  # absent from checkpoints older than select.rescore
+        if last is not None:
+            if last.shape != self._last.shape:
+                raise ValueError(
+                    f"last_scores: {last.shape[0]} rows in the state, the table has "
+                    f"{self._last.shape[0]}"
+                )
+            self._last.copy_(last)
+        else:
+            self._last.fill_(torch.inf)
