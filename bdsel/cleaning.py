@@ -25,10 +25,18 @@ def clean_run_data(config: Config, data: RunData) -> RunData:
     clean = config.data.clean
     if clean.cache is None:
         return data
-    from bdsel.zeroshot.cache import CacheError, load_zs_logprobs, read_cache_info
+    from bdsel.zeroshot.cache import (
+        CacheError,
+        check_cache_path,
+        check_not_partial,
+        load_zs_logprobs,
+        read_cache_info,
+    )
     from bdsel.zeroshot.provenance import check_split
 
     path = Path(clean.cache)
+    check_cache_path(path, "data.clean.cache")
+    check_not_partial(path)
     if not path.is_file():
         raise CacheError(
             f"data.clean.cache: {path} does not exist; make it with bdsel cache-zeroshot "

@@ -69,7 +69,7 @@ class LastLayerHook:
         if isinstance(self.layer, nn.Linear):
             return self.layer.out_features
         raise AttributeError(
-            f"{self.layer_name} is not an nn.Linear: run a forward and read logits"
+            f"the layer {self.layer_name!r} is not an nn.Linear: run a forward and read logits"
         )
 
     def _capture(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
@@ -82,7 +82,8 @@ class LastLayerHook:
         was made."""
         if self.features is None or self.logits is None:
             raise RuntimeError(
-                f"LastLayerHook: no forward pass through {self.layer_name} yet; call the model first"
+                f"LastLayerHook: no forward pass through the layer {self.layer_name!r} yet; call "
+                "the model first"
             )
         return self.logits, self.features
 

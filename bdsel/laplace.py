@@ -163,11 +163,15 @@ class LastLayerLaplace:
         # Always accumulate in the posterior's dtype: autocast hands us bf16.
         h = features.detach().to(device=self.device, dtype=self.dtype)
         p = probs.detach().to(device=self.device, dtype=self.dtype)
+        # A point with a NaN or inf feature or probability adds nothing: one such point must
+        # not poison A or G for every later step (masked on the device: no host sync).
+        finite = (torch.isfinite(h).all(1) & torch.isfinite(p).all(1))[:, None]
+        h, p = torch.where(finite, h, 0.0), torch.where(finite, p, 0.0)
         a_sum = h.T @ h
         if self.fisher == "empirical":
             # scatter instead of F.one_hot: one_hot checks label ranges with a host sync.
             y = torch.zeros_like(p).scatter_(1, labels.to(self.device, torch.int64)[:, None], 1.0)
-            r = p - y
+            r = torch.where(finite, p - y, 0.0)
             return a_sum, r.T @ r
         return a_sum, torch.diag(p.sum(0)) - p.T @ p
 

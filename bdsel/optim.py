@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,6 +25,63 @@ def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
         passed = sum(step >= m * steps_per_epoch for m in cfg.step_milestones)
         return cfg.step_gamma**passed
     return 1.0
+
+
+class EpochSchedule:
+    """``train.schedule`` over the run's epochs, however many steps each one has.
+
+    Every epoch moves the schedule on by one epoch over the steps it takes
+    (:meth:`begin_epoch` says how many): a run whose epochs are shorter than the full data's
+    (InfoBatch's pruned epochs, SVP's coreset) still reaches the schedule's end, a cosine
+    rate 0, at its last step. InfoBatch's own example rebuilds its schedule every epoch from
+    that epoch's length for the same reason. An epoch of ``steps_per_epoch`` steps is
+    exactly the plain per-step schedule: after step j of epoch e the factor is
+    ``lr_factor(e·n + j, cfg, n)``.
+    """
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+    ) -> None:
+        self.optimizer, self.cfg = optimizer, cfg
+        self.base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+        self.epoch, self.epoch_steps, self.in_epoch = 0, max(1, steps_per_epoch), 0
+        self._apply()
+
+    def begin_epoch(self, epoch: int, n_steps: int) -> None:
+        """Epoch ``epoch`` (0-based) takes ``n_steps`` optimizer steps."""
+        self.epoch, self.epoch_steps, self.in_epoch = epoch, max(1, n_steps), 0
+        self._apply()
+
+    def step(self) -> None:
+        """After an optimizer step: the rate for the next one."""
+        self.in_epoch += 1
+        self._apply()
+
+    def factor(self) -> float:
+        n = self.epoch_steps
+        return lr_factor(self.epoch * n + self.in_epoch, self.cfg, n)
+
+    def _apply(self) -> None:
+        factor = self.factor()
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * factor
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "base_lrs": list(self.base_lrs),
+            "epoch": self.epoch,
+            "epoch_steps": self.epoch_steps,
+            "in_epoch": self.in_epoch,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.base_lrs = list(state["base_lrs"])
+        if "in_epoch" in state:
+            self.epoch, self.epoch_steps = state["epoch"], state["epoch_steps"]
+            self.in_epoch = state["in_epoch"]
+        else:  # a per-step LambdaLR's state (checkpoints before this schedule): its step count
+            self.epoch, self.in_epoch = divmod(state["last_epoch"], self.epoch_steps)
+        self._apply()
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -27,6 +27,7 @@ from bdsel.data.batching import FolderImages, ImageSource
 from bdsel.evaluation import WeightEMA
 from bdsel.forward import batchnorm_batch_stats
 from bdsel.models import Classifier
+from bdsel.optim import EpochSchedule
 from bdsel.runtime import SectionTimer
 from bdsel.selection import Selector, prefilter, shortlist
 
@@ -42,7 +43,7 @@ class Run:
     model: Classifier
     selector: Selector
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scheduler: EpochSchedule  # or any object with step() (benchmarks/bench_step.py)
     steps_per_epoch: int
     observed: torch.Tensor  # int64 [N] on the device
     noisy: torch.Tensor  # bool [N] on the device

@@ -37,7 +37,9 @@ class ZeroShotTable:
             isinstance(temperature, int | float) and temperature > 0 and math.isfinite(temperature)
         ):
             raise ValueError(f"temperature: expected a positive number, got {temperature!r}")
+        check_not_probabilities(logprobs, "logprobs")
         self.logprobs = torch.log_softmax(logprobs.float() / temperature, dim=1)
+        check_log_probabilities(self.logprobs, "logprobs")
         self.temperature = float(temperature)
 
     @classmethod
@@ -109,8 +111,21 @@ class ZeroShotTable:
         that the table gives the clean label's probability (bdsel.zeroshot.calibration)."""
         from bdsel.zeroshot.calibration import fit_temperature, fit_temperature_and_noise
 
-        lp = torch.log_softmax(logprobs.double().cpu(), dim=1)
+        if not isinstance(logprobs, torch.Tensor) or logprobs.ndim != 2:
+            raise ValueError("logprobs: expected a float tensor [N, C]")
+        n, c = logprobs.shape
+        if not isinstance(labels, torch.Tensor) or labels.shape != (n,):
+            got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels)
+            raise ValueError(f"labels: expected one label per row of logprobs, [{n}], got {got}")
+        if labels.dtype.is_floating_point:
+            raise ValueError(f"labels: expected integer class labels, got {labels.dtype}")
         y = labels.long().cpu()
+        if n and (int(y.min()) < 0 or int(y.max()) >= c):
+            bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
+            raise ValueError(f"labels: {bad} is not a class (classes 0..{c - 1})")
+        check_not_probabilities(logprobs, "logprobs")
+        lp = torch.log_softmax(logprobs.double().cpu(), dim=1)
+        check_log_probabilities(lp, "logprobs")
         t = fit_temperature_and_noise(lp, y)[0] if label_noise else fit_temperature(lp, y)
         return cls(logprobs, t)
 
@@ -127,13 +142,47 @@ def check_rows(indices: torch.Tensor, n_rows: int) -> None:
             )
 
 
+def check_not_probabilities(values: torch.Tensor, name: str) -> None:
+    """A ValueError for a table of probabilities (every entry in [0, 1], rows summing to 1)
+    where log-probabilities or logits are expected."""
+    if not (values.numel() and values.dtype.is_floating_point and bool((values >= 0).all())):
+        return
+    if torch.allclose(values.double().sum(1), values.new_ones(values.shape[0]).double()):
+        raise ValueError(
+            f"{name}: every row is a probability distribution; pass log-probabilities "
+            "(their .log()) or logits"
+        )
+
+
+def check_log_probabilities(logprobs: torch.Tensor, name: str) -> None:
+    """A ValueError naming the rows of ``logprobs`` [N, C] that are not log-probabilities:
+    NaN, +inf, or a logsumexp other than 0 (a row of -inf in every class included), within
+    the rounding of the tensor's dtype."""
+    if not logprobs.numel():
+        return
+    atol = 1e-3 if logprobs.dtype in (torch.float32, torch.float64) else 0.05
+    lse = torch.logsumexp(logprobs.double(), dim=1)
+    bad = (lse - 0.0).abs().gt(atol) | ~torch.isfinite(lse) | torch.isnan(logprobs).any(1)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten()
+        raise ValueError(
+            f"{name}: {rows.numel()} of {logprobs.shape[0]} rows are not log-probabilities "
+            f"(NaN, +inf, or a logsumexp other than 0; the first is row {int(rows[0])}, "
+            f"logsumexp {float(lse[rows[0]]):.4g}); normalise them with "
+            "torch.log_softmax, or pass logits to ZeroShotTable"
+        )
+
+
 def as_table(value: ZeroShotTable | torch.Tensor, name: str) -> ZeroShotTable:
-    """A selector's per-index table argument: a ZeroShotTable, or log-probs [N, C] as they are."""
+    """A selector's per-index table argument: a ZeroShotTable, or log-probs [N, C] as they are
+    (checked to be log-probabilities)."""
     if isinstance(value, ZeroShotTable):
         return value
     if isinstance(value, torch.Tensor):
-        if value.ndim != 2:
-            raise ValueError(f"{name}: expected log-probs [N, C], got {tuple(value.shape)}")
+        if value.ndim != 2 or not value.dtype.is_floating_point:
+            got = f"{value.dtype} {tuple(value.shape)}"
+            raise ValueError(f"{name}: expected float log-probs [N, C], got {got}")
+        check_log_probabilities(value, name)
         return ZeroShotTable._as_given(value, 1.0)
     raise ValueError(
         f"{name}: expected a ZeroShotTable or a tensor [N, C], got {type(value).__name__}"

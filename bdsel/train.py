@@ -41,7 +41,7 @@ from bdsel.evaluation import Evaluator, make_ema
 from bdsel.forward import autocast_for, candidate_autocast
 from bdsel.locking import LockedError
 from bdsel.models import Classifier, create_model
-from bdsel.optim import build_optimizer, lr_factor
+from bdsel.optim import EpochSchedule, build_optimizer
 from bdsel.registries import check_names
 from bdsel.rundir import METRICS, RunDirError, acc_key, epochs_to_target, read_metrics
 from bdsel.rundir.writer import RunDir, lock_rundir
@@ -99,9 +99,11 @@ def prefilter_size(config: Config, selector: Selector) -> int:
     return max(s.n_selected, round(s.prefilter * s.n_candidates))
 
 
-def rescore_size(config: Config, selector: Selector) -> int:
+def rescore_size(config: Config, selector: Selector, world: World | None = None) -> int:
     """How many candidates select.rescore leaves the candidate forward (of those the
-    prefilter left), once the method has a round of scores to go by; never fewer than n_b."""
+    prefilter left), once the method has a round of scores to go by; never fewer than n_b.
+    Off under torchrun: a rank keeps only the scores of the candidates it scored, and its
+    next epoch's candidates are mostly ones another rank scored."""
     s = config.select
     kept = prefilter_size(config, selector)
     if s.rescore >= 1.0:
@@ -110,6 +112,14 @@ def rescore_size(config: Config, selector: Selector) -> int:
         raise ValueError(
             f"select.rescore: select.method={s.method} keeps no scores to go by (bayesian does)"
         )
+    if world is not None and world.distributed:
+        if world.is_main:
+            log.warning(
+                "select.rescore=%g is off under torchrun: each rank keeps only the scores of "
+                "its own candidates; every candidate is scored",
+                s.rescore,
+            )
+        return kept
     return max(s.n_selected, min(kept, round(s.rescore * s.n_candidates)))
 
 
@@ -170,6 +180,7 @@ def build_run(config: Config, dataset: Dataset | None = None, world: World | Non
         extras={"data": data, "source": source},
     )
     selector = selector_from_config(config.select.method, context)
+    selector.check_finite = False  # a diverging model is told by its loss, at its step
     run = _assemble(config, data, source, model, selector, world)
     run.one_time = one_time
     return run
@@ -187,9 +198,7 @@ def _assemble(
     device = source.device
     steps_per_epoch = len(data.train_idx) // world.size // config.select.n_candidates
     optimizer = build_optimizer(model, config.train)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, config.train, steps_per_epoch)
-    )
+    scheduler = EpochSchedule(optimizer, config.train, steps_per_epoch)
     return Run(
         config,
         device,
@@ -204,7 +213,7 @@ def _assemble(
         noisy=data.noisy.to(device),
         ema=make_ema(model, config.train.ema_decay) if world.is_main else None,
         n_prefiltered=prefilter_size(config, selector),
-        n_rescored=rescore_size(config, selector),
+        n_rescored=rescore_size(config, selector, world),
     )
 
 
@@ -451,6 +460,11 @@ def _train_epoch(loop: Loop, epoch: int) -> None:
     order = run.selector.epoch_order(loop.train_idx, g_perm)
     per_rank = len(order) // world.size
     order = order[world.rank * per_rank : (world.rank + 1) * per_rank]
+    n_steps = per_rank // run.config.select.n_candidates  # fewer in a pruned epoch
+    run.scheduler.begin_epoch(epoch, n_steps)
+    if loop.task is not None:  # the steps left: this epoch's, then full epochs
+        left = run.config.train.epochs - epoch - 1
+        loop.progress.update(loop.task, total=state.step + n_steps + left * run.steps_per_epoch)
     # train.budget_s ends a single process's run at the step that spends it; under torchrun
     # (where the ranks would have to agree at every step) at the epoch's end.
     deadline = t0 + loop.left_s() if not world.distributed else float("inf")

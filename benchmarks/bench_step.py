@@ -159,6 +159,7 @@ def bench(args: argparse.Namespace) -> dict:
             extras={"data": data, "source": source, "model": model},
         )
         selector = selector_from_config(method, ctx)
+        selector.check_finite = False  # as bdsel train builds it
         if cfg.select.rescore < 1.0:
             selector.set_epoch(1)  # its second selecting epoch: the shortlist is on
         totals = dict.fromkeys((*PHASES, "step", "excluded"), 0.0)

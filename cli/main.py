@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 app = typer.Typer(
     help="Bayesian data selection for accelerated training.",
@@ -36,7 +37,7 @@ class _ConsoleHandler(logging.Handler):
     """The library's warnings (a damaged metrics line, a complete run) as one console line."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        console.print(f"[yellow]warning:[/] {record.getMessage()}", soft_wrap=True)
+        say("warning", "yellow", record.getMessage())
 
 
 class Terminated(KeyboardInterrupt):
@@ -59,17 +60,21 @@ def _main() -> None:
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 
+def say(label: str, style: str, text: str) -> None:
+    """``label: text`` on one line however long (a log or a pipe must not wrap it at 80
+    columns). ``text`` is printed as it is, never read as rich markup: a path or a value
+    the user typed keeps its square brackets."""
+    console.print(Text.assemble((label, style), ": ", text), soft_wrap=True, highlight=False)
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
-    # One line however long: a log or a pipe must not wrap the message at 80 columns.
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False)
+    say("error", "bold red", message)
     return typer.Exit(code)
 
 
 def _interrupted(exc: KeyboardInterrupt, what: str) -> typer.Exit:
     code = 143 if isinstance(exc, Terminated) else 130
-    console.print(
-        f"[yellow]{'terminated' if code == 143 else 'interrupted'}[/]: {what}", soft_wrap=True
-    )
+    say("terminated" if code == 143 else "interrupted", "yellow", what)
     return typer.Exit(code)
 
 
@@ -151,12 +156,13 @@ def train(
         cfg, run_dir = _train_config(config, set_, run_dir, resume, accept_cache_mismatch)
         if resume and _said_finished(run_dir, cfg):
             return
-        console.rule(f"bdsel train → {run_dir}")
+        console.rule(Text(f"bdsel train → {run_dir}"))
         changes = config_changes(cfg)
         console.print(
             "config (changes from the defaults; all of it in config.yaml): "
             + ("  ".join(changes) or "none"),
             highlight=False,
+            markup=False,
         )
         mode = "resume" if resume else "overwrite" if overwrite else "new"
 
@@ -189,13 +195,14 @@ def _said_finished(run_dir: Path, cfg: Any) -> bool:
 
     if (finished := RunDir(run_dir).finished_summary(cfg)) is None:
         return False
-    console.print(
-        f"[bold green]complete[/]: {run_dir} finished all {cfg.train.epochs} epochs "
-        f"(final acc {_final_acc(finished)}); nothing to resume, the run is left as it is",
-        soft_wrap=True,
+    say(
+        "complete",
+        "bold green",
+        f"{run_dir} finished all {cfg.train.epochs} epochs (final acc {_final_acc(finished)}); "
+        "nothing to resume, the run is left as it is",
     )
     if (damage := RunDir(run_dir).finished_damage(cfg)) is not None:
-        console.print(f"[yellow]warning:[/] {damage}", soft_wrap=True)
+        say("warning", "yellow", damage)
     return True
 
 
@@ -228,10 +235,12 @@ def _print_done(summary: dict, run_dir: Path) -> None:
         for t, e in summary["epochs_to_target"].items()
     )
     prefix = "test" if "final_test_acc" in summary else "val"
-    console.print(
-        f"[bold green]done[/]: final {prefix} acc {_final_acc(summary)}, "
-        f"best {summary[f'best_{prefix}_acc']:.2%}, {summary['wall_s']:.0f}s training "
-        f"({summary['selection_s']:.0f}s selecting); targets {reached}; run in {run_dir}"
+    say(
+        "done",
+        "bold green",
+        f"final {prefix} acc {_final_acc(summary)}, best {summary[f'best_{prefix}_acc']:.2%}, "
+        f"{summary['wall_s']:.0f}s training ({summary['selection_s']:.0f}s selecting); "
+        f"targets {reached}; run in {run_dir}",
     )
 
 
@@ -269,7 +278,7 @@ def cache_zeroshot(
         cfg = load_config(config, set_ or [])
         check_names(cfg)
         path = out or default_cache_path(cfg)
-        console.rule(f"bdsel cache-zeroshot → {path}")
+        console.rule(Text(f"bdsel cache-zeroshot → {path}"))
         started = time.perf_counter()
         summary = run_cache(cfg, path, overwrite=overwrite, console=console)
         seconds = time.perf_counter() - started  # the predictor's fit included
@@ -297,7 +306,7 @@ def cache_zeroshot(
         ("time (fitting the predictor included)", f"{seconds:.1f}s"),
         ("the cache's cost (fitting included, every session)", seconds_text(summary)),
     ):
-        table.add_row(key, value)
+        table.add_row(Text(key), Text(value))  # a path is not markup
     console.print(table)
 
 
@@ -376,12 +385,12 @@ def report(
     except ReportError as exc:
         raise fail(str(exc)) from None
     for warning in result.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+        say("warning", "yellow", warning)
     # A table read in a log or a pipe keeps its columns rather than the 80 of a non-terminal.
     out = Console() if sys.stdout.isatty() else Console(width=200)
     out.print(render_table(result))
     for name, path in result.files.items():
-        console.print(f"wrote {name}: {path}")
+        console.print(Text(f"wrote {name}: {path}"), soft_wrap=True)
 
 
 configs_app = typer.Typer(help="List and show the shipped configs.", no_args_is_help=True)

@@ -45,6 +45,16 @@ def load(root: Path, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
     return (x - 0.286) / 0.353, torch.from_numpy(read_idx(find("labels")).astype(np.int64))
 
 
+def with_label_noise(
+    clean: torch.Tensor, rate: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric label noise: (the noisy labels, which of them were flipped)."""
+    rng = np.random.default_rng(seed)
+    flip = torch.from_numpy(rng.random(len(clean)) < rate)
+    shift = torch.from_numpy(rng.integers(1, 10, len(clean)))
+    return torch.where(flip, (clean + shift) % 10, clean), flip
+
+
 def small_cnn() -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -107,10 +117,7 @@ def main() -> None:
     x, clean = load(args.root, "train")
     x, clean = x[: args.train_size], clean[: args.train_size]
     x_test, y_test = load(args.root, "t10k")
-    rng = np.random.default_rng(args.seed)
-    flip = torch.from_numpy(rng.random(len(clean)) < args.noise)
-    shift = torch.from_numpy(rng.integers(1, 10, len(clean)))
-    noisy = torch.where(flip, (clean + shift) % 10, clean)  # the labels we train on
+    noisy, flip = with_label_noise(clean, args.noise, args.seed)  # the labels we train on
 
     # -- the zero-shot stand-in, by global index, with its temperature fitted to the noisy labels
     logprobs = crossfit_logprobs(x, noisy, args.crossfit_epochs, args.seed)

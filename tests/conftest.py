@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -121,3 +123,34 @@ def write_tiny_clip(tmp_path: Path, name: str, patch_size: int = 16) -> tuple[Pa
     checkpoint = tmp_path / "tiny-clip.pt"
     torch.save(open_clip.create_model(arch.stem).state_dict(), checkpoint)
     return arch, checkpoint
+
+
+@pytest.fixture
+def read_only(monkeypatch: pytest.MonkeyPatch):
+    """Make folders read-only for this process, root included (chmod does not bind root)."""
+    folders: list[Path] = []
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def inside(path) -> bool:
+        p = Path(os.fsdecode(path)).absolute()
+        return any(p == f or f in p.parents for f in folders)
+
+    def guarded_open(path, flags, *args, **kwargs):
+        if flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR) and inside(path):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    def guarded_mkdir(path, *args, **kwargs):
+        if inside(path):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", guarded_open)
+    monkeypatch.setattr(os, "mkdir", guarded_mkdir)
+
+    def make(path: Path) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        folders.append(path.absolute())
+        return path
+
+    return make

@@ -104,6 +104,16 @@ def test_training_drops_exactly_the_flagged_points_and_records_it(
               "--run-dir", str(tmp_path / "r2")],
     )  # fmt: skip
     assert_one_line_error(holdout, "data.clean.cache", "does not exist")
+    (tmp_path / "half.h5.partial").write_bytes(cache.read_bytes())  # an interrupted cache
+    for path, fragments in (
+        (tmp_path, ("is a directory, not a cache file: point data.clean.cache at a file",)),
+        (tmp_path / "half.h5", ("is incomplete", "run the same bdsel cache-zeroshot command")),
+    ):
+        result = runner.invoke(
+            app, ["train", "-c", str(config_path), "--set", f"data.clean.cache={path}",
+                  "--run-dir", str(tmp_path / "r3")],
+        )  # fmt: skip
+        assert_one_line_error(result, str(path), *fragments)
 
 
 def test_crossfit_models_of_the_cleaned_points_train_on_and_predict_only_those(

@@ -68,7 +68,7 @@ def test_pruning_then_annealed_epochs_and_scores_from_the_training_forward():
     ce = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     torch.testing.assert_close(selector.scores, ce)
 
-    selector.set_epoch(5)  # 5 < 0.75 * 8: pruning
+    selector.set_epoch(5)  # 5 + 1 <= 0.75 * 8: pruning
     order = selector.epoch_order(train_idx, torch.Generator().manual_seed(1))
     assert len(order) == 30 and set(range(20, 40)) <= set(order.tolist())
     selection = selector.select(order[:16], (order[:16] % 4))
@@ -110,3 +110,48 @@ def test_a_killed_and_resumed_infobatch_run_equals_an_uninterrupted_one(
     per_epoch = [steps[0]] + [y - x for x, y in zip(steps, steps[1:], strict=False)]
     assert per_epoch[1] < per_epoch[0] and per_epoch[3] == per_epoch[0]  # pruned, then all
     assert full["steps"] == steps[-1]
+
+
+def original_pruning_epochs(epochs: int, delta: float) -> list[bool]:
+    """Which epochs InfoBatch's own sampler prunes: it resets once when it is made and once
+    per epoch, and prunes while its reset count is at most delta · epochs."""
+    stop_prune = epochs * delta
+    pruned = [not iterations > stop_prune for iterations in range(epochs + 1)]
+    return pruned[1:]  # the reset at construction is no epoch
+
+
+@pytest.mark.parametrize("delta", [0.0, 0.1, 0.25, 0.5, 0.7, 0.875, 0.9, 0.99, 1.0])
+def test_the_pruned_epochs_are_the_originals(delta: float):
+    for epochs in range(1, 201):
+        selector = bdsel.create_selector("infobatch", n_rows=4, epochs=epochs, delta=delta)
+        ours = []
+        for epoch in range(epochs):
+            selector.set_epoch(epoch)
+            ours.append(selector.pruning)
+        assert ours == original_pruning_epochs(epochs, delta), (epochs, delta)
+    assert sum(original_pruning_epochs(15, 0.875)) == 13  # floor(13.125), the peers table's
+
+
+def test_a_cosine_schedule_reaches_zero_at_the_last_step_of_a_pruned_run(
+    tmp_path: Path, tiny_config_values: dict, monkeypatch: pytest.MonkeyPatch
+):
+    from bdsel.optim import EpochSchedule
+    from bdsel.train import build_run
+
+    values = dict(tiny_config_values, train={"epochs": 4, "schedule": "cosine"})
+    values["select"] = {"method": "infobatch", "n_candidates": 16, "n_selected": 16,
+                        "infobatch": {"delta": 1.0}}  # fmt: skip
+    cfg = load_config(values=values)
+    full_steps = cfg.train.epochs * build_run(cfg).steps_per_epoch
+    factors: list[float] = []
+    real = EpochSchedule.step
+
+    def spy(self) -> None:
+        real(self)
+        factors.append(self.factor())
+
+    monkeypatch.setattr(EpochSchedule, "step", spy)
+    train(cfg, tmp_path / "run")
+    assert len(factors) < full_steps  # pruned epochs are shorter
+    assert factors[-1] == 0.0 and factors[0] < 1.0
+    assert all(a >= b for a, b in zip(factors, factors[1:], strict=False))

@@ -5,6 +5,7 @@ Dataset, clear errors for bad calls, and the shipped example end to end."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
@@ -103,7 +104,7 @@ def test_the_hook_and_scoring_context_refuse_or_restore_cleanly():
     with pytest.raises(ValueError, match=r"layer='head'.*its nn.Linear layers: 0, 2"):
         LastLayerHook(model, layer="head")
     hook = LastLayerHook(model)
-    with pytest.raises(RuntimeError, match="no forward pass through 2 yet"):
+    with pytest.raises(RuntimeError, match="no forward pass through the layer '2' yet"):
         hook.take()
     bn = model[1]
     before = bn.running_mean.clone()
@@ -223,6 +224,42 @@ def test_a_state_dict_round_trip_continues_identically():
     )
 
 
+@pytest.mark.parametrize("name", ["uniform", "bayesian", "grad_norm_is"])
+def test_a_restored_selector_picks_as_the_uninterrupted_one_with_the_default_generator(name: str):
+    """No generator passed anywhere: the selector's own random stream is in its state."""
+
+    def make() -> bdsel.Selector:
+        kw = {"zs_logprobs": zs_table(), "n_features": D} if name == "bayesian" else {}
+        return bdsel.create_selector(name, n_selected=8, **kw)
+
+    a = make()
+    for step in range(3):
+        indices, labels, logits, features = batch(step)
+        pos = a.select(indices, labels, logits, features).positions
+        a.observe(indices[pos], labels[pos], logits[pos], features[pos])
+    b = make()
+    b.load_state_dict(torch.load(_saved(a.state_dict()), weights_only=False))
+    fresh = make()
+    same_as_fresh = []
+    for step in range(3, 13):
+        indices, labels, logits, features = batch(step)
+        pa = a.select(indices, labels, logits, features).positions
+        pb = b.select(indices, labels, logits, features).positions
+        pf = fresh.select(indices, labels, logits, features).positions
+        assert torch.equal(pa, pb), step
+        same_as_fresh.append(torch.equal(pa, pf))
+        for s, p in ((a, pa), (b, pb)):
+            s.observe(indices[p], labels[p], logits[p], features[p])
+    assert not all(same_as_fresh)  # without the saved stream the picks would differ
+
+
+def _saved(state: dict) -> io.BytesIO:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return buffer
+
+
 def _gloo_worker(rank: int, rendezvous: str, out: str) -> None:
     # A file rendezvous: no port to find free and lose to another process before binding it.
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
@@ -275,6 +312,92 @@ def test_bad_calls_name_the_argument():
     svp = bdsel.create_selector("svp", n_selected=8)
     with pytest.raises(RuntimeError, match="prepare"):
         svp.epoch_order(torch.arange(10), gen(0))
+
+
+def test_out_of_range_and_non_finite_inputs_are_refused_on_cpu():
+    """Labels outside the classes, NaN or inf logits and features, mismatched lengths, and
+    tables that are not log-probabilities: each a ValueError naming the argument; after a
+    refused call the selector selects as before."""
+    selector = bayesian()
+    indices, labels, logits, features = batch(0)
+    bad_label, nan_logits, inf_features = labels.clone(), logits.clone(), features.clone()
+    bad_label[7] = N_CLASSES
+    nan_logits[3, 1] = float("nan")
+    inf_features[[5, 9], 0] = float("inf")
+    lp = zs_table()
+    probs, not_normalised, nan_rows = lp.exp(), lp + 0.5, lp.clone()
+    nan_rows[[4, 8]] = float("nan")
+    cases = [
+        (lambda: selector.select(indices, bad_label, logits, features), r"labels: 5 is not a class \(classes 0..4\)"),
+        (lambda: selector.select(indices, labels - 1, logits, features), "labels: -1 is not a class"),
+        (lambda: selector.observe(indices, bad_label, logits, features), "labels: 5 is not a class"),
+        (lambda: selector.select(indices, labels, nan_logits, features), r"logits: 1 of 40 rows hold NaN or inf \(the first at position 3\)"),
+        (lambda: selector.select(indices, labels, logits, inf_features), "features: 2 of 40 rows hold NaN or inf .the first at position 5"),
+        (lambda: selector.observe(indices, labels, logits, inf_features), "features: 2 of 40 rows"),
+        (lambda: selector.observe(indices[:0], labels[:0], logits[:0], features[:0]), "observe needs the points just trained on, got none"),
+        (lambda: ZeroShotTable.calibrated(lp[:100], torch.zeros(50, dtype=torch.long)), r"labels: expected one label per row of logprobs, \[100\], got \(50,\)"),
+        (lambda: ZeroShotTable.calibrated(lp, torch.full((N_ROWS,), 7)), r"labels: 7 is not a class \(classes 0..4\)"),
+        (lambda: ZeroShotTable(torch.full((N_ROWS, N_CLASSES), float("nan"))), "200 of 200 rows are not log-probabilities"),
+        (lambda: ZeroShotTable(nan_rows), "2 of 200 rows are not log-probabilities .* the first is row 4"),
+        (lambda: ZeroShotTable(probs), "every row is a probability distribution"),
+        (lambda: ZeroShotTable.calibrated(probs, labels.repeat(5)), "every row is a probability distribution"),
+        (lambda: bdsel.create_selector("bayesian", n_selected=8, zs_logprobs=not_normalised, n_features=D), "zs_logprobs: 200 of 200 rows are not log-probabilities"),
+        (lambda: bdsel.create_selector("rho_loss", n_selected=8, il_logprobs=probs), "il_logprobs: 200 of 200 rows"),
+    ]  # fmt: skip
+    for call, pattern in cases:
+        with pytest.raises(ValueError, match=pattern):
+            call()
+    fresh = bayesian()
+    for s in (selector, fresh):  # the refused calls changed nothing
+        s.observe(indices[:8], labels[:8], logits[:8], features[:8])
+    got = selector.select(indices, labels, logits, features, generator=gen(1)).positions
+    want = fresh.select(indices, labels, logits, features, generator=gen(1)).positions
+    assert torch.equal(got, want)
+
+
+def test_where_inputs_are_not_checked_a_non_finite_point_poisons_nothing():
+    """On a GPU (checks would sync the host) and in bdsel train's loop, nothing refuses NaN:
+    a NaN score ranks last, and a point with a NaN or inf feature or probability adds
+    nothing to the posterior (float64, against the update over the finite points only)."""
+    from bdsel.laplace import LastLayerLaplace
+    from bdsel.selection import top_k_positions
+
+    scores = torch.tensor([0.5, float("nan"), 2.0, -1.0, float("nan"), 1.0], dtype=torch.float64)
+    assert sorted(top_k_positions(scores, 3).tolist()) == [0, 2, 5]
+
+    g = gen(4)
+    h = torch.randn(12, D, generator=g, dtype=torch.float64)
+    p = torch.softmax(torch.randn(12, N_CLASSES, generator=g, dtype=torch.float64), dim=1)
+    y = torch.randint(0, N_CLASSES, (12,), generator=g)
+    bad_h, bad_p = h.clone(), p.clone()
+    bad_h[2, 3], bad_p[7, 0] = float("nan"), float("inf")
+    for fisher in ("empirical", "ggn"):
+        post = LastLayerLaplace(D, N_CLASSES, fisher=fisher, dtype=torch.float64)
+        post.update(bad_h, bad_p, y)
+        keep = torch.tensor([i not in (2, 7) for i in range(12)])
+        hk, pk, yk = h[keep], p[keep], y[keep]
+        assert torch.allclose(post.A, hk.T @ hk / 12, atol=1e-12)
+        if fisher == "empirical":
+            r = pk - torch.nn.functional.one_hot(yk, N_CLASSES).double()
+            g_ref = r.T @ r / 12
+        else:
+            g_ref = (torch.diag(pk.sum(0)) - pk.T @ pk) / 12
+        assert torch.allclose(post.G, g_ref, atol=1e-12)
+
+    selector = bayesian()
+    selector.check_finite = False  # as in bdsel train, and as on a GPU
+    indices, labels, logits, features = batch(0)
+    logits[0], features[1] = float("nan"), float("inf")
+    for step in range(3):
+        selection = selector.select(indices, labels, logits, features, generator=gen(step))
+        assert not {0, 1} & set(selection.positions.tolist())
+        pos = selection.positions
+        selector.observe(indices[:8], labels[:8], logits[:8], features[:8])  # NaN rows too
+        assert (
+            torch.isfinite(selector.posterior.A).all()
+            and torch.isfinite(selector.posterior.G).all()
+        )
+        assert pos.unique().numel() == 8
 
 
 # ----------------------------------------------------------------------------- tables and caches
@@ -426,13 +549,30 @@ def test_the_example_trains_on_fewer_mislabeled_points_than_the_data_holds(fashi
     assert acc > 20, last
 
 
-def test_the_example_adds_at_most_15_bdsel_lines_and_is_the_documented_one():
-    text = EXAMPLE.read_text()
+@pytest.mark.parametrize(
+    "name", ["fashion_mnist_resnet.py", "lightning_fashion_mnist.py", "hf_trainer_fashion_mnist.py"]
+)
+def test_each_example_adds_at_most_15_bdsel_lines_and_is_the_documented_one(name: str):
+    text = (ROOT / "examples" / name).read_text()
     marked = [line for line in text.splitlines() if "# bdsel" in line]
     assert 5 <= len(marked) <= 15
-    assert all("bdsel" in line for line in marked)
     unmarked = [line for line in text.splitlines() if "bdsel." in line and "# bdsel" not in line]
     assert unmarked == [], unmarked  # every line that calls bdsel is counted
     doc = (ROOT / "docs" / "library.md").read_text()
-    block = doc.split("<!-- example: examples/fashion_mnist_resnet.py -->\n```python\n")[1]
+    block = doc.split(f"<!-- example: examples/{name} -->\n```python\n")[1]
     assert block.split("```\n")[0] == text  # the page shows the tested file, verbatim
+
+
+def test_library_md_names_every_setting_of_every_method():
+    """The settings table in docs/library.md against the registry: a setting added to a
+    method without a word in the docs fails here."""
+    doc = (ROOT / "docs" / "library.md").read_text()
+    section = doc.split("## Every method's settings")[1].split("\n## ")[0]
+    warmup = {"warmup_epochs", "anneal", "epochs"}
+    for name in bdsel.list_selectors():
+        row = next((line for line in section.splitlines() if f"`{name}`" in line), None)
+        assert row is not None, name
+        for setting in bdsel.selector_settings(name):
+            if setting == "seed" or (setting in warmup and "warm-up" in row):
+                continue
+            assert f"`{setting}`" in row, (name, setting)

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -439,37 +440,6 @@ def test_an_epoch_line_fits_80_columns():
 # ----------------------------------------------------------------------------- the catalogue
 
 
-@pytest.fixture
-def read_only(monkeypatch: pytest.MonkeyPatch):
-    """Make folders read-only for this process, root included (chmod does not bind root)."""
-    folders: list[Path] = []
-    real_open, real_mkdir = os.open, os.mkdir
-
-    def inside(path) -> bool:
-        p = Path(os.fsdecode(path)).absolute()
-        return any(p == f or f in p.parents for f in folders)
-
-    def guarded_open(path, flags, *args, **kwargs):
-        if flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR) and inside(path):
-            raise OSError(errno.EROFS, "Read-only file system", str(path))
-        return real_open(path, flags, *args, **kwargs)
-
-    def guarded_mkdir(path, *args, **kwargs):
-        if inside(path):
-            raise OSError(errno.EROFS, "Read-only file system", str(path))
-        return real_mkdir(path, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", guarded_open)
-    monkeypatch.setattr(os, "mkdir", guarded_mkdir)
-
-    def make(path: Path) -> Path:
-        path.mkdir(parents=True, exist_ok=True)
-        folders.append(path.absolute())
-        return path
-
-    return make
-
-
 def test_every_bad_input_is_one_line_and_exit_2(
     tmp_path: Path, tiny_config_values: dict, monkeypatch: pytest.MonkeyPatch, read_only
 ):
@@ -540,3 +510,64 @@ def test_every_bad_input_is_one_line_and_exit_2(
     assert not (tmp_path / "r").exists()
     clip = runner.invoke(app, catalogue[-2][0])
     assert "zeroshot.pretrained" in _out(clip) and "/path/to/RN50-openai.pt" in _out(clip)
+
+
+def test_user_text_keeps_its_brackets_and_a_log_line_is_never_wrapped(
+    tmp_path: Path, tiny_config_values: dict
+):
+    """Paths and values in messages are printed as typed (rich markup would eat "[run1]" and
+    "[bold]"); in a log (not a terminal, 80 columns) the done line and the report's warnings
+    stay one line each."""
+    from test_report import write_run
+
+    missing = tmp_path / "[run1]" / "[bold]x"
+    result = runner.invoke(app, ["train", "--run-dir", str(missing), "--resume"])
+    assert_one_line_error(result, f"--resume: {missing} does not exist")
+    cfg_path = _write(tmp_path, tiny_config_values)
+    result = runner.invoke(
+        app, ["train", "-c", str(cfg_path), "--set", "eval.extra=[online/running"]
+    )
+    assert_one_line_error(result, "eval.extra", "[online/running")
+
+    long_dir = tmp_path / ("a-run-directory-with-a-name-long-enough-to-pass-80-columns-" * 2)
+    values = dict(tiny_config_values, train={"epochs": 1})
+    result = runner.invoke(
+        app, ["train", "-c", str(_write(tmp_path, values)), "--run-dir", str(long_dir)]
+    )
+    assert result.exit_code == 0, result.output
+    done = [line for line in result.output.splitlines() if line.startswith("done:")]
+    assert len(done) == 1 and done[0].endswith(f"run in {long_dir}"), result.output
+
+    unfinished = write_run(long_dir.parent / "[x]-unfinished", [0.5, 0.6], complete=False)
+    result = runner.invoke(app, ["report", str(long_dir), str(unfinished), "--out",
+                                 str(tmp_path / "report")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert any(str(unfinished) in line and "unfinished" in line for line in warning), result.output
+
+
+def test_a_truncated_cache_says_that_overwrite_rebuilds_it(
+    tmp_path: Path, tiny_config_values: dict
+):
+    values = dict(tiny_config_values, zeroshot={"predictor": "probe"})
+    cfg_path, out = _write(tmp_path, values), tmp_path / "zs.h5"
+    args = ["cache-zeroshot", "-c", str(cfg_path), "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    whole = out.read_bytes()
+    out.write_bytes(whole[: len(whole) // 2])
+    assert_one_line_error(runner.invoke(app, args), str(out), "--overwrite")
+    result = runner.invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 0, result.output
+
+
+def test_a_noise_rate_that_makes_labels_point_away_is_refused():
+    from bdsel.data.splits import inject_noise
+
+    labels, rng = np.arange(100) % 10, np.random.default_rng(0)
+    assert (inject_noise(labels, 10, "symmetric", 0.9, rng) != labels).sum() == 90  # the bound
+    for kind, rate, bound in (("symmetric", 0.99, "0.9"), ("pairflip", 0.6, "0.5")):
+        with pytest.raises(
+            ValueError, match=f"data.noise.rate={rate} .{kind}, 10 classes. is above {bound}:"
+        ):
+            inject_noise(labels, 10, kind, rate, rng)
+    assert (inject_noise(labels, 10, "uniform", 1.0, rng) >= 0).all()  # a redraw: any rate

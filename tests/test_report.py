@@ -335,7 +335,7 @@ def test_render_table_has_one_row_per_group(tmp_path):
     write_run(runs / "c", [0.5, 0.8], method="bayesian")
     table = render_table(make_report([runs]))
     assert table.row_count == 2
-    assert [c.header for c in table.columns] == [
+    assert [str(c.header) for c in table.columns] == [
         "method", "to 80%", "acc at 20.0s", "final acc", "noisy (base)"
     ]  # fmt: skip
 

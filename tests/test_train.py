@@ -201,3 +201,26 @@ def test_lr_schedules():
         ["train.schedule=step", "train.step_milestones=[1, 2]", "train.step_gamma=0.5"],
     ).train
     assert [lr_factor(s, cfg, 10) for s in (9, 10, 19, 20)] == [1.0, 0.5, 0.5, 0.25]
+
+
+def test_the_epoch_schedule_is_the_per_step_one_on_full_epochs_and_ends_on_short_ones():
+    from bdsel.optim import EpochSchedule
+
+    cfg = load_config("fashion_mnist", ["train.schedule=cosine", "train.epochs=3"]).train
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    schedule, lrs = EpochSchedule(opt, cfg, 7), []
+    for epoch, n_steps in [(0, 7), (1, 7), (2, 7)]:
+        schedule.begin_epoch(epoch, n_steps)
+        for _ in range(n_steps):
+            lrs.append(opt.param_groups[0]["lr"])
+            schedule.step()
+    assert lrs == [0.1 * lr_factor(s, cfg, 7) for s in range(21)]  # exactly, float for float
+    assert opt.param_groups[0]["lr"] == 0.0
+    state = schedule.state_dict()
+    schedule.begin_epoch(1, 3)  # a pruned epoch of 3 steps covers a whole epoch of the schedule
+    for _ in range(3):
+        schedule.step()
+    assert schedule.factor() == pytest.approx(lr_factor(14, cfg, 7))
+    again = EpochSchedule(opt, cfg, 7)
+    again.load_state_dict(state)
+    assert opt.param_groups[0]["lr"] == 0.0 and again.factor() == 0.0

@@ -54,6 +54,13 @@ def inject_noise(
 ) -> np.ndarray:
     """Exactly round(rate * n) points are corrupted (for ``uniform`` some redraw their label)."""
     out = labels.copy()
+    bound = {"symmetric": (n_classes - 1) / n_classes, "pairflip": 0.5}.get(kind)
+    if bound is not None and rate > bound + 1e-12:
+        raise ValueError(
+            f"data.noise.rate={rate:g} ({kind}, {n_classes} classes) is above {bound:.4g}: "
+            "the observed label would then be some wrong class more often than the true one, "
+            f"and no method can tell which is which; use a rate of at most {bound:.4g}"
+        )
     n_noisy = int(round(rate * len(labels)))
     if kind == "none" or n_noisy == 0:
         return out

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from rich import box
 from rich.table import Table as RichTable
+from rich.text import Text
 
 from bdsel.report.runs import (
     END_TO_END,
@@ -571,9 +572,10 @@ def terminal_table(rows: list[TableRow], targets: list[float]) -> tuple[list[str
 def render_table(report: Report) -> RichTable:
     """The table for the terminal (rich): :func:`terminal_table`'s columns."""
     headers, body = terminal_table(report.rows, report.targets)
-    table = RichTable(title=report.title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    title = Text(report.title) if report.title else None  # run names are not markup
+    table = RichTable(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for i, h in enumerate(headers):
-        table.add_column(h, justify="left" if i == 0 else "right", overflow="fold")
+        table.add_column(Text(h), justify="left" if i == 0 else "right", overflow="fold")
     for cells in body:
-        table.add_row(*cells)
+        table.add_row(*(Text(c) for c in cells))
     return table

@@ -10,6 +10,7 @@ file and what is still intact.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import shutil
@@ -188,12 +189,49 @@ class RunDir:
         """Write every metrics record to ``tb/`` too; on a resume, TensorBoard drops what a
         killed run logged after ``resumed_at_step`` (the checkpoint's step)."""
         purge = None if resumed_at_step is None else resumed_at_step + 1
-        self.tensorboard = TensorBoardLog(self.path / TENSORBOARD_DIR, purge_step=purge)
+        try:
+            self.tensorboard = TensorBoardLog(self.path / TENSORBOARD_DIR, purge_step=purge)
+        except OSError as exc:
+            raise self._tensorboard_error(exc) from exc
+
+    def check_tensorboard(self) -> None:
+        """Before anything is written: ``tb/`` can be made (or is a directory) and written
+        in; else a RunDirError naming it and ``train.tensorboard=false``."""
+        tb = self.path / TENSORBOARD_DIR
+        try:
+            if tb.exists() and not tb.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "it is not a directory")
+            tb.mkdir(exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=tb, prefix=".probe"):
+                pass
+        except OSError as exc:
+            raise self._tensorboard_error(exc) from exc
+
+    def _tensorboard_error(self, exc: OSError) -> RunDirError:
+        tb = self.path / TENSORBOARD_DIR
+        if is_disk_full(exc):
+            return DiskFullError(
+                f"no space left on the device writing TensorBoard events in {tb}: "
+                f"{self._resume_hint()}",
+                tb,
+            )
+        if (self.path / CHECKPOINT).is_file():
+            then = (
+                f"make it writable; the last checkpoint in {self.path} is intact: continue "
+                f"with: bdsel train --run-dir {self.path} --resume"
+            )
+        else:
+            then = (
+                "make it a writable directory, or run without them: --set train.tensorboard=false"
+            )
+        return RunDirError(
+            f"cannot write TensorBoard events in {tb}: {exc.strerror or exc}; {then}"
+        )
 
     def close(self) -> None:
         if self.tensorboard is not None:
-            self.tensorboard.close()
-            self.tensorboard = None
+            log, self.tensorboard = self.tensorboard, None
+            log.close()  # every event was written when it was added: nothing is lost here
 
     @classmethod
     def prepare(
@@ -213,6 +251,8 @@ class RunDir:
                     f"({', '.join(diff[:5])}); resume with the saved config"
                 )
             run._check_writable()
+            if config.train.tensorboard:
+                run.check_tensorboard()
             run.remove_stale_temporaries()
             return run
         if existing and mode == "new":
@@ -225,6 +265,8 @@ class RunDir:
         except OSError as exc:
             raise RunDirError(f"cannot create run directory {run.path}: {exc.strerror}") from exc
         run._check_writable()
+        if config.train.tensorboard:
+            run.check_tensorboard()  # before a file of the old run is touched
         for name in existing:  # --overwrite: only the files a run writes
             (run.path / name).unlink()
         if mode == "overwrite":
@@ -272,7 +314,10 @@ class RunDir:
         except DiskFullError as exc:
             raise DiskFullError(f"{exc}: {self._resume_hint()}", exc.path) from exc.__cause__
         if self.tensorboard is not None:
-            self.tensorboard.add(record)
+            try:
+                self.tensorboard.add(record)
+            except OSError as exc:
+                raise self._tensorboard_error(exc) from exc
 
     def check_metrics(self, checkpoint_epoch: int, total_epochs: int, every: int) -> MetricsCheck:
         return check_metrics_for_resume(self.path / METRICS, checkpoint_epoch, total_epochs, every)

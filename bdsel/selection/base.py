@@ -66,6 +66,10 @@ class Selector:
         self.seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}
         self.n_rows: int | None = None  # rows of the per-index tables the method reads
+        self.n_classes: int | None = None  # classes of those tables
+        # On CPU, NaN or inf logits or features are a ValueError. bdsel train turns this off:
+        # its loop tells a diverging model by the loss and names the step it turned.
+        self.check_finite = True
 
     # -- the public interface
 
@@ -109,9 +113,12 @@ class Selector:
         their training forward's logits [m, C] and features [m, D] (detached or not: they are
         detached here). Methods with a posterior (bayesian) update it; under
         ``torch.distributed`` the update is all-reduced over the ranks."""
-        self._check_batch(indices, labels, logits, features)
+        n = self._check_batch(indices, labels, logits, features)
         if logits is None or features is None:
             raise ValueError("observe needs the trained points' logits and features")
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if n == 0 and not distributed:  # under torchrun a rank may have trained on none
+            raise ValueError("indices: observe needs the points just trained on, got none")
         self._observe(indices, labels, logits.detach().float(), features.detach().float())
 
     def wants_forward(self) -> bool:
@@ -136,10 +143,14 @@ class Selector:
         return train_idx[perm]
 
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        """Everything a new selector needs to go on exactly as this one: the method's state
+        (subclasses add theirs) and the random stream ``select`` draws from when it is given
+        no ``generator``, per device."""
+        return {"generators": {str(d): g.get_state() for d, g in self._generators.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        for device, rng in state.get("generators", {}).items():
+            self._generator(torch.device(device)).set_state(rng)
 
     # -- for subclasses
 
@@ -215,7 +226,39 @@ class Selector:
             _need(features.ndim == 2 and features.shape[0] == n, "features", f"[{n}, D]", features)
         if self.n_rows is not None:
             check_rows(indices, self.n_rows)
+        n_classes = self.n_classes
+        if n_classes is None and logits is not None:
+            n_classes = logits.shape[1]
+        if labels.device.type == "cpu":  # on a GPU these checks would sync the host
+            check_labels(labels, n_classes)
+            for name, value in (("logits", logits), ("features", features)):
+                if value is not None and self.check_finite:
+                    check_finite(value, name)
         return n
+
+
+def check_labels(labels: torch.Tensor, n_classes: int | None) -> None:
+    """A ValueError naming the first label outside 0..n_classes-1 (negative ones always)."""
+    if not labels.numel():
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or (n_classes is not None and high >= n_classes):
+        bad = low if low < 0 else high
+        classes = "" if n_classes is None else f" (classes 0..{n_classes - 1})"
+        raise ValueError(f"labels: {bad} is not a class{classes}")
+
+
+def check_finite(value: torch.Tensor, name: str) -> None:
+    """A ValueError naming how many rows of ``value`` hold NaN or inf, and the first."""
+    if not value.numel():
+        return
+    bad = ~torch.isfinite(value).reshape(value.shape[0], -1).all(1)
+    if bad.any():
+        rows = bad.nonzero().flatten()
+        raise ValueError(
+            f"{name}: {rows.numel()} of {value.shape[0]} rows hold NaN or inf (the first at "
+            f"position {int(rows[0])})"
+        )
 
 
 def _need(ok: bool, name: str, expected: str, value: Any) -> None:
@@ -269,5 +312,7 @@ def shortlist(candidates: Candidates, last_scores: torch.Tensor, keep: int) -> C
 
 
 def top_k_positions(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Positions of the ``k`` largest scores, int64 [k] (ties in no guaranteed order)."""
+    """Positions of the ``k`` largest scores, int64 [k] (ties in no guaranteed order); a NaN
+    score ranks last (topk would rank it first)."""
+    scores = torch.nan_to_num(scores, nan=-torch.inf, posinf=torch.inf, neginf=-torch.inf)
     return torch.topk(scores, k, largest=True, sorted=False).indices

@@ -76,12 +76,12 @@ class Bayesian(WarmupSelector):
         if n_samples < 1:
             raise ValueError(f"n_samples: expected a positive int, got {n_samples!r}")
         self.zs_logprobs = as_table(zs_logprobs, "zs_logprobs").logprobs
-        self.n_rows, n_classes = (int(d) for d in self.zs_logprobs.shape)
+        self.n_rows, self.n_classes = (int(d) for d in self.zs_logprobs.shape)
         self.alpha, self.n_samples = float(alpha), int(n_samples)
         self.adaptive_alpha, self.shared_noise = bool(adaptive_alpha), bool(shared_noise)
         self.posterior = LastLayerLaplace(
             n_features,
-            n_classes,
+            self.n_classes,
             prior_precision=prior_precision,
             n_effective=n_effective,
             momentum=momentum,
@@ -191,9 +191,11 @@ class Bayesian(WarmupSelector):
         self.posterior.update(features, probs, labels, all_reduce=distributed)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"posterior": self.posterior.state_dict(), "last_scores": self._last.cpu()}
+        posterior = self.posterior.state_dict()
+        return {**super().state_dict(), "posterior": posterior, "last_scores": self._last.cpu()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
         self.posterior.load_state_dict(state["posterior"])
         last = state.get("last_scores")  # absent from checkpoints older than select.rescore
         if last is not None:

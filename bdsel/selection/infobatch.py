@@ -6,8 +6,12 @@ it is pruned). At the start of every pruning epoch, among the samples whose scor
 the mean ("well learned") a random ``prune_ratio`` is dropped for that epoch, and the kept
 ones among them get loss weight 1 / keep_ratio (keep_ratio = 1 − prune_ratio, clipped to
 [0.1, 1]); samples at or above the mean are all kept with weight 1. Pruning runs in the
-epochs ``e < delta · epochs`` (0-based; the first 87.5% by default); after them every sample
-is trained on with weight 1 (the annealing that removes the pruning's bias).
+epochs ``e + 1 <= delta · epochs`` (0-based): floor(delta · epochs) of them, as InfoBatch's
+sampler counts (it resets once when it is made, so its first epoch is its second reset, and
+it prunes while that count is at most delta · epochs). After them every sample is trained
+on with weight 1 (the annealing that removes the pruning's bias; the original code keeps the
+last pruned epoch's weights there unless delta · epochs is a whole number, which its paper
+does not describe).
 
 In bdsel's loop that is an epoch plan, not a per-step choice: :meth:`epoch_order` returns the
 epoch's kept samples in random order, the loop cuts them into batches of ``n_candidates``,
@@ -89,7 +93,7 @@ class InfoBatch(Selector):
 
     @property
     def pruning(self) -> bool:
-        return self.epoch < self.delta * self.epochs
+        return self.epoch + 1 <= self.delta * self.epochs
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -129,7 +133,8 @@ class InfoBatch(Selector):
         self.scores[pairs[0].long()] = pairs[1].to(self.scores.dtype)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"scores": self.scores.cpu()}
+        return {**super().state_dict(), "scores": self.scores.cpu()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
         self.scores = state["scores"].clone()

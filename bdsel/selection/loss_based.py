@@ -136,7 +136,7 @@ class UsesIrreducibleLoss(ScoreSelector):
             n_selected, warmup_epochs=warmup_epochs, anneal=anneal, epochs=epochs, seed=seed
         )
         self.il_logprobs = as_table(il_logprobs, "il_logprobs").logprobs
-        self.n_rows = int(self.il_logprobs.shape[0])
+        self.n_rows, self.n_classes = (int(d) for d in self.il_logprobs.shape)
 
     def plausibility(self, candidates: Candidates) -> torch.Tensor | None:
         return None if self.uniform_epoch else -il_loss(self.il_logprobs, candidates)

@@ -188,7 +188,9 @@ class SVP(WarmupSelector):
         return self.uniform.pick(candidates, outputs, generator)
 
     def state_dict(self) -> dict[str, Any]:
-        return {} if self.coreset is None else {"coreset": self.coreset.cpu()}
+        state = super().state_dict()
+        return state if self.coreset is None else {**state, "coreset": self.coreset.cpu()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
         self.coreset = state.get("coreset")

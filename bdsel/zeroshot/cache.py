@@ -54,6 +54,9 @@ SECONDS_ATTR = "predictor_seconds"
 # its transition matrix and BICs (JSON); a cache made before bdsel chose one has neither
 NOISE_MODEL_ATTRS = ("noise_model", "noise_fit")
 RERUN = "re-run bdsel cache-zeroshot to resume"
+REBUILD = (
+    "rebuild it with bdsel cache-zeroshot --overwrite (overwrite=True from Python), or delete it"
+)
 LOGSUMEXP_TOL = 1e-3  # |logsumexp(row)| above this is not a float32 log-probability row
 _READ_ROWS = 1 << 16  # rows per chunk when scanning a whole split
 
@@ -154,12 +157,24 @@ def _versions() -> dict[str, str]:
 # ---------------------------------------------------------------------- opening and checking
 
 
-def check_cache_path(path: Path) -> None:
-    """CacheError when ``path`` cannot name a cache file (a directory)."""
+def check_cache_path(path: Path, setting: str = "zeroshot.cache (or --out)") -> None:
+    """CacheError when ``path`` cannot name a cache file (a directory), naming the
+    ``setting`` that points at it."""
     if Path(path).is_dir():
         raise CacheError(
-            f"{path} is a directory, not a cache file: point zeroshot.cache (or --out) at a "
-            f"file such as {Path(path) / 'cache.h5'}"
+            f"{path} is a directory, not a cache file: point {setting} at a file such as "
+            f"{Path(path) / 'cache.h5'}"
+        )
+
+
+def check_not_partial(path: Path) -> None:
+    """CacheError when ``path`` is missing but its ``.partial`` is there: an interrupted
+    ``bdsel cache-zeroshot``, which the same command finishes."""
+    path = Path(path)
+    if not path.exists() and partial_path(path).exists():
+        raise CacheError(
+            f"the zero-shot cache {path} is incomplete ({partial_path(path)} exists): "
+            "run the same bdsel cache-zeroshot command again to finish it"
         )
 
 
@@ -610,10 +625,13 @@ def _complete_info(
 ) -> dict[str, Any]:
     """The attributes of a complete cache made for this dataset and predictor (with the fit
     under label noise added when it lacks it); a CacheError for any other file at ``path``."""
-    problem, info = _existing_problem(path, fingerprint, spec)
+    try:
+        problem, info = _existing_problem(path, fingerprint, spec)
+    except CacheError as exc:  # unreadable: truncated, or not HDF5 at all
+        raise CacheError(f"{exc}; {REBUILD}") from exc
     if problem or info["missing"] or not info["complete"]:
         why = problem or "is incomplete"
-        raise CacheError(f"{path} exists and {why}; pass overwrite=True or delete it")
+        raise CacheError(f"{path} exists and {why}; {REBUILD}")
     if (
         calibration is not None
         and label_noise
@@ -642,12 +660,13 @@ def _prepare_partial(
         try:
             problem, _ = _existing_problem(part, fingerprint, spec)
         except CacheError as exc:  # killed mid-write: nothing in it can be trusted
-            console.print(f"[yellow]discarding unreadable partial cache {part} ({exc})")
+            console.print(
+                Text.assemble(("discarding unreadable partial cache", "yellow"), f" {part} ({exc})")
+            )
             part.unlink()
         else:
             if problem:
-                raise CacheError(f"{part} (an unfinished cache) {problem}; "
-                                 "pass overwrite=True or delete it")  # fmt: skip
+                raise CacheError(f"{part} (an unfinished cache) {problem}; {REBUILD}")
     fresh = not part.exists()
     if fresh:
         _create(part, fingerprint, spec, n_classes)
@@ -673,7 +692,7 @@ def _fill(
     todo = sum(int((~d).sum()) for d in done.values())
     resumed = sum(len(d) for d in done.values()) - todo
     if resumed and progress:
-        console.print(f"resuming {part}: {resumed} rows done, {todo} to go")
+        console.print(f"resuming {part}: {resumed} rows done, {todo} to go", markup=False)
     columns = (rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
                _RateColumn(), rp.TimeElapsedColumn(), rp.TimeRemainingColumn())  # fmt: skip
     computed = 0

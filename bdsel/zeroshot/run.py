@@ -36,6 +36,7 @@ from bdsel.zeroshot.cache import (
     auto_temperature,
     build_cache,
     check_cache_path,
+    check_not_partial,
     partial_path,
     read_cache_info,
 )
@@ -266,7 +267,7 @@ def _fit_predictor(
             weights.unlink(missing_ok=True)
         if console is not None:
             verb = "reloading" if weights.is_file() else "training"
-            console.print(f"{verb} {predictor.describe()}")
+            console.print(f"{verb} {predictor.describe()}", markup=False)
         try:
             if progress:
                 with step_progress(console) as bar:
@@ -343,11 +344,7 @@ def _existing_cache(config: Config) -> Path:
             "before cache names carried a hash of the predictor settings: rename it, or point "
             "zeroshot.cache at it (its settings are checked either way)"
         )
-    if not path.exists() and partial_path(path).exists():
-        raise CacheError(
-            f"the zero-shot cache {path} is incomplete ({partial_path(path)} exists): "
-            "run the same bdsel cache-zeroshot command again to finish it"
-        )
+    check_not_partial(path)
     if not path.exists():
         raise CacheError(
             f"select.method={method} needs the zero-shot cache {path}, which does not exist. "
