@@ -15,6 +15,11 @@ class Candidates:
     inputs: torch.Tensor | None  # [n_B, C, H, W] model-ready inputs (None: not given)
     labels: torch.Tensor  # int64 [n_B] observed (possibly noisy) labels
 
+    def take(self, positions: torch.Tensor) -> Candidates:
+        """The candidates at ``positions``, as a smaller batch (rows stay aligned)."""
+        inputs = None if self.inputs is None else self.inputs[positions]
+        return Candidates(self.indices[positions], inputs, self.labels[positions])
+
 
 @dataclass
 class ForwardOutputs:

@@ -284,9 +284,9 @@ def prefilter(
     observed label, so every class keeps about the same share and a mislabeled point, which
     its observed class's genuine members outrank, is still the first to go.
     """
-    pos = top_k_positions(-class_quantile(plausibility, candidates.labels, n_classes), keep)
-    inputs = None if candidates.inputs is None else candidates.inputs[pos]
-    return Candidates(candidates.indices[pos], inputs, candidates.labels[pos])
+    return candidates.take(
+        top_k_positions(-class_quantile(plausibility, candidates.labels, n_classes), keep)
+    )
 
 
 def class_quantile(scores: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -306,9 +306,7 @@ def shortlist(candidates: Candidates, last_scores: torch.Tensor, keep: int) -> C
     smaller candidate batch: those the candidate forward need not score again this step are
     the ones last seen far below the n_b picked (a mislabeled point, a learned one). Fixed
     shapes, no host sync."""
-    pos = top_k_positions(last_scores, keep)
-    inputs = None if candidates.inputs is None else candidates.inputs[pos]
-    return Candidates(candidates.indices[pos], inputs, candidates.labels[pos])
+    return candidates.take(top_k_positions(last_scores, keep))
 
 
 def top_k_positions(scores: torch.Tensor, k: int) -> torch.Tensor:
