@@ -49,8 +49,9 @@ class Run:
     noisy: torch.Tensor  # bool [N] on the device
     ema: WeightEMA | None  # the weight EMA (train.ema_decay > 0), on the rank that evaluates
     n_prefiltered: int  # candidates left by select.prefilter (n_B when it is off)
-    # candidates the forward scores once the selector has last scores (select.rescore)
-    n_rescored: int | None = None
+    # candidates the forward scores once the selector has last scores (select.rescore; the
+    # prefilter's count when it is off)
+    n_rescored: int
     # what its caches cost before the first step (bdsel.zeroshot.run.one_time_cost), carried
     # by every metrics record: the end-to-end clock starts at predictor_s
     one_time: dict[str, Any] = field(default_factory=dict)
@@ -178,8 +179,9 @@ class Stepper:
         self, candidates: Candidates, generator: torch.Generator
     ) -> tuple[Candidates, Selection]:
         """The selection half of a step: prefilter, shortlist by the last scores
-        (``select.rescore``), candidate forward (when the method reads it), ``select``. Returns the candidates it chose from (fewer after a prefilter) and
-        the choice."""
+        (``select.rescore``), candidate forward (when the method reads it), ``select``.
+        Returns the candidates it chose from (fewer after a prefilter or a shortlist) and the
+        choice."""
         run = self.run
         self.timer.start()
         if run.n_prefiltered < candidates.indices.shape[0]:
@@ -187,7 +189,7 @@ class Stepper:
                 candidates = self._prefilter(candidates)
         logits = features = None
         if run.selector.wants_forward():
-            if run.n_rescored is not None and run.n_rescored < candidates.indices.shape[0]:
+            if run.n_rescored < candidates.indices.shape[0]:
                 last = run.selector.last_scores(candidates.indices)
                 if last is not None:
                     with record_function("bdsel/shortlist"):
