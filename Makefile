@@ -26,12 +26,12 @@ DEMO_THREADS ?= $(shell n=$$(( $$(nproc) / $(DEMO_JOBS) )); echo $$(( n > 0 ? n 
 # 10,000 test images) every other epoch and at the budget's epoch, not the raw weights' beside
 # it. `make demo DEMO_SET=` runs the config as it is, on its epochs.
 DEMO_SET ?= train.epochs=100 train.budget_s=$(DEMO_BUDGET) eval.every=2 eval.other_weights=false
-# full-data training: every candidate of batches of 128, as in benchmarks/peers.py
+# full-data training: every candidate of batches of 128, as in experiments/peers.py
 DEMO_SET_full ?= select.n_candidates=128
 # Images for the zero-shot benchmark: 128 suit a CPU (ViT-B-32 runs ~15 img/s on 2 cores).
 BENCH_ZS_IMAGES ?= 128
 
-.PHONY: install test demo data lint bench results clean
+.PHONY: install test demo data lint bench results figures clean
 
 install: $(VENV)/.installed
 
@@ -87,23 +87,29 @@ demo-run-%: $$(if $$(call demo_needs_cache,$$*),demo-cache)
 # runs of 30 epochs, two at a time: 43 minutes on 2 CPU cores), then the long table, every
 # method x 3 seeds x 100 epochs at 20% noise and four rows at 0% and 40% (10-25 core-minutes
 # a run, one run per core), then what each predictor gives mislabeled points, then the peers
-# (InfoBatch, cleanlab then training, full data; benchmarks/peers.py), then bayesian without a
+# (InfoBatch, cleanlab then training, full data; experiments/peers.py), then bayesian without a
 # clean hold-out set (the crossfit predictor against the hold-out one at 20% and 40% symmetric
-# and 30% pairflip noise; benchmarks/holdout_free.py), then the probe predictor's quality and
+# and 30% pairflip noise; experiments/holdout_free.py), then the probe predictor's quality and
 # bayesian with it against uniform and full-data training at equal seconds end to end
-# (benchmarks/probe_quality.py, benchmarks/end_to_end.py). All resume: a finished run is
+# (experiments/probe_quality.py, experiments/end_to_end.py). All resume: a finished run is
 # never rerun.
-# The older 15-epoch table: benchmarks/fashion_sweep.py --noise 0,0.2,0.4 --seeds 0,1,2.
+# The older 15-epoch table: experiments/fashion_sweep.py --noise 0,0.2,0.4 --seeds 0,1,2.
 RESULTS_DIR ?= docs/results
 results: install data
-	$(BIN)/python benchmarks/fashion_sweep.py --out $(RESULTS_DIR) --phase cache
-	$(BIN)/python benchmarks/fashion_sweep.py --out $(RESULTS_DIR) --phase tune --jobs $(DEMO_JOBS)
-	$(BIN)/python benchmarks/offline_evidence.py --out $(RESULTS_DIR)/offline --jobs $(DEMO_JOBS)
-	$(BIN)/python benchmarks/predictor_noise.py --out $(RESULTS_DIR)/offline/predictor_noise.md
-	$(BIN)/python benchmarks/peers.py --out $(RESULTS_DIR)/peers --jobs $(DEMO_JOBS)
-	$(BIN)/python benchmarks/holdout_free.py --out $(RESULTS_DIR)/holdout_free --jobs $(DEMO_JOBS)
-	$(BIN)/python benchmarks/probe_quality.py --out $(RESULTS_DIR)/end_to_end/probe_quality.md
-	$(BIN)/python benchmarks/end_to_end.py --out $(RESULTS_DIR)/end_to_end --jobs $(DEMO_JOBS)
+	$(BIN)/python experiments/fashion_sweep.py --out $(RESULTS_DIR) --phase cache
+	$(BIN)/python experiments/fashion_sweep.py --out $(RESULTS_DIR) --phase tune --jobs $(DEMO_JOBS)
+	$(BIN)/python experiments/offline_evidence.py --out $(RESULTS_DIR)/offline --jobs $(DEMO_JOBS)
+	$(BIN)/python experiments/predictor_noise.py --out $(RESULTS_DIR)/offline/predictor_noise.md
+	$(BIN)/python experiments/peers.py --out $(RESULTS_DIR)/peers --jobs $(DEMO_JOBS)
+	$(BIN)/python experiments/holdout_free.py --out $(RESULTS_DIR)/holdout_free --jobs $(DEMO_JOBS)
+	$(BIN)/python experiments/probe_quality.py --out $(RESULTS_DIR)/end_to_end/probe_quality.md
+	$(BIN)/python experiments/end_to_end.py --out $(RESULTS_DIR)/end_to_end --jobs $(DEMO_JOBS)
+	@$(MAKE) --no-print-directory figures
+
+# Git keeps each study's tables and run records, not the figures and report.html drawn from
+# them: this draws them again, beside each table.csv under RESULTS_DIR (a minute; no training).
+figures: install
+	$(BIN)/python experiments/figures.py --results $(RESULTS_DIR)
 
 # Per-step cost of each method side by side, and the zero-shot cache against bare CLIP.
 bench: install

@@ -1,4 +1,4 @@
-"""benchmarks/cache_cost.py: the alternating schedule, the commands, the ratio it reports."""
+"""experiments/cache_cost.py: the alternating schedule, the commands, the ratio it reports."""
 
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""benchmarks/holdout_free.py: the grid as data, the caches its runs read, the table."""
+"""experiments/holdout_free.py: the grid as data, the caches its runs read, the table."""
 
 import argparse
 import json

@@ -1,4 +1,4 @@
-"""benchmarks/offline_evidence.py: the run commands and the comparisons it writes."""
+"""experiments/offline_evidence.py: the run commands and the comparisons it writes."""
 
 import argparse
 import importlib.util
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 _spec = importlib.util.spec_from_file_location(
-    "offline_evidence", Path(__file__).parents[1] / "benchmarks" / "offline_evidence.py"
+    "offline_evidence", Path(__file__).parents[1] / "experiments" / "offline_evidence.py"
 )
 evidence = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = evidence  # dataclasses look their module up there

@@ -1,4 +1,4 @@
-"""benchmarks/peers.py: the grid as data, its commands, and the table's same-clock ratios."""
+"""experiments/peers.py: the grid as data, its commands, and the table's same-clock ratios."""
 
 import json
 from pathlib import Path

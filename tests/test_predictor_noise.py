@@ -1,4 +1,4 @@
-"""benchmarks/predictor_noise.py: the AUROC and quantiles it reports."""
+"""experiments/predictor_noise.py: the AUROC and quantiles it reports."""
 
 import importlib.util
 import itertools
@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 _spec = importlib.util.spec_from_file_location(
-    "predictor_noise", Path(__file__).parents[1] / "benchmarks" / "predictor_noise.py"
+    "predictor_noise", Path(__file__).parents[1] / "experiments" / "predictor_noise.py"
 )
 noise = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = noise

@@ -350,7 +350,7 @@ def test_default_cache_name_tells_predictor_settings_apart():
     assert path.name.startswith("fashion_mnist-holdout-small_cnn-split20-h0.2-")
     other = load_config("fashion_mnist", ["zeroshot.holdout.epochs=2"])
     assert default_cache_path(other) != path
-    # What `make demo` and benchmarks/fashion_sweep.py change keeps the one cache.
+    # What `make demo` and experiments/fashion_sweep.py change keeps the one cache.
     for overrides in (
         ["select.method=bayesian"],
         ["seed=2", "data.noise.rate=0.4", "select.method=rho_loss"],

@@ -45,7 +45,12 @@ def test_only_rundir_spells_the_run_files():
     """Every other module names run files through bdsel.rundir (prose may mention them)."""
     spelled = []
     for path in sorted(
-        [*ROOT.glob("bdsel/**/*.py"), *ROOT.glob("cli/*.py"), *ROOT.glob("benchmarks/*.py")]
+        [
+            *ROOT.glob("bdsel/**/*.py"),
+            *ROOT.glob("cli/*.py"),
+            *ROOT.glob("benchmarks/*.py"),
+            *ROOT.glob("experiments/*.py"),
+        ]
     ):
         if path == ROOT / "bdsel/rundir/__init__.py":
             continue

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 _spec = importlib.util.spec_from_file_location(
-    "fashion_sweep", Path(__file__).parents[1] / "benchmarks" / "fashion_sweep.py"
+    "fashion_sweep", Path(__file__).parents[1] / "experiments" / "fashion_sweep.py"
 )
 sweep = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(sweep)
