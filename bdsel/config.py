@@ -3,7 +3,7 @@
 Every key has a type and a default here; unknown keys, wrong types and impossible
 values raise :class:`ConfigError` naming the key before any work starts. Names of
 registered things (selection method, models, dataset, zero-shot predictor) are checked
-against their registries by ``bdsel.registries.check_names``: this module imports
+against their registries by ``bdsel.names.check_names``: this module imports
 nothing from bdsel, so every other module can import it.
 """
 

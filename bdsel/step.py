@@ -52,7 +52,7 @@ class Run:
     # candidates the forward scores once the selector has last scores (select.rescore; the
     # prefilter's count when it is off)
     n_rescored: int
-    # what its caches cost before the first step (bdsel.zeroshot.run.one_time_cost), carried
+    # what its caches cost before the first step (bdsel.predict.one_time_cost), carried
     # by every metrics record: the end-to-end clock starts at predictor_s
     one_time: dict[str, Any] = field(default_factory=dict)
 

@@ -41,9 +41,9 @@ from bdsel.evaluation import Evaluator, make_ema
 from bdsel.forward import autocast_for, candidate_autocast
 from bdsel.locking import LockedError
 from bdsel.models import Classifier, create_model
+from bdsel.names import check_names
 from bdsel.optim import EpochSchedule, build_optimizer
-from bdsel.registries import check_names
-from bdsel.rundir import METRICS, RunDirError, acc_key, epochs_to_target, read_metrics
+from bdsel.rundir import METRICS, RunDirError, acc_key, read_metrics
 from bdsel.rundir.writer import RunDir, lock_rundir
 from bdsel.runtime import (
     AUGMENTATION,
@@ -55,6 +55,7 @@ from bdsel.runtime import (
 )
 from bdsel.selection import Selector, SelectorContext, selector_class, selector_from_config
 from bdsel.step import EpochStats, Run, Stepper
+from bdsel.targets import epochs_to_target
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def build_lookups(
     if not names:
         return {}
     # late: open_clip and h5py only when needed
-    from bdsel.zeroshot.run import fits_cleaned, load_lookups
+    from bdsel.predict import fits_cleaned, load_lookups
 
     made_for = cleaned if cleaned is not None and fits_cleaned(config) else data
     return load_lookups(names, config, made_for, device)
@@ -141,7 +142,7 @@ def build_run(config: Config, dataset: Dataset | None = None, world: World | Non
     cleaned = clean_run_data(config, data)  # data.clean's points dropped (clean-then-train)
     requires = selector_class(config.select.method).requires
     lookups = build_lookups(requires, config, data, device, cleaned)
-    from bdsel.zeroshot.run import one_time_cost  # late, as build_lookups
+    from bdsel.predict import one_time_cost  # late, as build_lookups
 
     one_time = one_time_cost(config, requires)
     if config.train.budget_s is not None and one_time["predictor_s"] is None:

@@ -212,7 +212,7 @@ def _train_config(
     """The run's config (with --resume and no --config: the run's own saved one) and its
     directory (default runs/<name>-<method>-s<seed>)."""
     from bdsel.config import load_config
-    from bdsel.registries import check_names
+    from bdsel.names import check_names
     from bdsel.rundir import CONFIG
     from bdsel.rundir.writer import resume_problem
 
@@ -267,10 +267,10 @@ def cache_zeroshot(
     """Run the zero-shot predictor once over the dataset and cache its log-probs (HDF5)."""
     from bdsel.config import load_config
     from bdsel.distributed import shutdown
-    from bdsel.registries import check_names
+    from bdsel.names import check_names
+    from bdsel.predict import cache_zeroshot as run_cache
+    from bdsel.predict import default_cache_path
     from bdsel.zeroshot.cache import CacheError
-    from bdsel.zeroshot.run import cache_zeroshot as run_cache
-    from bdsel.zeroshot.run import default_cache_path
 
     if config is None:
         raise fail("--config is required (a YAML file or a shipped config name)")
@@ -413,7 +413,7 @@ def configs_show(
 ) -> None:
     """Print a config resolved with its defaults and overrides."""
     from bdsel.config import ConfigError, dump_config, load_config
-    from bdsel.registries import check_names
+    from bdsel.names import check_names
 
     try:
         cfg = load_config(name, set_ or [])

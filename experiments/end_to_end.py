@@ -30,7 +30,8 @@ from pathlib import Path
 from jobs import bdsel_executable, copy_records, experiment_main, log, run_pool
 
 from bdsel.report import make_report
-from bdsel.rundir import first_reaching, has_summary, read_metrics, read_summary
+from bdsel.rundir import has_summary, read_metrics, read_summary
+from bdsel.targets import first_reaching
 
 # noise setting -> (overrides, seeds)
 SETTINGS = {

@@ -40,6 +40,7 @@ import torch
 
 from bdsel.config import load_config
 from bdsel.data import load_dataset
+from bdsel.predict import cache_zeroshot, default_cache_path
 from bdsel.report import make_report
 from bdsel.rundir import (
     acc_key,
@@ -51,7 +52,6 @@ from bdsel.rundir import (
     uniform_targets,
 )
 from bdsel.train import train
-from bdsel.zeroshot.run import cache_zeroshot, default_cache_path
 
 METHODS = (
     "uniform",

@@ -56,7 +56,8 @@ from peers import cache_seconds
 from predictor_noise import QUANTILES, label_logprobs, summarize
 
 from bdsel.report import make_report
-from bdsel.rundir import first_reaching, has_summary, read_metrics, read_summary, uniform_targets
+from bdsel.rundir import has_summary, read_metrics, read_summary
+from bdsel.targets import first_reaching, uniform_targets
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 BAYES = ("select.method=bayesian", "select.prefilter=1.0", "select.anneal=0")
@@ -220,7 +221,7 @@ def predictor_overrides(setting: str, predictor: tuple[str, ...]) -> list[str]:
 def cache_path(setting: str, predictor: tuple[str, ...]) -> Path:
     """The cache a predictor's overrides make for a setting's data."""
     from bdsel.config import load_config
-    from bdsel.zeroshot.run import default_cache_path
+    from bdsel.predict import default_cache_path
 
     return default_cache_path(load_config("fashion_mnist", predictor_overrides(setting, predictor)))
 

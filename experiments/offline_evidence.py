@@ -9,7 +9,7 @@ Studies on Fashion-MNIST (configs/fashion_mnist.yaml), 20% symmetric noise unles
   (seed 0's crossfit models serve every seed, as the hold-out model does).
 - ``hundred``: the long table. Every method for 100 epochs (long enough for uniform's EMA
   accuracy to flatten), seeds 0, 1 and 2, evaluated every 4th epoch, bayesian with either
-  predictor; its targets come from uniform alone (RHO-LOSS's rule, ``bdsel.rundir.uniform_targets``).
+  predictor; its targets come from uniform alone (RHO-LOSS's rule, ``bdsel.targets.uniform_targets``).
   Does selection cap the final accuracy, how many epochs and seconds does it save?
 - ``noise0``, ``noise40``: the same length at 0% and 40% noise for uniform, rho_loss and
   bayesian with either predictor, seeds 0, 1 and 2.
@@ -47,14 +47,8 @@ from jobs import bdsel_executable, copy_records, experiment_main, log, run_pool
 from matplotlib.figure import Figure
 
 from bdsel.report import make_report
-from bdsel.rundir import (
-    epochs_to_target,
-    has_summary,
-    read_metrics,
-    read_summary,
-    seconds_to_target,
-    uniform_targets,
-)
+from bdsel.rundir import has_summary, read_metrics, read_summary
+from bdsel.targets import epochs_to_target, seconds_to_target, uniform_targets
 
 BAYES = ["select.method=bayesian", "select.prefilter=1.0", "select.anneal=0"]
 RHO = ["select.method=rho_loss", "select.prefilter=1.0"]
@@ -198,7 +192,7 @@ def _data(values: list[str]) -> list[str]:
 def crossfit_cache(values: list[str]) -> Path:
     """The crossfit cache of seed 0 for a run's data (its models are seeded by the seed)."""
     from bdsel.config import load_config
-    from bdsel.zeroshot.run import default_cache_path
+    from bdsel.predict import default_cache_path
 
     return default_cache_path(load_config("fashion_mnist", ["seed=0", *_data(values), *CROSSFIT]))
 

@@ -91,7 +91,7 @@ def test_cache_then_bayesian_training_through_cli(bayes_values: dict, tmp_path: 
 
 
 def test_bayesian_resume_restores_posterior(bayes_values: dict, tmp_path: Path):
-    from bdsel.zeroshot.run import cache_zeroshot
+    from bdsel.predict import cache_zeroshot
 
     cfg = load_config(values=dict(bayes_values, train={"epochs": 2}))
     cache_zeroshot(cfg, progress=False)
@@ -143,9 +143,9 @@ def test_bayesian_without_cache_or_with_foreign_split_fails_clearly(
 def test_holdout_cache_resumes_with_the_same_model(
     bayes_values: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
+    from bdsel.predict import cache_zeroshot, holdout_weights_path
     from bdsel.zeroshot import holdout
     from bdsel.zeroshot.cache import partial_path
-    from bdsel.zeroshot.run import cache_zeroshot, holdout_weights_path
 
     cfg = load_config(values=bayes_values, overrides=["zeroshot.batch_size=128"])
     whole = cache_zeroshot(cfg, tmp_path / "whole.h5", progress=False)

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from bdsel.config import ConfigError, dump_config, list_shipped_configs, load_config, parse_override
-from bdsel.registries import check_names
+from bdsel.names import check_names
 
 PAPER_CONFIGS = {
     "cifar10",

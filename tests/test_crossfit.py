@@ -333,7 +333,7 @@ def test_crossfit_cache_resumes_after_a_kill(
     fits = _kill_round_two(monkeypatch)
     result = runner.invoke(app, ["cache-zeroshot", "-c", str(cfg3)])
     assert result.exit_code == 130
-    from bdsel.zeroshot.run import holdout_weights_path
+    from bdsel.predict import holdout_weights_path
 
     weights = holdout_weights_path(tmp_path / "r.h5")
     assert torch.load(weights)["rounds_done"] == 1 and not (tmp_path / "r.h5").exists()

@@ -158,7 +158,7 @@ def test_the_public_selector_picks_what_bdsel_trains_loop_picks(
 
     monkeypatch.setattr("bdsel.train.build_lookups", lookups)
     no_cache = {"predictor_s": 0.0, "predictor_test_acc": None}  # the table above has no file
-    monkeypatch.setattr("bdsel.zeroshot.run.one_time_cost", lambda config, names: no_cache)
+    monkeypatch.setattr("bdsel.predict.one_time_cost", lambda config, names: no_cache)
     values = dict(
         tiny_config_values, select={"method": "bayesian", "n_candidates": 64, "n_selected": 16}
     )

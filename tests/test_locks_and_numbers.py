@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 
 from bdsel.config import ConfigError, load_config, parse_override
 from bdsel.locking import LOCK_FILE, ExclusiveLock, LockedError, read_holder
+from bdsel.predict import cache_lock_path
 from bdsel.rundir import MetricsOrderError, read_metrics
 from bdsel.rundir.writer import check_metrics_for_resume
 from bdsel.zeroshot.provenance import split_differences
-from bdsel.zeroshot.run import cache_lock_path
 
 runner = CliRunner()
 

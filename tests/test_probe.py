@@ -11,12 +11,13 @@ import torch
 from conftest import write_tiny_clip
 
 from bdsel.config import load_config
+from bdsel.predict import cache_zeroshot, one_time_cost
 from bdsel.report import make_report
+from bdsel.report.render import display_table, equal_time, predictor_rows
+from bdsel.report.rows import build_rows
 from bdsel.report.runs import load_run
-from bdsel.report.table import build_rows, display_table, equal_time, predictor_rows
 from bdsel.zeroshot.cache import read_cache_info
 from bdsel.zeroshot.probe import assign_probe_folds, crossfit_probe
-from bdsel.zeroshot.run import cache_zeroshot, one_time_cost
 
 
 def _clusters(n: int, c: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,7 @@ import typer
 from bdsel_cli.main import app
 
 from bdsel.config import load_config
-from bdsel.registries import check_names
+from bdsel.names import check_names
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

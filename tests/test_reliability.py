@@ -17,17 +17,17 @@ import yaml
 from bdsel_cli.main import app, epoch_line
 from typer.testing import CliRunner
 
-import bdsel.zeroshot.run as run_module
+import bdsel.predict as run_module
 from bdsel.config import load_config
-from bdsel.rundir import writer as runlog
-from bdsel.rundir.writer import check_metrics_for_resume, evaluated_epochs
-from bdsel.train import TrainingDiverged, train
-from bdsel.zeroshot.run import (
+from bdsel.predict import (
     default_cache_path,
     omitted_settings,
     predictor_settings,
     spec_mismatch,
 )
+from bdsel.rundir import writer as runlog
+from bdsel.rundir.writer import check_metrics_for_resume, evaluated_epochs
+from bdsel.train import TrainingDiverged, train
 
 runner = CliRunner()
 ENOSPC = OSError(errno.ENOSPC, "No space left on device")

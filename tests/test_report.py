@@ -19,7 +19,7 @@ from bdsel.report import (
     make_report,
     render_table,
 )
-from bdsel.rundir import epochs_to_target, seconds_to_target
+from bdsel.targets import epochs_to_target, seconds_to_target
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -450,7 +450,7 @@ def test_legend_labels_name_what_tells_a_methods_rows_apart(tmp_path):
 
 
 def test_every_run_is_read_at_the_shortest_runs_training_time(tmp_path):
-    from bdsel.report.table import terminal_table
+    from bdsel.report.render import terminal_table
 
     runs = tmp_path / "runs"
     write_run(runs / "slow", [0.5, 0.7, 0.9], method="full")  # wall 10, 20, 30 s

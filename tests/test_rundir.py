@@ -15,7 +15,7 @@ import yaml
 from bdsel_cli.main import app
 from typer.testing import CliRunner
 
-from bdsel import rundir
+from bdsel import rundir, targets
 from bdsel.rundir.writer import RunDir
 
 ROOT = Path(__file__).parents[1]
@@ -71,17 +71,17 @@ def test_metric_keys_of_the_splits():
 def test_epochs_to_target_one_rule():
     acc32 = float(np.float32(0.7))  # 0.699999988...: an accuracy computed in float32
     records = [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "val_acc": acc32}]
-    assert rundir.epochs_to_target(records, 0.7, "val_acc") == 2  # rounding counts as reached
-    assert rundir.epochs_to_target(records, 0.7001, "val_acc") is None
-    assert rundir.epochs_to_target(records, 0.5, "val_acc") == 1
+    assert targets.epochs_to_target(records, 0.7, "val_acc") == 2  # rounding counts as reached
+    assert targets.epochs_to_target(records, 0.7001, "val_acc") is None
+    assert targets.epochs_to_target(records, 0.5, "val_acc") == 1
 
 
 def test_targets_are_uniforms_final_rounded_down_and_five_points_under():
-    assert rundir.uniform_targets([0.8741, 0.8770, 0.8748]) == [0.82, 0.87]
-    assert rundir.uniform_targets([0.87, 0.87]) == [0.82, 0.87]  # 86.999...: a whole percent
-    assert rundir.uniform_targets([0.8699]) == [0.81, 0.86]
+    assert targets.uniform_targets([0.8741, 0.8770, 0.8748]) == [0.82, 0.87]
+    assert targets.uniform_targets([0.87, 0.87]) == [0.82, 0.87]  # 86.999...: a whole percent
+    assert targets.uniform_targets([0.8699]) == [0.81, 0.86]
     with pytest.raises(ValueError, match="no final accuracies"):
-        rundir.uniform_targets([])
+        targets.uniform_targets([])
 
 
 def test_jsonl_skips_a_torn_last_line_and_refuses_a_bad_middle_one(tmp_path: Path):

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from bdsel.report.html import render_html
 from bdsel.report.plots import make_figures
+from bdsel.report.render import Report, display_table, render_table, to_csv, to_markdown
+from bdsel.report.rows import TableRow, TargetCell, build_rows
 from bdsel.report.runs import (
     ReportError,
     RunRecord,
@@ -20,16 +22,6 @@ from bdsel.report.runs import (
     load_run,
     load_runs,
     read_run_metrics,
-)
-from bdsel.report.table import (
-    Report,
-    TableRow,
-    TargetCell,
-    build_rows,
-    display_table,
-    render_table,
-    to_csv,
-    to_markdown,
 )
 from bdsel.rundir import RunDirError, atomic_write_bytes, atomic_write_text
 

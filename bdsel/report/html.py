@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from bdsel.report.table import Report, display_table
+from bdsel.report.render import Report, display_table
 
 FIGURE_CAPTIONS = {
     "accuracy_vs_epoch.png": "Test accuracy against epoch; dotted lines mark the targets. "

@@ -18,8 +18,9 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+from bdsel.report.render import common_title  # noqa: E402
+from bdsel.report.rows import TableRow, pct  # noqa: E402
 from bdsel.report.runs import END_TO_END  # noqa: E402
-from bdsel.report.table import TableRow, common_title, pct  # noqa: E402
 
 # Readable names of the selector scalars a bayesian run logs; others use their key.
 SELECT_TITLES = {

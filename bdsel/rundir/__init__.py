@@ -11,8 +11,8 @@ fsync, rename), so a crash or Ctrl-C leaves the previous version intact. metrics
 appended a whole line at a time and readers skip a partial last line.
 
 A record's accuracy key names the split it was measured on (``test_acc``, or ``val_acc`` for
-``eval.split=validation``); :func:`acc_key` is the one place that mapping lives, and
-:func:`epochs_to_target` the one rule for "first epoch at a target accuracy".
+``eval.split=validation``); :func:`acc_key` is the one place that mapping lives (``bdsel.targets`` reads records for
+the epochs and seconds to a target accuracy).
 
 This module is torch-free, so the report, the benchmarks and any script can read runs
 without importing torch; saving and loading the checkpoint itself is in ``bdsel.rundir.writer``.
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -39,10 +38,6 @@ CONFIG, METRICS, CHECKPOINT, SUMMARY = (
 )
 RUN_FILES = (CONFIG, METRICS, CHECKPOINT, SUMMARY)
 TENSORBOARD_DIR = "tb"  # TensorBoard event files: the scalars of metrics.jsonl, by step
-
-# Accuracies are often computed in float32 (0.7 -> 0.69999998); 1e-6 is far below the
-# resolution of any evaluation set (1 / N), so this only absorbs rounding.
-REACH_TOLERANCE = 1e-6
 
 
 class RunDirError(RuntimeError):
@@ -87,41 +82,6 @@ def metric_prefix(split: str) -> str:
 def acc_key(split: str) -> str:
     """The accuracy key of a metrics record (``test_acc`` / ``val_acc``)."""
     return f"{metric_prefix(split)}_acc"
-
-
-def first_reaching(
-    records: list[dict[str, Any]], target: float, key: str = "test_acc"
-) -> dict[str, Any] | None:
-    """The first record whose ``key`` reaches ``target`` (within REACH_TOLERANCE), or None."""
-    return next((r for r in records if float(r[key]) >= target - REACH_TOLERANCE), None)
-
-
-def uniform_targets(finals: list[float]) -> list[float]:
-    """Target accuracies chosen as RHO-LOSS chose them, from uniform selection alone: its mean
-    final accuracy (``finals``, one per seed) rounded down to a whole percent, and 5 points
-    under it. Returns ``[lower, higher]``."""
-    if not finals:
-        raise ValueError("uniform_targets: no final accuracies")
-    high = math.floor(100 * sum(finals) / len(finals) + 1e-9) / 100  # 0.87 stays 87%
-    return [round(high - 0.05, 2), round(high, 2)]
-
-
-def epochs_to_target(
-    records: list[dict[str, Any]], target: float, key: str = "test_acc"
-) -> int | None:
-    """First record's ``epoch`` whose ``key`` reaches ``target`` (within REACH_TOLERANCE)."""
-    record = first_reaching(records, target, key)
-    return None if record is None else int(record["epoch"])
-
-
-def seconds_to_target(
-    records: list[dict[str, Any]], target: float, key: str = "test_acc"
-) -> float | None:
-    """Training wall-clock (``wall_s``: selection included, evaluation excluded) at the first
-    record whose ``key`` reaches ``target``; None when none does or the record has no time."""
-    record = first_reaching(records, target, key)
-    seconds = None if record is None else record.get("wall_s")
-    return None if seconds is None else float(seconds)
 
 
 # ----------------------------------------------------------------------------- writing

@@ -26,7 +26,7 @@ from bdsel.config import Config
 from bdsel.data import RunData, derive_run_data, load_dataset
 from bdsel.distributed import World, barrier, broadcast_from_main, init_world
 from bdsel.locking import ExclusiveLock, LockedError
-from bdsel.registries import check_names
+from bdsel.names import check_names
 from bdsel.rundir import DiskFullError
 from bdsel.runtime import resolve_device, step_progress
 from bdsel.zeroshot.cache import (

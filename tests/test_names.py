@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 from bdsel import rundir
 from bdsel.config import Config, load_config
 from bdsel.data import dataset_entry, list_datasets, load_dataset
+from bdsel.predict import default_cache_path
 from bdsel.zeroshot import list_predictors, predictor_entry
-from bdsel.zeroshot.run import default_cache_path
 
 runner = CliRunner()
 
@@ -105,7 +105,7 @@ def test_every_registry_entry_has_a_tiny_recipe():
 def test_registering_the_predictors_loads_no_open_clip():
     """A training run checks names against every registry; only building CLIP loads open_clip."""
     code = (
-        "import sys, bdsel.registries, bdsel.zeroshot; "
+        "import sys, bdsel.names, bdsel.zeroshot; "
         "print(sorted(bdsel.zeroshot.list_predictors()), 'open_clip' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
