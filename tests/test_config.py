@@ -96,12 +96,29 @@ def test_unregistered_names_name_the_key(override: str, pattern: str):
         check_names(config)
 
 
-def test_config_imports_nothing_from_bdsel():
-    tree = ast.parse((Path(__file__).parents[1] / "bdsel" / "config.py").read_text())
-    imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
-    imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+def test_config_imports_nothing_from_bdsel_but_itself():
+    imported = []
+    for path in sorted((Path(__file__).parents[1] / "bdsel" / "config").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     assert "yaml" in imported  # the walk sees the imports
-    assert [m for m in imported if m == "bdsel" or m.startswith("bdsel.")] == []
+    outside = [m for m in imported if m == "bdsel" or m.startswith("bdsel.")]
+    assert "bdsel.config.schema" in outside  # ... and the package's own
+    assert [m for m in outside if not m.startswith("bdsel.config.")] == []
+
+
+def test_every_range_names_a_field_of_its_class():
+    """A RANGES entry with a misspelt name would check nothing (getattr would fail at load)."""
+    import dataclasses
+
+    import bdsel.config.schema as schema
+
+    classes = [c for c in vars(schema).values() if dataclasses.is_dataclass(c)]
+    assert len(classes) >= 14
+    for cls in classes:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        assert set(cls.__dict__.get("RANGES", {})) <= fields, cls.__name__
 
 
 def test_unknown_config_name_lists_shipped(tmp_path: Path):

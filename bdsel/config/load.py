@@ -1,0 +1,250 @@
+"""A Config from defaults < YAML file < ``--set key.path=value`` overrides: unknown keys,
+wrong types and impossible values raise :class:`ConfigError` naming the key before any work
+starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from bdsel.config.checks import ConfigError
+from bdsel.config.schema import Config
+from bdsel.config.yaml_io import NON_FINITE, read_yaml_mapping, yaml_error_line, yaml_load
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if get_origin(tp) is list:
+        return f"a list of {_type_name(get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        # A number of the right type but out of bounds says so, not "expected float or ...".
+        raise next((e for e in errors if "finite" in str(e)), None) or ConfigError(
+            f"{key}: expected {_type_name(tp)}, got {value!r}"
+        )
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        (item_tp,) = get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _build(tp, value, key + ".")
+    ok = {
+        type(None): value is None,
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, int | float) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }
+    if ok.get(tp, False):
+        if tp is float and not math.isfinite(value):  # .inf / .nan make no sense for any key
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return float(value) if tp is float else value
+    if tp is float and isinstance(value, str) and NON_FINITE.fullmatch(value.strip()):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r} (not finite)")
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {prefix}{unknown[0]}; valid keys here: "
+            + ", ".join(prefix + n for n in names)
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"a.b=c"`` -> ``{"a": {"b": yaml(c)}}``."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key.path=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: expected key.path=value")
+    try:
+        value = yaml_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"--set {key}: cannot parse {raw!r} as YAML ({yaml_error_line(exc)})"
+        ) from None
+    node: dict[str, Any] = {}
+    cur = node
+    parts = key.split(".")
+    for part in parts[:-1]:
+        cur[part] = {}
+        cur = cur[part]
+    cur[parts[-1]] = value
+    return node
+
+
+def shipped_config_dir() -> Path:
+    import bdsel_configs
+
+    return Path(bdsel_configs.__file__).parent
+
+
+def list_shipped_configs() -> list[str]:
+    return sorted(p.stem for p in shipped_config_dir().glob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A path to a YAML file, or the bare name of a shipped config (``configs/NAME.yaml``)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    shipped = shipped_config_dir() / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(
+        f"no config named {name_or_path!r}; shipped configs: "
+        + ", ".join(list_shipped_configs())
+        + " (or give a path to a YAML file)"
+    )
+
+
+def load_config(
+    name_or_path: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    values: dict[str, Any] | None = None,
+) -> Config:
+    """Build and validate a Config from a YAML file (or shipped name), a dict, and overrides."""
+    merged: dict[str, Any] = {}
+    if name_or_path is not None:
+        path = resolve_config_path(name_or_path)
+        loaded = read_yaml_mapping(path, ConfigError)
+        if not loaded:
+            # Training on the built-in defaults (no noise, 20 epochs, ...) is never what an
+            # empty file meant: a truncated copy, a wrong path, an unsaved editor buffer.
+            raise ConfigError(
+                f"{path}: the config is empty; an empty config would train on the built-in "
+                "defaults. Give at least one key (e.g. data.name), or a shipped config "
+                f"({', '.join(list_shipped_configs())})"
+            )
+        merged = _merge(merged, loaded)
+        merged.setdefault("name", None)
+        if merged["name"] is None and path.parent == shipped_config_dir():
+            merged["name"] = path.stem
+    if values:
+        merged = _merge(merged, values)
+    for text in overrides:
+        merged = _merge(merged, parse_override(text))
+    config = _build(Config, merged)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Impossible values, named by key: each section's ``RANGES`` (depth first, in field
+    order), then the settings that only go together."""
+    _check_ranges(config, "")
+    _check_combinations(config)
+
+
+def _check_ranges(settings: Any, prefix: str) -> None:
+    for name, (ok, expected) in type(settings).__dict__.get("RANGES", {}).items():
+        value = getattr(settings, name)
+        if not ok(value):
+            raise ConfigError(f"{prefix}{name}: expected {expected}, got {value!r}")
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_ranges(value, f"{prefix}{f.name}.")
+
+
+def _check_combinations(config: Config) -> None:
+    d, s = config.data, config.select
+    if config.eval.split == "validation" and d.validation_fraction <= 0.0:
+        raise ConfigError(
+            "eval.split=validation needs a validation split: set data.validation_fraction > 0"
+        )
+    if d.train_fraction + d.holdout_fraction + d.validation_fraction > 1.0 + 1e-9:
+        raise ConfigError(
+            "data.train_fraction + data.holdout_fraction + data.validation_fraction = "
+            f"{d.train_fraction + d.holdout_fraction + d.validation_fraction:g} > 1: "
+            "the subsets must be disjoint"
+        )
+    if d.noise.kind == "none" and d.noise.rate > 0:
+        raise ConfigError(
+            "data.noise.rate > 0 needs data.noise.kind (symmetric, pairflip, uniform)"
+        )
+    if s.n_selected > s.n_candidates:
+        raise ConfigError(
+            f"select.n_selected ({s.n_selected}) > select.n_candidates ({s.n_candidates}): "
+            "cannot select more points than there are candidates"
+        )
+    c = config.zeroshot.crossfit
+    if c.channel_folds > c.folds:
+        raise ConfigError(
+            f"zeroshot.crossfit.channel_folds ({c.channel_folds}) > zeroshot.crossfit.folds "
+            f"({c.folds}): the channel round cannot train more fold models than there are folds"
+        )
+    if c.channel_round and c.refit_init == "continue" and c.channel_epochs >= c.epochs:
+        raise ConfigError(
+            f"zeroshot.crossfit.refit_init=continue needs channel_epochs ({c.channel_epochs}) < "
+            f"epochs ({c.epochs}): a continued model trains epochs - channel_epochs more (lower "
+            "zeroshot.crossfit.channel_epochs, or set zeroshot.crossfit.refit_init=fresh)"
+        )
+    if c.cleaned and config.data.clean.cache is None:
+        raise ConfigError(
+            "zeroshot.crossfit.cleaned=true trains the fold models on the points data.clean "
+            "keeps: set data.clean.cache to the crossfit cache that cleans them"
+        )
+    if c.cleaned and config.zeroshot.cache == config.data.clean.cache:
+        raise ConfigError(
+            "zeroshot.crossfit.cleaned=true: zeroshot.cache is data.clean.cache, the cache that "
+            "cleans the data; the cleaned data's cache needs a file of its own (leave "
+            "zeroshot.cache unset for its default name)"
+        )
+    if config.eval.model == "ema" and config.train.ema_decay == 0.0:
+        raise ConfigError("eval.model=ema needs train.ema_decay > 0 (or set eval.model=online)")
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
