@@ -32,14 +32,13 @@ from bdsel.runtime import resolve_device, step_progress
 from bdsel.zeroshot.cache import (
     SECONDS_ATTR,
     CacheError,
-    CacheSummary,
     auto_temperature,
-    build_cache,
     check_cache_path,
     check_not_partial,
     partial_path,
     read_cache_info,
 )
+from bdsel.zeroshot.cache_writer import CacheSummary, build_cache
 from bdsel.zeroshot.provenance import check_split
 from bdsel.zeroshot.registry import (
     CalibratedPredictor,

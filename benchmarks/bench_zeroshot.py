@@ -27,7 +27,7 @@ import torch
 
 from bdsel.data.cifar import CIFAR10_CLASSNAMES, CIFAR_TEMPLATES  # noqa: E402
 from bdsel.data.sources import Dataset, ImageSet  # noqa: E402
-from bdsel.zeroshot.cache import build_cache  # noqa: E402
+from bdsel.zeroshot.cache_writer import build_cache  # noqa: E402
 from bdsel.zeroshot.clip import ClipPredictor, ClipZeroShot  # noqa: E402
 
 

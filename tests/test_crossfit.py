@@ -298,7 +298,7 @@ def test_crossfit_cache_resumes_after_a_kill(
     )
     cfg2 = tmp_path / "k.yaml"
     cfg2.write_text(yaml.safe_dump(other))
-    import bdsel.zeroshot.cache as cache_module
+    import bdsel.zeroshot.cache_writer as cache_module
 
     real_fill = cache_module._fill_split
     calls = {"n": 0}

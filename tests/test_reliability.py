@@ -256,7 +256,7 @@ def test_full_disk_during_cache_zeroshot_keeps_the_partial_cache(
     import shutil
 
     small = shutil.disk_usage(tmp_path)._replace(free=1000)
-    monkeypatch.setattr("bdsel.zeroshot.cache.shutil.disk_usage", lambda path: small)
+    monkeypatch.setattr("bdsel.zeroshot.cache_writer.shutil.disk_usage", lambda path: small)
     result = runner.invoke(app, [*args[:-1], str(tmp_path / "other.h5")])
     assert_one_line_error(result, "not enough space for", "MiB are free there")
     assert not list(tmp_path.glob("other.h5*.partial"))

@@ -26,12 +26,12 @@ from bdsel.data.sources import Dataset, ImageSet
 from bdsel.zeroshot.cache import (
     REQUIRED_ATTRS,
     CacheError,
-    build_cache,
     dataset_fingerprint,
     load_zs_logprobs,
     partial_path,
     read_cache_info,
 )
+from bdsel.zeroshot.cache_writer import build_cache
 from bdsel.zeroshot.clip import ClipPredictor, ClipZeroShot
 from bdsel.zeroshot.prompts import (
     IMAGENET_TEMPLATES,

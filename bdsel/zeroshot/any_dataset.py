@@ -21,7 +21,7 @@ import torch
 from rich.console import Console
 
 from bdsel.data.sources import Dataset, ImageSet
-from bdsel.zeroshot.cache import CacheSummary, build_cache
+from bdsel.zeroshot.cache_writer import CacheSummary, build_cache
 
 
 def _images_of(items: list[Any]) -> Any:
