@@ -14,7 +14,6 @@ log interval.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -25,10 +24,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from bdsel.cleaning import clean_run_data
+from bdsel.assemble import build_run, compile_enabled
+from bdsel.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from bdsel.config import Config
-from bdsel.data import Dataset, RunData, derive_run_data, load_dataset, make_image_source
-from bdsel.data.batching import ImageSource
+from bdsel.data import Dataset
 from bdsel.distributed import (
     World,
     all_reduce_min,
@@ -37,12 +36,9 @@ from bdsel.distributed import (
     broadcast_from_main,
     init_world,
 )
-from bdsel.evaluation import Evaluator, make_ema
+from bdsel.evaluation import Evaluator
 from bdsel.forward import autocast_for, candidate_autocast
 from bdsel.locking import LockedError
-from bdsel.models import Classifier, create_model
-from bdsel.names import check_names
-from bdsel.optim import EpochSchedule, build_optimizer
 from bdsel.rundir import METRICS, RunDirError, acc_key, read_metrics
 from bdsel.rundir.writer import RunDir, lock_rundir
 from bdsel.runtime import (
@@ -50,10 +46,8 @@ from bdsel.runtime import (
     PERMUTATION,
     SELECTION,
     SectionTimer,
-    resolve_device,
     stream_generator,
 )
-from bdsel.selection import Selector, SelectorContext, selector_class, selector_from_config
 from bdsel.step import EpochStats, Run, Stepper
 from bdsel.targets import epochs_to_target
 
@@ -62,160 +56,6 @@ log = logging.getLogger(__name__)
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf; the run stopped with its last good checkpoint kept."""
-
-
-# ----------------------------------------------------------------------------- the run
-
-
-def build_lookups(
-    names: tuple[str, ...],
-    config: Config,
-    data: RunData,
-    device: torch.device,
-    cleaned: RunData | None = None,
-) -> dict[str, torch.Tensor]:
-    """Per-index quantities a selector asks for, as device tensors indexed by global index,
-    checked against the train subset their cache was made for: the whole one (``data``), or,
-    for a predictor fitted on the cleaned data, the one ``data.clean`` leaves (``cleaned``)."""
-    if not names:
-        return {}
-    # late: open_clip and h5py only when needed
-    from bdsel.predict import fits_cleaned, load_lookups
-
-    made_for = cleaned if cleaned is not None and fits_cleaned(config) else data
-    return load_lookups(names, config, made_for, device)
-
-
-def prefilter_size(config: Config, selector: Selector) -> int:
-    """How many of the n_B candidates select.prefilter leaves for the candidate forward (n_B
-    when it is off); never fewer than n_b."""
-    s = config.select
-    if s.prefilter >= 1.0:
-        return s.n_candidates
-    if not selector.has_plausibility():
-        raise ValueError(
-            f"select.prefilter: select.method={s.method} has no cached score "
-            "to prefilter with (bayesian, rho_loss and irreducible_loss have)"
-        )
-    return max(s.n_selected, round(s.prefilter * s.n_candidates))
-
-
-def rescore_size(config: Config, selector: Selector, world: World | None = None) -> int:
-    """How many candidates select.rescore leaves the candidate forward (of those the
-    prefilter left), once the method has a round of scores to go by; never fewer than n_b.
-    Off under torchrun: a rank keeps only the scores of the candidates it scored, and its
-    next epoch's candidates are mostly ones another rank scored."""
-    s = config.select
-    kept = prefilter_size(config, selector)
-    if s.rescore >= 1.0:
-        return kept
-    if not selector.keeps_scores():
-        raise ValueError(
-            f"select.rescore: select.method={s.method} keeps no scores to go by (bayesian does)"
-        )
-    if world is not None and world.distributed:
-        if world.is_main:
-            log.warning(
-                "select.rescore=%g is off under torchrun: each rank keeps only the scores of "
-                "its own candidates; every candidate is scored",
-                s.rescore,
-            )
-        return kept
-    return max(s.n_selected, min(kept, round(s.rescore * s.n_candidates)))
-
-
-def compile_enabled(setting: bool | str, device: torch.device) -> bool:
-    """train.compile: true, false, or auto (CUDA only: on CPU it was measured not to pay)."""
-    return device.type == "cuda" if setting == "auto" else bool(setting)
-
-
-def build_run(config: Config, dataset: Dataset | None = None, world: World | None = None) -> Run:
-    """Load data, derive the run's splits, build model, selector and optimizer."""
-    check_names(config)
-    world = world or World()
-    device = resolve_device(config.train.device)
-    if device.type == "cuda" and world.distributed:
-        device = torch.device("cuda", world.local_rank)
-    torch.manual_seed(config.seed)
-    dataset = dataset if dataset is not None else load_dataset(config.data)
-    data = derive_run_data(dataset, config.data, config.seed)
-    cleaned = clean_run_data(config, data)  # data.clean's points dropped (clean-then-train)
-    requires = selector_class(config.select.method).requires
-    lookups = build_lookups(requires, config, data, device, cleaned)
-    from bdsel.predict import one_time_cost  # late, as build_lookups
-
-    one_time = one_time_cost(config, requires)
-    if config.train.budget_s is not None and one_time["predictor_s"] is None:
-        raise ValueError(
-            "train.budget_s counts the predictor's seconds, and the cache this run reads "
-            "holds no record of them (made before bdsel recorded them): remake it with bdsel "
-            "cache-zeroshot --overwrite, or leave train.budget_s unset"
-        )
-    data = cleaned
-    n_train = len(data.train_idx) // world.size  # each rank's slice of an epoch
-    n_candidates = config.select.n_candidates
-    if n_train < n_candidates:
-        raise ValueError(
-            f"select.n_candidates ({n_candidates}) is larger than the train subset "
-            f"({n_train} points{' per rank' if world.distributed else ''})"
-        )
-    source = make_image_source(  # NHWC batches, as the models' channels-last weights
-        dataset,
-        device,
-        augment=config.data.augment,
-        channels_last=True,
-        num_workers=config.data.num_workers,
-    )
-    model = create_model(
-        config.model.name,
-        n_classes=dataset.n_classes,
-        in_channels=dataset.in_channels,
-        weights=config.model.weights,
-    ).to(device)
-    context = SelectorContext(  # the config's settings for the method: selector_from_config
-        config=config,
-        n_classes=dataset.n_classes,
-        n_features=model.n_features,
-        device=device,
-        lookups=lookups,
-        extras={"data": data, "source": source},
-    )
-    selector = selector_from_config(config.select.method, context)
-    selector.check_finite = False  # a diverging model is told by its loss, at its step
-    run = _assemble(config, data, source, model, selector, world)
-    run.one_time = one_time
-    return run
-
-
-def _assemble(
-    config: Config,
-    data: RunData,
-    source: ImageSource,
-    model: Classifier,
-    selector: Selector,
-    world: World,
-) -> Run:
-    """The run's optimizer, schedule and EMA around its parts (on the source's device)."""
-    device = source.device
-    steps_per_epoch = len(data.train_idx) // world.size // config.select.n_candidates
-    optimizer = build_optimizer(model, config.train)
-    scheduler = EpochSchedule(optimizer, config.train, steps_per_epoch)
-    return Run(
-        config,
-        device,
-        data,
-        source,
-        model,
-        selector,
-        optimizer,
-        scheduler,
-        steps_per_epoch,
-        observed=data.observed.to(device),
-        noisy=data.noisy.to(device),
-        ema=make_ema(model, config.train.ema_decay) if world.is_main else None,
-        n_prefiltered=prefilter_size(config, selector),
-        n_rescored=rescore_size(config, selector, world),
-    )
 
 
 @contextlib.contextmanager
@@ -255,64 +95,6 @@ def _reduce_stats(stats: EpochStats, world: World) -> EpochStats:
     all_reduce_sum(packed)
     scalars = {k: packed[3 + i] / world.size for i, k in enumerate(keys)}
     return EpochStats(packed[0], packed[1], int(packed[2]), scalars, stats.n_steps)
-
-
-@dataclass
-class TrainState:
-    """Where a run stands between epochs: what a checkpoint holds besides module states."""
-
-    epoch: int = 0  # epochs completed
-    step: int = 0  # optimizer steps taken
-    samples_seen: int = 0
-    wall_s: float = 0.0  # training time (selection included, evaluation excluded)
-    best_acc: float = 0.0
-
-
-def save_checkpoint(
-    rundir: RunDir,
-    run: Run,
-    state: TrainState,
-    timer: SectionTimer,
-    stats: EpochStats,
-    world: World,
-) -> None:
-    """Everything a resumed run needs to continue exactly as an uninterrupted one."""
-    rundir.save_checkpoint(
-        {
-            "model": run.model.state_dict(),
-            "ema": run.ema.state_dict() if run.ema is not None else None,
-            "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(),
-            "selector": run.selector.state_dict(),
-            **dataclasses.asdict(state),
-            "selection_s": timer.seconds(),
-            "stats": stats.state(),
-            "world_size": world.size,
-        }
-    )
-
-
-def load_checkpoint(
-    rundir: RunDir, run: Run, timer: SectionTimer, world: World
-) -> tuple[TrainState, EpochStats]:
-    """Restore ``run``'s modules and the timer from the run directory's checkpoint."""
-    ckpt = rundir.load_checkpoint(map_location=run.device)
-    if ckpt.get("world_size", 1) != world.size:
-        raise RunDirError(
-            f"--resume: the checkpoint was written by {ckpt.get('world_size', 1)} processes, "
-            f"this run has {world.size}; resume at the same world size"
-        )
-    if (ckpt.get("ema") is None) != (run.ema is None) and world.is_main:
-        raise RunDirError("--resume: the checkpoint's weight EMA does not match train.ema_decay")
-    run.model.load_state_dict(ckpt["model"])
-    if run.ema is not None:
-        run.ema.load_state_dict(ckpt["ema"])
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.scheduler.load_state_dict(ckpt["scheduler"])
-    run.selector.load_state_dict(ckpt["selector"])
-    state = TrainState(**{f.name: ckpt[f.name] for f in dataclasses.fields(TrainState)})
-    timer.total = ckpt["selection_s"]
-    return state, EpochStats.from_state(ckpt["stats"], run.device)
 
 
 def train(

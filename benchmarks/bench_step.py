@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from bdsel.assemble import prefilter_size, rescore_size
 from bdsel.config import load_config
 from bdsel.data import derive_run_data, from_tensors, make_image_source
 from bdsel.evaluation import make_ema
@@ -43,7 +44,6 @@ from bdsel.selection import (
     selector_from_config,
 )
 from bdsel.step import EpochStats, Run, Stepper, candidate_forward
-from bdsel.train import prefilter_size, rescore_size
 
 PHASES = ("candidate_forward", "select", "train_step", "observe")
 

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
+from bdsel.assemble import build_lookups
 from bdsel.cleaning import clean_run_data
 from bdsel.config import load_config
 from bdsel.data import derive_run_data, load_dataset
-from bdsel.train import build_lookups
 
 QUANTILES = (0.1, 0.5, 0.9)
 CROSSFIT = "zeroshot.predictor=crossfit,select.method=bayesian"

@@ -248,11 +248,11 @@ def test_prefilter_scores_only_the_most_plausible_candidates(bayes_values: dict,
     """select.prefilter: the candidate forward sees only the candidates whose observed label
     the cached predictor finds most plausible among their class's candidates; the selected
     ones are among them."""
+    from bdsel.assemble import build_run
     from bdsel.forward import autocast_for
     from bdsel.runtime import SectionTimer
     from bdsel.selection import Candidates, prefilter
     from bdsel.step import EpochStats, Stepper
-    from bdsel.train import build_run
 
     # Class 1's labels are all less plausible than class 0's: a global top-3 would keep only
     # class 0; within-class ranks keep each class's most plausible first.
@@ -307,11 +307,11 @@ def test_prefilter_scores_only_the_most_plausible_candidates(bayes_values: dict,
 def test_uniform_epochs_skip_the_candidate_forward(bayes_values: dict, tmp_path: Path):
     """In a warm-up (or annealed) epoch bayesian picks as uniform: no candidate forward is run;
     once it selects, the forward sees every candidate."""
+    from bdsel.assemble import build_run
     from bdsel.forward import autocast_for
     from bdsel.runtime import SectionTimer
     from bdsel.selection import Candidates
     from bdsel.step import EpochStats, Stepper
-    from bdsel.train import build_run
 
     values = dict(bayes_values, select=dict(bayes_values["select"], warmup_epochs=1))
     assert runner.invoke(app, ["cache-zeroshot", "-c", _write(tmp_path, values)]).exit_code == 0
@@ -337,11 +337,11 @@ def test_rescore_forwards_the_candidates_whose_last_scores_were_highest(
     """select.rescore: in the first selecting epoch every candidate is scored and its score
     kept; from the second, the candidate forward sees only the n_B · rescore candidates whose
     last scores were highest (never-scored ones first), and the kept scores resume exactly."""
+    from bdsel.assemble import build_run
     from bdsel.forward import autocast_for
     from bdsel.runtime import SectionTimer
     from bdsel.selection import Candidates, shortlist
     from bdsel.step import EpochStats, Stepper
-    from bdsel.train import build_run
 
     cands = Candidates(torch.arange(10, 16), torch.randn(6, 1, 4, 4), torch.tensor([0, 1] * 3))
     last = torch.tensor([0.5, torch.inf, -3.0, 2.0, 1.0, -1.0], dtype=torch.float64)

@@ -171,7 +171,7 @@ def test_cuda_device_without_cuda_is_a_config_error(monkeypatch: pytest.MonkeyPa
 def test_compile_auto_is_cuda_only_and_explicit_values_win():
     import torch
 
-    from bdsel.train import compile_enabled
+    from bdsel.assemble import compile_enabled
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     assert load_config(values={}).train.compile == "auto"

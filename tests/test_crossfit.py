@@ -407,7 +407,7 @@ def check_label_noise_fit(
     the fit under label noise too and ``auto`` reads it; a cache made before bdsel fitted it
     gives the plain fit with a warning, and gets the fit from ``cache-zeroshot`` without its
     log-probs being recomputed."""
-    from bdsel.train import build_lookups
+    from bdsel.assemble import build_lookups
     from bdsel.zeroshot.calibration import fit_label_noise
 
     cfg = load_config(str(cfg_path))

@@ -39,11 +39,11 @@ def test_a_training_step_never_syncs_the_host(
 ):
     import yaml
 
+    from bdsel.assemble import build_run
     from bdsel.forward import autocast_for
     from bdsel.runtime import SectionTimer
     from bdsel.selection import Candidates
     from bdsel.step import EpochStats, Stepper
-    from bdsel.train import build_run
 
     values = cuda_values(tiny_config_values, tmp_path, method)
     config_file = tmp_path / "cuda.yaml"

@@ -135,8 +135,8 @@ def test_the_pruned_epochs_are_the_originals(delta: float):
 def test_a_cosine_schedule_reaches_zero_at_the_last_step_of_a_pruned_run(
     tmp_path: Path, tiny_config_values: dict, monkeypatch: pytest.MonkeyPatch
 ):
+    from bdsel.assemble import build_run
     from bdsel.optim import EpochSchedule
-    from bdsel.train import build_run
 
     values = dict(tiny_config_values, train={"epochs": 4, "schedule": "cosine"})
     values["select"] = {"method": "infobatch", "n_candidates": 16, "n_selected": 16,

@@ -145,8 +145,9 @@ def test_every_method_is_created_from_keyword_settings():
 def test_the_public_selector_picks_what_bdsel_trains_loop_picks(
     monkeypatch: pytest.MonkeyPatch, tiny_config_values: dict, tmp_path: Path
 ):
+    from bdsel.assemble import build_run
     from bdsel.config import load_config
-    from bdsel.train import build_run, train
+    from bdsel.train import train
 
     zs = {}
 
@@ -156,7 +157,7 @@ def test_the_public_selector_picks_what_bdsel_trains_loop_picks(
         )
         return dict(zs)
 
-    monkeypatch.setattr("bdsel.train.build_lookups", lookups)
+    monkeypatch.setattr("bdsel.assemble.build_lookups", lookups)
     no_cache = {"predictor_s": 0.0, "predictor_test_acc": None}  # the table above has no file
     monkeypatch.setattr("bdsel.predict.one_time_cost", lambda config, names: no_cache)
     values = dict(

@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import synthetic_images
 
+from bdsel.assemble import build_run
 from bdsel.config import Config, load_config
 from bdsel.data import Dataset, derive_run_data, from_tensors, make_image_source
 from bdsel.forward import autocast_for
@@ -26,7 +27,7 @@ from bdsel.selection import (
 )
 from bdsel.selection.svp import build_coreset, forgetting_events
 from bdsel.step import candidate_forward
-from bdsel.train import build_run, train
+from bdsel.train import train
 
 CPU = torch.device("cpu")
 N_CLASSES = 4
