@@ -112,9 +112,8 @@ def autocast_for(
 
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 natively: CUDA, or a CPU oneDNN runs bf16 on (AVX-512
-    BF16 or AMX). Elsewhere bf16 convolutions are emulated: on a CPU with AVX2 only (seen here:
-    an AMD EPYC) a bayesian epoch on Fashion-MNIST took 107 s with the bf16 candidate forward
-    (90% of it in its convolutions) against about 17 s in fp32."""
+    BF16 or AMX). Elsewhere bf16 convolutions are emulated, and much slower than fp32
+    (docs/speed.md)."""
     if device.type == "cuda":
         return True
     if device.type != "cpu":

@@ -107,8 +107,7 @@ class TrainConfig:
     step_gamma: float = 0.1
     device: str = "auto"  # auto: cuda when available, else cpu
     # torch.compile of the model for the training step and the candidate forward. auto: on
-    # CUDA only; on CPU it did not pay (small_cnn, one thread: bayesian 84.8 ms/step compiled
-    # against 72.4 eager, uniform equal; docs/results/speed/).
+    # CUDA only; on CPU it did not pay (docs/results/speed/).
     compile: bool | Literal["auto"] = "auto"
     # Exponential moving average of the weights (and BN buffers), updated after every
     # optimizer step with a decay warm-up (bdsel.evaluation); 0 turns it off.
@@ -173,9 +172,8 @@ class SelectConfig:
     n_selected: int = 32  # n_b
     candidate_bn: Literal["batch", "eval"] = "batch"  # batch-norm statistics in the scoring pass
     # Autocast of the no-grad scoring pass over the candidates; bf16 keeps the top-n_b ranking
-    # (README "Speed") at about half the cost of fp32 on a CPU that computes bf16 natively.
-    # auto: bf16 where the device does (CUDA; a CPU with AVX-512 BF16 or AMX), else fp32 (on a
-    # CPU with AVX2 only, emulated bf16 made a bayesian epoch about 6x slower than fp32).
+    # at a lower cost where the device computes bf16 natively (docs/speed.md). auto: bf16
+    # there (CUDA; a CPU with AVX-512 BF16 or AMX), else fp32 (emulated bf16 is slower).
     candidate_precision: Literal["bf16", "fp32", "auto"] = "auto"
     warmup_epochs: int = 0  # uniform picks before selection starts
     anneal: float = 0.0  # fraction of the final epochs on uniform picks (InfoBatch's annealing)
@@ -252,12 +250,9 @@ class CrossfitConfig(FitConfig):
     of the training subset but one (early stopping on that one's) and predicting it; by
     default they train for the clean label through the noise channel that a first round's
     out-of-fold probabilities estimate; no clean labels needed (docs/predictors.md). A fixed
-    budget with a cosine rate instead of a fit to the plateau: noisy labels take many epochs
-    to plateau, 10 cosine epochs at lr 0.01 came within 1.5 points of it (86.6% against 88.2%
-    test accuracy, Fashion-MNIST at 20% noise) in a third of the time (304 s against 796 s on
-    one CPU thread; docs/results/offline/predictor_budget.md); through the channel, 20 epochs
-    gained 2.0 points over 10 at 40% noise (docs/results/holdout_free/crossfit_recipe.md), and
-    16 instead of 18 cost bayesian 0.06-0.36 points at the end (docs/results/holdout_free/)."""
+    budget with a cosine rate instead of a fit to the plateau, which noisy labels reach only
+    after many epochs (the budget's measurements: docs/results/offline/predictor_budget.md,
+    docs/results/holdout_free/crossfit_recipe.md)."""
 
     folds: int = 2
     epochs: int = 18
@@ -272,9 +267,7 @@ class CrossfitConfig(FitConfig):
     # (anchor points), with the forward loss correction: the models learn the clean label.
     # Skipped where that channel leaves a class unidentifiable. trusted: the rows cleanlab
     # trusts, their observed labels; skipped where it trusts under half of them
-    # (crossfit.MIN_TRUSTED). Measured, 100 epochs (docs/results/holdout_free/): forward is level
-    # with one round at 20% symmetric noise, +0.5 points at 40%, +1.9 at 30% pairflip; trusted
-    # lost 0.3-0.5 points at symmetric noise.
+    # (crossfit.MIN_TRUSTED). The two compared: docs/results/holdout_free/.
     refit: Literal["trusted", "forward"] = "forward"
     refit_filter: FilterBy = "prune_by_noise_rate"  # cleanlab's filter_by between rounds
     # A forward refit's first round only estimates the channel, from out-of-fold
@@ -298,9 +291,8 @@ class CrossfitConfig(FitConfig):
     refit_init: Literal["fresh", "continue"] = "fresh"
     # Clean-then-select: true trains the fold models on the train subset ``data.clean`` leaves
     # (a cache made for that subset), so that its rows are scored by models of the cleaned
-    # data, not by the ones whose agreement let their wrong labels through cleaning. Measured
-    # (docs/predictors.md, seed 0): bayesian with them ended 0.6-0.8 points below bayesian with
-    # the cleaning cache itself, and still over-selected the mislabeled points cleaning left.
+    # data, not by the ones whose agreement let their wrong labels through cleaning. It did
+    # not pay (docs/predictors.md).
     cleaned: bool = False
     RANGES: ClassVar[dict[str, Range]] = {
         "folds": (at_least(2), "an int >= 2"),

@@ -47,9 +47,9 @@ def symmetric_channel(eps: float, n_classes: int) -> torch.Tensor:
 
 
 # The mean share of a row's off-diagonal mass on its largest entry above which a channel is
-# taken as concentrated (a pair flip) rather than spread (symmetric: 1/(C − 1) per entry). On
-# the offline default's first-round anchor matrices: 0.25 at 40% symmetric noise, with the
-# model's own confusions, and 0.83 at 30% pairflip (docs/results/holdout_free/crossfit_recipe.md).
+# taken as concentrated (a pair flip) rather than spread (symmetric: 1/(C − 1) per entry); the
+# offline default's anchor matrices fall far on either side of it
+# (docs/results/holdout_free/crossfit_recipe.md).
 CONCENTRATED = 0.5
 
 

@@ -277,9 +277,9 @@ def prefilter(
     """The ``keep`` candidates with the most plausible labels *within their observed class*,
     as a smaller candidate batch.
 
-    Ranking by plausibility across classes starves the classes the predictor is unsure of:
-    on the offline default, keeping the top 30% of 320 candidates by the hold-out model's
-    log-prob left 0.1% shirts (10% of the candidates) and cost 9 points of test accuracy.
+    Ranking by plausibility across classes starves the classes the predictor is unsure of
+    (on the offline default it kept almost no shirts, and lost accuracy:
+    docs/results/offline/prefilter_partial/).
     Here each candidate's rank is a quantile among the batch's candidates of its own
     observed label, so every class keeps about the same share and a mislabeled point, which
     its observed class's genuine members outrank, is still the first to go.

@@ -19,18 +19,15 @@ they learn the clean label, and so are as sure as a model of clean labels that a
 point is wrong. Where the channel leaves a class unidentifiable (its diagonal does not
 dominate), the refit is skipped and the first round stands, its missing folds' models
 trained as it would have. ``refit_init: continue`` starts the second round's models of the
-channel round's folds from that round's models instead (cheaper; measured below the default).
+channel round's folds from that round's models instead (cheaper, and worse: docs/predictors.md).
 
 ``refit: trusted`` instead trains the second round on the rows cleanlab's ``find_label_issues``
 does not flag from the first round's out-of-fold probabilities, skipped where it trusts under
-``MIN_TRUSTED`` of the rows (on 600 synthetic images after 3 epochs the first round trusts 26%
-of them, and models refit on those few end at chance). In neither is a row predicted by a
+``MIN_TRUSTED`` of the rows (models refit on a few rows end at chance). In neither is a row
+predicted by a
 model that trained on it. (Which rows of the other folds model k trains on, or the channel it
 trains through, depends through the first round's models on fold k's labels: a second-order
-dependence, not a row seen.) Measured on the offline default (docs/results/holdout_free/):
-bayesian with the forward round ends level with one round at 20% symmetric noise, 0.5 points
-above it at 40% and 1.9 above at 30% pairflip; the trusted round gained 0.2 points at pairflip
-noise and lost 0.3-0.5 at symmetric noise.
+dependence, not a row seen.) The rounds compared: docs/results/holdout_free/.
 
 Its spec records hashes of the training subset and of its observed labels: ``train`` refuses
 the cache for a run whose training subset or noise differ (its models may have seen rows
@@ -74,7 +71,6 @@ from bdsel.zeroshot.registry import register_predictor
 
 FOLD_SEED = 104_729  # the fold assignment's stream, apart from the split's and the models'
 # The least share of the training rows a refit round trains on; below it the refit is skipped.
-# On the offline default cleanlab trusts 76% of them at 20% symmetric noise, 58% at 40%.
 MIN_TRUSTED = 0.5
 
 
