@@ -65,3 +65,43 @@ def _parse(args: list[str], page: str, line: str) -> None:
     if params.get("config"):
         cfg = load_config(params["config"], params.get("set_") or [])
         check_names(cfg)
+
+
+def test_the_readme_starts_with_the_commands_and_stays_short():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 150
+    first_train = next(i for i, line in enumerate(lines) if line.startswith("bdsel train "))
+    assert first_train < 60
+    assert any(line.startswith("make demo") for line in lines[:first_train])
+    assert any(line.startswith("make test") for line in lines[:first_train])
+
+
+def test_the_readmes_library_snippet_runs(monkeypatch):
+    """The README's loop as it is, on a tiny model whose last layer takes 512 features and a
+    loader of 320 candidates a step; the ``...`` becomes a backward pass. The table comes from
+    the path the snippet names."""
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import bdsel
+
+    (block,) = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    step = "nn.functional.cross_entropy(model(images[pos]), labels[pos]).backward()"
+    code = block.replace("    ...  # the ordinary step on images[pos], labels[pos]", f"    {step}")
+    assert code != block
+    n, classes = 640, 10
+    torch.manual_seed(0)
+    x, y = torch.randn(n, 8), torch.randint(0, classes, (n,))
+    model = nn.Sequential(nn.Linear(8, 512), nn.ReLU(), nn.Linear(512, classes))
+    table = bdsel.ZeroShotTable(torch.log_softmax(torch.randn(n, classes), dim=1))
+    opened = []
+    monkeypatch.setattr(
+        bdsel.ZeroShotTable, "from_cache", lambda path: opened.append(path) or table
+    )
+    loader = DataLoader(bdsel.IndexedDataset(TensorDataset(x, y)), batch_size=320)
+    space = {"bdsel": bdsel, "model": model, "loader": loader, "nn": nn}
+    exec(compile(code, "README.md", "exec"), space)  # noqa: S102
+    assert opened == ["cache/mine.h5"]
+    assert len(space["pos"]) == 32
+    assert model[2].weight.grad is not None and model[2].weight.grad.abs().sum() > 0

@@ -355,7 +355,7 @@ class ZeroshotConfig:
     # auto, when the predictor calibrates on observed labels (crossfit, clip): the T fitted
     # together with a symmetric label-noise rate, so that p_zs is the probability of the clean
     # label, not of the observed one (which gives every mislabeled point about ε/(K − 1)).
-    # false: the plain fit to the observed labels (what bdsel did before; README, Results).
+    # false: the plain fit to the observed labels (docs/predictors.md).
     calibrate_noise: bool = True
     model: str = "RN50"  # clip: an open_clip architecture name, or a JSON architecture file
     pretrained: str = "openai"  # clip: a pretrained tag (needs internet) or a local checkpoint
