@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import json
 import os
 import pickle
 import struct
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -110,7 +112,6 @@ def tiny_config_values(fashion_dir: Path) -> dict:
 def write_tiny_clip(tmp_path: Path, name: str, patch_size: int = 16) -> tuple[Path, Path]:
     """A one-layer open_clip architecture file registered as ``name`` and a random-init local
     checkpoint: (architecture file, checkpoint). No download."""
-    import json
 
     import open_clip
 
@@ -154,3 +155,36 @@ def read_only(monkeypatch: pytest.MonkeyPatch):
         return path
 
     return make
+
+
+def one_line(result) -> str:
+    """A CLI result's output as one line (rich wraps long lines)."""
+    return " ".join(result.output.split())
+
+
+def _error_lines(result) -> list[str]:
+    """The lines from ``error:`` on (the message must take one, two at most)."""
+    text = result.output
+    assert "error:" in text, text
+    return text[text.index("error:") :].strip().splitlines()
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), result.exception  # not a traceback
+    assert "Traceback" not in result.output
+    assert len(_error_lines(result)) <= 2, result.output
+    for fragment in fragments:
+        assert fragment in one_line(result), (fragment, result.output)
+
+
+def write_yaml(tmp_path: Path, values: dict, name: str = "tiny.yaml") -> Path:
+    """A config file holding ``values``."""
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def config_file(tmp_path: Path, values: dict, epochs: int) -> Path:
+    """A config file of ``values`` that trains ``epochs`` epochs, logging every 5 steps."""
+    return write_yaml(tmp_path, dict(values, train={"epochs": epochs, "log_every": 5}))

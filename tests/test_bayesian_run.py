@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 from bdsel_cli.main import app
-from conftest import write_tiny_clip
+from conftest import one_line, write_tiny_clip, write_yaml
 from typer.testing import CliRunner
 
 from bdsel.config import load_config
@@ -17,10 +17,6 @@ from bdsel.train import train
 from bdsel.zeroshot.holdout import HoldoutPredictor
 
 runner = CliRunner()
-
-
-def _out(result) -> str:
-    return " ".join(result.output.split())
 
 
 @pytest.fixture
@@ -69,7 +65,7 @@ def test_cache_then_bayesian_training_through_cli(bayes_values: dict, tmp_path: 
     cfg_path.write_text(yaml.safe_dump(bayes_values))
     result = runner.invoke(app, ["cache-zeroshot", "--config", str(cfg_path)])
     assert result.exit_code == 0, result.output
-    assert "test accuracy" in _out(result)
+    assert "test accuracy" in one_line(result)
     with h5py.File(tmp_path / "zs.h5") as f:
         assert f["train/logprobs"].shape == (1200, 10) and f["train/done"][...].all()
         assert json.loads(f.attrs["predictor"])["kind"] == "holdout"
@@ -120,7 +116,9 @@ def test_bayesian_without_cache_or_with_foreign_split_fails_clearly(
     cfg_path.write_text(yaml.safe_dump(bayes_values))
     result = runner.invoke(app, ["train", "-c", str(cfg_path), "--run-dir", str(tmp_path / "r")])
     assert result.exit_code == 2
-    assert "needs the zero-shot cache" in _out(result) and "bdsel cache-zeroshot" in _out(result)
+    assert "needs the zero-shot cache" in one_line(result) and "bdsel cache-zeroshot" in one_line(
+        result
+    )
     assert not (tmp_path / "r").exists()
 
     assert runner.invoke(app, ["cache-zeroshot", "-c", str(cfg_path)]).exit_code == 0
@@ -137,7 +135,7 @@ def test_bayesian_without_cache_or_with_foreign_split_fails_clearly(
         ],
     )
     assert result.exit_code == 2
-    assert "another hold-out split" in _out(result)
+    assert "another hold-out split" in one_line(result)
 
 
 def test_holdout_cache_resumes_with_the_same_model(
@@ -220,7 +218,7 @@ def test_clip_cache_from_local_checkpoint_through_cli(bayes_values: dict, tmp_pa
             "select.method=rho_loss",
         ],
     )
-    assert result.exit_code == 2 and "needs an irreducible-loss model" in _out(result)
+    assert result.exit_code == 2 and "needs an irreducible-loss model" in one_line(result)
 
 
 def brute_class_quantile(scores: list[float], labels: list[int]) -> list[float]:
@@ -265,7 +263,10 @@ def test_prefilter_scores_only_the_most_plausible_candidates(bayes_values: dict,
 
     values = dict(bayes_values, select=dict(bayes_values["select"], prefilter=0.5))
     cfg = load_config(values=values)
-    assert runner.invoke(app, ["cache-zeroshot", "-c", _write(tmp_path, values)]).exit_code == 0
+    assert (
+        runner.invoke(app, ["cache-zeroshot", "-c", str(write_yaml(tmp_path, values))]).exit_code
+        == 0
+    )
     run = build_run(cfg)
     assert run.n_prefiltered == 32  # half of 64 candidates, and at least n_selected (16)
     sizes: list[int] = []
@@ -314,7 +315,10 @@ def test_uniform_epochs_skip_the_candidate_forward(bayes_values: dict, tmp_path:
     from bdsel.step import EpochStats, Stepper
 
     values = dict(bayes_values, select=dict(bayes_values["select"], warmup_epochs=1))
-    assert runner.invoke(app, ["cache-zeroshot", "-c", _write(tmp_path, values)]).exit_code == 0
+    assert (
+        runner.invoke(app, ["cache-zeroshot", "-c", str(write_yaml(tmp_path, values))]).exit_code
+        == 0
+    )
     run = build_run(load_config(values=values))
     sizes: list[int] = []
     run.model.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
@@ -352,7 +356,10 @@ def test_rescore_forwards_the_candidates_whose_last_scores_were_highest(
 
     values = dict(bayes_values, select=dict(bayes_values["select"], rescore=0.5))
     cfg = load_config(values=values)
-    assert runner.invoke(app, ["cache-zeroshot", "-c", _write(tmp_path, values)]).exit_code == 0
+    assert (
+        runner.invoke(app, ["cache-zeroshot", "-c", str(write_yaml(tmp_path, values))]).exit_code
+        == 0
+    )
     run = build_run(cfg)
     assert (run.n_prefiltered, run.n_rescored) == (64, 32)
     sizes: list[int] = []
@@ -408,9 +415,3 @@ def test_rescore_forwards_the_candidates_whose_last_scores_were_highest(
     assert summary["epochs_run"] == 3
     with pytest.raises(ValueError, match="select.rescore: select.method=uniform keeps no"):
         build_run(load_config(values=dict(values, select=dict(values["select"], method="uniform"))))
-
-
-def _write(tmp_path: Path, values: dict) -> str:
-    path = tmp_path / "prefilter.yaml"
-    path.write_text(yaml.safe_dump(values))
-    return str(path)

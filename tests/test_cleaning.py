@@ -13,8 +13,8 @@ import torch
 import yaml
 from bdsel_cli.main import app
 from cleanlab.filter import find_label_issues as cleanlab_find
+from conftest import assert_one_line_error
 from predictor_noise import label_logprobs
-from test_reliability import assert_one_line_error
 from typer.testing import CliRunner
 
 from bdsel.assemble import build_run

@@ -2,6 +2,9 @@ import ast
 from pathlib import Path
 
 import pytest
+from bdsel_cli.main import app
+from conftest import assert_one_line_error
+from typer.testing import CliRunner
 
 from bdsel.config import ConfigError, dump_config, list_shipped_configs, load_config, parse_override
 from bdsel.names import check_names
@@ -179,3 +182,58 @@ def test_compile_auto_is_cuda_only_and_explicit_values_win():
     assert compile_enabled(True, cpu) and not compile_enabled(False, cuda)
     with pytest.raises(ConfigError, match="train.compile"):
         load_config(values={"train": {"compile": "yes"}})
+
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("1e-4", 1e-4), ("1E-4", 1e-4), ("5e3", 5000.0), (".5", 0.5), ("-1e-3", -1e-3),
+     ("+2.5e+2", 250.0), ("1.0e-4", 1e-4), ("3", 3), ("1_000", 1000)],
+)  # fmt: skip
+def test_numbers_parse_as_users_type_them(text: str, value: float):
+    parsed = parse_override(f"a.b={text}")["a"]["b"]
+    assert parsed == value and type(parsed) is type(value)
+
+
+def test_scientific_floats_in_set_and_in_yaml_files(tmp_path: Path):
+    assert load_config(overrides=["train.lr=1e-4"]).train.lr == 0.0001
+    assert load_config(overrides=["train.lr=5E-3"]).train.lr == 0.005
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1e-4\n  weight_decay: 5e-2\n")
+    cfg = load_config(str(path))
+    assert cfg.train.lr == 0.0001 and cfg.train.weight_decay == 0.05
+    assert parse_override("a=1e-4x")["a"] == "1e-4x" and parse_override("a=e5")["a"] == "e5"
+    with pytest.raises(ConfigError, match="train.epochs: expected int, got 1000.0"):
+        load_config(overrides=["train.epochs=1e3"])  # a float is not an int, as before
+
+
+@pytest.mark.parametrize("text", ["nan", "NaN", "inf", "-inf", "Infinity", ".nan", "-.inf"])
+def test_nan_and_inf_are_floats_that_must_be_finite(text: str):
+    with pytest.raises(ConfigError, match=r"train.lr: expected a finite number"):
+        load_config(overrides=[f"train.lr={text}"])
+
+
+def test_empty_or_non_mapping_config_files_are_errors(tmp_path: Path):
+    for name, text in (("empty.yaml", ""), ("comments.yaml", "# nothing yet\n")):
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(ConfigError, match="the config is empty.*built-in defaults"):
+            load_config(str(path))
+    path = tmp_path / "scalar.yaml"
+    path.write_text("fashion_mnist\n")
+    with pytest.raises(ConfigError, match="expected a mapping at the top level"):
+        load_config(str(path))
+
+
+def test_a_yaml_syntax_error_is_one_line_naming_where(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  lr: [1, 2\nseed: 0\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    message = str(info.value)
+    assert "\n" not in message and "not valid YAML (line 3, column" in message
+    result = runner.invoke(app, ["train", "-c", str(path), "--run-dir", str(tmp_path / "r")])
+    assert_one_line_error(result, "not valid YAML")
+    assert len([x for x in result.output.splitlines() if x.strip()]) == 1

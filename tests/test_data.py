@@ -221,3 +221,16 @@ def test_gzip_reads_are_checked(tmp_path: Path):
 
     with pytest.raises(DataError, match="header says"):
         _read_idx(path, 2049)
+
+
+def test_a_noise_rate_that_makes_labels_point_away_is_refused():
+    from bdsel.data.splits import inject_noise
+
+    labels, rng = np.arange(100) % 10, np.random.default_rng(0)
+    assert (inject_noise(labels, 10, "symmetric", 0.9, rng) != labels).sum() == 90  # the bound
+    for kind, rate, bound in (("symmetric", 0.99, "0.9"), ("pairflip", 0.6, "0.5")):
+        with pytest.raises(
+            ValueError, match=f"data.noise.rate={rate} .{kind}, 10 classes. is above {bound}:"
+        ):
+            inject_noise(labels, 10, kind, rate, rng)
+    assert (inject_noise(labels, 10, "uniform", 1.0, rng) >= 0).all()  # a redraw: any rate

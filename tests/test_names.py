@@ -13,9 +13,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
-import yaml
 from bdsel_cli.main import app
-from conftest import make_cifar_dir, make_fashion_dir, synthetic_images, write_tiny_clip
+from conftest import make_cifar_dir, make_fashion_dir, synthetic_images, write_tiny_clip, write_yaml
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -88,12 +87,6 @@ def _values(name: str, data: dict) -> dict:
     }
 
 
-def _write(tmp_path: Path, values: dict) -> Path:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(values))
-    return path
-
-
 # ----------------------------------------------------------------------------- the walks
 
 
@@ -119,7 +112,7 @@ def test_every_dataset_caches_and_trains_through_the_cli(
     monkeypatch.chdir(tmp_path)  # the default cache path, cache/<stem>.h5, lands here
     values = _values(name, TINY_DATA[name](tmp_path / "data"))
     values["zeroshot"].update(predictor="holdout", holdout={"epochs": 1, "batch_size": 32})
-    cfg_path = _write(tmp_path, values)
+    cfg_path = write_yaml(tmp_path, values)
 
     dataset = load_dataset(load_config(values=values).data)
     assert dataset.name == name and len(dataset.train) > 0 and len(dataset.test) > 0
@@ -153,7 +146,7 @@ def test_every_predictor_caches_and_trains_through_the_cli(
     monkeypatch.chdir(tmp_path)
     values = _values("fashion_mnist", {"root": str(fashion_dir)})
     values["zeroshot"].update(predictor=name, **TINY_PREDICTOR[name](tmp_path))
-    cfg_path = _write(tmp_path, values)
+    cfg_path = write_yaml(tmp_path, values)
     config = load_config(str(cfg_path))
 
     result = runner.invoke(app, ["cache-zeroshot", "-c", str(cfg_path)])

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from bdsel_cli.main import app
+from conftest import assert_one_line_error
+from typer.testing import CliRunner
 
 from bdsel.report import (
     ReportError,
@@ -465,3 +470,26 @@ def test_every_run_is_read_at_the_shortest_runs_training_time(tmp_path):
     slow = next(r for r in report.runs if r.method == "full")
     assert slow.acc_at_seconds(29.9) == 0.7 and slow.acc_at_seconds(30) == 0.9
     assert math.isnan(slow.acc_at_seconds(5))
+
+
+runner = CliRunner()
+
+
+def test_a_report_to_a_full_disk_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from test_report import write_run
+
+    runs = tmp_path / "runs"
+    write_run(runs / "a", [0.5, 0.7])
+    real_fsync, calls = os.fsync, []
+
+    def fsync_then_full(fd: int) -> None:  # the first file goes through, then the disk is full
+        calls.append(fd)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_then_full)
+    result = runner.invoke(app, ["report", str(runs), "--out", str(tmp_path / "out")])
+    assert_one_line_error(result, "cannot write the report", "no space left", "free some space")
+    assert "none is half-written" in result.output and len(calls) == 2
+    assert not list((tmp_path / "out").glob(".*.tmp"))

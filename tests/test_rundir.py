@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 import yaml
 from bdsel_cli.main import app
+from conftest import assert_one_line_error
 from typer.testing import CliRunner
 
 from bdsel import rundir, targets
-from bdsel.rundir.writer import RunDir
+from bdsel.rundir import MetricsOrderError, read_metrics
+from bdsel.rundir.writer import RunDir, check_metrics_for_resume
 
 ROOT = Path(__file__).parents[1]
 
@@ -138,3 +140,31 @@ def test_cli_trains_on_the_validation_split(
     assert summary["final_val_acc"] == records[-1]["val_acc"]
     assert "final_test_acc" not in summary
     assert left == [True]
+
+
+runner = CliRunner()
+
+
+def _lines(*epochs: int) -> str:
+    return "".join(json.dumps({"epoch": e, "test_acc": 0.5}) + "\n" for e in epochs)
+
+
+def test_metrics_whose_epochs_repeat_or_go_back_are_refused(tmp_path: Path):
+    from test_report import write_run
+
+    run = write_run(tmp_path / "runs" / "a", [0.5, 0.6, 0.7])
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2, 3]
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"epoch": 2, "test_acc": 0.9}) + "\n")
+    with pytest.raises(MetricsOrderError, match="line 4 goes back to epoch 2 after epoch 3"):
+        read_metrics(run)
+    result = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "rep")])
+    assert_one_line_error(result, "metrics.jsonl: line 4 goes back to epoch 2", "two runs")
+    assert not (tmp_path / "rep" / "table.md").exists()
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(_lines(1, 2, 2, 3))
+    with pytest.raises(MetricsOrderError, match="line 3 repeats epoch 2 after epoch 2"):
+        check_metrics_for_resume(path, checkpoint_epoch=3, total_epochs=4, every=1)
+    path.write_text(_lines(1, 2, 3) + '{"epoch": 4, "cut')  # a torn last line is no repeat
+    assert check_metrics_for_resume(path, 3, 4, 1).lost == []

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 from bdsel_cli.main import app
+from conftest import assert_one_line_error
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_reliability import assert_one_line_error
 from typer.testing import CliRunner
 
 from bdsel.config import load_config

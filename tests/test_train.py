@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 from bdsel_cli.main import app
+from conftest import one_line
 from typer.testing import CliRunner
 
 from bdsel.config import ConfigError, load_config
@@ -15,11 +16,6 @@ from bdsel.optim import lr_factor
 from bdsel.train import train
 
 runner = CliRunner()
-
-
-def _out(result) -> str:
-    """The command's output with rich's line wrapping undone."""
-    return " ".join(result.output.split())
 
 
 def _write_config(tmp_path: Path, values: dict) -> Path:
@@ -51,7 +47,7 @@ def test_cli_trains_two_epochs_and_writes_run_dir(tmp_path: Path, tiny_config_va
 
     again = runner.invoke(app, ["train", "--config", str(cfg_path), "--run-dir", str(run_dir)])
     assert again.exit_code == 2
-    assert "already holds a run" in _out(again) and "--resume" in _out(again)
+    assert "already holds a run" in one_line(again) and "--resume" in one_line(again)
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2  # nothing lost
 
 
@@ -149,7 +145,7 @@ def test_bad_input_fails_clearly_and_writes_nothing(
         app, ["train", "--config", str(cfg_path), "--run-dir", str(run_dir), *args]
     )
     assert result.exit_code == 2
-    assert message in _out(result)
+    assert message in one_line(result)
     assert not run_dir.exists()
 
 
@@ -161,7 +157,7 @@ def test_unwritable_run_dir(tmp_path: Path, tiny_config_values: dict):
         app, ["train", "--config", str(cfg_path), "--run-dir", str(blocker / "run")]
     )
     assert result.exit_code == 2
-    assert "cannot create run directory" in _out(result)
+    assert "cannot create run directory" in one_line(result)
 
 
 def test_resume_refuses_a_changed_config(tmp_path: Path, tiny_config_values: dict):
@@ -175,7 +171,7 @@ def test_resume_refuses_a_changed_config(tmp_path: Path, tiny_config_values: dic
         app,
         ["train", "-c", str(cfg_path), "--run-dir", str(run_dir), "--resume", "--set", "seed=9"],
     )
-    assert result.exit_code == 2 and "config differs" in _out(result)
+    assert result.exit_code == 2 and "config differs" in one_line(result)
     result = runner.invoke(app, ["train", "--run-dir", str(tmp_path / "none"), "--resume"])
     assert result.exit_code == 2
 

@@ -486,3 +486,27 @@ def test_bf16_autocast_is_close_to_fp32_and_recorded(checkpoint, predictor, cifa
     torch.testing.assert_close(low, fp32, atol=0.05, rtol=0)
     torch.testing.assert_close(low.exp().sum(1), torch.ones(8), atol=1e-5, rtol=0)
     assert bf16.spec()["precision"] == "bf16" and bf16.spec() != predictor.spec()
+
+
+def test_offline_clip_weights_fail_in_seconds_in_one_whole_line(monkeypatch: pytest.MonkeyPatch):
+    from bdsel.zeroshot import clip
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("tried to download although the host cannot be reached")
+
+    monkeypatch.setattr("open_clip.pretrained.download_pretrained", no_download)
+    monkeypatch.setattr(clip, "_cached_weights", lambda cfg: None)
+    monkeypatch.setattr(clip, "_reachable", lambda host, timeout=2.0: False)
+    with pytest.raises(ValueError) as info:
+        clip._fetch_pretrained("RN50", "openai")
+    message = str(info.value)
+    assert "\n" not in message and "cannot be reached" in message
+    assert message.endswith("--set zeroshot.pretrained=/path/to/RN50-openai.pt")
+
+    def long_failure(*args, **kwargs):
+        raise OSError("An error happened while trying to locate the file on the Hub " + "x" * 200)
+
+    monkeypatch.setattr(clip, "_reachable", lambda host, timeout=2.0: True)
+    monkeypatch.setattr("open_clip.pretrained.download_pretrained", long_failure)
+    with pytest.raises(ValueError, match=r"\(OSError: An error happened while trying .*x{200}\)"):
+        clip._fetch_pretrained("RN50", "openai")  # the reason whole, not cut mid-word
