@@ -45,9 +45,9 @@ _PUBLIC = {
     # data and per-index tables
     "IndexedDataset": "bdsel.data.indexed",
     "ZeroShotTable": "bdsel.table",
-    "write_zeroshot_cache": "bdsel.zeroshot.any_dataset",
-    "crossfit_probe": "bdsel.zeroshot.probe",
-    "ClipPredictor": "bdsel.zeroshot.clip",
+    "write_zeroshot_cache": "bdsel.predictors.any_dataset",
+    "crossfit_probe": "bdsel.predictors.probe",
+    "ClipPredictor": "bdsel.predictors.clip",
 }
 
 __all__ = ["__version__", *_PUBLIC]

@@ -25,14 +25,14 @@ def clean_run_data(config: Config, data: RunData) -> RunData:
     clean = config.data.clean
     if clean.cache is None:
         return data
-    from bdsel.zeroshot.cache import (
+    from bdsel.cache.format import (
         CacheError,
         check_cache_path,
         check_not_partial,
         load_zs_logprobs,
         read_cache_info,
     )
-    from bdsel.zeroshot.provenance import check_split
+    from bdsel.cache.provenance import check_split
 
     path = Path(clean.cache)
     check_cache_path(path, "data.clean.cache")

@@ -11,8 +11,8 @@ from __future__ import annotations
 from bdsel.config import Config, ConfigError
 from bdsel.data import list_datasets
 from bdsel.models import list_models
+from bdsel.predictors import list_predictors
 from bdsel.selection import list_selectors
-from bdsel.zeroshot import list_predictors
 
 MODEL_KEYS = ("model.name", "select.svp.model", "zeroshot.holdout.model", "zeroshot.crossfit.model")
 

@@ -1,6 +1,6 @@
 """What ``bdsel cache-zeroshot`` does, and how ``train`` reads the cache back.
 
-``cache_zeroshot`` builds the registered predictor a config names (``bdsel.zeroshot.registry``:
+``cache_zeroshot`` builds the registered predictor a config names (``bdsel.predictors.registry``:
 open_clip CLIP, the hold-out model, ...) and writes the HDF5 cache. ``load_lookups`` gives a
 training run its per-index zero-shot log-probs: ``zs_logprobs`` (at ``zeroshot.temperature``, for the bayesian score) and
 ``il_logprobs`` (at T = 1, the irreducible-loss model of RHO-LOSS).
@@ -21,15 +21,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from bdsel.cleaning import clean_run_data
-from bdsel.config import Config
-from bdsel.data import RunData, derive_run_data, load_dataset
-from bdsel.distributed import World, barrier, broadcast_from_main, init_world
-from bdsel.locking import ExclusiveLock, LockedError
-from bdsel.names import check_names
-from bdsel.rundir import DiskFullError
-from bdsel.runtime import resolve_device, step_progress
-from bdsel.zeroshot.cache import (
+from bdsel.cache.format import (
     SECONDS_ATTR,
     CacheError,
     auto_temperature,
@@ -38,16 +30,24 @@ from bdsel.zeroshot.cache import (
     partial_path,
     read_cache_info,
 )
-from bdsel.zeroshot.cache_writer import CacheSummary, build_cache
-from bdsel.zeroshot.provenance import check_split
-from bdsel.zeroshot.registry import (
+from bdsel.cache.provenance import check_split
+from bdsel.cache.writer import CacheSummary, build_cache
+from bdsel.cleaning import clean_run_data
+from bdsel.config import Config
+from bdsel.data import RunData, derive_run_data, load_dataset
+from bdsel.distributed import World, barrier, broadcast_from_main, init_world
+from bdsel.locking import ExclusiveLock, LockedError
+from bdsel.names import check_names
+from bdsel.predictors.registry import (
     CalibratedPredictor,
     DatasetSpecific,
     TrainedPredictor,
     create_predictor,
     predictor_entry,
 )
-from bdsel.zeroshot.sharded import ShardedPredictor, serve
+from bdsel.predictors.sharded import ShardedPredictor, serve
+from bdsel.rundir import DiskFullError
+from bdsel.runtime import resolve_device, step_progress
 
 LOOKUPS = ("zs_logprobs", "il_logprobs")
 # Predictors whose log-probs can serve as RHO-LOSS's irreducible loss: models that never
@@ -160,7 +160,7 @@ def cache_zeroshot(
     """Compute and write the zero-shot cache for ``config``'s dataset; resumable.
 
     Under torchrun the rows of every batch are shared out over the ranks and rank 0 writes the
-    one file (``bdsel.zeroshot.sharded``); every rank returns rank 0's summary.
+    one file (``bdsel.predictors.sharded``); every rank returns rank 0's summary.
     """
     check_names(config)
     world = init_world(config.zeroshot.device)
@@ -292,7 +292,7 @@ def load_lookups(
     names: tuple[str, ...], config: Config, data: RunData, device: torch.device
 ) -> dict[str, torch.Tensor]:
     """Device tensors [N, C] by global index for the lookups a selector requires."""
-    from bdsel.zeroshot.cache import load_zs_logprobs
+    from bdsel.cache.format import load_zs_logprobs
 
     unknown = [n for n in names if n not in LOOKUPS]
     if unknown:

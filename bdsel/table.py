@@ -94,7 +94,7 @@ class ZeroShotTable:
         fitted when the cache was made (with ``calibrate_noise``, the fit with the labels'
         noise where the cache has one: see docs/predictors.md). ``labels`` [N], if given,
         are checked against the labels the cache was made with."""
-        from bdsel.zeroshot.cache import auto_temperature, load_zs_logprobs, read_cache_info
+        from bdsel.cache.format import auto_temperature, load_zs_logprobs, read_cache_info
 
         if temperature == "auto":
             temperature = auto_temperature(read_cache_info(path), calibrate_noise, path)
@@ -108,8 +108,8 @@ class ZeroShotTable:
     ) -> ZeroShotTable:
         """A table at the temperature that fits ``labels`` [N] best. With ``label_noise`` (the
         labels are observed ones that may be wrong) the fit models symmetric label noise, so
-        that the table gives the clean label's probability (bdsel.zeroshot.calibration)."""
-        from bdsel.zeroshot.calibration import fit_temperature, fit_temperature_and_noise
+        that the table gives the clean label's probability (bdsel.calibration)."""
+        from bdsel.calibration import fit_temperature, fit_temperature_and_noise
 
         if not isinstance(logprobs, torch.Tensor) or logprobs.ndim != 2:
             raise ValueError("logprobs: expected a float tensor [N, C]")

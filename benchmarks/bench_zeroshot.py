@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
+from bdsel.cache.writer import build_cache  # noqa: E402
 from bdsel.data.cifar import CIFAR10_CLASSNAMES, CIFAR_TEMPLATES  # noqa: E402
 from bdsel.data.sources import Dataset, ImageSet  # noqa: E402
-from bdsel.zeroshot.cache_writer import build_cache  # noqa: E402
-from bdsel.zeroshot.clip import ClipPredictor, ClipZeroShot  # noqa: E402
+from bdsel.predictors.clip import ClipPredictor, ClipZeroShot  # noqa: E402
 
 
 def synthetic(n: int, size: int, n_classes: int, seed: int) -> Dataset:

@@ -265,12 +265,12 @@ def cache_zeroshot(
     ] = False,
 ) -> None:
     """Run the zero-shot predictor once over the dataset and cache its log-probs (HDF5)."""
+    from bdsel.cache.format import CacheError
     from bdsel.config import load_config
     from bdsel.distributed import shutdown
     from bdsel.names import check_names
     from bdsel.predict import cache_zeroshot as run_cache
     from bdsel.predict import default_cache_path
-    from bdsel.zeroshot.cache import CacheError
 
     if config is None:
         raise fail("--config is required (a YAML file or a shipped config name)")

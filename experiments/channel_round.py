@@ -44,7 +44,7 @@ def estimate(setting: str, epochs: int) -> dict:
     from bdsel.config import load_config
     from bdsel.data import derive_run_data, load_dataset
     from bdsel.data.noise_channel import anchor_transition, choose_channel, identifiable
-    from bdsel.zeroshot.crossfit import CrossfitPredictor
+    from bdsel.predictors.crossfit import CrossfitPredictor
 
     overrides = ["seed=0", *SETTINGS[setting][1], "zeroshot.predictor=crossfit",
                  f"zeroshot.crossfit.channel_epochs={epochs}"]  # fmt: skip

@@ -24,15 +24,15 @@ import time
 import torch
 import torch.nn.functional as F
 
+from bdsel.calibration import fit_label_noise
 from bdsel.config import load_config
 from bdsel.data import derive_run_data, load_dataset
 from bdsel.data.noise_channel import anchor_transition, forward_loss, symmetric_channel
 from bdsel.evaluation import predict_logprobs
 from bdsel.fit import fit_supervised
 from bdsel.optim import build_optimizer
-from bdsel.zeroshot.calibration import fit_label_noise
-from bdsel.zeroshot.crossfit import CrossfitPredictor, fold_seed
-from bdsel.zeroshot.holdout import as_train_config, training_source
+from bdsel.predictors.crossfit import CrossfitPredictor, fold_seed
+from bdsel.predictors.holdout import as_train_config, training_source
 
 
 def fit_fold_model(args: argparse.Namespace) -> tuple[dict, torch.Tensor, torch.Tensor]:

@@ -468,7 +468,7 @@ def diagnostics(setting: str, caches: dict[str, str], stored: dict[str, list[str
 def _diagnostic_cells(
     key: str, setting: str, caches: dict[str, str], before: list[str] | None
 ) -> list[str]:
-    from bdsel.zeroshot.cache import read_cache_info
+    from bdsel.cache.format import read_cache_info
 
     predictor = CACHES[key]
     info = read_cache_info(cache_path(setting, predictor))

@@ -137,7 +137,7 @@ SHARPEN = ["zeroshot.temperature=0.33"]
 for seed in (0, 1):
     add("bcfT033", "bcf", seed, "sharpen",
         [f"seed={seed}", *BAYES, *CROSSFIT, *SHARPEN, *LONG, *EMA_ONLY])  # fmt: skip
-# The fix without clean labels (bdsel.zeroshot.calibration): fit T together with a symmetric
+# The fix without clean labels (bdsel.calibration): fit T together with a symmetric
 # noise rate ε to the observed labels, so that p_zs is the clean label's probability (T 0.56,
 # ε 19.2% at 20% noise; T 0.44, ε 38.1% at 40%). sharpen40: the same at 40% noise.
 for seed in (0, 1):

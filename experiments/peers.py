@@ -258,10 +258,10 @@ def cache_seconds(runs: Path) -> dict[str, float]:
 
 def cleaning_seconds(rate: float) -> float:
     """Wall-clock of the cleanlab call on a rate's crossfit cache (what a cleaned run adds)."""
+    from bdsel.cache.format import load_zs_logprobs
     from bdsel.config import load_config
     from bdsel.data import derive_run_data, load_dataset
     from bdsel.data.label_issues import find_label_issues
-    from bdsel.zeroshot.cache import load_zs_logprobs
 
     config = load_config("fashion_mnist", ["seed=0", *NOISE[rate]])
     data = derive_run_data(load_dataset(config.data), config.data, config.seed)

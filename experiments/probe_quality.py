@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 from predictor_noise import auroc_lower
 
+from bdsel.calibration import fit_label_noise
 from bdsel.config import load_config
 from bdsel.data import derive_run_data, load_dataset
-from bdsel.zeroshot.calibration import fit_label_noise
-from bdsel.zeroshot.features import pixel_features
-from bdsel.zeroshot.probe import crossfit_probe
+from bdsel.predictors.features import pixel_features
+from bdsel.predictors.probe import crossfit_probe
 
 SETTINGS = {
     "20% symmetric": ("data.noise.kind=symmetric", "data.noise.rate=0.2"),

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from bdsel.config import load_config
 from bdsel.data import derive_run_data, load_dataset, make_image_source
+from bdsel.predictors.holdout import HoldoutPredictor
 from bdsel.train import train
-from bdsel.zeroshot.holdout import HoldoutPredictor
 
 runner = CliRunner()
 
@@ -141,9 +141,9 @@ def test_bayesian_without_cache_or_with_foreign_split_fails_clearly(
 def test_holdout_cache_resumes_with_the_same_model(
     bayes_values: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
+    from bdsel.cache.format import partial_path
     from bdsel.predict import cache_zeroshot, holdout_weights_path
-    from bdsel.zeroshot import holdout
-    from bdsel.zeroshot.cache import partial_path
+    from bdsel.predictors import holdout
 
     cfg = load_config(values=bayes_values, overrides=["zeroshot.batch_size=128"])
     whole = cache_zeroshot(cfg, tmp_path / "whole.h5", progress=False)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from bdsel.zeroshot.calibration import (
+from bdsel.calibration import (
     T_MAX,
     T_MIN,
     fit_label_noise,

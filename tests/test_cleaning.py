@@ -18,13 +18,13 @@ from predictor_noise import label_logprobs
 from typer.testing import CliRunner
 
 from bdsel.assemble import build_run
+from bdsel.cache.format import load_zs_logprobs, read_cache_info
 from bdsel.cleaning import clean_run_data
 from bdsel.config import ConfigError, load_config
 from bdsel.data import derive_run_data, int64_sha256, load_dataset
 from bdsel.data.label_issues import cleaning_stats, find_label_issues
 from bdsel.predict import default_cache_path
-from bdsel.zeroshot.cache import load_zs_logprobs, read_cache_info
-from bdsel.zeroshot.crossfit import CrossfitPredictor
+from bdsel.predictors.crossfit import CrossfitPredictor
 
 runner = CliRunner()
 

@@ -39,7 +39,7 @@ def test_every_bad_input_is_one_line_and_exit_2(
 ):
     from test_report import write_run
 
-    from bdsel.zeroshot import holdout
+    from bdsel.predictors import holdout
 
     cfg_path = write_yaml(tmp_path, tiny_config_values)
     bayes = dict(tiny_config_values)

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from bdsel.config import load_config
 from bdsel.data import derive_run_data, load_dataset, make_image_source, noise_channel
 from bdsel.data.noise_channel import symmetric_channel
-from bdsel.zeroshot import crossfit as crossfit_module
-from bdsel.zeroshot.crossfit import MIN_TRUSTED, CrossfitPredictor, assign_folds
+from bdsel.predictors import crossfit as crossfit_module
+from bdsel.predictors.crossfit import MIN_TRUSTED, CrossfitPredictor, assign_folds
 
 runner = CliRunner()
 
@@ -298,7 +298,7 @@ def test_crossfit_cache_resumes_after_a_kill(
     )
     cfg2 = tmp_path / "k.yaml"
     cfg2.write_text(yaml.safe_dump(other))
-    import bdsel.zeroshot.cache_writer as cache_module
+    import bdsel.cache.writer as cache_module
 
     real_fill = cache_module._fill_split
     calls = {"n": 0}
@@ -408,7 +408,7 @@ def check_label_noise_fit(
     gives the plain fit with a warning, and gets the fit from ``cache-zeroshot`` without its
     log-probs being recomputed."""
     from bdsel.assemble import build_lookups
-    from bdsel.zeroshot.calibration import fit_label_noise
+    from bdsel.calibration import fit_label_noise
 
     cfg = load_config(str(cfg_path))
     data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)

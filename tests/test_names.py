@@ -22,7 +22,7 @@ from bdsel import rundir
 from bdsel.config import Config, load_config
 from bdsel.data import dataset_entry, list_datasets, load_dataset
 from bdsel.predict import default_cache_path
-from bdsel.zeroshot import list_predictors, predictor_entry
+from bdsel.predictors import list_predictors, predictor_entry
 
 runner = CliRunner()
 
@@ -98,8 +98,8 @@ def test_every_registry_entry_has_a_tiny_recipe():
 def test_registering_the_predictors_loads_no_open_clip():
     """A training run checks names against every registry; only building CLIP loads open_clip."""
     code = (
-        "import sys, bdsel.names, bdsel.zeroshot; "
-        "print(sorted(bdsel.zeroshot.list_predictors()), 'open_clip' in sys.modules)"
+        "import sys, bdsel.names, bdsel.predictors; "
+        "print(sorted(bdsel.predictors.list_predictors()), 'open_clip' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split("]")[-1].strip() == "False" and "'clip'" in out.stdout

@@ -17,6 +17,7 @@ from conftest import assert_one_line_error, config_file, one_line, write_yaml
 from typer.testing import CliRunner
 
 import bdsel.predict as run_module
+from bdsel.cache.provenance import split_differences
 from bdsel.config import load_config
 from bdsel.locking import ExclusiveLock
 from bdsel.predict import (
@@ -26,7 +27,6 @@ from bdsel.predict import (
     predictor_settings,
     spec_mismatch,
 )
-from bdsel.zeroshot.provenance import split_differences
 
 runner = CliRunner()
 
@@ -68,7 +68,7 @@ def test_full_disk_during_cache_zeroshot_keeps_the_partial_cache(
     import shutil
 
     small = shutil.disk_usage(tmp_path)._replace(free=1000)
-    monkeypatch.setattr("bdsel.zeroshot.cache_writer.shutil.disk_usage", lambda path: small)
+    monkeypatch.setattr("bdsel.cache.writer.shutil.disk_usage", lambda path: small)
     result = runner.invoke(app, [*args[:-1], str(tmp_path / "other.h5")])
     assert_one_line_error(result, "not enough space for", "MiB are free there")
     assert not list(tmp_path.glob("other.h5*.partial"))

@@ -10,14 +10,14 @@ import pytest
 import torch
 from conftest import write_tiny_clip
 
+from bdsel.cache.format import read_cache_info
 from bdsel.config import load_config
 from bdsel.predict import cache_zeroshot, one_time_cost
+from bdsel.predictors.probe import assign_probe_folds, crossfit_probe
 from bdsel.report import make_report
 from bdsel.report.render import display_table, equal_time, predictor_rows
 from bdsel.report.rows import build_rows
 from bdsel.report.runs import load_run
-from bdsel.zeroshot.cache import read_cache_info
-from bdsel.zeroshot.probe import assign_probe_folds, crossfit_probe
 
 
 def _clusters(n: int, c: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,7 +229,7 @@ def test_the_probe_runs_on_clip_image_embeddings_offline(tiny_config_values, tmp
     assert summary.predictor_seconds > 0
     # out-of-fold rows are the fold probes' own; the embeddings are the model's, normalised
     from bdsel.data import derive_run_data, load_dataset
-    from bdsel.zeroshot.features import FeatureExtractor
+    from bdsel.predictors.features import FeatureExtractor
 
     data = derive_run_data(load_dataset(config.data), config.data, config.seed)
     feats = FeatureExtractor(config, data.dataset, torch.device("cpu"))("train", data.train_idx[:8])
@@ -273,7 +273,7 @@ def test_the_probe_runs_on_a_frozen_backbones_features(tiny_config_values, tmp_p
 
 def test_an_interrupted_caches_probes_are_reloaded_as_they_were(tiny_config_values, tmp_path):
     from bdsel.data import derive_run_data, load_dataset
-    from bdsel.zeroshot.registry import create_predictor
+    from bdsel.predictors.registry import create_predictor
 
     config = _probe_config(tiny_config_values, tmp_path)
     data = derive_run_data(load_dataset(config.data), config.data, config.seed)

@@ -9,10 +9,10 @@ import pytest
 
 from bdsel.data import DataError
 from bdsel.data.registry import DATASETS
+from bdsel.predictors.registry import PREDICTORS, Predictor
 from bdsel.registry import Registry
 from bdsel.selection import Selector
 from bdsel.selection.registry import SELECTORS, selector_settings
-from bdsel.zeroshot.registry import PREDICTORS, Predictor
 
 
 def test_register_get_names_and_the_errors():

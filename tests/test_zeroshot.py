@@ -20,10 +20,7 @@ import torch
 from PIL import Image
 from rich.console import Console
 
-from bdsel.data.cifar import CIFAR10_CLASSNAMES, CIFAR100_CLASSNAMES, CIFAR_TEMPLATES
-from bdsel.data.fashion_mnist import FASHION_MNIST_CLASSNAMES
-from bdsel.data.sources import Dataset, ImageSet
-from bdsel.zeroshot.cache import (
+from bdsel.cache.format import (
     REQUIRED_ATTRS,
     CacheError,
     dataset_fingerprint,
@@ -31,9 +28,12 @@ from bdsel.zeroshot.cache import (
     partial_path,
     read_cache_info,
 )
-from bdsel.zeroshot.cache_writer import build_cache
-from bdsel.zeroshot.clip import ClipPredictor, ClipZeroShot
-from bdsel.zeroshot.prompts import (
+from bdsel.cache.writer import build_cache
+from bdsel.data.cifar import CIFAR10_CLASSNAMES, CIFAR100_CLASSNAMES, CIFAR_TEMPLATES
+from bdsel.data.fashion_mnist import FASHION_MNIST_CLASSNAMES
+from bdsel.data.sources import Dataset, ImageSet
+from bdsel.predictors.clip import ClipPredictor, ClipZeroShot
+from bdsel.predictors.prompts import (
     IMAGENET_TEMPLATES,
     load_prompt_file,
     prompts_for,
@@ -489,7 +489,7 @@ def test_bf16_autocast_is_close_to_fp32_and_recorded(checkpoint, predictor, cifa
 
 
 def test_offline_clip_weights_fail_in_seconds_in_one_whole_line(monkeypatch: pytest.MonkeyPatch):
-    from bdsel.zeroshot import clip
+    from bdsel.predictors import clip
 
     def no_download(*args, **kwargs):
         raise AssertionError("tried to download although the host cannot be reached")

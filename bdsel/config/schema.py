@@ -345,12 +345,12 @@ class ProbeConfig:
 
 @dataclass
 class ZeroshotConfig:
-    predictor: str = "holdout"  # a registered predictor (bdsel.zeroshot.list_predictors)
+    predictor: str = "holdout"  # a registered predictor (bdsel.predictors.list_predictors)
     cache: str | None = (
         None  # None: cache/<stem>-<settings hash>.h5 (the predictor declares the stem)
     )
     # Applied at read time, log_softmax(logprobs / T). auto: the T fitted when the cache was
-    # made, by the least NLL of labels the predictor never trained on (bdsel.zeroshot.calibration).
+    # made, by the least NLL of labels the predictor never trained on (bdsel.calibration).
     temperature: float | Literal["auto"] = "auto"
     # auto, when the predictor calibrates on observed labels (crossfit, clip): the T fitted
     # together with a symmetric label-noise rate, so that p_zs is the probability of the clean

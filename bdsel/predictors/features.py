@@ -63,8 +63,8 @@ class FeatureExtractor:
     def _clip_encoder(self, config: Config):
         from torch.nn import functional as F
 
-        from bdsel.zeroshot.clip import ClipPredictor, clip_model_name
-        from bdsel.zeroshot.prompts import prompts_for
+        from bdsel.predictors.clip import ClipPredictor, clip_model_name
+        from bdsel.predictors.prompts import prompts_for
 
         z, ds = config.zeroshot, self.dataset
         class_names, templates = prompts_for(ds.name, ds.class_names, z.prompts)
@@ -83,7 +83,7 @@ class FeatureExtractor:
     def _backbone_encoder(self, config: Config):
         from bdsel.data.batching import make_image_source
         from bdsel.models import create_model
-        from bdsel.zeroshot.clip import file_sha256
+        from bdsel.predictors.clip import file_sha256
 
         p, ds = config.zeroshot.probe, self.dataset
         if not p.backbone or not p.weights:

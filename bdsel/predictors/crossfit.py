@@ -43,6 +43,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bdsel.cache.provenance import fitted_rows, split_stem
+from bdsel.calibration import fit_temperature_and_noise
 from bdsel.config import Config
 from bdsel.data import RunData
 from bdsel.data.batching import ImageSource
@@ -58,16 +60,14 @@ from bdsel.evaluation import predict_logprobs
 from bdsel.fit import EarlyStopping, fit_supervised
 from bdsel.models import create_model
 from bdsel.optim import build_optimizer
-from bdsel.rundir import atomic_write_bytes
-from bdsel.zeroshot.calibration import fit_temperature_and_noise
-from bdsel.zeroshot.holdout import (
+from bdsel.predictors.holdout import (
     as_train_config,
     fit_settings,
     training_source,
     weights_sha256,
 )
-from bdsel.zeroshot.provenance import fitted_rows, split_stem
-from bdsel.zeroshot.registry import register_predictor
+from bdsel.predictors.registry import register_predictor
+from bdsel.rundir import atomic_write_bytes
 
 FOLD_SEED = 104_729  # the fold assignment's stream, apart from the split's and the models'
 # The least share of the training rows a refit round trains on; below it the refit is skipped.
@@ -287,7 +287,7 @@ class CrossfitPredictor:
     def _fitted_rate(self, rows: torch.Tensor, probs: torch.Tensor) -> float:
         """The symmetric noise rate of most likelihood of the rows' observed labels under the
         out-of-fold probabilities ``probs``, with a temperature fitted alongside
-        (bdsel.zeroshot.calibration.fit_temperature_and_noise): unlike the anchor matrix's
+        (bdsel.calibration.fit_temperature_and_noise): unlike the anchor matrix's
         diagonal, it does not count the model's own confusions as noise."""
         return fit_temperature_and_noise(probs.clamp_min(1e-300).log(), self.data.observed[rows])[1]
 

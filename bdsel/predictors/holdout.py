@@ -23,8 +23,8 @@ from bdsel.evaluation import predict_logprobs
 from bdsel.fit import EarlyStopping, fit_supervised
 from bdsel.models import create_model
 from bdsel.optim import build_optimizer
+from bdsel.predictors.registry import register_predictor
 from bdsel.rundir import atomic_write_bytes
-from bdsel.zeroshot.registry import register_predictor
 
 CALIBRATION_SEED = 15_485_863  # the calibration split's stream, apart from the split's
 

@@ -5,7 +5,7 @@
                          class_names=class_names)
     table = ZeroShotTable.from_cache("cache/mine.h5")     # temperature="auto"
 
-The file has the format ``bdsel cache-zeroshot`` writes (``bdsel.zeroshot.cache``, the
+The file has the format ``bdsel cache-zeroshot`` writes (``bdsel.cache.format``, the
 writer both use): resumable after a kill, atomic when complete, with the temperature fitted
 on the given labels (and, with ``label_noise``, the fit under symmetric label noise, which
 ``temperature="auto"`` then applies).
@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from bdsel.cache.writer import CacheSummary, build_cache
 from bdsel.data.sources import Dataset, ImageSet
-from bdsel.zeroshot.cache_writer import CacheSummary, build_cache
 
 
 def _images_of(items: list[Any]) -> Any:

@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bdsel.cache.format import CacheError
 from bdsel.config import Config
 from bdsel.data import RunData, int64_sha256
-from bdsel.zeroshot.cache import CacheError
 
 # The data settings a trained predictor's spec records (spec key -> config key), which decide
 # its split and observed labels.

@@ -1,4 +1,4 @@
-"""Writing a zero-shot cache (``bdsel.zeroshot.cache`` holds its format): a predictor's rows
+"""Writing a zero-shot cache (``bdsel.cache.format`` holds its format): a predictor's rows
 in batches into ``<path>.partial``, resumable from the ``done`` flags, then its accuracy and
 calibration, its cost, and the rename that makes it complete; a progress bar on the console.
 """
@@ -22,8 +22,7 @@ from rich import progress as rp
 from rich.console import Console
 from rich.text import Text
 
-from bdsel.rundir import is_disk_full
-from bdsel.zeroshot.cache import (
+from bdsel.cache.format import (
     FORMAT_VERSION,
     READ_ROWS,
     REBUILD,
@@ -40,14 +39,15 @@ from bdsel.zeroshot.cache import (
     read_attrs,
     versions,
 )
-from bdsel.zeroshot.cache_stats import calibrate, split_stats
+from bdsel.cache.stats import calibrate, split_stats
+from bdsel.rundir import is_disk_full
 
 if TYPE_CHECKING:
     from bdsel.data import Dataset
 
 
 class Predictor(Protocol):
-    """What build_cache runs: a registered predictor (``bdsel.zeroshot.registry``) or any
+    """What build_cache runs: a registered predictor (``bdsel.predictors.registry``) or any
     object with ``logprobs(split, rows)`` for rows of the dataset's "train"/"test" split."""
 
     def logprobs(self, split: str, rows: torch.Tensor) -> torch.Tensor: ...
@@ -257,7 +257,7 @@ def build_cache(
     """Run ``predictor`` over every train and test image and write the cache at ``path``.
 
     ``calibration``: train-split rows and labels the predictor never trained on; the
-    temperature that fits them best (``bdsel.zeroshot.calibration``) is stored as the
+    temperature that fits them best (``bdsel.calibration``) is stored as the
     ``temperature`` attribute, which ``zeroshot.temperature: auto`` reads. ``label_noise``:
     the calibration labels are observed ones that noise may have changed; the fit under
     label noise is stored too (``temperature_denoised``, ``label_noise_rate``, ``noise_model``,

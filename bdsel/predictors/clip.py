@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bdsel.zeroshot.registry import register_predictor
+from bdsel.predictors.registry import register_predictor
 
 if TYPE_CHECKING:
     from bdsel.config import Config
@@ -164,7 +164,7 @@ class ClipPredictor:
     ) -> None:
         import open_clip
 
-        from bdsel.zeroshot.prompts import validate_templates
+        from bdsel.predictors.prompts import validate_templates
 
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
@@ -376,7 +376,7 @@ class ClipZeroShot:
     @staticmethod
     def expected_spec(config: Config, data: RunData) -> dict[str, Any]:
         """The prompts its spec stores for ``data``'s dataset."""
-        from bdsel.zeroshot.prompts import prompts_for
+        from bdsel.predictors.prompts import prompts_for
 
         ds = data.dataset
         class_names, templates = prompts_for(ds.name, ds.class_names, config.zeroshot.prompts)
@@ -384,7 +384,7 @@ class ClipZeroShot:
 
     @classmethod
     def from_config(cls, config: Config, data: RunData, device: torch.device) -> ClipZeroShot:
-        from bdsel.zeroshot.prompts import prompts_for
+        from bdsel.predictors.prompts import prompts_for
 
         z = config.zeroshot
         class_names, templates = prompts_for(data.dataset.name, data.dataset.class_names, z.prompts)

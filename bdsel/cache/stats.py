@@ -9,7 +9,7 @@ import json
 import h5py
 import torch
 
-from bdsel.zeroshot.cache import READ_ROWS, read_rows
+from bdsel.cache.format import READ_ROWS, read_rows
 
 
 def split_stats(f: h5py.File, split: str, labels: torch.Tensor) -> tuple[float, float]:
@@ -33,7 +33,7 @@ def calibrate(
     """Fit the temperature to the calibration rows' labels and store it in ``f``'s attrs;
     with ``label_noise`` (labels that may be wrong) also the fit under label noise, symmetric
     or through a transition matrix, whichever BIC prefers (``fit_label_noise``)."""
-    from bdsel.zeroshot.calibration import fit_label_noise, fit_temperature
+    from bdsel.calibration import fit_label_noise, fit_temperature
 
     rows, labels = (t.cpu().long() for t in calibration)
     logprobs = read_rows(f["train"]["logprobs"], rows)

@@ -35,7 +35,7 @@ REQUIRED_ATTRS = (
     "format_version", "fingerprint", "class_names", "predictor", "created_at", "versions",
     "complete", "train_accuracy", "test_accuracy", "mean_clean_logprob",
 )  # fmt: skip
-# optional: the temperature fits (bdsel.zeroshot.calibration), when the predictor has labels
+# optional: the temperature fits (bdsel.calibration), when the predictor has labels
 CALIBRATION_ATTRS = ("temperature", "temperature_denoised", "label_noise_rate")
 # the seconds the predictor took to make the cache, its fitting included (a cache made before
 # bdsel recorded them has none): the one-time cost every end-to-end clock starts from

@@ -3,7 +3,7 @@ for CLIP that needs no clean label.
 
 CLIP makes selection pay because it is free to the trainer: trained elsewhere, one inference
 pass, and weaker than the model it helps. A linear probe on features that cost one pass (raw
-pixels, CLIP's image embeddings, a frozen backbone's; bdsel.zeroshot.features) is that kind of
+pixels, CLIP's image embeddings, a frozen backbone's; bdsel.predictors.features) is that kind of
 predictor: it costs seconds, not a training run. The training subset is cut into K folds and
 probe k, fitted on the observed labels of every fold but k, predicts fold k, so no row is
 predicted by a probe that was fitted on it; rows outside the subset (the test set, a hold-out)
@@ -34,14 +34,14 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from bdsel.cache.provenance import fitted_rows, split_stem
+from bdsel.calibration import fit_temperature_and_noise
 from bdsel.config import Config
 from bdsel.data import RunData
 from bdsel.data.noise_channel import anchor_transition, choose_channel, forward_loss, identifiable
+from bdsel.predictors.features import FeatureExtractor
+from bdsel.predictors.registry import register_predictor
 from bdsel.rundir import atomic_write_bytes
-from bdsel.zeroshot.calibration import fit_temperature_and_noise
-from bdsel.zeroshot.features import FeatureExtractor
-from bdsel.zeroshot.provenance import fitted_rows, split_stem
-from bdsel.zeroshot.registry import register_predictor
 
 Channel = Literal["auto", "none"]
 FOLD_SEED = 7_368_787  # the folds' stream, apart from the split's and the crossfit folds'
@@ -225,7 +225,7 @@ def cache_stem(config: Config) -> str:
 @register_predictor("probe", section="zeroshot.probe", cache_stem=cache_stem)
 class ProbePredictor:
     """:func:`crossfit_probe` on a run's training subset, over frozen features
-    (bdsel.zeroshot.features): out-of-fold log-probs for its rows, the probes' mean for any
+    (bdsel.predictors.features): out-of-fold log-probs for its rows, the probes' mean for any
     other row."""
 
     calibration_labels = "observed"  # noise included: the temperature is fitted with it
