@@ -20,6 +20,7 @@ from bdsel.optim import EpochSchedule, build_optimizer
 from bdsel.runtime import resolve_device
 from bdsel.selection import Selector, SelectorContext, selector_class, selector_from_config
 from bdsel.step import Run
+from bdsel.table import LabelColumn
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,9 @@ def build_lookups(
     data: RunData,
     device: torch.device,
     cleaned: RunData | None = None,
-) -> dict[str, torch.Tensor]:
-    """Per-index quantities a selector asks for, as device tensors indexed by global index,
-    checked against the train subset their cache was made for: the whole one (``data``), or,
+) -> dict[str, LabelColumn]:
+    """Per-index tables a selector asks for, by global index on ``device`` (each row's observed
+    label's log-prob and likeliest class: O(N)), checked against the train subset their cache was made for: the whole one (``data``), or,
     for a predictor fitted on the cleaned data, the one ``data.clean`` leaves (``cleaned``)."""
     if not names:
         return {}

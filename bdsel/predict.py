@@ -48,6 +48,7 @@ from bdsel.predictors.registry import (
 from bdsel.predictors.sharded import ShardedPredictor, serve
 from bdsel.rundir import DiskFullError
 from bdsel.runtime import resolve_device, step_progress
+from bdsel.table import LabelColumn
 
 LOOKUPS = ("zs_logprobs", "il_logprobs")
 # Predictors whose log-probs can serve as RHO-LOSS's irreducible loss: models that never
@@ -290,9 +291,10 @@ def holdout_weights_path(cache: Path) -> Path:
 
 def load_lookups(
     names: tuple[str, ...], config: Config, data: RunData, device: torch.device
-) -> dict[str, torch.Tensor]:
-    """Device tensors [N, C] by global index for the lookups a selector requires."""
-    from bdsel.cache.format import load_zs_logprobs
+) -> dict[str, LabelColumn]:
+    """The lookups a selector requires, by global index, on ``device``: each row's observed
+    label's log-prob and the predictor's likeliest class (O(N), streamed from the cache)."""
+    from bdsel.cache.format import load_label_logprobs
 
     unknown = [n for n in names if n not in LOOKUPS]
     if unknown:
@@ -308,10 +310,15 @@ def load_lookups(
     out = {}
     for name in names:
         temperature = zs_temperature if name == "zs_logprobs" else 1.0
-        logprobs = load_zs_logprobs(
-            path, data.dataset, n_classes=data.dataset.n_classes, temperature=temperature
+        logprob, top = load_label_logprobs(
+            path,
+            data.dataset,
+            data.observed,
+            n_classes=data.dataset.n_classes,
+            temperature=temperature,
         )
-        out[name] = logprobs.to(device)
+        column = LabelColumn(logprob, top, data.observed.long(), data.dataset.n_classes)
+        out[name] = column.to(device)
     return out
 
 

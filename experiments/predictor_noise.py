@@ -76,7 +76,7 @@ def label_logprobs(config_name: str, overrides: list[str]) -> tuple[torch.Tensor
     kept = clean_run_data(config, data)
     lookups = build_lookups(("zs_logprobs",), config, data, torch.device("cpu"), kept)
     idx = torch.as_tensor(kept.train_idx)
-    return lookups["zs_logprobs"][idx, data.observed[idx]], data.noisy[idx]
+    return lookups["zs_logprobs"].label_logprob(idx, data.observed[idx]), data.noisy[idx]
 
 
 def main() -> None:

@@ -287,7 +287,7 @@ def test_prefilter_scores_only_the_most_plausible_candidates(bayes_values: dict,
     g = torch.Generator().manual_seed(0)
     Stepper(run, run.model, run.model, plain, plain, timer, stats).step(cands, g)
     assert sizes == [32, 16]  # candidate forward on the survivors, then the training step
-    plausible = run.selector.zs_logprobs[idx, cands.labels]
+    plausible = run.selector.table.label_logprob(idx, cands.labels)
     quantile = torch.tensor(brute_class_quantile(plausible.tolist(), cands.labels.tolist()))
     kept_q = quantile[[idx.tolist().index(i) for i in scored[0].tolist()]]
     # the 32 smallest within-class quantiles (ties at the cut may go either way)
@@ -415,3 +415,25 @@ def test_rescore_forwards_the_candidates_whose_last_scores_were_highest(
     assert summary["epochs_run"] == 3
     with pytest.raises(ValueError, match="select.rescore: select.method=uniform keeps no"):
         build_run(load_config(values=dict(values, select=dict(values["select"], method="uniform"))))
+
+
+def test_a_run_holds_its_zero_shot_table_in_o_n(bayes_values: dict, tmp_path: Path):
+    """A run reads of the cache [N, C] only each row's observed label's log-prob and likeliest
+    class: three values a row on the device, not C; and the same entries the table has."""
+    from bdsel.assemble import build_run
+    from bdsel.cache.format import load_zs_logprobs
+    from bdsel.table import LabelColumn
+
+    cfg_path = tmp_path / "bayes.yaml"
+    cfg_path.write_text(yaml.safe_dump(bayes_values))
+    assert runner.invoke(app, ["cache-zeroshot", "--config", str(cfg_path)]).exit_code == 0
+    run = build_run(load_config(str(cfg_path)))
+    table = run.selector.table
+    assert isinstance(table, LabelColumn)
+    n, c = len(run.data.dataset.train), run.data.dataset.n_classes
+    held = [table.logprob, table.top, table.labels]
+    assert sum(t.numel() for t in held) == 3 * n < n * c
+    full = torch.log_softmax(load_zs_logprobs(tmp_path / "zs.h5", None) / 2.0, dim=1)
+    observed = run.observed.long()
+    assert torch.equal(table.logprob, full.gather(1, observed[:, None]).squeeze(1))
+    assert torch.equal(table.top, full.argmax(1))

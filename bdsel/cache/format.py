@@ -14,9 +14,11 @@ uninterrupted run of a deterministic predictor.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -240,11 +242,74 @@ def load_zs_logprobs(
     ``split`` (when given), incomplete, non-finite, or with a class count other than
     ``n_classes``.
     """
+    _check_request(split, temperature)
+    with _checked_split(Path(path), dataset, split, labels, n_classes) as rows:
+        logprobs = _read_chunk(rows, slice(None), path, split)
+    bad = int(bad_rows(logprobs).sum())
+    if bad:
+        raise CacheError(f"{path}: {bad} rows of /{split}/logprobs are not log-probabilities")
+    if temperature == 1.0:
+        return logprobs
+    return torch.log_softmax(logprobs / temperature, dim=1)
+
+
+def load_label_logprobs(
+    path: str | Path,
+    dataset: Dataset | None,
+    observed: torch.Tensor,
+    *,
+    n_classes: int | None = None,
+    temperature: float = 1.0,
+    split: str = "train",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every row of ``split``: log p_zs(observed label | x_i) at temperature T (float32
+    [N]) and the likeliest class (int64 [N]), read in chunks of READ_ROWS rows, so that
+    memory holds O(N) values, not the N·C of the table. The same values as
+    :func:`load_zs_logprobs` gives at those entries, and the same checks."""
+    _check_request(split, temperature)
+    observed = observed.long().cpu()
+    logprob, top, bad = [], [], 0
+    with _checked_split(Path(path), dataset, split, None, n_classes) as rows:
+        if len(observed) != rows.shape[0]:
+            raise ValueError(f"observed: {len(observed)} labels for {rows.shape[0]} rows")
+        for start in range(0, rows.shape[0], READ_ROWS):
+            chunk = _read_chunk(rows, slice(start, start + READ_ROWS), path, split)
+            bad += int(bad_rows(chunk).sum())
+            if temperature != 1.0:
+                chunk = torch.log_softmax(chunk / temperature, dim=1)
+            labels = observed[start : start + READ_ROWS, None]
+            logprob.append(chunk.gather(1, labels).squeeze(1))
+            top.append(chunk.argmax(1))
+    if bad:
+        raise CacheError(f"{path}: {bad} rows of /{split}/logprobs are not log-probabilities")
+    empty = (torch.zeros(0), torch.zeros(0, dtype=torch.int64))
+    return (torch.cat(logprob), torch.cat(top)) if logprob else empty
+
+
+def _check_request(split: str, temperature: float) -> None:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if not (temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature must be a positive number, got {temperature}")
-    path = Path(path)
+
+
+def _read_chunk(rows: h5py.Dataset, where: slice, path: str | Path, split: str) -> torch.Tensor:
+    try:
+        return torch.from_numpy(rows[where].astype(np.float32, copy=False))
+    except OSError as exc:
+        raise CacheError(f"{path}: cannot read /{split}/logprobs ({exc})") from exc
+
+
+@contextlib.contextmanager
+def _checked_split(
+    path: Path,
+    dataset: Dataset | None,
+    split: str,
+    labels: torch.Tensor | None,
+    n_classes: int | None,
+) -> Iterator[h5py.Dataset]:
+    """``/split/logprobs`` of a complete cache made for ``dataset`` (and ``labels``), with the
+    shape its fingerprint promises: every check but the rows' own."""
     if not path.exists():
         part = partial_path(path)
         if part.exists():
@@ -267,22 +332,15 @@ def load_zs_logprobs(
         missing = missing_rows(f)
         if missing or not info["complete"]:
             raise CacheError(f"incomplete cache {path}: {missing} rows missing; {RERUN}")
-        try:
-            logprobs = torch.from_numpy(f[split]["logprobs"][...].astype(np.float32, copy=False))
-        except OSError as exc:
-            raise CacheError(f"{path}: cannot read /{split}/logprobs ({exc})") from exc
-    n_rows, n_cached = info["fingerprint"][f"n_{split}"], len(info["fingerprint"]["class_names"])
-    if tuple(logprobs.shape) != (n_rows, n_cached):
-        raise CacheError(f"{path}: /{split}/logprobs has shape {tuple(logprobs.shape)}, "
-                         f"expected ({n_rows}, {n_cached})")  # fmt: skip
-    if n_classes is not None and n_cached != n_classes:
-        raise CacheError(f"{path} holds {n_cached} classes, expected {n_classes}")
-    bad = int(bad_rows(logprobs).sum())
-    if bad:
-        raise CacheError(f"{path}: {bad} rows of /{split}/logprobs are not log-probabilities")
-    if temperature == 1.0:
-        return logprobs
-    return torch.log_softmax(logprobs / temperature, dim=1)
+        rows = f[split]["logprobs"]
+        fp = info["fingerprint"]
+        n_rows, n_cached = fp[f"n_{split}"], len(fp["class_names"])
+        if tuple(rows.shape) != (n_rows, n_cached):
+            raise CacheError(f"{path}: /{split}/logprobs has shape {tuple(rows.shape)}, "
+                             f"expected ({n_rows}, {n_cached})")  # fmt: skip
+        if n_classes is not None and n_cached != n_classes:
+            raise CacheError(f"{path} holds {n_cached} classes, expected {n_classes}")
+        yield rows
 
 
 # ---------------------------------------------------------------------- building

@@ -28,7 +28,7 @@ class SelectorContext:
     n_classes: int
     n_features: int
     device: torch.device
-    lookups: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [N, ...] by index
+    lookups: dict[str, Any] = field(default_factory=dict)  # name -> a per-index table
     extras: dict[str, Any] = field(default_factory=dict)  # run resources a method may need
 
 

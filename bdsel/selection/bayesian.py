@@ -23,7 +23,7 @@ from bdsel.selection.bayesian_score import (
 )
 from bdsel.selection.registry import register_selector
 from bdsel.selection.simple import WarmupSelector
-from bdsel.table import ZeroShotTable, as_table
+from bdsel.table import LabelColumn, ZeroShotTable, as_lookup
 
 
 @register_selector("bayesian")
@@ -52,7 +52,7 @@ class Bayesian(WarmupSelector):
         self,
         n_selected: int,
         *,
-        zs_logprobs: ZeroShotTable | torch.Tensor,
+        zs_logprobs: ZeroShotTable | LabelColumn | torch.Tensor,
         n_features: int,
         alpha: float = 0.2,
         n_samples: int = 256,
@@ -75,8 +75,8 @@ class Bayesian(WarmupSelector):
             raise ValueError(f"alpha: expected a weight in [0, 1], got {alpha!r}")
         if n_samples < 1:
             raise ValueError(f"n_samples: expected a positive int, got {n_samples!r}")
-        self.zs_logprobs = as_table(zs_logprobs, "zs_logprobs").logprobs
-        self.n_rows, self.n_classes = (int(d) for d in self.zs_logprobs.shape)
+        self.table = as_lookup(zs_logprobs, "zs_logprobs")
+        self.n_rows, self.n_classes = self.table.n_rows, self.table.n_classes
         self.alpha, self.n_samples = float(alpha), int(n_samples)
         self.adaptive_alpha, self.shared_noise = bool(adaptive_alpha), bool(shared_noise)
         self.posterior = LastLayerLaplace(
@@ -86,10 +86,10 @@ class Bayesian(WarmupSelector):
             n_effective=n_effective,
             momentum=momentum,
             fisher=fisher,
-            device=device if device is not None else self.zs_logprobs.device,
+            device=device if device is not None else self.table.device,
         )
         # Each row's score at its last visit (+inf: never scored), for select.rescore.
-        self._last = torch.full((self.n_rows,), torch.inf, device=self.zs_logprobs.device)
+        self._last = torch.full((self.n_rows,), torch.inf, device=self.table.device)
 
     def pick(
         self,
@@ -104,7 +104,7 @@ class Bayesian(WarmupSelector):
         n = labels.shape[0]
         self._check_widths(outputs.logits, outputs.features)
 
-        zs = self.zs_logprobs[candidates.indices]  # [n_B, C]
+        zs = self.table.label_logprob(candidates.indices, labels)  # [n_B]
         first: list[torch.Tensor] = []
 
         def chunks():
@@ -135,7 +135,8 @@ class Bayesian(WarmupSelector):
             observed_logit.std(0).mean() if sample0.shape[0] > 1 else observed_logit.new_zeros(())
         )
         selected_labels = labels[positions]
-        zs_agree = (zs[positions].argmax(1) == selected_labels).float().mean()
+        zs_top = self.table.top_class(candidates.indices[positions])
+        zs_agree = (zs_top == selected_labels).float().mean()
         return Selection(
             positions=positions,
             scalars={
@@ -174,7 +175,7 @@ class Bayesian(WarmupSelector):
         """The zero-shot log-prob of the observed label: the score's free, cached term."""
         if self.uniform_epoch:
             return None
-        return self.zs_logprobs[candidates.indices, candidates.labels].float()
+        return self.table.label_logprob(candidates.indices, candidates.labels).float()
 
     def _observe(
         self,

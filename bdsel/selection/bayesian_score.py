@@ -55,16 +55,22 @@ def sample_logliks(logit_samples: Tensor, labels: Tensor) -> Tensor:
 
 
 def _zs_logprob(zs_logprobs: Tensor, labels: Tensor, dtype: torch.dtype) -> Tensor:
+    """log p_zs(y | x) [B]: the labels' entries of the rows [B, C], or the column as given [B]
+    (a run's table holds only its observed labels' column)."""
+    if zs_logprobs.ndim == 1 and zs_logprobs.shape[0] == labels.shape[0]:
+        return zs_logprobs.to(dtype)
     if zs_logprobs.ndim != 2 or zs_logprobs.shape[0] != labels.shape[0]:
         raise ValueError(
-            f"zs_logprobs must be [B, C] with B = {labels.shape[0]}, got {tuple(zs_logprobs.shape)}"
+            f"zs_logprobs must be [B, C] or [B] with B = {labels.shape[0]}, got "
+            f"{tuple(zs_logprobs.shape)}"
         )
     idx = labels.to(device=zs_logprobs.device, dtype=torch.int64)[:, None]
     return zs_logprobs.to(dtype).gather(-1, idx).squeeze(-1)
 
 
 def score_terms(logit_samples: Tensor, zs_logprobs: Tensor, labels: Tensor) -> ScoreTerms:
-    """The three per-point terms from samples [S, B, C], zs log-probs [B, C], labels [B]."""
+    """The three per-point terms from samples [S, B, C], zs log-probs [B, C] (or the
+    labels' column [B]), labels [B]."""
     ll = sample_logliks(logit_samples, labels)  # [S, B]
     dtype = _compute_dtype(ll, zs_logprobs)
     ll = ll.to(dtype)

@@ -28,7 +28,7 @@ from bdsel.selection.base import (
 )
 from bdsel.selection.registry import register_selector
 from bdsel.selection.simple import WarmupSelector
-from bdsel.table import ZeroShotTable, as_table
+from bdsel.table import LabelColumn, ZeroShotTable, as_lookup
 
 
 class ScoreSelector(WarmupSelector):
@@ -76,9 +76,9 @@ def grad_norm_bound(candidates: Candidates, outputs: ForwardOutputs | None) -> t
     return torch.linalg.vector_norm(probs - onehot, dim=1)
 
 
-def il_loss(il_logprobs: torch.Tensor, candidates: Candidates) -> torch.Tensor:
+def il_loss(il_logprobs: ZeroShotTable | LabelColumn, candidates: Candidates) -> torch.Tensor:
     """−log p_IL(y|x) [n_B] from the lookup [N, C] at the candidates' indices and labels."""
-    return -il_logprobs[candidates.indices, candidates.labels].float()
+    return -il_logprobs.label_logprob(candidates.indices, candidates.labels).float()
 
 
 def sampling_probs(bound: torch.Tensor, floor: float) -> torch.Tensor:
@@ -126,7 +126,7 @@ class UsesIrreducibleLoss(ScoreSelector):
         self,
         n_selected: int,
         *,
-        il_logprobs: ZeroShotTable | torch.Tensor,
+        il_logprobs: ZeroShotTable | LabelColumn | torch.Tensor,
         warmup_epochs: int = 0,
         anneal: float = 0.0,
         epochs: int | None = None,
@@ -135,8 +135,8 @@ class UsesIrreducibleLoss(ScoreSelector):
         super().__init__(
             n_selected, warmup_epochs=warmup_epochs, anneal=anneal, epochs=epochs, seed=seed
         )
-        self.il_logprobs = as_table(il_logprobs, "il_logprobs").logprobs
-        self.n_rows, self.n_classes = (int(d) for d in self.il_logprobs.shape)
+        self.il_logprobs = as_lookup(il_logprobs, "il_logprobs")
+        self.n_rows, self.n_classes = self.il_logprobs.n_rows, self.il_logprobs.n_classes
 
     def plausibility(self, candidates: Candidates) -> torch.Tensor | None:
         return None if self.uniform_epoch else -il_loss(self.il_logprobs, candidates)
