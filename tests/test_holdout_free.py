@@ -5,14 +5,22 @@ import json
 from pathlib import Path
 
 import holdout_free as hf
+import holdout_free_grid as hf_grid
 import pytest
 
 
+def _patch(monkeypatch, name, value):
+    """A grid setting, in the grid module and wherever the script imported it."""
+    for module in (hf, hf_grid):
+        if hasattr(module, name):
+            monkeypatch.setattr(module, name, value)
+
+
 def test_the_grid_names_each_run_once_and_covers_the_issue_settings():
-    names = [r.name for r in hf.RUNS]
+    names = [r.name for r in hf_grid.RUNS]
     assert len(names) == len(set(names))
-    seeds = {(r.arm.key, r.setting): set() for r in hf.RUNS}
-    for r in hf.RUNS:
+    seeds = {(r.arm.key, r.setting): set() for r in hf_grid.RUNS}
+    for r in hf_grid.RUNS:
         seeds[r.arm.key, r.setting].add(r.seed)
     shipped = "bayesian_crossfit_auto"
     for setting in ("n40", "p30"):  # the issue's 2 seeds, beside what they are compared with
@@ -26,84 +34,96 @@ def test_the_grid_names_each_run_once_and_covers_the_issue_settings():
 
 
 def test_runs_made_for_other_studies_are_read_from_there(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(hf, "KEPT", tmp_path / "kept")
-    uniform = hf.Run(hf.ARM["uniform"], "n20", 0)
-    assert uniform.stored == hf.RESULTS / "peers/runs/uniform-n20-s0"
-    assert hf.run_dir(uniform, tmp_path) == uniform.stored
-    fresh = hf.Run(hf.ARM["uniform"], "p30", 0)  # no other study ran pairflip
-    assert fresh.stored is None and hf.run_dir(fresh, tmp_path) == tmp_path / fresh.name
-    missing = hf.Run(hf.ARM["bayesian_holdout"], "n20", 2)  # the peers ran seeds 0 and 1
+    _patch(monkeypatch, "KEPT", tmp_path / "kept")
+    uniform = hf_grid.Run(hf_grid.ARM["uniform"], "n20", 0)
+    assert uniform.stored == hf_grid.RESULTS / "peers/runs/uniform-n20-s0"
+    assert hf_grid.run_dir(uniform, tmp_path) == uniform.stored
+    fresh = hf_grid.Run(hf_grid.ARM["uniform"], "p30", 0)  # no other study ran pairflip
+    assert fresh.stored is None and hf_grid.run_dir(fresh, tmp_path) == tmp_path / fresh.name
+    missing = hf_grid.Run(hf_grid.ARM["bayesian_holdout"], "n20", 2)  # the peers ran seeds 0 and 1
     assert missing.stored is None
-    one = hf.Run(hf.ARM["bayesian_crossfit"], "n40", 1)  # one round: the offline study's
-    assert one.stored == hf.RESULTS / "offline/runs/bcfNn40_s1"
+    one = hf_grid.Run(hf_grid.ARM["bayesian_crossfit"], "n40", 1)  # one round: the offline study's
+    assert one.stored == hf_grid.RESULTS / "offline/runs/bcfNn40_s1"
     # A run of this study made in an earlier session: its kept record, unless made again here.
-    kept = hf.Run(hf.ARM["bayesian_holdout"], "p30", 0)
+    kept = hf_grid.Run(hf_grid.ARM["bayesian_holdout"], "p30", 0)
     _run(tmp_path / "kept" / kept.name, [0.8], 0.1)
-    assert hf.run_dir(kept, tmp_path) == tmp_path / "kept" / kept.name
+    assert hf_grid.run_dir(kept, tmp_path) == tmp_path / "kept" / kept.name
     _run(tmp_path / kept.name, [0.8], 0.1)
-    assert hf.run_dir(kept, tmp_path) == tmp_path / kept.name
-    assert hf.Run(hf.ARM["bayesian_crossfit_r2"], "n40", 1).stored is None
+    assert hf_grid.run_dir(kept, tmp_path) == tmp_path / kept.name
+    assert hf_grid.Run(hf_grid.ARM["bayesian_crossfit_r2"], "n40", 1).stored is None
 
 
 def test_commands_read_the_cache_of_their_own_setting_and_predictor(tmp_path: Path):
-    run = hf.Run(hf.ARM["clean_bayesian"], "p30", 1)
-    cmd = hf.command(run, tmp_path)
+    run = hf_grid.Run(hf_grid.ARM["clean_bayesian"], "p30", 1)
+    cmd = hf_grid.command(run, tmp_path)
     sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
-    one = str(hf.cache_path("p30", hf.ONE_ROUND))  # the cache the stored cleaning runs used
+    one = str(
+        hf_grid.cache_path("p30", hf_grid.ONE_ROUND)
+    )  # the cache the stored cleaning runs used
     assert f"zeroshot.cache={one}" in sets and f"data.clean.cache={one}" in sets
     assert "data.noise.kind=pairflip" in sets and "seed=1" in sets
-    refit = hf.command(hf.Run(hf.ARM["bayesian_crossfit_r2"], "p30", 0), tmp_path)
-    assert f"zeroshot.cache={hf.cache_path('p30', hf.REFIT)}" in refit
-    assert hf.cache_path("p30", hf.REFIT) != hf.cache_path("p30", hf.CROSSFIT)
-    assert hf.cache_path("p30", hf.ONE_ROUND) != hf.cache_path("p30", hf.CROSSFIT)
+    refit = hf_grid.command(hf_grid.Run(hf_grid.ARM["bayesian_crossfit_r2"], "p30", 0), tmp_path)
+    assert f"zeroshot.cache={hf_grid.cache_path('p30', hf_grid.REFIT)}" in refit
+    assert hf_grid.cache_path("p30", hf_grid.REFIT) != hf_grid.cache_path("p30", hf_grid.CROSSFIT)
+    assert hf_grid.cache_path("p30", hf_grid.ONE_ROUND) != hf_grid.cache_path(
+        "p30", hf_grid.CROSSFIT
+    )
     # the earlier defaults' arms pin their settings: their caches keep the names they were
     # made under (the settings a pin restores are left out of the hash), apart from the shipped
-    assert hf.cache_path("p30", hf.FORWARD).name.endswith("-a9238410.h5")
-    assert hf.cache_path("p30", hf.ONE_ROUND).name.endswith("-e206740a.h5")
-    assert hf.cache_path("p30", hf.REFIT).name.endswith("-0f31717c.h5")
-    assert hf.cache_path("p30", hf.FORWARD) != hf.cache_path("p30", hf.CROSSFIT)
-    assert hf.cache_path("n20", hf.CROSSFIT) != hf.cache_path("p30", hf.CROSSFIT)
-    # the hold-out model learns clean labels: one cache for every setting
-    assert hf.cache_path("n20", ()) == hf.cache_path("p30", ())
-    rho = hf.command(hf.Run(hf.ARM["rho_loss_crossfit_fwd"], "n40", 1), tmp_path)
-    assert f"zeroshot.cache={hf.cache_path('n40', hf.FORWARD)}" in rho
-    assert "select.method=rho_loss" in rho and "data.noise.rate=0.4" in rho
-    assert hf.Run(hf.ARM["rho_loss_holdout"], "n40", 1).stored == (
-        hf.RESULTS / "offline/runs/r100n40_s1"
+    assert hf_grid.cache_path("p30", hf_grid.FORWARD).name.endswith("-a9238410.h5")
+    assert hf_grid.cache_path("p30", hf_grid.ONE_ROUND).name.endswith("-e206740a.h5")
+    assert hf_grid.cache_path("p30", hf_grid.REFIT).name.endswith("-0f31717c.h5")
+    assert hf_grid.cache_path("p30", hf_grid.FORWARD) != hf_grid.cache_path("p30", hf_grid.CROSSFIT)
+    assert hf_grid.cache_path("n20", hf_grid.CROSSFIT) != hf_grid.cache_path(
+        "p30", hf_grid.CROSSFIT
     )
-    uniform = hf.command(hf.Run(hf.ARM["uniform"], "p30", 0), tmp_path)
+    # the hold-out model learns clean labels: one cache for every setting
+    assert hf_grid.cache_path("n20", ()) == hf_grid.cache_path("p30", ())
+    rho = hf_grid.command(hf_grid.Run(hf_grid.ARM["rho_loss_crossfit_fwd"], "n40", 1), tmp_path)
+    assert f"zeroshot.cache={hf_grid.cache_path('n40', hf_grid.FORWARD)}" in rho
+    assert "select.method=rho_loss" in rho and "data.noise.rate=0.4" in rho
+    assert hf_grid.Run(hf_grid.ARM["rho_loss_holdout"], "n40", 1).stored == (
+        hf_grid.RESULTS / "offline/runs/r100n40_s1"
+    )
+    uniform = hf_grid.command(hf_grid.Run(hf_grid.ARM["uniform"], "p30", 0), tmp_path)
     assert not any(a.startswith(("zeroshot.cache", "data.clean")) for a in uniform)
     assert "select.method=uniform" in uniform
 
 
 def test_cleaned_arms_clean_by_their_own_cache_and_it_is_made_first(tmp_path: Path, monkeypatch):
-    fwd, one = str(hf.cache_path("n40", hf.FORWARD)), str(hf.cache_path("n40", hf.ONE_ROUND))
-    uniform = hf.command(hf.Run(hf.ARM["clean_uniform_fwd"], "n40", 1), tmp_path)
-    assert f"data.clean.cache={fwd}" in uniform and not any("zeroshot.cache" in a for a in uniform)
-    bayes = hf.command(hf.Run(hf.ARM["clean_bayesian_fwd"], "n40", 0), tmp_path)
-    assert f"data.clean.cache={fwd}" in bayes and f"zeroshot.cache={fwd}" in bayes
-    assert f"data.clean.cache={one}" in hf.command(
-        hf.Run(hf.ARM["clean_uniform"], "n40", 0), tmp_path
+    fwd, one = (
+        str(hf_grid.cache_path("n40", hf_grid.FORWARD)),
+        str(hf_grid.cache_path("n40", hf_grid.ONE_ROUND)),
     )
-    monkeypatch.setattr(hf, "cache_path", lambda setting, predictor: tmp_path / "absent.h5")
+    uniform = hf_grid.command(hf_grid.Run(hf_grid.ARM["clean_uniform_fwd"], "n40", 1), tmp_path)
+    assert f"data.clean.cache={fwd}" in uniform and not any("zeroshot.cache" in a for a in uniform)
+    bayes = hf_grid.command(hf_grid.Run(hf_grid.ARM["clean_bayesian_fwd"], "n40", 0), tmp_path)
+    assert f"data.clean.cache={fwd}" in bayes and f"zeroshot.cache={fwd}" in bayes
+    assert f"data.clean.cache={one}" in hf_grid.command(
+        hf_grid.Run(hf_grid.ARM["clean_uniform"], "n40", 0), tmp_path
+    )
+    _patch(monkeypatch, "cache_path", lambda setting, predictor: tmp_path / "absent.h5")
     todo = [
-        hf.Run(hf.ARM["clean_uniform_fwd"], "n40", 0),
-        hf.Run(hf.ARM["clean_uniform"], "p30", 0),
+        hf_grid.Run(hf_grid.ARM["clean_uniform_fwd"], "n40", 0),
+        hf_grid.Run(hf_grid.ARM["clean_uniform"], "p30", 0),
     ]
-    names = [name for name, _ in hf.cache_jobs(todo)]
+    names = [name for name, _ in hf_grid.cache_jobs(todo)]
     assert names == ["cache_crossfit_fwd_n40", "cache_crossfit_p30"]
 
 
 def test_models_of_the_cleaned_points_are_cached_after_the_cache_that_cleans(
     tmp_path: Path, monkeypatch
 ):
-    shipped, recache = hf.cache_path("p30", hf.CROSSFIT), hf.cache_path("p30", hf.CLEANED)
+    shipped, recache = (
+        hf_grid.cache_path("p30", hf_grid.CROSSFIT),
+        hf_grid.cache_path("p30", hf_grid.CLEANED),
+    )
     assert recache != shipped
-    cmd = hf.command(hf.Run(hf.ARM["clean_bayesian_recache"], "p30", 1), tmp_path)
+    cmd = hf_grid.command(hf_grid.Run(hf_grid.ARM["clean_bayesian_recache"], "p30", 1), tmp_path)
     assert f"data.clean.cache={shipped}" in cmd and f"zeroshot.cache={recache}" in cmd
     assert "zeroshot.crossfit.cleaned=true" in cmd
-    monkeypatch.setattr(hf, "cache_path", lambda setting, predictor: tmp_path / "absent.h5")
-    monkeypatch.setattr(hf, "KEPT", tmp_path / "kept")  # not the run's record, if it is kept
+    _patch(monkeypatch, "cache_path", lambda setting, predictor: tmp_path / "absent.h5")
+    _patch(monkeypatch, "KEPT", tmp_path / "kept")  # not the run's record, if it is kept
     pools: list[list[str]] = []
     monkeypatch.setattr(hf, "run_pool", lambda jobs, runs, n: pools.append([j[0] for j in jobs]))
     only = "clean_bayesian_recache-p30-s0"
@@ -125,10 +145,10 @@ def _run(path: Path, accs: list[float], noisy: float) -> None:
 def test_the_table_compares_with_uniform_and_holdout_of_the_same_seed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    runs = [hf.Run(hf.ARM[a], "p30", s) for a in ("uniform", "bayesian_holdout",
+    runs = [hf_grid.Run(hf_grid.ARM[a], "p30", s) for a in ("uniform", "bayesian_holdout",
             "bayesian_crossfit") for s in (0, 1)]  # fmt: skip
-    monkeypatch.setattr(hf, "RUNS", runs)
-    monkeypatch.setattr(hf, "KEPT", tmp_path / "kept")  # no record of an earlier session
+    _patch(monkeypatch, "RUNS", runs)
+    _patch(monkeypatch, "KEPT", tmp_path / "kept")  # no record of an earlier session
     _run(tmp_path / "uniform-p30-s0", [0.70, 0.80], 0.3)
     _run(tmp_path / "uniform-p30-s1", [0.72, 0.82], 0.3)
     _run(tmp_path / "bayesian_holdout-p30-s0", [0.80, 0.86], 0.05)
@@ -148,11 +168,11 @@ def test_the_table_compares_with_uniform_and_holdout_of_the_same_seed(
 def test_cleaned_runs_are_compared_at_their_own_step_count(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    runs = [hf.Run(hf.ARM[a], "n40", 0) for a in ("uniform", "bayesian_crossfit_fwd",
+    runs = [hf_grid.Run(hf_grid.ARM[a], "n40", 0) for a in ("uniform", "bayesian_crossfit_fwd",
             "clean_uniform_fwd", "clean_bayesian_fwd")]  # fmt: skip
-    monkeypatch.setattr(hf, "RUNS", runs)
-    monkeypatch.setattr(hf, "KEPT", tmp_path / "kept")
-    monkeypatch.setattr(hf.Run, "stored", property(lambda self: None))
+    _patch(monkeypatch, "RUNS", runs)
+    _patch(monkeypatch, "KEPT", tmp_path / "kept")
+    monkeypatch.setattr(hf_grid.Run, "stored", property(lambda self: None))
     _run(tmp_path / "uniform-n40-s0", [0.70, 0.75, 0.80, 0.81], 0.4)  # samples 100 .. 400
     _run(tmp_path / "bayesian_crossfit_fwd-n40-s0", [0.80, 0.84, 0.86, 0.87], 0.1)
     _run(tmp_path / "clean_uniform_fwd-n40-s0", [0.78, 0.83], 0.05)  # 100 epochs, 200 samples
@@ -170,25 +190,25 @@ def test_kept_records_of_different_sessions_are_on_different_clocks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     results, runs = tmp_path / "results", tmp_path / "runs"
-    monkeypatch.setattr(hf, "RESULTS", results)
-    monkeypatch.setattr(hf, "KEPT", results / "holdout_free" / "runs")
+    _patch(monkeypatch, "RESULTS", results)
+    _patch(monkeypatch, "KEPT", results / "holdout_free" / "runs")
     uniform, bayes = (
-        hf.Run(hf.ARM["uniform"], "p30", 0),
-        hf.Run(hf.ARM["bayesian_holdout"], "p30", 0),
+        hf_grid.Run(hf_grid.ARM["uniform"], "p30", 0),
+        hf_grid.Run(hf_grid.ARM["bayesian_holdout"], "p30", 0),
     )
-    monkeypatch.setattr(hf, "RUNS", [uniform, bayes])
+    _patch(monkeypatch, "RUNS", [uniform, bayes])
     for run in (uniform, bayes):
         _run(runs / run.name, [0.8], 0.1)
         (runs / run.name / "config.yaml").write_text("{}")
     hf.keep_records(runs, results / "holdout_free")  # one report: one session for both
-    sessions = json.loads((hf.KEPT / hf.SESSIONS).read_text())
+    sessions = json.loads((hf_grid.KEPT / hf.SESSIONS).read_text())
     assert set(sessions) == {uniform.name, bayes.name} and len(set(sessions.values())) == 1
 
-    def clock(run: hf.Run) -> set[str]:
-        return hf.Result(run.arm, [run], [[]], [hf.KEPT / run.name]).clocks
+    def clock(run: hf_grid.Run) -> set[str]:
+        return hf.Result(run.arm, [run], [[]], [hf_grid.KEPT / run.name]).clocks
 
     assert clock(uniform) == clock(bayes) != {""}
-    (hf.KEPT / hf.SESSIONS).write_text(json.dumps({uniform.name: "earlier"}))
+    (hf_grid.KEPT / hf.SESSIONS).write_text(json.dumps({uniform.name: "earlier"}))
     assert clock(uniform) == {"holdout_free/earlier"} and clock(bayes) != clock(uniform)
     hf.keep_records(runs, results / "holdout_free")  # a record kept before keeps its session
-    assert json.loads((hf.KEPT / hf.SESSIONS).read_text())[uniform.name] == "earlier"
+    assert json.loads((hf_grid.KEPT / hf.SESSIONS).read_text())[uniform.name] == "earlier"

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import offline_evidence_grid as evidence_grid
 import pytest
 
 _spec = importlib.util.spec_from_file_location(
@@ -48,7 +49,7 @@ def test_speedup_is_relative_to_uniform_of_the_same_seed(tmp_path: Path):
 
 
 def test_every_run_is_a_plain_bdsel_train_with_its_overrides(tmp_path: Path):
-    cmd = evidence.command("b160_s1", tmp_path)
+    cmd = evidence_grid.command("b160_s1", tmp_path)
     assert cmd[1:6] == [
         "train",
         "--config",
@@ -83,14 +84,14 @@ def test_long_table_compares_each_method_with_uniform_and_rho_loss(tmp_path: Pat
 
 def test_crossfit_runs_get_one_cache_per_noise_setting():
     names = ["bcf100n0_s0", "bcf100n0_s1", "bcf100n40_s0", "b100n40_s0", "u100_s0"]
-    caches = dict(evidence.cache_commands(names))
+    caches = dict(evidence_grid.cache_commands(names))
     assert list(caches) == ["cache_holdout", "cache_crossfit_none_0.0", "cache_crossfit_0.4"]
     assert caches["cache_crossfit_0.4"][-4:] == [
         "--set", "data.noise.rate=0.4", "--set", "zeroshot.predictor=crossfit",
     ]  # fmt: skip
-    assert list(dict(evidence.cache_commands(["u100_s0", "b100_s1"]))) == ["cache_holdout"]
-    assert evidence.command("bcf100n40_s2", Path("r"))[-1].endswith(
-        str(evidence.crossfit_cache(["data.noise.rate=0.4"]))
+    assert list(dict(evidence_grid.cache_commands(["u100_s0", "b100_s1"]))) == ["cache_holdout"]
+    assert evidence_grid.command("bcf100n40_s2", Path("r"))[-1].endswith(
+        str(evidence_grid.crossfit_cache(["data.noise.rate=0.4"]))
     )
 
 
@@ -136,15 +137,15 @@ def test_only_runs_the_named_runs_that_have_not_finished(tmp_path: Path, monkeyp
     evidence.run_missing(argparse.Namespace(runs=tmp_path, only="bcfT033_*,u100n0_s2", jobs=2))
     caches, runs = pools
     assert runs == ["bcfT033_s1", "u100n0_s2"]  # in the order named
-    assert evidence.selected("bcfT033_s1,u100n0_s*,u100n0_s1") == [
+    assert evidence_grid.selected("bcfT033_s1,u100n0_s*,u100n0_s1") == [
         "bcfT033_s1", "u100n0_s0", "u100n0_s1", "u100n0_s2",
     ]  # in the order named, each once  # fmt: skip
     assert caches == ["cache_holdout", "cache_crossfit_default"]  # the config's 20%
-    sets = evidence.command("bcfT033_s1", tmp_path)
+    sets = evidence_grid.command("bcfT033_s1", tmp_path)
     assert "zeroshot.temperature=0.33" in sets and "zeroshot.predictor=crossfit" in sets
     assert evidence.label(evidence.RUNS["bcfT033_s1"].overrides) == "bayesian (crossfit, T=0.33)"
     assert evidence.label(evidence.RUNS["bcf100_s1"].overrides) == "bayesian (crossfit, plain T)"
     assert evidence.label(evidence.RUNS["bcfN_s1"].overrides) == "bayesian (crossfit, denoised T)"
-    assert "zeroshot.calibrate_noise=false" not in evidence.command("bcfNn40_s0", tmp_path)
+    assert "zeroshot.calibrate_noise=false" not in evidence_grid.command("bcfNn40_s0", tmp_path)
     with pytest.raises(SystemExit, match="no run is named bcf_T"):
-        evidence.selected("u100_s0,bcf_T*")
+        evidence_grid.selected("u100_s0,bcf_T*")

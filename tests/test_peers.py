@@ -4,29 +4,39 @@ import json
 from pathlib import Path
 
 import peers
+import peers_grid as peers_grid
 import pytest
 
 
+def _patch(monkeypatch, name, value):
+    """A grid setting, in the grid module and wherever the script imported it."""
+    for module in (peers, peers_grid):
+        if hasattr(module, name):
+            monkeypatch.setattr(module, name, value)
+
+
 def test_the_grid_names_each_run_once_and_its_stored_runs_exist():
-    names = [r.name for r in peers.RUNS]
+    names = [r.name for r in peers_grid.RUNS]
     assert len(names) == len(set(names))
-    stored = [r for r in peers.RUNS if r.stored]
-    assert stored and all((peers.STORED_DIR / r.stored / "summary.json").is_file() for r in stored)
-    assert {r.rate for r in peers.RUNS} == {0.0, 0.2, 0.4}
-    assert [r.seed for r in peers.RUNS if r.arm.key == "full" and r.rate == 0.2] == [0, 1, 2]
+    stored = [r for r in peers_grid.RUNS if r.stored]
+    assert stored and all(
+        (peers_grid.STORED_DIR / r.stored / "summary.json").is_file() for r in stored
+    )
+    assert {r.rate for r in peers_grid.RUNS} == {0.0, 0.2, 0.4}
+    assert [r.seed for r in peers_grid.RUNS if r.arm.key == "full" and r.rate == 0.2] == [0, 1, 2]
 
 
 def test_a_cleaned_run_reads_the_crossfit_cache_of_its_own_noise_rate(tmp_path: Path):
-    run = next(r for r in peers.RUNS if r.arm.key == "clean_bayesian" and r.rate == 0.4)
-    cmd = peers.command(run, tmp_path)
+    run = next(r for r in peers_grid.RUNS if r.arm.key == "clean_bayesian" and r.rate == 0.4)
+    cmd = peers_grid.command(run, tmp_path)
     sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
-    cache = str(peers.crossfit_cache(0.4))
+    cache = str(peers_grid.crossfit_cache(0.4))
     assert f"data.clean.cache={cache}" in sets and f"zeroshot.cache={cache}" in sets
     assert "data.noise.rate=0.4" in sets and "seed=" + str(run.seed) in sets
     assert cmd[cmd.index("--run-dir") + 1] == str(tmp_path / run.name)
-    assert peers.crossfit_cache(0.4) != peers.crossfit_cache(0.2)  # a cache per rate
-    full = next(r for r in peers.RUNS if r.arm.key == "full")
-    assert not any("cache" in v for v in peers.command(full, tmp_path))
+    assert peers_grid.crossfit_cache(0.4) != peers_grid.crossfit_cache(0.2)  # a cache per rate
+    full = next(r for r in peers_grid.RUNS if r.arm.key == "full")
+    assert not any("cache" in v for v in peers_grid.command(full, tmp_path))
 
 
 def test_cache_seconds_come_from_the_commands_own_table_even_wrapped(tmp_path: Path):
@@ -55,12 +65,12 @@ def test_rows_compare_each_run_with_uniform_of_the_same_seed_and_clock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     stored = tmp_path / "stored"
-    monkeypatch.setattr(peers, "STORED_DIR", stored)
-    monkeypatch.setattr(peers, "RUNS", [
-        peers.Run(peers.ARM["uniform"], 0.4, 0),
-        peers.Run(peers.ARM["infobatch"], 0.4, 0),
-        peers.Run(peers.ARM["uniform_stored"], 0.4, 0),
-        peers.Run(peers.ARM["bayesian_holdout_stored"], 0.4, 0),
+    _patch(monkeypatch, "STORED_DIR", stored)
+    _patch(monkeypatch, "RUNS", [
+        peers_grid.Run(peers_grid.ARM["uniform"], 0.4, 0),
+        peers_grid.Run(peers_grid.ARM["infobatch"], 0.4, 0),
+        peers_grid.Run(peers_grid.ARM["uniform_stored"], 0.4, 0),
+        peers_grid.Run(peers_grid.ARM["bayesian_holdout_stored"], 0.4, 0),
     ])  # fmt: skip
     runs = tmp_path / "runs"
     _run(runs / "uniform-n40-s0", [0.70, 0.80, 0.85], [10, 20, 30], 100)

@@ -3,9 +3,8 @@
 The paper's point is that no clean hold-out set is needed. Offline there is no CLIP, so this
 is the next best thing that needs none: the training subset is split into K folds; model k
 trains on the observed (possibly noisy) labels of every fold but k, with the weight EMA,
-stopping early on fold k's observed labels, and predicts fold k. Every training row's
-log-probs therefore come from a model that never saw it. Rows outside the training subset
-(the test set, a hold-out) get the mean of the K models' probabilities.
+stopping early on fold k's observed labels, and predicts fold k: no row is predicted by a
+model that saw it. Other rows (test, hold-out) get the mean of the K models' probabilities.
 
 Models trained on noisy labels learn the noise (a pairflip channel entirely), so by default
 (``rounds: 2, refit: forward``) a first round only estimates the noise channel: it trains the
@@ -23,15 +22,12 @@ channel round's folds from that round's models instead (cheaper, and worse: docs
 
 ``refit: trusted`` instead trains the second round on the rows cleanlab's ``find_label_issues``
 does not flag from the first round's out-of-fold probabilities, skipped where it trusts under
-``MIN_TRUSTED`` of the rows (models refit on a few rows end at chance). In neither is a row
-predicted by a
-model that trained on it. (Which rows of the other folds model k trains on, or the channel it
-trains through, depends through the first round's models on fold k's labels: a second-order
-dependence, not a row seen.) The rounds compared: docs/results/holdout_free/.
+``MIN_TRUSTED`` of the rows. In neither is a row predicted by a model that trained on it
+(what model k trains on depends on fold k's labels only through the first round's models).
+The rounds compared: docs/results/holdout_free/.
 
-Its spec records hashes of the training subset and of its observed labels: ``train`` refuses
-the cache for a run whose training subset or noise differ (its models may have seen rows
-they predict).
+Its spec records hashes of the training subset and its observed labels: ``train`` refuses
+the cache for another subset or noise (its models may have seen rows they predict).
 """
 
 from __future__ import annotations
