@@ -393,7 +393,9 @@ def report(
         console.print(Text(f"wrote {name}: {path}"), soft_wrap=True)
 
 
-configs_app = typer.Typer(help="List and show the shipped configs.", no_args_is_help=True)
+configs_app = typer.Typer(
+    help="List and show the shipped configs, and every key.", no_args_is_help=True
+)
 app.add_typer(configs_app, name="configs")
 
 
@@ -421,6 +423,19 @@ def configs_show(
         typer.echo(dump_config(cfg), nl=False)
     except ConfigError as exc:
         raise fail(str(exc)) from None
+
+
+@configs_app.command("keys")
+def configs_keys(
+    grep: Annotated[str, typer.Argument(help="Only keys that contain this text.")] = "",
+) -> None:
+    """Every config key: its type, default, allowed values and meaning (a Markdown table, as
+    docs/config.md holds it)."""
+    from bdsel.config.reference import markdown_table
+
+    header, rule, *rows = markdown_table().splitlines()
+    for line in [header, rule, *(r for r in rows if grep in r.split("|")[1])]:
+        typer.echo(line)
 
 
 def main() -> None:

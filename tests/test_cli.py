@@ -138,3 +138,14 @@ def test_user_text_keeps_its_brackets_and_a_log_line_is_never_wrapped(
     assert result.exit_code == 0, result.output
     warning = [line for line in result.output.splitlines() if line.startswith("warning:")]
     assert any(str(unfinished) in line and "unfinished" in line for line in warning), result.output
+
+
+def test_configs_keys_prints_every_key_or_those_asked_for():
+    from bdsel.config.reference import every_key
+
+    everything = runner.invoke(app, ["configs", "keys"])
+    assert everything.exit_code == 0
+    rows = everything.output.splitlines()[2:]
+    assert [r.split("|")[1].strip(" `") for r in rows] == [k.key for k in every_key()]
+    svp = runner.invoke(app, ["configs", "keys", "select.svp."]).output.splitlines()[2:]
+    assert len(svp) == 6 and all("select.svp." in r for r in svp)

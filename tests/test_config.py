@@ -2,6 +2,7 @@ import ast
 from pathlib import Path
 
 import pytest
+import yaml
 from bdsel_cli.main import app
 from conftest import assert_one_line_error
 from typer.testing import CliRunner
@@ -237,3 +238,38 @@ def test_a_yaml_syntax_error_is_one_line_naming_where(tmp_path: Path):
     result = runner.invoke(app, ["train", "-c", str(path), "--run-dir", str(tmp_path / "r")])
     assert_one_line_error(result, "not valid YAML")
     assert len([x for x in result.output.splitlines() if x.strip()]) == 1
+
+
+def _restated_defaults(node: dict, defaults: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in node.items():
+        if isinstance(value, dict) and isinstance(defaults.get(key), dict):
+            out += _restated_defaults(value, defaults[key], f"{prefix}{key}.")
+        elif key in defaults and defaults[key] == value:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+@pytest.mark.parametrize("name", list_shipped_configs())
+def test_a_shipped_config_states_only_what_differs_from_the_defaults(name: str):
+    import dataclasses
+
+    from bdsel.config import Config, shipped_config_dir
+
+    loaded = yaml.safe_load((shipped_config_dir() / f"{name}.yaml").read_text())
+    assert _restated_defaults(loaded, dataclasses.asdict(Config())) == []
+    assert loaded  # and states something
+
+
+def test_every_key_is_in_docs_config_md_as_the_schema_has_it():
+    """docs/config.md's reference of every key is the schema's own: a key added, removed, or
+    with a new default or range shows here."""
+    from bdsel.config.reference import every_key, markdown_table
+
+    doc = (Path(__file__).parents[1] / "docs" / "config.md").read_text()
+    keys = [k.key for k in every_key()]
+    assert len(keys) == len(set(keys)) > 100
+    assert markdown_table() in doc
+    assert all(f"| `{k}` |" in doc for k in keys)
+    alpha = next(k for k in every_key() if k.key == "select.alpha")
+    assert (alpha.default, alpha.allowed) == (0.2, "a weight in [0, 1]")

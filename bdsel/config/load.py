@@ -18,13 +18,13 @@ from bdsel.config.schema import Config
 from bdsel.config.yaml_io import NON_FINITE, read_yaml_mapping, yaml_error_line, yaml_load
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
     if get_origin(tp) is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
     if get_origin(tp) in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in get_args(tp))
+        return " or ".join(type_name(a) for a in get_args(tp))
     if get_origin(tp) is list:
-        return f"a list of {_type_name(get_args(tp)[0])}"
+        return f"a list of {type_name(get_args(tp)[0])}"
     if tp is type(None):
         return "null"
     if dataclasses.is_dataclass(tp):
@@ -44,15 +44,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 errors.append(exc)
         # A number of the right type but out of bounds says so, not "expected float or ...".
         raise next((e for e in errors if "finite" in str(e)), None) or ConfigError(
-            f"{key}: expected {_type_name(tp)}, got {value!r}"
+            f"{key}: expected {type_name(tp)}, got {value!r}"
         )
     if origin is Literal:
         if value in get_args(tp):
             return value
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{key}: expected {type_name(tp)}, got {value!r}")
     if origin is list:
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"{key}: expected {type_name(tp)}, got {value!r}")
         (item_tp,) = get_args(tp)
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
@@ -72,7 +72,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return float(value) if tp is float else value
     if tp is float and isinstance(value, str) and NON_FINITE.fullmatch(value.strip()):
         raise ConfigError(f"{key}: expected a finite number, got {value!r} (not finite)")
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    raise ConfigError(f"{key}: expected {type_name(tp)}, got {value!r}")
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:

@@ -28,7 +28,7 @@ class NoiseConfig:
     # symmetric: a chosen point gets another class uniformly; pairflip: class c -> c+1;
     # uniform: RHO-LOSS's noise, a uniformly random label that may equal the true one.
     kind: Literal["none", "symmetric", "pairflip", "uniform"] = "none"
-    rate: float = 0.0
+    rate: float = 0.0  # share of the train subset's labels made wrong
     RANGES: ClassVar[dict[str, Range]] = {
         "rate": (within(0, 1), "a fraction in [0, 1]"),
     }  # fmt: skip
@@ -57,7 +57,7 @@ class CleanConfig:
     # each row) whose flagged label issues (cleanlab's find_label_issues) are dropped from
     # the train subset before any method trains. null: no cleaning.
     cache: str | None = None
-    filter_by: FilterBy = "prune_by_noise_rate"
+    filter_by: FilterBy = "prune_by_noise_rate"  # cleanlab's filter_by
 
 
 @dataclass
@@ -66,10 +66,10 @@ class DataConfig:
     root: str | None = None  # None: the dataset's documented default location
     download: bool = False  # torchvision datasets only
     train_list: str | None = None  # imagefolder: "relative/path label" lines (WebVision style)
-    test_list: str | None = None
+    test_list: str | None = None  # imagefolder: the test split's lines
     image_size: int = 224  # imagefolder only: crop size
-    train_fraction: float = 0.5
-    holdout_fraction: float = 0.0
+    train_fraction: float = 0.5  # of the base training set (paper: 0.5)
+    holdout_fraction: float = 0.0  # a disjoint clean split (holdout predictor)
     # A clean-labelled split for tuning (eval.split: validation), drawn after the hold-out
     # from the same permutation: disjoint from the train subset, the hold-out and the test set.
     validation_fraction: float = 0.0
@@ -77,7 +77,7 @@ class DataConfig:
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     imbalance: ImbalanceConfig = field(default_factory=ImbalanceConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
-    augment: bool = True
+    augment: bool = True  # random crops and flips where the dataset has them
     num_workers: int = 4  # imagefolder DataLoader workers
     RANGES: ClassVar[dict[str, Range]] = {
         "split_seed": (lambda v: v is None or v >= 0, "null or an int >= 0"),
@@ -91,20 +91,20 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "small_cnn"
+    name: str = "small_cnn"  # a registered model (bdsel.models.list_models)
     weights: str | None = None  # local state-dict file for the backbone (vit_b16)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 20
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.01
+    epochs: int = 20  # at most; train.budget_s may stop it sooner
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # AdamW by default (paper)
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 0.01  # decoupled (adamw) or L2 (sgd)
     momentum: float = 0.9  # sgd only
-    schedule: Literal["none", "cosine", "step"] = "none"
+    schedule: Literal["none", "cosine", "step"] = "none"  # learning-rate schedule over the epochs
     step_milestones: list[int] = field(default_factory=list)  # epochs, step schedule
-    step_gamma: float = 0.1
+    step_gamma: float = 0.1  # step schedule: the factor at each milestone
     device: str = "auto"  # auto: cuda when available, else cpu
     # torch.compile of the model for the training step and the candidate forward. auto: on
     # CUDA only; on CPU it did not pay (docs/results/speed/).
@@ -139,11 +139,12 @@ class TrainConfig:
 class SvpConfig:
     """Selection via proxy: a small proxy model picks a one-shot coreset."""
 
-    model: str = "small_cnn"
-    epochs: int = 5
-    lr: float = 1e-3
-    batch_size: int = 128
+    model: str = "small_cnn"  # the proxy model
+    epochs: int = 5  # the proxy's training epochs
+    lr: float = 1e-3  # the proxy's learning rate
+    batch_size: int = 128  # the proxy's batch size
     fraction: float = 0.1  # coreset size, a fraction of the train subset
+    # how the proxy ranks points
     criterion: Literal["entropy", "least_confidence", "forgetting"] = "entropy"
     RANGES: ClassVar[dict[str, Range]] = {
         "fraction": (within(0, 1, low_open=True), "a fraction in (0, 1]"),
@@ -158,7 +159,7 @@ class InfobatchConfig:
     # InfoBatch (select.method=infobatch): each pruning epoch drops this share of the samples
     # whose last loss is below the mean, for the first ``delta`` of the epochs.
     prune_ratio: float = 0.5
-    delta: float = 0.875
+    delta: float = 0.875  # the share of the epochs that prune
     RANGES: ClassVar[dict[str, Range]] = {
         "prune_ratio": (within(0, 1, high_open=True), "a fraction in [0, 1)"),
         "delta": (within(0, 1), "a fraction of the epochs in [0, 1]"),
@@ -167,7 +168,7 @@ class InfobatchConfig:
 
 @dataclass
 class SelectConfig:
-    method: str = "uniform"
+    method: str = "uniform"  # a registered selector (bdsel.list_selectors)
     n_candidates: int = 320  # n_B
     n_selected: int = 32  # n_b
     candidate_bn: Literal["batch", "eval"] = "batch"  # batch-norm statistics in the scoring pass
@@ -185,14 +186,14 @@ class SelectConfig:
     rescore: float = 1.0
     # bayesian: score = a * mean_s log p(y|f_s) + (1-a) * log p_zs(y|x) - log mean_s p(y|f_s)
     alpha: float = 0.2
-    adaptive_alpha: bool = False
-    n_samples: int = 256
+    adaptive_alpha: bool = False  # bayesian: alpha from the terms' scales
+    n_samples: int = 256  # bayesian: S logit samples a candidate
     # Common random numbers: one set of S noise vectors for all candidates (bdsel.laplace).
     shared_noise: bool = True
-    prior_precision: float = 10.0
-    n_effective: float = 200.0
-    momentum: float = 0.99
-    fisher: Literal["empirical", "ggn"] = "empirical"
+    prior_precision: float = 10.0  # bayesian: tau_0
+    n_effective: float = 200.0  # bayesian: n_e, the data size the posterior stands for
+    momentum: float = 0.99  # bayesian: m, the KFAC factors' EMA
+    fisher: Literal["empirical", "ggn"] = "empirical"  # bayesian: the curvature the posterior uses
     svp: SvpConfig = field(default_factory=SvpConfig)
     infobatch: InfobatchConfig = field(default_factory=InfobatchConfig)
     RANGES: ClassVar[dict[str, Range]] = {
@@ -216,13 +217,13 @@ class FitConfig:
     ``epochs``, stopping after ``patience`` epochs without a better score and keeping the
     best epoch (0: all epochs, the last kept and scored once)."""
 
-    model: str = "small_cnn"
-    epochs: int = 30
-    patience: int = 3
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    batch_size: int = 128
+    model: str = "small_cnn"  # a registered model
+    epochs: int = 30  # at most
+    patience: int = 3  # epochs without a better score before a stop
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # as train.optimizer
+    lr: float = 1e-3  # learning rate
+    weight_decay: float = 0.01  # as train.weight_decay
+    batch_size: int = 128  # training batch size
     # cosine: the learning rate decays to 0 over ``epochs`` (a fixed budget reaches the
     # plateau in fewer epochs than a constant rate; early stopping still keeps the best).
     schedule: Literal["none", "cosine"] = "none"
@@ -254,10 +255,10 @@ class CrossfitConfig(FitConfig):
     after many epochs (the budget's measurements: docs/results/offline/predictor_budget.md,
     docs/results/holdout_free/crossfit_recipe.md)."""
 
-    folds: int = 2
-    epochs: int = 18
-    patience: int = 0
-    lr: float = 0.01
+    folds: int = 2  # K: models, each predicting its own fold
+    epochs: int = 18  # a fixed budget (patience 0)
+    patience: int = 0  # 0: every epoch, the last kept
+    lr: float = 0.01  # peak of the cosine schedule
     schedule: Literal["none", "cosine"] = "cosine"
     # 1: the K models of one round predict. 2 (the default): a second round of K fresh models
     # on the same folds (still no row predicted by a model that trained on it), trained as
@@ -274,7 +275,7 @@ class CrossfitConfig(FitConfig):
     # probabilities: it trains the models of the first ``channel_folds`` folds, for
     # ``channel_epochs`` each (the later rounds: every fold's, ``epochs``).
     channel_folds: int = 1
-    channel_epochs: int = 8
+    channel_epochs: int = 8  # the channel round's epochs
     # The channel a forward refit trains through. auto: the anchor-point matrix where its rows
     # put their off-diagonal mass on one class (a pair flip), else the symmetric channel of its
     # noise rate, where the anchor matrix would also carry the model's own confusions
@@ -325,11 +326,11 @@ class ProbeConfig:
     features: Literal["pixels", "clip", "backbone"] = "pixels"
     backbone: str | None = None  # features=backbone: a registered model name
     weights: str | None = None  # features=backbone: its local backbone weights file
-    folds: int = 2
+    folds: int = 2  # K probes, each predicting its own fold
     epochs: int = 5  # minibatch Adam, from zero weights
-    lr: float = 0.003
+    lr: float = 0.003  # Adam's learning rate
     weight_decay: float = 0.001  # L2 on the weights
-    batch_size: int = 256
+    batch_size: int = 256  # minibatch size
     # auto: a second round of probes learns the clean label through the noise channel the
     # first round's out-of-fold probabilities estimate (anchor points where concentrated, as
     # a pair flip's are, else symmetric at the fitted rate). none: the first round stands.
@@ -359,9 +360,9 @@ class ZeroshotConfig:
     calibrate_noise: bool = True
     model: str = "RN50"  # clip: an open_clip architecture name, or a JSON architecture file
     pretrained: str = "openai"  # clip: a pretrained tag (needs internet) or a local checkpoint
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    batch_size: int = 256
-    device: str = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # clip: inference precision
+    batch_size: int = 256  # inference batch size of the predictor
+    device: str = "auto"  # auto: cuda when available, else cpu
     prompts: str | None = None  # YAML/JSON file with class_names and templates
     holdout: HoldoutConfig = field(default_factory=HoldoutConfig)
     crossfit: CrossfitConfig = field(default_factory=CrossfitConfig)
@@ -386,7 +387,7 @@ EvalVariant = Literal[
 @dataclass
 class EvalConfig:
     every: int = 1  # epochs
-    batch_size: int = 1000
+    batch_size: int = 1000  # evaluation batch size
     # Where accuracy is measured: the test set, or data.validation_fraction of the training
     # set (for tuning; its records say val_acc instead of test_acc).
     split: Literal["test", "validation"] = "test"
@@ -398,7 +399,7 @@ class EvalConfig:
     # BN statistics at evaluation: the evaluated model's running ones, or re-estimated on a
     # fixed uniform sample of bn_samples training points before each evaluation.
     bn: Literal["running", "recalibrate"] = "recalibrate"
-    bn_samples: int = 6400
+    bn_samples: int = 6400  # bn=recalibrate: training points for BN
     extra: list[EvalVariant] = field(default_factory=list)  # more variants in each record
     RANGES: ClassVar[dict[str, Range]] = {
         "bn_samples": (at_least(1), POSITIVE_INT),
@@ -409,6 +410,7 @@ class EvalConfig:
 
 @dataclass
 class ReportConfig:
+    # test accuracies for epochs and seconds to target
     targets: list[float] = field(default_factory=lambda: [0.8])
     RANGES: ClassVar[dict[str, Range]] = {
         "targets": (lambda v: all(0.0 < x <= 1.0 for x in v), "accuracies in (0, 1]"),
@@ -417,7 +419,7 @@ class ReportConfig:
 
 @dataclass
 class Config:
-    seed: int = 0
+    seed: int = 0  # model init, candidate order, augmentation, selection
     name: str | None = None  # run name; default <config>-<method>-s<seed>
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
