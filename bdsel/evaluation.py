@@ -177,16 +177,6 @@ def recalibrate_batchnorm(
     return len(bns)
 
 
-@torch.no_grad()
-def with_running_stats_of(model: nn.Module, other: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose BN layers hold ``other``'s running mean and variance."""
-    model = copy.deepcopy(model)
-    for mine, theirs in zip(tracked_batchnorms(model), tracked_batchnorms(other), strict=True):
-        mine.running_mean.copy_(theirs.running_mean)
-        mine.running_var.copy_(theirs.running_var)
-    return model
-
-
 # ----------------------------------------------------------------------------- evaluation
 
 # Stream id of the BN recalibration sample (after bdsel.runtime's PERMUTATION, AUGMENTATION, SELECTION).
@@ -199,11 +189,7 @@ class Evaluator:
 
     A record holds ``<split>_acc``/``<split>_loss`` of the evaluated model, and
     ``<split>_acc_online`` and (EMA on) ``<split>_acc_ema`` with the same BN statistics
-    (only the evaluated one's with ``eval.other_weights`` off),
-    plus ``<split>_acc/<variant>`` for each of ``eval.extra`` ("<weights>/<BN statistics>":
-    the online or EMA weights with their own running statistics, recalibrated ones, or the
-    EMA's weights with the online model's running statistics, ``online_bn``; for measuring
-    what to evaluate, each costs one evaluation).
+    (only the evaluated one's with ``eval.other_weights`` off).
     """
 
     def __init__(self, config: Config, data: RunData, source: ImageSource) -> None:
@@ -223,24 +209,19 @@ class Evaluator:
         pick = torch.randperm(len(train_idx), device=device, generator=g)[:n]
         self.bn_rows = train_idx[pick]
 
-    def with_bn(self, model: nn.Module, bn: str, online: nn.Module | None = None) -> nn.Module:
+    def with_bn(self, model: nn.Module, bn: str) -> nn.Module:
         """``model`` with the BN statistics ``bn`` names (a copy when they change)."""
         if bn == "running" or not tracked_batchnorms(model):
             return model
-        if bn == "online_bn":
-            assert online is not None
-            return with_running_stats_of(model, online)
         model = copy.deepcopy(model)
         bs = self.config.eval.batch_size
         batches = (x for _, x in self.source.iter_batches("train", self.bn_rows, bs))
         recalibrate_batchnorm(model, batches)
         return model
 
-    def accuracy(
-        self, model: nn.Module, bn: str, online: nn.Module | None = None
-    ) -> tuple[float, float]:
+    def accuracy(self, model: nn.Module, bn: str) -> tuple[float, float]:
         """(accuracy, mean cross-entropy) on the evaluation split with BN statistics ``bn``."""
-        prepared = self.with_bn(model, bn, online)
+        prepared = self.with_bn(model, bn)
         bs = self.config.eval.batch_size
         return evaluate(prepared, self.source, self.labels, bs, split=self.split, rows=self.rows)
 
@@ -251,7 +232,7 @@ class Evaluator:
 
         def measure(which: str, variant_bn: str) -> tuple[float, float]:
             if (which, variant_bn) not in done:
-                done[which, variant_bn] = self.accuracy(models[which], variant_bn, online)
+                done[which, variant_bn] = self.accuracy(models[which], variant_bn)
             return done[which, variant_bn]
 
         evaluated = self.config.eval.model
@@ -260,8 +241,4 @@ class Evaluator:
         for which in ("online", "ema"):
             if models[which] is not None and (which == evaluated or self.config.eval.other_weights):
                 out[f"{p}_acc_{which}"] = measure(which, bn)[0]
-        for variant in self.config.eval.extra:
-            which, variant_bn = variant.split("/")
-            if models[which] is not None:
-                out[f"{p}_acc/{variant}"] = measure(which, variant_bn)[0]
         return {f"{p}_acc": acc, f"{p}_loss": loss, **out}

@@ -10,7 +10,6 @@ Each phase is labelled for torch.profiler (``bdsel/...``; benchmarks/bench_step.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,15 +56,11 @@ class Run:
     one_time: dict[str, Any] = field(default_factory=dict)
 
 
-def candidate_forward(
-    model: nn.Module, inputs: torch.Tensor, autocast: Callable, bn_mode: str = "batch"
-) -> ForwardOutputs:
-    """No-grad forward over the candidates: float32 logits [n_B, C] and features [n_B, D]."""
+def candidate_forward(model: nn.Module, inputs: torch.Tensor, autocast: Callable) -> ForwardOutputs:
+    """No-grad forward over the candidates, batch-norm layers on the candidates' own batch
+    statistics: float32 logits [n_B, C] and features [n_B, D]."""
     was_training = model.training
-    ctx = batchnorm_batch_stats(model) if bn_mode == "batch" else contextlib.nullcontext()
-    if bn_mode == "eval":
-        model.eval()
-    with torch.no_grad(), ctx, autocast():
+    with torch.no_grad(), batchnorm_batch_stats(model), autocast():
         logits, features = model(inputs)
     model.train(was_training)
     return ForwardOutputs(logits=logits.float(), features=features.float())
@@ -195,9 +190,8 @@ class Stepper:
                     with record_function("bdsel/shortlist"):
                         candidates = shortlist(candidates, last, run.n_rescored)
             with record_function("bdsel/candidate_forward"):
-                bn = run.config.select.candidate_bn
                 scored = candidate_forward(
-                    self.score_forward, candidates.inputs, self.score_autocast, bn
+                    self.score_forward, candidates.inputs, self.score_autocast
                 )
                 logits, features = scored.logits, scored.features
         with record_function("bdsel/select"):

@@ -133,7 +133,6 @@ def bench(args: argparse.Namespace) -> dict:
                     "n_selected": args.n_selected,
                     "n_samples": args.n_samples,
                     "shared_noise": not args.independent_noise,
-                    "candidate_bn": args.candidate_bn,
                     # a method without a cached score to prefilter with runs unfiltered
                     "prefilter": args.prefilter
                     if selector_class(method).has_plausibility()
@@ -322,12 +321,6 @@ def main() -> None:
         choices=["bf16", "fp32", "auto"],
         help="autocast of the candidate forward (select.candidate_precision)",
     )
-    p.add_argument(
-        "--candidate-bn",
-        default="batch",
-        choices=["batch", "eval"],
-        help="batch-norm statistics of the candidate forward (select.candidate_bn)",
-    )
     p.add_argument("--nchw", action="store_true", help="weights in NCHW (the pre-NHWC layout)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
@@ -341,7 +334,7 @@ def main() -> None:
     print(
         f"# {args.model}, C={args.classes}, n_B={args.n_candidates}, n_b={args.n_selected}, "
         f"S={args.n_samples}{' (independent noise)' if args.independent_noise else ''}, "
-        f"prefilter {args.prefilter:g}, rescore {args.rescore:g}, candidate BN {args.candidate_bn}; "
+        f"prefilter {args.prefilter:g}, rescore {args.rescore:g}; "
         f"candidate forward {args.candidate_precision}, {'NCHW' if args.nchw else 'NHWC'} "
         f"weights; {device.type} ({name}), {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}; mean over {args.steps} steps after {args.warmup} warm-up"

@@ -12,7 +12,6 @@ from bdsel.evaluation import (
     EMA_WARMUP_POWER,
     WeightEMA,
     recalibrate_batchnorm,
-    with_running_stats_of,
 )
 from bdsel.models import create_model, list_models
 from bdsel.train import train
@@ -69,19 +68,6 @@ def test_ema_state_round_trips():
     other.load_state_dict(ema.state_dict())
     assert other.updates == 3
     assert torch.equal(other.module[0].weight, ema.module[0].weight)
-
-
-def test_ema_weights_with_the_online_statistics():
-    torch.manual_seed(0)
-    online, averaged = _tiny_net(), _tiny_net()
-    with torch.no_grad():
-        online[1].running_mean.fill_(3.0)
-        online[1].running_var.fill_(4.0)
-    mixed = with_running_stats_of(averaged, online)
-    assert torch.equal(mixed[1].running_mean, online[1].running_mean)
-    assert torch.equal(mixed[1].running_var, online[1].running_var)
-    assert torch.equal(mixed[0].weight, averaged[0].weight)
-    assert torch.equal(averaged[1].running_mean, torch.zeros(4))  # the original is untouched
 
 
 def _simulate_train_mode(x_batches, conv1, conv2):
@@ -167,20 +153,14 @@ def test_online_evaluation_is_unchanged_by_the_ema(tmp_path: Path, tiny_config_v
     assert wb["ema"] is None and wa["ema"]["updates"] == a[-1]["step"]
 
 
-def test_records_carry_the_ema_and_the_extra_variants(tmp_path: Path, tiny_config_values: dict):
+def test_records_carry_the_ema_and_the_online_weights(tmp_path: Path, tiny_config_values: dict):
     values = dict(tiny_config_values)
-    values["eval"] = {
-        "batch_size": 128,
-        "bn": "recalibrate",
-        "bn_samples": 200,
-        "extra": ["online/running", "ema/running", "ema/recalibrate", "ema/online_bn"],
-    }
+    values["eval"] = {"batch_size": 128, "bn": "recalibrate", "bn_samples": 200}
     summary = train(load_config(values=values), tmp_path / "run")
     last = _records(tmp_path / "run")[-1]
-    assert last["test_acc"] == last["test_acc_ema"] == last["test_acc/ema/recalibrate"]
+    assert last["test_acc"] == last["test_acc_ema"]
     assert summary["final_test_acc"] == last["test_acc"]
-    for key in ("test_acc_online", "test_acc/online/running", "test_acc/ema/online_bn"):
-        assert 0.0 <= last[key] <= 1.0, key
+    assert 0.0 <= last["test_acc_online"] <= 1.0
     # Recalibration evaluates a copy: the online model's running statistics are training's.
     ckpt = torch.load(tmp_path / "run/checkpoint.pt", weights_only=False)
     bn_means = [v for k, v in ckpt["model"].items() if k.endswith("running_mean")]
@@ -210,8 +190,6 @@ def test_ema_config_is_checked(tiny_config_values: dict):
         load_config(values=dict(tiny_config_values, train={"ema_decay": 0.0}))
     with pytest.raises(ConfigError, match="train.ema_decay"):
         load_config(values=dict(tiny_config_values, train={"ema_decay": 1.0}))
-    with pytest.raises(ConfigError, match="eval.extra"):
-        load_config(values=dict(tiny_config_values, eval={"extra": ["ema/best"]}))
     cfg = load_config(
         values=dict(tiny_config_values, train={"ema_decay": 0.0}, eval={"model": "online"})
     )

@@ -171,7 +171,6 @@ class SelectConfig:
     method: str = "uniform"  # a registered selector (bdsel.list_selectors)
     n_candidates: int = 320  # n_B
     n_selected: int = 32  # n_b
-    candidate_bn: Literal["batch", "eval"] = "batch"  # batch-norm statistics in the scoring pass
     # Autocast of the no-grad scoring pass over the candidates; bf16 keeps the top-n_b ranking
     # at a lower cost where the device computes bf16 natively (docs/speed.md). auto: bf16
     # there (CUDA; a CPU with AVX-512 BF16 or AMX), else fp32 (emulated bf16 is slower).
@@ -370,18 +369,11 @@ class ZeroshotConfig:
     # train: use a cache whose stored predictor settings differ from these (bdsel train
     # --accept-cache-mismatch); recorded here so that the run directory says so.
     accept_mismatch: bool = False
-
-    # An evaluated variant "<weights>/<BN statistics>" that eval.extra can add to every record.
     RANGES: ClassVar[dict[str, Range]] = {
         "temperature": (lambda v: v == "auto" or v > 0, "auto or a positive float"),
         "batch_size": (at_least(1), POSITIVE_INT),
         "device": (is_device, DEVICE),
     }  # fmt: skip
-
-
-EvalVariant = Literal[
-    "online/running", "online/recalibrate", "ema/running", "ema/recalibrate", "ema/online_bn"
-]
 
 
 @dataclass
@@ -400,7 +392,6 @@ class EvalConfig:
     # fixed uniform sample of bn_samples training points before each evaluation.
     bn: Literal["running", "recalibrate"] = "recalibrate"
     bn_samples: int = 6400  # bn=recalibrate: training points for BN
-    extra: list[EvalVariant] = field(default_factory=list)  # more variants in each record
     RANGES: ClassVar[dict[str, Range]] = {
         "bn_samples": (at_least(1), POSITIVE_INT),
         "every": (at_least(1), POSITIVE_INT),

@@ -37,7 +37,6 @@ MAIN_KEYS = ("select.method", "data.name", "data.noise.kind", "data.noise.rate")
 SHARED_SELECT_KEYS = (
     "select.n_candidates",
     "select.n_selected",
-    "select.candidate_bn",
     "select.candidate_precision",
     "select.warmup_epochs",
 )
