@@ -76,11 +76,8 @@ class EpochSchedule:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.base_lrs = list(state["base_lrs"])
-        if "in_epoch" in state:
-            self.epoch, self.epoch_steps = state["epoch"], state["epoch_steps"]
-            self.in_epoch = state["in_epoch"]
-        else:  # a per-step LambdaLR's state (checkpoints before this schedule): its step count
-            self.epoch, self.in_epoch = divmod(state["last_epoch"], self.epoch_steps)
+        self.epoch, self.epoch_steps = state["epoch"], state["epoch_steps"]
+        self.in_epoch = state["in_epoch"]
         self._apply()
 
 

@@ -343,13 +343,6 @@ def _existing_cache(config: Config) -> Path:
     path = default_cache_path(config)
     check_cache_path(path)
     method = config.select.method
-    legacy = path.with_name(f"{predictor_entry(config.zeroshot.predictor).cache_stem(config)}.h5")
-    if not config.zeroshot.cache and not path.exists() and legacy.exists():
-        raise CacheError(
-            f"select.method={method} needs the zero-shot cache {path}; {legacy} is one from "
-            "before cache names carried a hash of the predictor settings: rename it, or point "
-            "zeroshot.cache at it (its settings are checked either way)"
-        )
     check_not_partial(path)
     if not path.exists():
         raise CacheError(
@@ -385,12 +378,10 @@ def _check_cache_spec(
 def _auto_temperature(path: Path, info: dict[str, Any], config: Config) -> float:
     """zeroshot.temperature=auto: the cache's fitted T (with the labels' noise, where the
     predictor calibrates on observed labels and the cache holds that fit)."""
-    temperature = auto_temperature(info, config.zeroshot.calibrate_noise, path)
     observed = calibrates_on_observed_labels(predictor_entry(config.zeroshot.predictor).cls)
     if config.zeroshot.calibrate_noise and observed and info.get("temperature_denoised") is None:
-        log.warning(
-            f"{path} holds no temperature fitted with the labels' noise (made before bdsel "
-            f"fitted one): using the plain fit, T = {temperature:.3f}. Run the same bdsel "
-            "cache-zeroshot command to add it (seconds), or set zeroshot.calibrate_noise=false"
+        raise CacheError(
+            f"{path} holds no temperature fitted with the labels' noise: remake it with bdsel "
+            "cache-zeroshot --overwrite, or set zeroshot.calibrate_noise=false"
         )
-    return temperature
+    return auto_temperature(info, config.zeroshot.calibrate_noise, path)

@@ -271,6 +271,7 @@ def cache_zeroshot(
     from bdsel.names import check_names
     from bdsel.predict import cache_zeroshot as run_cache
     from bdsel.predict import default_cache_path
+    from bdsel.predictors.registry import summary_rows
 
     if config is None:
         raise fail("--config is required (a YAML file or a shipped config name)")
@@ -297,7 +298,7 @@ def cache_zeroshot(
         ("train accuracy (clean labels)", f"{summary.train_accuracy:.2%}"),
         ("test accuracy", f"{summary.test_accuracy:.2%}"),
         ("mean log-prob of the clean label", f"{summary.mean_clean_logprob:.3f}"),
-        *predictor_rows(summary.predictor or {}),
+        *summary_rows(summary.predictor or {}),
         (
             "fitted temperature",
             "-" if summary.temperature is None else f"{summary.temperature:.3f}",
@@ -328,40 +329,6 @@ def denoised_rows(summary) -> list[tuple[str, str]]:
             f"{summary.label_noise_rate:.1%}",
         ),  # fmt: skip
     ]
-
-
-def predictor_rows(spec: dict) -> list[tuple[str, str]]:
-    """What a trained predictor's spec says about its training, as table rows."""
-    rows = []
-    if spec.get("calibration_accuracy") is not None:
-        rows.append(("calibration accuracy (clean labels)", f"{spec['calibration_accuracy']:.2%}"))
-    if spec.get("epochs_trained") is not None:
-        rows.append(("epochs (kept, by early stopping)", str(spec["epochs_trained"])))
-    if spec.get("fold_accuracy"):
-        accs = ", ".join(f"{a:.2%}" for a in spec["fold_accuracy"])
-        rows.append(("held-out fold accuracy (observed labels)", accs))
-        rows.append(("epochs per fold (kept)", ", ".join(map(str, spec["fold_epochs"]))))
-    if spec.get("refit_skipped"):
-        why = (
-            "the estimated noise channel leaves a class unidentifiable"
-            if "refit_noise" in spec
-            else "cleanlab trusted too few points to refit on"
-        )
-        rows.append(("refit round", f"skipped: {why}"))
-    elif spec.get("refit_noise") is not None:
-        rate = "the fitted rate" if spec.get("kind") == "probe" else "the anchor points' rate"
-        channel = {"symmetric": f"symmetric, {rate}"}.get(
-            spec.get("refit_channel"), "anchor points"
-        )
-        why = (
-            f", mean off-diagonal concentration {c:.2f}" if (c := spec.get("concentration")) else ""
-        )
-        rows.append(
-            (f"refit round's noise channel ({channel})", f"{spec['refit_noise']:.1%} noise{why}")
-        )
-    elif spec.get("refit_points"):
-        rows.append(("refit round trained on (trusted points)", f"{spec['refit_points']:,}"))
-    return rows
 
 
 @app.command()

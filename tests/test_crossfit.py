@@ -1,7 +1,6 @@
 """The crossfit predictor: every training row predicted by a model that never trained on it."""
 
 import json
-import logging
 from pathlib import Path
 
 import h5py
@@ -271,9 +270,7 @@ def _kill_round_two(monkeypatch) -> list[str]:
     return fits
 
 
-def test_crossfit_cache_resumes_after_a_kill(
-    crossfit_values: dict, tmp_path: Path, monkeypatch, caplog
-):
+def test_crossfit_cache_resumes_after_a_kill(crossfit_values: dict, tmp_path: Path, monkeypatch):
     cfg_path = tmp_path / "cf.yaml"
     cfg_path.write_text(yaml.safe_dump(crossfit_values))
     result = runner.invoke(app, ["cache-zeroshot", "-c", str(cfg_path)])
@@ -290,7 +287,7 @@ def test_crossfit_cache_resumes_after_a_kill(
     result = runner.invoke(app, ["cache-zeroshot", "-c", str(cfg_path)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "cf.h5").stat().st_mtime_ns == before
-    check_label_noise_fit(cfg_path, tmp_path / "cf.h5", full, temperature, caplog)
+    check_label_noise_fit(cfg_path, tmp_path / "cf.h5", full, temperature)
 
     # Kill mid-rows: the second write of rows raises; the weights and the partial file stay.
     other = dict(
@@ -400,14 +397,13 @@ def test_a_forward_refit_resumes_after_a_kill_between_rounds(
         assert torch.equal(resumed.logprobs(split, rows), whole.logprobs(split, rows)), split
 
 
-def check_label_noise_fit(
-    cfg_path: Path, path: Path, logprobs: dict, temperature: float, caplog
-) -> None:
+def check_label_noise_fit(cfg_path: Path, path: Path, logprobs: dict, temperature: float) -> None:
     """The crossfit predictor calibrates on observed labels (20% noise here): its cache holds
-    the fit under label noise too and ``auto`` reads it; a cache made before bdsel fitted it
-    gives the plain fit with a warning, and gets the fit from ``cache-zeroshot`` without its
-    log-probs being recomputed."""
+    the fit under label noise too, and ``auto`` reads it (or the plain fit, with
+    ``calibrate_noise=false``); a cache without that fit is refused by name, not read at the
+    plain fit."""
     from bdsel.assemble import build_lookups
+    from bdsel.cache.format import CacheError
     from bdsel.calibration import fit_label_noise
 
     cfg = load_config(str(cfg_path))
@@ -415,40 +411,27 @@ def check_label_noise_fit(
     rows = data.train_idx
     fit = fit_label_noise(torch.from_numpy(logprobs["train"])[rows], data.observed[rows])
     expected = (fit.temperature, fit.noise_rate)
-    with h5py.File(path, "r+") as f:
+    with h5py.File(path) as f:
         stored = (float(f.attrs["temperature_denoised"]), float(f.attrs["label_noise_rate"]))
         assert stored == pytest.approx(expected, rel=1e-9)
         assert f.attrs["noise_model"] == fit.model
         assert json.loads(f.attrs["noise_fit"])["transition"] == fit.transition
-        for key in ("temperature_denoised", "label_noise_rate", "noise_model", "noise_fit"):
-            del f.attrs[key]  # as an older bdsel
-    raw = torch.from_numpy(logprobs["train"]).float()
-    bayesian = load_config(str(cfg_path), ["select.method=bayesian"])
-    logger = logging.getLogger("bdsel")  # the CLI stops it propagating to caplog's root handler
-    logger.addHandler(caplog.handler)
-    try:  # such a cache: the plain fit, and a warning that says so
-        zs = build_lookups(("zs_logprobs",), bayesian, data, torch.device("cpu"))["zs_logprobs"]
-    finally:
-        logger.removeHandler(caplog.handler)
-    observed = data.observed.long()[:, None]  # a run's table: its observed labels' column
-    expect = torch.log_softmax(raw / temperature, 1).gather(1, observed).squeeze(1)
-    torch.testing.assert_close(zs.logprob, expect, atol=1e-5, rtol=0)
-    assert "no temperature fitted with the labels' noise" in caplog.text
-    result = runner.invoke(app, ["cache-zeroshot", "-c", str(cfg_path)])
-    assert result.exit_code == 0, result.output
-    assert "estimated label noise" in " ".join(result.output.split())
-    with h5py.File(path) as f:
-        assert (float(f.attrs["temperature_denoised"]), float(f.attrs["label_noise_rate"])) == (
-            pytest.approx(expected, rel=1e-9)
-        )
         assert float(f.attrs["temperature"]) == temperature
-        for s in ("train", "test"):
-            assert (f[f"{s}/logprobs"][...] == logprobs[s]).all(), s
+    raw = torch.from_numpy(logprobs["train"]).float()
+    observed = data.observed.long()[:, None]  # a run's table: its observed labels' column
+
+    def read(calibrate_noise: bool):
+        flag = f"zeroshot.calibrate_noise={str(calibrate_noise).lower()}"
+        cfg = load_config(str(cfg_path), ["select.method=bayesian", flag])
+        return build_lookups(("zs_logprobs",), cfg, data, torch.device("cpu"))["zs_logprobs"]
+
     for calibrate_noise, t in ((True, expected[0]), (False, temperature)):
-        cfg = load_config(
-            str(cfg_path),
-            ["select.method=bayesian", f"zeroshot.calibrate_noise={str(calibrate_noise).lower()}"],
-        )
-        zs = build_lookups(("zs_logprobs",), cfg, data, torch.device("cpu"))["zs_logprobs"]
         expect = torch.log_softmax(raw / t, 1).gather(1, observed).squeeze(1)
-        torch.testing.assert_close(zs.logprob, expect, atol=1e-5, rtol=0)
+        torch.testing.assert_close(read(calibrate_noise).logprob, expect, atol=1e-5, rtol=0)
+    with h5py.File(path, "r+") as f:
+        for key in ("temperature_denoised", "label_noise_rate", "noise_model", "noise_fit"):
+            del f.attrs[key]
+    with pytest.raises(CacheError, match="no temperature fitted with the labels' noise"):
+        read(True)
+    expect = torch.log_softmax(raw / temperature, 1).gather(1, observed).squeeze(1)
+    torch.testing.assert_close(read(False).logprob, expect, atol=1e-5, rtol=0)

@@ -58,3 +58,34 @@ def test_every_predictor_keeps_the_predictor_protocol(name: str):
     for method in ("from_config", "settings", "logprobs", "spec"):
         assert callable(getattr(entry.cls, method)), method
     assert issubclass(entry.cls, Predictor)
+
+
+def test_each_predictor_says_what_its_made_cache_records():
+    """The rows `bdsel cache-zeroshot` prints of a cache's predictor spec come from the
+    predictor's own class (none for one without a fit to speak of)."""
+    from bdsel.predictors.registry import summary_rows
+
+    holdout = {"kind": "holdout", "calibration_accuracy": 0.9, "epochs_trained": 7}
+    assert summary_rows(holdout) == [
+        ("calibration accuracy (clean labels)", "90.00%"),
+        ("epochs (kept, by early stopping)", "7"),
+    ]
+    crossfit = {"kind": "crossfit", "fold_accuracy": [0.8, 0.75], "fold_epochs": [18, 17],
+                "refit_noise": 0.2, "refit_channel": "symmetric", "concentration": 0.25}  # fmt: skip
+    rows = summary_rows(crossfit)
+    assert rows[:2] == [
+        ("held-out fold accuracy (observed labels)", "80.00%, 75.00%"),
+        ("epochs per fold (kept)", "18, 17"),
+    ]
+    assert rows[2] == (
+        "refit round's noise channel (symmetric, the anchor points' rate)",
+        "20.0% noise, mean off-diagonal concentration 0.25",
+    )
+    skipped = summary_rows(dict(crossfit, refit_skipped=True))
+    assert skipped[-1] == (
+        "refit round", "skipped: the estimated noise channel leaves a class unidentifiable"
+    )  # fmt: skip
+    probe = {"kind": "probe", "refit_noise": 0.4, "refit_channel": "anchor"}
+    assert summary_rows(probe) == [("refit round's noise channel (anchor points)", "40.0% noise")]
+    assert summary_rows({"kind": "clip"}) == summary_rows({"kind": "custom"}) == []
+    assert summary_rows({}) == []

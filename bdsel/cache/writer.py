@@ -261,8 +261,7 @@ def build_cache(
     ``temperature`` attribute, which ``zeroshot.temperature: auto`` reads. ``label_noise``:
     the calibration labels are observed ones that noise may have changed; the fit under
     label noise is stored too (``temperature_denoised``, ``label_noise_rate``, ``noise_model``,
-    ``noise_fit``: symmetric or a transition matrix, whichever BIC prefers), and added to a
-    complete cache made before bdsel fitted it (its log-probs are not recomputed). Its cost is
+    ``noise_fit``: symmetric or a transition matrix, whichever BIC prefers). Its cost is
     recorded (SECONDS_ATTR: ``fit_seconds``, rows and calibration, over a resume's sessions).
 
     Resumes ``<path>.partial`` when it was made for the same dataset fingerprint and predictor
@@ -335,8 +334,8 @@ def _complete_info(
     calibration: tuple[torch.Tensor, torch.Tensor] | None,
     label_noise: bool,
 ) -> dict[str, Any]:
-    """The attributes of a complete cache made for this dataset and predictor (with the fit
-    under label noise added when it lacks it); a CacheError for any other file at ``path``."""
+    """The attributes of a complete cache made for this dataset and predictor; a CacheError
+    for any other file at ``path``."""
     try:
         problem, info = _existing_problem(path, fingerprint, spec)
     except CacheError as exc:  # unreadable: truncated, or not HDF5 at all
@@ -344,14 +343,6 @@ def _complete_info(
     if problem or info["missing"] or not info["complete"]:
         why = problem or "is incomplete"
         raise CacheError(f"{path} exists and {why}; {REBUILD}")
-    if (
-        calibration is not None
-        and label_noise
-        and not {"label_noise_rate", "noise_model"} <= info.keys()
-    ):
-        with open_cache(path, "r+") as f:
-            calibrate(f, calibration, label_noise)
-            info = read_attrs(f, path)
     return info
 
 

@@ -56,9 +56,9 @@ from bdsel.evaluation import predict_logprobs
 from bdsel.fit import EarlyStopping, fit_supervised
 from bdsel.models import create_model
 from bdsel.optim import build_optimizer
+from bdsel.predictors.crossfit_spec import crossfit_settings, crossfit_summary_rows
 from bdsel.predictors.holdout import (
     as_train_config,
-    fit_settings,
     training_source,
     weights_sha256,
 )
@@ -118,32 +118,7 @@ class CrossfitPredictor:
     @staticmethod
     def settings(config: Config) -> dict[str, Any]:
         """The settings that shape its outputs, as its spec names them."""
-        settings = fit_settings("crossfit", config, config.zeroshot.crossfit)
-        c = config.zeroshot.crossfit
-        # Left out where they do nothing, or at the value they had before they were settings:
-        # the caches made then keep matching.
-        if not c.channel_round:
-            del settings["channel_folds"], settings["channel_epochs"], settings["channel"]
-            del settings["refit_init"]
-        else:
-            if c.refit_init == "fresh":
-                del settings["refit_init"]
-            if c.channel_folds == c.folds:
-                del settings["channel_folds"]
-            if c.channel_epochs == c.epochs:
-                del settings["channel_epochs"]
-            if c.channel == "anchor":
-                del settings["channel"]
-        if settings["rounds"] == 1:
-            del settings["rounds"], settings["refit_filter"], settings["refit"]
-        elif settings["refit"] == "trusted":
-            del settings["refit"]
-        if c.cleaned:  # which cleaning left the rows it trains on (their hash is checked too)
-            clean = config.data.clean
-            settings["cleaned"] = {"by": Path(clean.cache).name, "filter_by": clean.filter_by}
-        else:
-            del settings["cleaned"]
-        return settings
+        return crossfit_settings(config)
 
     @staticmethod
     def fits_cleaned(config: Config) -> bool:
@@ -168,6 +143,11 @@ class CrossfitPredictor:
     @classmethod
     def from_config(cls, config: Config, data: RunData, device: torch.device) -> CrossfitPredictor:
         return cls(config, data, training_source(config, data, device))
+
+    @staticmethod
+    def summary_rows(spec: dict[str, Any]) -> list[tuple[str, str]]:
+        """What its spec says about its fit, as the CLI prints it."""
+        return crossfit_summary_rows(spec)
 
     def describe(self) -> str:
         c = self.config.zeroshot.crossfit

@@ -104,6 +104,17 @@ class HoldoutPredictor:
     def from_config(cls, config: Config, data: RunData, device: torch.device) -> HoldoutPredictor:
         return cls(config, data, training_source(config, data, device))
 
+    @staticmethod
+    def summary_rows(spec: dict[str, Any]) -> list[tuple[str, str]]:
+        """What its spec says about its fit, as the CLI prints it."""
+        rows = []
+        if spec.get("calibration_accuracy") is not None:
+            accuracy = f"{spec['calibration_accuracy']:.2%}"
+            rows.append(("calibration accuracy (clean labels)", accuracy))
+        if spec.get("epochs_trained") is not None:
+            rows.append(("epochs (kept, by early stopping)", str(spec["epochs_trained"])))
+        return rows
+
     def describe(self) -> str:
         """What ``cache-zeroshot`` says it is training."""
         h = self.config.zeroshot.holdout

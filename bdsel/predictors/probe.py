@@ -40,7 +40,7 @@ from bdsel.config import Config
 from bdsel.data import RunData
 from bdsel.data.noise_channel import anchor_transition, choose_channel, forward_loss, identifiable
 from bdsel.predictors.features import FeatureExtractor
-from bdsel.predictors.registry import register_predictor
+from bdsel.predictors.registry import channel_rows, register_predictor
 from bdsel.rundir import atomic_write_bytes
 
 Channel = Literal["auto", "none"]
@@ -255,6 +255,11 @@ class ProbePredictor:
             settings |= {"model": Path(z.model).stem, "pretrained": Path(z.pretrained).name,
                          "precision": z.precision}  # fmt: skip
         return settings
+
+    @staticmethod
+    def summary_rows(spec: dict[str, Any]) -> list[tuple[str, str]]:
+        """What its spec says about its fit, as the CLI prints it."""
+        return channel_rows(spec, "the fitted rate")
 
     def describe(self) -> str:
         p = self.config.zeroshot.probe

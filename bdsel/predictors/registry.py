@@ -117,6 +117,25 @@ def predictor_entry(name: str) -> PredictorEntry:
         raise ValueError(f"zeroshot.predictor: {exc}") from None
 
 
+def summary_rows(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    """What a made cache's predictor spec says about its fit, as (label, value) rows: each
+    registered predictor's ``summary_rows(spec)`` (none for one without it)."""
+    kind = spec.get("kind") if spec else None
+    entry = PREDICTORS.get(kind) if kind in PREDICTORS else None
+    rows = getattr(entry.cls, "summary_rows", None) if entry is not None else None
+    return rows(spec) if rows is not None else []
+
+
+def channel_rows(spec: dict[str, Any], rate: str) -> list[tuple[str, str]]:
+    """The row of a refit through a noise channel: its kind and noise rate (``rate``: where
+    the symmetric channel's rate comes from)."""
+    if spec.get("refit_noise") is None:
+        return []
+    channel = {"symmetric": f"symmetric, {rate}"}.get(spec.get("refit_channel"), "anchor points")
+    why = f", mean off-diagonal concentration {c:.2f}" if (c := spec.get("concentration")) else ""
+    return [(f"refit round's noise channel ({channel})", f"{spec['refit_noise']:.1%} noise{why}")]
+
+
 def create_predictor(config: Config, data: RunData, device: torch.device) -> Predictor:
     """The predictor ``config.zeroshot.predictor`` names, for ``data``'s dataset on ``device``."""
     return predictor_entry(config.zeroshot.predictor).cls.from_config(config, data, device)
