@@ -33,8 +33,9 @@ def build_lookups(
     cleaned: RunData | None = None,
 ) -> dict[str, LabelColumn]:
     """Per-index tables a selector asks for, by global index on ``device`` (each row's observed
-    label's log-prob and likeliest class: O(N)), checked against the train subset their cache was made for: the whole one (``data``), or,
-    for a predictor fitted on the cleaned data, the one ``data.clean`` leaves (``cleaned``)."""
+    label's log-prob and likeliest class: O(N)), checked against the train subset their cache
+    was made for: the whole one (``data``), or, for a predictor fitted on the cleaned data,
+    the one ``data.clean`` leaves (``cleaned``)."""
     if not names:
         return {}
     # late: open_clip and h5py only when needed

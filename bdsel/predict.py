@@ -1,9 +1,11 @@
 """What ``bdsel cache-zeroshot`` does, and how ``train`` reads the cache back.
 
-``cache_zeroshot`` builds the registered predictor a config names (``bdsel.predictors.registry``:
-open_clip CLIP, the hold-out model, ...) and writes the HDF5 cache. ``load_lookups`` gives a
-training run its per-index zero-shot log-probs: ``zs_logprobs`` (at ``zeroshot.temperature``, for the bayesian score) and
-``il_logprobs`` (at T = 1, the irreducible-loss model of RHO-LOSS).
+``cache_zeroshot`` builds the registered predictor a config names
+(``bdsel.predictors.registry``: open_clip CLIP, the hold-out model, ...) and writes the HDF5
+cache. ``load_lookups`` gives a training run its per-index tables, each row's observed
+label's log-prob and likeliest class (``bdsel.table.LabelColumn``): ``zs_logprobs`` (at
+``zeroshot.temperature``, for the bayesian score) and ``il_logprobs`` (at T = 1, the
+irreducible-loss model of RHO-LOSS).
 """
 
 from __future__ import annotations

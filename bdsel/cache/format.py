@@ -343,7 +343,7 @@ def _checked_split(
         yield rows
 
 
-# ---------------------------------------------------------------------- building
+# ---------------------------------------------------------------------- rows by index
 
 
 def read_rows(dataset: h5py.Dataset, rows: torch.Tensor) -> torch.Tensor:

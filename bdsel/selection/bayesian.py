@@ -33,7 +33,9 @@ class Bayesian(WarmupSelector):
     Args:
         n_selected: n_b, the points trained on per step.
         zs_logprobs: log p_zs(c | x) [N, C] by global index: a
-            :class:`~bdsel.table.ZeroShotTable` (its temperature applied) or a tensor.
+            :class:`~bdsel.table.ZeroShotTable` (its temperature applied) or a tensor; or, as
+            ``bdsel train`` passes it, a :class:`~bdsel.table.LabelColumn` (the observed labels'
+            entries only).
         n_features: D, the width of the features (the last linear layer's ``in_features``).
         alpha: α, the weight of the model's mean log-likelihood against the zero-shot term.
         n_samples: S, logit samples from the posterior per candidate.

@@ -118,7 +118,8 @@ class GradNormIS(GradNorm):
 
 class UsesIrreducibleLoss(ScoreSelector):
     """A method with the IL model's log-probs, ``il_logprobs`` [N, C] by global index (a
-    :class:`~bdsel.table.ZeroShotTable` or a tensor, at T = 1); they make its prefilter."""
+    :class:`~bdsel.table.ZeroShotTable` or a tensor, at T = 1, or the observed labels'
+    :class:`~bdsel.table.LabelColumn`); they make its prefilter."""
 
     requires = ("il_logprobs",)
 
