@@ -47,6 +47,7 @@ _PUBLIC = {
     "ZeroShotTable": "bdsel.table",
     "write_zeroshot_cache": "bdsel.predictors.any_dataset",
     "crossfit_probe": "bdsel.predictors.probe",
+    "crossfit_models": "bdsel.predictors.crossfit_fit",
     "ClipPredictor": "bdsel.predictors.clip",
 }
 

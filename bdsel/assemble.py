@@ -30,19 +30,16 @@ def build_lookups(
     config: Config,
     data: RunData,
     device: torch.device,
-    cleaned: RunData | None = None,
 ) -> dict[str, LabelColumn]:
     """Per-index tables a selector asks for, by global index on ``device`` (each row's observed
     label's log-prob and likeliest class: O(N)), checked against the train subset their cache
-    was made for: the whole one (``data``), or, for a predictor fitted on the cleaned data,
-    the one ``data.clean`` leaves (``cleaned``)."""
+    was made for (``data``, before any cleaning)."""
     if not names:
         return {}
     # late: open_clip and h5py only when needed
-    from bdsel.predict import fits_cleaned, load_lookups
+    from bdsel.predict import load_lookups
 
-    made_for = cleaned if cleaned is not None and fits_cleaned(config) else data
-    return load_lookups(names, config, made_for, device)
+    return load_lookups(names, config, data, device)
 
 
 def prefilter_size(config: Config, selector: Selector) -> int:
@@ -100,7 +97,7 @@ def build_run(config: Config, dataset: Dataset | None = None, world: World | Non
     data = derive_run_data(dataset, config.data, config.seed)
     cleaned = clean_run_data(config, data)  # data.clean's points dropped (clean-then-train)
     requires = selector_class(config.select.method).requires
-    lookups = build_lookups(requires, config, data, device, cleaned)
+    lookups = build_lookups(requires, config, data, device)
     from bdsel.predict import one_time_cost  # late, as build_lookups
 
     one_time = one_time_cost(config, requires)

@@ -34,7 +34,6 @@ from bdsel.cache.format import (
 )
 from bdsel.cache.provenance import check_split
 from bdsel.cache.writer import CacheSummary, build_cache
-from bdsel.cleaning import clean_run_data
 from bdsel.config import Config
 from bdsel.data import RunData, derive_run_data, load_dataset
 from bdsel.distributed import World, barrier, broadcast_from_main, init_world
@@ -139,14 +138,6 @@ def calibrates_on_observed_labels(predictor: Any) -> bool:
     return getattr(predictor, "calibration_labels", "clean") == "observed"
 
 
-def fits_cleaned(config: Config) -> bool:
-    """Whether the predictor's models train on the train subset ``data.clean`` leaves
-    (``zeroshot.crossfit.cleaned``): its cache is then made for, and checked against, that
-    subset rather than the whole one."""
-    fits = getattr(predictor_entry(config.zeroshot.predictor).cls, "fits_cleaned", None)
-    return bool(fits is not None and fits(config))
-
-
 def make_predictor(config: Config, data: RunData, world: World | None = None):
     """The predictor ``zeroshot.predictor`` names, ready to call ``.logprobs(split, rows)``."""
     return create_predictor(config, data, predictor_device(config, world or World()))
@@ -215,8 +206,6 @@ def _write_cache(
         console, progress = Console(quiet=True), False
     dataset = load_dataset(config.data)
     data = derive_run_data(dataset, config.data, config.seed)
-    if fits_cleaned(config):
-        data = clean_run_data(config, data)
     predictor = make_predictor(config, data, world)
     weights = holdout_weights_path(out)
     needs_model = isinstance(predictor, TrainedPredictor) and not (out.exists() and not overwrite)

@@ -9,7 +9,7 @@ the refit would train through:
 - auto: ``choose_channel`` of the anchor-point matrix (the shipped estimate; at symmetric
   noise the rate is the anchor diagonal's, which counts the model's own confusions as noise);
 - fitted: the same choice with the symmetric rate fitted by likelihood, with a temperature,
-  to the fold's observed labels (``zeroshot.crossfit.channel: fitted``).
+  to the fold's observed labels (the retired ``zeroshot.crossfit.channel: fitted``).
 
 Each row: the chosen kind, the estimated noise rate (1 − mean diagonal), the true rate, the
 mean L1 distance of a row of the estimate from the true channel (the clean → observed counts
@@ -41,6 +41,7 @@ LENGTHS = (2, 3, 4, 8)
 
 def estimate(setting: str, epochs: int) -> dict:
     """Train one channel round of ``epochs`` and compare its channels with the true one."""
+    from bdsel.calibration import fit_temperature_and_noise
     from bdsel.config import load_config
     from bdsel.data import derive_run_data, load_dataset
     from bdsel.data.noise_channel import anchor_transition, choose_channel, identifiable
@@ -50,15 +51,17 @@ def estimate(setting: str, epochs: int) -> dict:
                  f"zeroshot.crossfit.channel_epochs={epochs}"]  # fmt: skip
     cfg = load_config("fashion_mnist", overrides)
     data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
-    predictor = CrossfitPredictor.from_config(cfg, data, torch.device("cpu"))
-    predictor._fit_round(None, range(len(predictor.models)))  # the channel round only
-    rows, probs = predictor._out_of_fold()
+    fit = CrossfitPredictor.from_config(cfg, data, torch.device("cpu")).crossfit
+    fit._fit_round(None, range(len(fit.models)))  # the channel round only
+    rows, probs = fit._out_of_fold()
     n = data.dataset.n_classes
     true = torch.zeros(n, n, dtype=torch.float64)
     true.index_put_((data.clean[rows], data.observed[rows]), torch.ones(len(rows)).double(), True)
     true /= true.sum(1, keepdim=True)
     anchor = anchor_transition(probs)
-    fitted = predictor._fitted_rate(rows, probs)  # what channel: fitted would train through
+    # the symmetric rate of most likelihood of the observed labels, with a temperature: what
+    # the retired ``channel: fitted`` trained through
+    fitted = fit_temperature_and_noise(probs.clamp_min(1e-300).log(), data.observed[rows])[1]
     out = {"setting": setting, "epochs": epochs, "true_rate": float(1 - true.diagonal().mean())}
     for name, rate in (("auto", None), ("fitted", fitted)):
         kind, t = choose_channel(anchor, rate)

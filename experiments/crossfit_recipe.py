@@ -31,7 +31,8 @@ from bdsel.data.noise_channel import anchor_transition, forward_loss, symmetric_
 from bdsel.evaluation import predict_logprobs
 from bdsel.fit import fit_supervised
 from bdsel.optim import build_optimizer
-from bdsel.predictors.crossfit import CrossfitPredictor, fold_seed
+from bdsel.predictors.crossfit import CrossfitPredictor
+from bdsel.predictors.crossfit_fit import fold_seed
 from bdsel.predictors.holdout import as_train_config, training_source
 
 
@@ -45,7 +46,7 @@ def fit_fold_model(args: argparse.Namespace) -> tuple[dict, torch.Tensor, torch.
     ds = load_dataset(cfg.data)
     data = derive_run_data(ds, cfg.data, cfg.seed)
     source = training_source(cfg, data, torch.device("cpu"))
-    predictor = CrossfitPredictor(cfg, data, source)  # the folds and fold 0's initial model
+    fit = CrossfitPredictor(cfg, data, source).crossfit  # the folds and fold 0's initial model
     c = cfg.zeroshot.crossfit
     if args.what == "anchor" or args.eps is None:
         loss = F.cross_entropy
@@ -53,14 +54,14 @@ def fit_fold_model(args: argparse.Namespace) -> tuple[dict, torch.Tensor, torch.
         loss = forward_loss(symmetric_channel(args.eps, ds.n_classes))
     start = time.perf_counter()
     model = fit_supervised(
-        predictor.models[0], source, predictor.training_rows(0), data.observed,
+        fit.models[0], source, fit.training_rows(0), data.observed,
         epochs=args.epochs, batch_size=c.batch_size,
-        optimizer=build_optimizer(predictor.models[0], as_train_config(cfg, c)),
+        optimizer=build_optimizer(fit.models[0], as_train_config(cfg, c)),
         seed=fold_seed(cfg.seed, 0), ema_decay=cfg.train.ema_decay, schedule=c.schedule,
         loss=loss,
     )  # fmt: skip
     seconds = time.perf_counter() - start
-    rows = predictor.folds[0]
+    rows = fit.folds[0]
     lp = predict_logprobs(model, source, "train", rows, 512)
     test = predict_logprobs(model, source, "test", torch.arange(len(ds.test.labels)), 512)
     clean, observed = ds.train.labels[rows], data.observed[rows]

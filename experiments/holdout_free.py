@@ -11,11 +11,15 @@ read from there (``STORED``) instead of being rerun; everything else is a plain
 - bayesian (crossfit, shipped): the shipped crossfit default: a channel round (one fold's
   model, 8 epochs) whose out-of-fold probabilities estimate the noise channel, anchor points
   or their symmetric projection as ``channel: auto`` chooses, then K = 2 models of 18 epochs
-  trained through it (``zeroshot.crossfit.refit=forward``).
+  trained through it.
 - bayesian (crossfit, channel round's model continued; 16-epoch models; 3-epoch channel
   round, fitted rate): three cheaper caches than the shipped one, measured against it
   (``refit_init=continue``: 36 model-epochs; ``epochs=16``: 40; ``channel_epochs=3
   channel=fitted``: 39; the shipped default's 44).
+
+The recipes of the grid's ``RETIRED`` (continued, fitted rate, anchor channel, refit round,
+models of the cleaned points) lost and left bdsel: their runs are reported from the kept
+records and never made again.
 - bayesian (crossfit, forward round, anchor channel): the default before, two rounds of K = 2
   models of 10 epochs, the second through the anchor-point channel, pinned by its overrides.
 - bayesian (crossfit, one round): ``zeroshot.crossfit.rounds=1``, 10 epochs, the default
@@ -79,6 +83,9 @@ def run_missing(args: argparse.Namespace) -> None:
     skip = set(args.skip.split(",")) if args.skip else set()
     todo = [r for r in selected(args.only) if not has_summary(run_dir(r, args.runs))]
     todo = [r for r in todo if r.name not in skip]
+    for r in (r for r in todo if r.arm.retired):
+        log(f"{r.name}: not made (its recipe left bdsel; only kept records are reported)")
+    todo = [r for r in todo if not r.arm.retired]
     caches = cache_jobs(todo)
     # A cache whose command cleans by another cache (data.clean.cache) after the ones that do
     # not: the cache it cleans by is one of those.
@@ -257,7 +264,8 @@ def diagnostics(setting: str, caches: dict[str, str], stored: dict[str, list[str
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, predictor in CACHES.items():
         name = f"{key}_{setting}"  # the hold-out model's cache is the same for every setting,
-        if cache_path(setting, predictor).exists():  # its diagnostics are not
+        path = cache_path(setting, predictor)  # None: a retired recipe's, its stored row
+        if path is not None and path.exists():  # its diagnostics are not
             stored[name] = _diagnostic_cells(key, setting, caches, stored.get(name))
         if name in stored:
             lines.append("| " + " | ".join(stored[name]) + " |")

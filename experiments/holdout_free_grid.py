@@ -48,6 +48,11 @@ FORWARD = (*EARLIER, "zeroshot.crossfit.rounds=2", "zeroshot.crossfit.refit=forw
            "zeroshot.crossfit.channel_folds=2", "zeroshot.crossfit.channel_epochs=10",
            "zeroshot.crossfit.channel=anchor")  # fmt: skip
 
+# Recipes whose settings left bdsel (refit_init=continue, channel=fitted|anchor, cleaned,
+# refit=trusted: each measured below the shipped one, docs/predictors.md): their arms' runs are
+# kept records (KEPT), reported as they are and never made again.
+RETIRED = (CONTINUE, C3, CLEANED, REFIT, FORWARD)
+
 # name -> (what the tables call it, its data overrides)
 SETTINGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "n20": ("20% symmetric noise", ()),
@@ -65,6 +70,11 @@ class Arm:
     # data.clean.cache: the crossfit cache of the same data these predictor overrides make
     cleans: tuple[str, ...] | None = None
     stored: dict[str, str] = field(default_factory=dict)  # setting -> run directory, {seed}
+
+    @property
+    def retired(self) -> bool:
+        """Whether a cache it reads or cleans by is a retired recipe's (records only)."""
+        return self.cache in RETIRED or self.cleans in RETIRED
 
 
 PEERS, OFFLINE = "peers/runs/", "offline/runs/"
@@ -138,6 +148,8 @@ class Run:
         return path if path is not None and has_summary(path) else None
 
     def overrides(self) -> list[str]:
+        if self.arm.retired:
+            raise SystemExit(f"{self.name}: its recipe left bdsel; its record is kept in {KEPT}")
         return [f"seed={self.seed}", *SETTINGS[self.setting][1], *self.arm.overrides]
 
 
@@ -180,17 +192,18 @@ RUNS = [Run(ARM[arm], setting, seed) for arm, setting, seeds in GRID for seed in
 
 def predictor_overrides(setting: str, predictor: tuple[str, ...]) -> list[str]:
     """What makes a predictor's cache for a setting's data (seed 0's serves every seed: the
-    crossfit models' split and labels do not depend on the run's seed); models of the cleaned
-    points also name the shipped cache that cleans them."""
-    cleaned = [f"data.clean.cache={cache_path(setting, CROSSFIT)}"] if predictor == CLEANED else []
-    return ["seed=0", *SETTINGS[setting][1], *predictor, *cleaned]
+    crossfit models' split and labels do not depend on the run's seed)."""
+    return ["seed=0", *SETTINGS[setting][1], *predictor]
 
 
-def cache_path(setting: str, predictor: tuple[str, ...]) -> Path:
-    """The cache a predictor's overrides make for a setting's data."""
+def cache_path(setting: str, predictor: tuple[str, ...]) -> Path | None:
+    """The cache a predictor's overrides make for a setting's data (None: a retired recipe's,
+    which bdsel no longer makes)."""
     from bdsel.config import load_config
     from bdsel.predict import default_cache_path
 
+    if predictor in RETIRED:
+        return None
     return default_cache_path(load_config("fashion_mnist", predictor_overrides(setting, predictor)))
 
 
@@ -220,7 +233,7 @@ def cache_jobs(todo: list[Run]) -> list[tuple[str, list[str]]]:
     """(log name, command) of the caches the runs to make read and that do not exist yet (the
     log keeps the time each took); the hold-out model's serves every setting."""
     needed: dict[str, tuple[str, ...]] = {}
-    for r in todo:
+    for r in (r for r in todo if not r.arm.retired):
         for predictor in (r.arm.cache, r.arm.cleans):  # the cache it reads, the one it cleans by
             if predictor is not None:
                 key = next(k for k, v in CACHES.items() if v == predictor)
@@ -228,7 +241,7 @@ def cache_jobs(todo: list[Run]) -> list[tuple[str, list[str]]]:
     jobs = []
     for name, predictor in needed.items():
         setting = "n20" if name == "holdout" else name.rsplit("_", 1)[1]
-        if cache_path(setting, predictor).exists():
+        if cache_path(setting, predictor).exists():  # type: ignore[union-attr]
             continue
         sets = [a for v in predictor_overrides(setting, predictor) for a in ("--set", v)]
         jobs.append((f"cache_{name}", [bdsel_executable(), "cache-zeroshot", "--config",

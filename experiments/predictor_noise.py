@@ -74,7 +74,7 @@ def label_logprobs(config_name: str, overrides: list[str]) -> tuple[torch.Tensor
     config = load_config(config_name, overrides)
     data = derive_run_data(load_dataset(config.data), config.data, config.seed)
     kept = clean_run_data(config, data)
-    lookups = build_lookups(("zs_logprobs",), config, data, torch.device("cpu"), kept)
+    lookups = build_lookups(("zs_logprobs",), config, data, torch.device("cpu"))
     idx = torch.as_tensor(kept.train_idx)
     return lookups["zs_logprobs"].label_logprob(idx, data.observed[idx]), data.noisy[idx]
 

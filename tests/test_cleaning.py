@@ -4,7 +4,6 @@ crossfit cache's out-of-fold probabilities, and the precision/recall columns are
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,17 +13,13 @@ import yaml
 from bdsel_cli.main import app
 from cleanlab.filter import find_label_issues as cleanlab_find
 from conftest import assert_one_line_error
-from predictor_noise import label_logprobs
 from typer.testing import CliRunner
 
 from bdsel.assemble import build_run
-from bdsel.cache.format import load_zs_logprobs, read_cache_info
-from bdsel.cleaning import clean_run_data
-from bdsel.config import ConfigError, load_config
-from bdsel.data import derive_run_data, int64_sha256, load_dataset
+from bdsel.cache.format import load_zs_logprobs
+from bdsel.config import load_config
+from bdsel.data import derive_run_data, load_dataset
 from bdsel.data.label_issues import cleaning_stats, find_label_issues
-from bdsel.predict import default_cache_path
-from bdsel.predictors.crossfit import CrossfitPredictor
 
 runner = CliRunner()
 
@@ -114,69 +109,3 @@ def test_training_drops_exactly_the_flagged_points_and_records_it(
                   "--run-dir", str(tmp_path / "r3")],
         )  # fmt: skip
         assert_one_line_error(result, str(path), *fragments)
-
-
-def test_crossfit_models_of_the_cleaned_points_train_on_and_predict_only_those(
-    tmp_path: Path, tiny_config_values: dict, monkeypatch
-):
-    config_path, cache = _noisy_config_and_cache(tmp_path, tiny_config_values)
-    sets = ["zeroshot.crossfit.cleaned=true", f"data.clean.cache={cache}"]
-    cfg = load_config(str(config_path), sets)
-    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
-    kept = clean_run_data(cfg, data).train_idx
-    assert 0 < len(kept) < len(data.train_idx)
-    folds: list[torch.Tensor] = []
-    real_init = CrossfitPredictor.__init__
-
-    def spy(self, config, run_data, source):
-        real_init(self, config, run_data, source)
-        folds.extend(self.folds)
-
-    monkeypatch.setattr(CrossfitPredictor, "__init__", spy)
-    recache = tmp_path / "cleaned.h5"
-    args = ["cache-zeroshot", "-c", str(config_path), "--out", str(recache)]
-    made = runner.invoke(app, [*args, *(a for v in sets for a in ("--set", v))])
-    assert made.exit_code == 0, made.output
-    # Its fold models split the kept points between them, and no other training point: each
-    # predicts its own fold's (test_crossfit checks that for any rows a predictor is given).
-    assert sorted(torch.cat(folds).tolist()) == sorted(kept.tolist())
-    spec = read_cache_info(recache)["predictor"]
-    assert spec["train_sha256"] == int64_sha256(kept)
-    assert spec["cleaned"] == {"by": cache.name, "filter_by": "prune_by_noise_rate"}
-    assert default_cache_path(cfg) != default_cache_path(load_config(str(config_path)))
-
-    def train(name: str, *more: str):
-        extra = [a for v in (*sets, *more) for a in ("--set", v)]
-        return runner.invoke(
-            app, ["train", "-c", str(config_path), "--run-dir", str(tmp_path / name), *extra]
-        )
-
-    # predictor_noise.py's diagnostics read it on the points it was made for, those kept.
-    lp, noisy = label_logprobs(str(config_path), [*sets, f"zeroshot.cache={recache}"])
-    assert len(lp) == len(kept) and torch.equal(noisy, data.noisy[kept])
-    assert bool((lp <= 0).all()) and bool(torch.isfinite(lp).all())
-
-    trained = train("run", "select.method=bayesian", f"zeroshot.cache={recache}")
-    assert trained.exit_code == 0, trained.output
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["cleaning"]["n_points"] - summary["cleaning"]["n_flagged"] == len(kept)
-    # The cache of the whole subset is not one of the cleaned points' models, nor the reverse.
-    copy = tmp_path / "whole.h5"  # data.clean.cache itself is refused by the config check
-    shutil.copyfile(cache, copy)
-    whole = train("whole", "select.method=bayesian", f"zeroshot.cache={copy}")
-    assert_one_line_error(whole, "other predictor settings", "cleaned")
-    reverse = runner.invoke(
-        app, ["train", "-c", str(config_path), "--run-dir", str(tmp_path / "rev"), "--set",
-              "select.method=bayesian", "--set", f"zeroshot.cache={recache}"],
-    )  # fmt: skip
-    assert_one_line_error(reverse, "other predictor settings", "cleaned")
-
-
-def test_models_of_the_cleaned_points_need_the_cleaning_and_a_file_of_their_own(tmp_path: Path):
-    with pytest.raises(ConfigError, match=r"cleaned=true .* set data\.clean\.cache"):
-        load_config(
-            "fashion_mnist", ["zeroshot.predictor=crossfit", "zeroshot.crossfit.cleaned=true"]
-        )
-    same = [f"zeroshot.cache={tmp_path / 'cf.h5'}", f"data.clean.cache={tmp_path / 'cf.h5'}"]
-    with pytest.raises(ConfigError, match="needs a file of its own"):
-        load_config("fashion_mnist", ["zeroshot.crossfit.cleaned=true", *same])

@@ -47,17 +47,6 @@ def test_int_accepted_for_float_but_not_str_for_int():
         load_config("fashion_mnist", ["train.epochs=many"])
 
 
-def test_a_continued_refit_needs_epochs_left_after_the_channel_round():
-    continued = ["zeroshot.crossfit.refit_init=continue", "zeroshot.crossfit.channel_epochs=18"]
-    with pytest.raises(ConfigError, match=r"channel_epochs \(18\) < epochs \(18\)"):
-        load_config("fashion_mnist", continued)
-    # Without a channel round there is nothing to continue from: no error.
-    cfg = load_config("fashion_mnist", [*continued, "zeroshot.crossfit.refit=trusted"])
-    assert cfg.zeroshot.crossfit.refit_init == "continue"
-    fresh = load_config("fashion_mnist", [*continued[1:], "zeroshot.crossfit.refit_init=fresh"])
-    assert fresh.zeroshot.crossfit.channel_epochs == 18
-
-
 @pytest.mark.parametrize(
     ("override", "pattern"),
     [
@@ -74,7 +63,7 @@ def test_a_continued_refit_needs_epochs_left_after_the_channel_round():
             "zeroshot.crossfit.channel_folds=3",
             r"channel_folds \(3\) > zeroshot\.crossfit\.folds \(2\)",
         ),
-        ("zeroshot.crossfit.channel=symmetric", r"zeroshot\.crossfit\.channel: expected one of"),
+        ("zeroshot.crossfit.refit=trusted", r"unknown key zeroshot\.crossfit\.refit;"),
         ("report.targets=[80]", r"report\.targets: expected accuracies in \(0, 1\]"),
         ("train.epochs", r"expected key\.path=value"),
     ],

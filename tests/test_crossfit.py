@@ -11,19 +11,19 @@ from bdsel_cli.main import app
 from typer.testing import CliRunner
 
 from bdsel.config import load_config
-from bdsel.data import derive_run_data, load_dataset, make_image_source, noise_channel
-from bdsel.data.noise_channel import symmetric_channel
-from bdsel.predictors import crossfit as crossfit_module
-from bdsel.predictors.crossfit import MIN_TRUSTED, CrossfitPredictor, assign_folds
+from bdsel.data import derive_run_data, load_dataset, make_image_source
+from bdsel.predictors import crossfit_fit as crossfit_module
+from bdsel.predictors.crossfit import CrossfitPredictor
+from bdsel.predictors.crossfit_fit import assign_folds
 
 runner = CliRunner()
 
 
 @pytest.fixture
 def crossfit_values(tiny_config_values: dict, tmp_path: Path, monkeypatch) -> dict:
-    # On tiny data the first round trusts too few rows for the shipped refit gate; these tests
+    # On tiny data the channel round's channel may leave a class unidentifiable; these tests
     # are about the rows each round's models see, so every refit round runs.
-    monkeypatch.setattr(crossfit_module, "MIN_TRUSTED", 0.0)
+    monkeypatch.setattr(crossfit_module, "identifiable", lambda t: True)
     values = dict(tiny_config_values)
     values["zeroshot"] = {
         "predictor": "crossfit",
@@ -35,7 +35,7 @@ def crossfit_values(tiny_config_values: dict, tmp_path: Path, monkeypatch) -> di
             "patience": 1,
             "batch_size": 64,
             "rounds": 2,
-            "refit": "trusted",
+            "channel_epochs": 1,
         },
     }
     return values
@@ -50,25 +50,17 @@ def test_folds_partition_the_training_subset():
 
 
 @pytest.mark.parametrize(
-    "folds, rounds, refit, channel_folds, init",
-    [(2, 1, "trusted", 1, "fresh"), (3, 2, "trusted", 1, "fresh"), (2, 3, "trusted", 1, "fresh"),
-     (3, 2, "forward", 1, "fresh"), (3, 2, "forward", 2, "fresh"), (3, 2, "forward", 3, "fresh"),
-     (2, 3, "forward", 1, "fresh"), (3, 2, "forward", 1, "continue"),
-     (3, 2, "forward", 2, "continue"), (2, 3, "forward", 2, "continue")],
-)  # fmt: skip
+    "folds, rounds, channel_folds",
+    [(2, 1, 1), (3, 2, 1), (3, 2, 2), (3, 2, 3), (2, 3, 1), (2, 3, 2)],
+)
 def test_no_row_is_predicted_by_a_model_that_trained_on_it(
-    crossfit_values: dict, folds: int, rounds: int, refit: str, channel_folds: int, init: str,
-    monkeypatch,
-):  # fmt: skip
-    # On tiny data the first round's channel may leave a class unidentifiable; open that gate
-    # too, as MIN_TRUSTED's is: this test is about the rows each round's models see.
-    monkeypatch.setattr(crossfit_module, "identifiable", lambda t: True)
+    crossfit_values: dict, folds: int, rounds: int, channel_folds: int
+):
     values = dict(crossfit_values)
     values["zeroshot"] = dict(values["zeroshot"])
     values["zeroshot"]["crossfit"] = dict(
-        values["zeroshot"]["crossfit"], folds=folds, rounds=rounds, refit=refit,
-        channel_folds=channel_folds, channel_epochs=1, refit_init=init,
-    )  # fmt: skip
+        values["zeroshot"]["crossfit"], folds=folds, rounds=rounds, channel_folds=channel_folds
+    )
     cfg = load_config(values=values)
     data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
     source = make_image_source(data.dataset, torch.device("cpu"))
@@ -82,86 +74,50 @@ def test_no_row_is_predicted_by_a_model_that_trained_on_it(
 
     source.iter_batches = spy
     predictor = CrossfitPredictor(cfg, data, source)
+    crossfit = predictor.crossfit
     real_supervised = crossfit_module.fit_supervised
 
     def fit_supervised(*args, **kw):
-        r = predictor.rounds_done
-        rows = predictor.trusted  # the rows the round before trusted (None: every row)
+        r = crossfit.rounds_done
         fits.append({
             "round": r, "fold": sum(f["round"] == r for f in fits), "seen": set(),
-            "trusted": None if rows is None else set(rows.tolist()), "epochs": kw["epochs"],
-            "corrected": kw["loss"] is not torch.nn.functional.cross_entropy,
-            "start": {n: t.clone() for n, t in args[0].state_dict().items()},
+            "epochs": kw["epochs"], "corrected": kw["loss"] is not torch.nn.functional.cross_entropy,
         })  # fmt: skip
-        fits[-1]["result"] = real_supervised(*args, **kw)
-        fits[-1]["end"] = {n: t.clone() for n, t in fits[-1]["result"].state_dict().items()}
-        return fits[-1]["result"]
+        return real_supervised(*args, **kw)
 
     crossfit_module.fit_supervised = fit_supervised
     try:
         predictor.fit()
     finally:
         crossfit_module.fit_supervised = real_supervised
-    channel_round = refit == "forward" and rounds > 1  # the first round only estimates T
+    channel_round = rounds > 1  # the first round only estimates the channel
     per_round = [channel_folds if r == 0 and channel_round else folds for r in range(rounds)]
     assert [f["round"] for f in fits] == [r for r in range(rounds) for _ in range(per_round[r])]
-    assert len(predictor.models) == folds
+    assert len(crossfit.models) == folds
     everything = set(data.train_idx.tolist())
     for f in fits:
         r, k, seen = f["round"], f["fold"], f["seen"]
-        own = set(predictor.folds[k].tolist())
+        own = set(crossfit.folds[k].tolist())
         assert seen and not seen & own  # model k of every round: never its own fold
-        assert f["corrected"] == (r > 0 and refit == "forward")
-        continued = r == 1 and init == "continue" and k < channel_folds
-        # A continued model: the channel round's model of its fold, for the epochs left of 2.
-        assert f["epochs"] == (1 if (r == 0 and channel_round) or continued else 2)
-        before = [b["end"] for b in fits if b["round"] == r - 1 and b["fold"] == k]
-        same = bool(before) and all(torch.equal(before[0][n], t) for n, t in f["start"].items())
-        assert same == continued  # it starts from its fold's model of the round before, or anew
-        if r == 0 or refit == "forward":  # every other fold's row
-            assert seen | own == everything
-        else:  # a refit round: the other folds' rows the previous round trusted
-            assert seen == (everything - own) & f["trusted"]
-            assert len(f["trusted"]) < len(everything)  # tiny data, 20% noise: some flagged
+        assert seen | own == everything  # every other fold's row
+        assert f["corrected"] == (r > 0)  # a later round trains through the channel
+        assert f["epochs"] == (1 if r == 0 and channel_round else 2)
     # Which model predicts each training row: the last round's of its fold.
     rows = data.train_idx[:40]
     out = predictor.logprobs("train", rows)
     from bdsel.evaluation import predict_logprobs
 
-    for k, model in enumerate(predictor.models):
-        own = predictor.fold_of[rows] == k
+    for k, model in enumerate(crossfit.models):
+        own = crossfit.fold_of[rows] == k
         expected = predict_logprobs(model, source, "train", rows[own], 256)
         torch.testing.assert_close(out[own], expected)
     # Rows outside the training subset (the test set): the mean of the models' probabilities.
     test_rows = torch.arange(5)
     per_model = torch.stack(
-        [predict_logprobs(m, source, "test", test_rows, 256) for m in predictor.models]
+        [predict_logprobs(m, source, "test", test_rows, 256) for m in crossfit.models]
     )
     mean = per_model.exp().mean(0).log()
     torch.testing.assert_close(predictor.logprobs("test", test_rows), mean, atol=1e-5, rtol=0)
-
-
-def test_a_refit_on_too_few_trusted_rows_is_skipped(crossfit_values: dict, monkeypatch):
-    monkeypatch.setattr(crossfit_module, "MIN_TRUSTED", MIN_TRUSTED)  # the shipped gate
-    cfg = load_config(values=crossfit_values)
-    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
-    source = make_image_source(data.dataset, torch.device("cpu"))
-    predictor = CrossfitPredictor(cfg, data, source)
-    predictor.fit()
-    trusted = predictor._trusted_rows()  # what the first round's models trust
-    assert len(trusted) < MIN_TRUSTED * len(data.train_idx)  # tiny data, 2 epochs: too few
-    assert predictor.refit_skipped and predictor.rounds_done == 1 and predictor.trusted is None
-    spec = predictor.spec()
-    assert spec["refit_skipped"] is True and spec["refit_points"] == 0
-    one = load_config(values=crossfit_values, overrides=["zeroshot.crossfit.rounds=1"])
-    single = CrossfitPredictor(one, data, source)  # the one-round predictor: the same models
-    rows = data.train_idx[:50]
-    torch.testing.assert_close(single.logprobs("train", rows), predictor.logprobs("train", rows))
-    monkeypatch.setattr(crossfit_module, "MIN_TRUSTED", 0.0)  # the same predictor, gate open
-    refit = CrossfitPredictor(cfg, data, source)
-    refit.fit()
-    assert not refit.refit_skipped and refit.rounds_done == 2
-    assert refit.spec()["refit_points"] == len(trusted)
 
 
 def test_a_skipped_forward_refit_completes_its_channel_round(
@@ -171,15 +127,15 @@ def test_a_skipped_forward_refit_completes_its_channel_round(
     # unidentifiable the first round stands, so it trains the other folds' models as it would
     # have: every fold gets a model that never saw it, the same as a one-round predictor's.
     monkeypatch.setattr(crossfit_module, "identifiable", lambda t: False)
-    cfg = load_config(values=crossfit_values, overrides=[
-        "zeroshot.crossfit.refit=forward", "zeroshot.crossfit.channel_epochs=2"])  # fmt: skip
+    cfg = load_config(values=crossfit_values, overrides=["zeroshot.crossfit.channel_epochs=2"])
     data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
     source = make_image_source(data.dataset, torch.device("cpu"))
     predictor = CrossfitPredictor(cfg, data, source)
-    assert len(predictor.models) == 1  # the channel round's
+    fit = predictor.crossfit
+    assert len(fit.models) == 1  # the channel round's
     predictor.fit_or_load(tmp_path / "w.pt")
-    assert predictor.refit_skipped and predictor.rounds_done == 1
-    assert len(predictor.models) == 3 and len(predictor.fold_epochs) == 3
+    assert fit.refit_skipped and fit.rounds_done == 1
+    assert len(fit.models) == 3 and len(fit.fold_epochs) == 3
     spec = predictor.spec()
     assert spec["refit_skipped"] is True and spec["refit_noise"] is None
     assert spec["refit_channel"] is None and 0 < spec["concentration"] <= 1
@@ -197,55 +153,8 @@ def test_a_skipped_forward_refit_completes_its_channel_round(
                         lambda *a, **kw: fits.append(kw["description"]) or real_supervised(*a, **kw))  # fmt: skip
     reloaded = CrossfitPredictor(cfg, data, source)
     reloaded.fit_or_load(tmp_path / "w.pt")
-    assert fits == [] and reloaded.refit_skipped and reloaded.spec() == spec
+    assert fits == [] and reloaded.crossfit.refit_skipped and reloaded.spec() == spec
     assert torch.equal(reloaded.logprobs("train", rows), predictor.logprobs("train", rows))
-
-
-@pytest.mark.parametrize("channel", ["auto", "fitted"])
-def test_a_fitted_channel_takes_its_rate_from_the_channel_rounds_out_of_fold_labels(
-    crossfit_values: dict, channel: str, monkeypatch
-):
-    # channel: fitted hands choose_channel the symmetric rate fitted (with a temperature) to
-    # the observed labels of the channel round's fold under that round's model, and trains
-    # through what it chose; auto fits nothing and leaves the rate to the anchor matrix.
-    fits, choices = [], []
-    real_fit, real_choose = (
-        crossfit_module.fit_temperature_and_noise,
-        crossfit_module.choose_channel,
-    )
-
-    def fit(logprobs, labels):
-        fits.append((logprobs, labels))
-        return real_fit(logprobs, labels)
-
-    def choose(anchor, rate=None):
-        choices.append((rate, real_choose(anchor, rate)))
-        return choices[-1][1]
-
-    monkeypatch.setattr(crossfit_module, "fit_temperature_and_noise", fit)
-    monkeypatch.setattr(crossfit_module, "choose_channel", choose)
-    monkeypatch.setattr(crossfit_module, "identifiable", lambda t: True)
-    monkeypatch.setattr(noise_channel, "CONCENTRATED", 1.01)  # every matrix reads as spread
-    cfg = load_config(values=crossfit_values, overrides=[
-        "zeroshot.crossfit.refit=forward", "zeroshot.crossfit.channel_epochs=1",
-        "zeroshot.crossfit.epochs=1", f"zeroshot.crossfit.channel={channel}"])  # fmt: skip
-    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
-    predictor = CrossfitPredictor(cfg, data, make_image_source(data.dataset, torch.device("cpu")))
-    predictor.fit()
-    assert len(choices) == 1
-    rate, (kind, transition) = choices[0]
-    assert kind == predictor.channel_kind == "symmetric"
-    assert torch.equal(predictor.transition, transition)
-    if channel == "auto":
-        assert fits == [] and rate is None
-        return
-    ((logprobs, labels),) = fits
-    fold = predictor.folds[0]  # the channel round trains fold 0's model only
-    assert logprobs.shape == (len(fold), data.dataset.n_classes) and logprobs.dtype == torch.float64
-    assert torch.equal(labels, data.observed[fold])
-    torch.testing.assert_close(logprobs.exp().sum(1), torch.ones(len(fold), dtype=torch.float64))
-    assert rate == real_fit(logprobs, labels)[1]
-    torch.testing.assert_close(transition, symmetric_channel(rate, data.dataset.n_classes))
 
 
 class _Kill(KeyboardInterrupt):
@@ -360,23 +269,19 @@ def test_crossfit_cache_resumes_after_a_kill(crossfit_values: dict, tmp_path: Pa
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.parametrize("init", ["fresh", "continue"])
 def test_a_forward_refit_resumes_after_a_kill_between_rounds(
-    crossfit_values: dict, tmp_path: Path, init: str, monkeypatch
+    crossfit_values: dict, tmp_path: Path, monkeypatch
 ):
-    monkeypatch.setattr(crossfit_module, "identifiable", lambda t: True)  # tiny data's channel
-    overrides = ["zeroshot.crossfit.refit=forward", f"zeroshot.crossfit.refit_init={init}"]
-    if init == "continue":  # the epochs left after the channel round's: 2 - 1
-        overrides.append("zeroshot.crossfit.channel_epochs=1")
-    cfg = load_config(values=crossfit_values, overrides=overrides)
+    cfg = load_config(values=crossfit_values)
     data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
     source = make_image_source(data.dataset, torch.device("cpu"))
-    whole = CrossfitPredictor(cfg, data, source)
-    whole.fit_or_load(tmp_path / "whole.pt")
+    predictor = CrossfitPredictor(cfg, data, source)
+    predictor.fit_or_load(tmp_path / "whole.pt")
+    whole = predictor.crossfit
     assert whole.rounds_done == 2 and whole.transition is not None
     torch.testing.assert_close(whole.transition.sum(1), torch.ones(len(whole.transition)).double())
     assert torch.equal(torch.load(tmp_path / "whole.pt")["transition"], whole.transition)
-    assert whole.spec()["refit_noise"] == pytest.approx(
+    assert predictor.spec()["refit_noise"] == pytest.approx(
         1 - float(whole.transition.diagonal().mean())
     )
 
@@ -385,12 +290,10 @@ def test_a_forward_refit_resumes_after_a_kill_between_rounds(
         CrossfitPredictor(cfg, data, source).fit_or_load(tmp_path / "killed.pt")
     assert torch.load(tmp_path / "killed.pt")["rounds_done"] == 1
     fits.clear()
-    resumed = CrossfitPredictor(cfg, data, source)
-    resumed.fit_or_load(tmp_path / "killed.pt")  # round 1 reloaded, its channel re-estimated
-    first = ", continued" if init == "continue" else ""  # model 1 goes on from round 1's
-    assert fits == [f"crossfit model 1/3, round 2/2{first}"] + [
-        f"crossfit model {k}/3, round 2/2" for k in (2, 3)
-    ]
+    resumed_predictor = CrossfitPredictor(cfg, data, source)
+    resumed_predictor.fit_or_load(tmp_path / "killed.pt")  # round 1 reloaded, its channel again
+    resumed = resumed_predictor.crossfit
+    assert fits == [f"crossfit model {k}/3, round 2/2" for k in (1, 2, 3)]
     assert torch.equal(resumed.transition, whole.transition)
     rows = torch.cat([data.train_idx[:30], torch.arange(5)])
     for split in ("train", "test"):
@@ -435,3 +338,55 @@ def check_label_noise_fit(cfg_path: Path, path: Path, logprobs: dict, temperatur
         read(True)
     expect = torch.log_softmax(raw / temperature, 1).gather(1, observed).squeeze(1)
     torch.testing.assert_close(read(False).logprob, expect, atol=1e-5, rtol=0)
+
+
+def test_crossfit_models_on_your_own_data_is_the_recipe_cache_zeroshot_runs(
+    crossfit_values: dict, tmp_path: Path
+):
+    # The public call on a map-style dataset of the training subset's images and observed
+    # labels, with the config's recipe and seed, gives the rows cache-zeroshot writes.
+    import bdsel
+    from bdsel.models import create_model
+
+    values = dict(crossfit_values, data=dict(crossfit_values["data"], augment=False))
+    cfg_path = tmp_path / "cf.yaml"
+    cfg_path.write_text(yaml.safe_dump(values))
+    result = runner.invoke(app, ["cache-zeroshot", "-c", str(cfg_path)])
+    assert result.exit_code == 0, result.output
+    cfg = load_config(str(cfg_path))
+    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
+    with h5py.File(tmp_path / "cf.h5") as f:
+        cached = torch.from_numpy(f["train/logprobs"][...])[data.train_idx]
+        test_cached = torch.from_numpy(f["test/logprobs"][...])
+    source = make_image_source(data.dataset, torch.device("cpu"), augment=False)
+    rows = data.train_idx
+    train = torch.utils.data.TensorDataset(source.rows("train", rows), data.observed[rows])
+    ds = data.dataset
+    fit = bdsel.crossfit_models(
+        lambda: create_model("small_cnn", n_classes=ds.n_classes, in_channels=ds.in_channels),
+        train, data.observed[rows], ds.n_classes, seed=cfg.seed, progress=False,
+        folds=3, epochs=2, patience=1, batch_size=64, channel_epochs=1,
+    )  # fmt: skip
+    assert fit.logprobs.shape == cached.shape and len(fit.models) == 3
+    torch.testing.assert_close(fit.logprobs, cached, atol=1e-5, rtol=0)
+    test_images = source.rows("test", torch.arange(len(ds.test.labels)))
+    torch.testing.assert_close(fit.predict(test_images), test_cached, atol=1e-5, rtol=0)
+    assert fit.transition is not None and fit.channel in ("anchor", "symmetric")
+
+
+def test_crossfit_models_names_a_bad_argument():
+    import bdsel
+
+    images = torch.zeros(8, 1, 4, 4)
+    model = lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))  # noqa: E731
+    for labels, fragment in (
+        (torch.tensor([0, 1, 2, 3, 0, 1, 2, 0]), "labels: values must be class indices in 0..2"),
+        (torch.zeros(5, dtype=torch.long), "labels: expected 8 int labels"),
+    ):
+        with pytest.raises(ValueError, match=fragment):
+            bdsel.crossfit_models(model, images, labels, 3, progress=False)
+    ok = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    with pytest.raises(ValueError, match="unknown crossfit setting 'epoch'"):
+        bdsel.crossfit_models(model, images, ok, 3, epoch=2)
+    with pytest.raises(ValueError, match="folds: expected an int >= 2"):
+        bdsel.crossfit_models(model, images, ok, 3, folds=1)

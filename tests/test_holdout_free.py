@@ -62,25 +62,16 @@ def test_commands_read_the_cache_of_their_own_setting_and_predictor(tmp_path: Pa
     )  # the cache the stored cleaning runs used
     assert f"zeroshot.cache={one}" in sets and f"data.clean.cache={one}" in sets
     assert "data.noise.kind=pairflip" in sets and "seed=1" in sets
-    refit = hf_grid.command(hf_grid.Run(hf_grid.ARM["bayesian_crossfit_r2"], "p30", 0), tmp_path)
-    assert f"zeroshot.cache={hf_grid.cache_path('p30', hf_grid.REFIT)}" in refit
-    assert hf_grid.cache_path("p30", hf_grid.REFIT) != hf_grid.cache_path("p30", hf_grid.CROSSFIT)
     assert hf_grid.cache_path("p30", hf_grid.ONE_ROUND) != hf_grid.cache_path(
         "p30", hf_grid.CROSSFIT
     )
-    # the earlier defaults' arms pin their settings: their caches keep the names they were
-    # made under (the settings a pin restores are left out of the hash), apart from the shipped
-    assert hf_grid.cache_path("p30", hf_grid.FORWARD).name.endswith("-a9238410.h5")
-    assert hf_grid.cache_path("p30", hf_grid.ONE_ROUND).name.endswith("-e206740a.h5")
-    assert hf_grid.cache_path("p30", hf_grid.REFIT).name.endswith("-0f31717c.h5")
-    assert hf_grid.cache_path("p30", hf_grid.FORWARD) != hf_grid.cache_path("p30", hf_grid.CROSSFIT)
     assert hf_grid.cache_path("n20", hf_grid.CROSSFIT) != hf_grid.cache_path(
         "p30", hf_grid.CROSSFIT
     )
     # the hold-out model learns clean labels: one cache for every setting
     assert hf_grid.cache_path("n20", ()) == hf_grid.cache_path("p30", ())
-    rho = hf_grid.command(hf_grid.Run(hf_grid.ARM["rho_loss_crossfit_fwd"], "n40", 1), tmp_path)
-    assert f"zeroshot.cache={hf_grid.cache_path('n40', hf_grid.FORWARD)}" in rho
+    rho = hf_grid.command(hf_grid.Run(hf_grid.ARM["rho_loss_crossfit_auto"], "n40", 1), tmp_path)
+    assert f"zeroshot.cache={hf_grid.cache_path('n40', hf_grid.CROSSFIT)}" in rho
     assert "select.method=rho_loss" in rho and "data.noise.rate=0.4" in rho
     assert hf_grid.Run(hf_grid.ARM["rho_loss_holdout"], "n40", 1).stored == (
         hf_grid.RESULTS / "offline/runs/r100n40_s1"
@@ -91,44 +82,39 @@ def test_commands_read_the_cache_of_their_own_setting_and_predictor(tmp_path: Pa
 
 
 def test_cleaned_arms_clean_by_their_own_cache_and_it_is_made_first(tmp_path: Path, monkeypatch):
-    fwd, one = (
-        str(hf_grid.cache_path("n40", hf_grid.FORWARD)),
+    auto, one = (
+        str(hf_grid.cache_path("n40", hf_grid.CROSSFIT)),
         str(hf_grid.cache_path("n40", hf_grid.ONE_ROUND)),
     )
-    uniform = hf_grid.command(hf_grid.Run(hf_grid.ARM["clean_uniform_fwd"], "n40", 1), tmp_path)
-    assert f"data.clean.cache={fwd}" in uniform and not any("zeroshot.cache" in a for a in uniform)
-    bayes = hf_grid.command(hf_grid.Run(hf_grid.ARM["clean_bayesian_fwd"], "n40", 0), tmp_path)
-    assert f"data.clean.cache={fwd}" in bayes and f"zeroshot.cache={fwd}" in bayes
+    uniform = hf_grid.command(hf_grid.Run(hf_grid.ARM["clean_uniform_auto"], "n40", 1), tmp_path)
+    assert f"data.clean.cache={auto}" in uniform and not any("zeroshot.cache" in a for a in uniform)
+    bayes = hf_grid.command(hf_grid.Run(hf_grid.ARM["clean_bayesian_auto"], "n40", 0), tmp_path)
+    assert f"data.clean.cache={auto}" in bayes and f"zeroshot.cache={auto}" in bayes
     assert f"data.clean.cache={one}" in hf_grid.command(
         hf_grid.Run(hf_grid.ARM["clean_uniform"], "n40", 0), tmp_path
     )
     _patch(monkeypatch, "cache_path", lambda setting, predictor: tmp_path / "absent.h5")
     todo = [
-        hf_grid.Run(hf_grid.ARM["clean_uniform_fwd"], "n40", 0),
+        hf_grid.Run(hf_grid.ARM["clean_uniform_auto"], "n40", 0),
         hf_grid.Run(hf_grid.ARM["clean_uniform"], "p30", 0),
     ]
     names = [name for name, _ in hf_grid.cache_jobs(todo)]
-    assert names == ["cache_crossfit_fwd_n40", "cache_crossfit_p30"]
+    assert names == ["cache_crossfit_auto_n40", "cache_crossfit_p30"]
 
 
-def test_models_of_the_cleaned_points_are_cached_after_the_cache_that_cleans(
-    tmp_path: Path, monkeypatch
-):
-    shipped, recache = (
-        hf_grid.cache_path("p30", hf_grid.CROSSFIT),
-        hf_grid.cache_path("p30", hf_grid.CLEANED),
-    )
-    assert recache != shipped
-    cmd = hf_grid.command(hf_grid.Run(hf_grid.ARM["clean_bayesian_recache"], "p30", 1), tmp_path)
-    assert f"data.clean.cache={shipped}" in cmd and f"zeroshot.cache={recache}" in cmd
-    assert "zeroshot.crossfit.cleaned=true" in cmd
-    _patch(monkeypatch, "cache_path", lambda setting, predictor: tmp_path / "absent.h5")
-    _patch(monkeypatch, "KEPT", tmp_path / "kept")  # not the run's record, if it is kept
+def test_a_retired_recipes_runs_are_reported_and_never_made(tmp_path: Path, monkeypatch):
+    retired = hf_grid.Run(hf_grid.ARM["clean_bayesian_recache"], "p30", 0)
+    assert retired.arm.retired and hf_grid.cache_path("p30", hf_grid.CLEANED) is None
+    with pytest.raises(SystemExit, match="left bdsel"):
+        hf_grid.command(retired, tmp_path)
+    assert not hf_grid.ARM["bayesian_crossfit_auto"].retired
+    # every retired run the grid names is a kept record
+    assert all(hf_grid.has_summary(hf_grid.KEPT / r.name) for r in hf_grid.RUNS if r.arm.retired)
+    _patch(monkeypatch, "KEPT", tmp_path / "kept")  # as if its record were missing
     pools: list[list[str]] = []
     monkeypatch.setattr(hf, "run_pool", lambda jobs, runs, n: pools.append([j[0] for j in jobs]))
-    only = "clean_bayesian_recache-p30-s0"
-    hf.run_missing(argparse.Namespace(only=only, skip="", runs=tmp_path, jobs=2))
-    assert pools == [["cache_crossfit_auto_p30"], ["cache_crossfit_cleaned_p30"], [only]]
+    hf.run_missing(argparse.Namespace(only=retired.name, skip="", runs=tmp_path, jobs=2))
+    assert pools == [[], [], []]
 
 
 def _run(path: Path, accs: list[float], noisy: float) -> None:

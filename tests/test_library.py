@@ -151,7 +151,7 @@ def test_the_public_selector_picks_what_bdsel_trains_loop_picks(
 
     zs = {}
 
-    def lookups(names, config, data, device, cleaned=None):
+    def lookups(names, config, data, device):
         zs["zs_logprobs"] = torch.log_softmax(
             3 * torch.randn(len(data.dataset.train), data.dataset.n_classes, generator=gen(5)), 1
         )

@@ -123,22 +123,30 @@ def test_train_refuses_a_cache_made_with_other_predictor_settings(
 def test_a_setting_the_config_leaves_out_is_checked_too():
     # Settings left out of a spec at their default stay out of the default file's name, but a
     # cache named by zeroshot.cache that was made with one of them set is still refused.
-    made = load_config(
-        "fashion_mnist", ["zeroshot.predictor=crossfit", "zeroshot.crossfit.refit_init=continue"]
-    )
-    plain = load_config("fashion_mnist", ["zeroshot.predictor=crossfit"])
+    made = load_config("fashion_mnist", ["zeroshot.predictor=crossfit"])
+    plain = load_config(
+        "fashion_mnist", ["zeroshot.predictor=crossfit", "zeroshot.crossfit.rounds=1"]
+    )  # one round: no channel round, its settings do nothing
     stored = predictor_settings(made)
-    assert "refit_init" in stored and "refit_init" not in predictor_settings(plain)
-    assert "refit_init" in omitted_settings(plain) and "refit_init" not in omitted_settings(made)
+    assert "channel_epochs" in stored and "channel_epochs" not in predictor_settings(plain)
+    assert "channel_epochs" in omitted_settings(plain)
+    assert "channel_epochs" not in omitted_settings(made)
     diff = spec_mismatch(stored, predictor_settings(plain), omitted_settings(plain))
-    assert diff == ["refit_init (cache: 'continue', config: unset)"]
+    assert diff == [
+        "channel_folds (cache: 1, config: unset)",
+        "channel_epochs (cache: 8, config: unset)",
+        "rounds (cache: 2, config: 1)",
+    ]
     assert spec_mismatch(stored, predictor_settings(made), omitted_settings(made)) == []
 
 
 def test_a_predictor_whose_section_is_not_the_configs_omits_nothing(monkeypatch):
     config = load_config("fashion_mnist", ["zeroshot.predictor=crossfit"])
     entry = run_module.predictor_entry("crossfit")
-    assert "refit_init" in omitted_settings(config)
+    config = load_config(
+        "fashion_mnist", ["zeroshot.predictor=crossfit", "zeroshot.crossfit.rounds=1"]
+    )
+    assert "channel_epochs" in omitted_settings(config)
     elsewhere = dataclasses.replace(entry, section="zeroshot.not_a_section")
     monkeypatch.setattr(run_module, "predictor_entry", lambda name: elsewhere)
     assert omitted_settings(config) == []

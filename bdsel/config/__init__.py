@@ -10,6 +10,7 @@ This package imports nothing else from bdsel, so every other module can import i
 
 from bdsel.config.checks import ConfigError
 from bdsel.config.load import (
+    check_ranges,
     dump_config,
     list_shipped_configs,
     load_config,
@@ -61,6 +62,7 @@ __all__ = [
     "TrainConfig",
     "YamlLoader",
     "ZeroshotConfig",
+    "check_ranges",
     "dump_config",
     "list_shipped_configs",
     "load_config",

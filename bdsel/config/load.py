@@ -183,11 +183,13 @@ def load_config(
 def validate(config: Config) -> None:
     """Impossible values, named by key: each section's ``RANGES`` (depth first, in field
     order), then the settings that only go together."""
-    _check_ranges(config, "")
+    check_ranges(config, "")
     _check_combinations(config)
 
 
-def _check_ranges(settings: Any, prefix: str) -> None:
+def check_ranges(settings: Any, prefix: str = "") -> None:
+    """ConfigError naming the first setting of ``settings`` (a section: its own, then its
+    subsections') outside its class's ``RANGES``."""
     for name, (ok, expected) in type(settings).__dict__.get("RANGES", {}).items():
         value = getattr(settings, name)
         if not ok(value):
@@ -195,7 +197,7 @@ def _check_ranges(settings: Any, prefix: str) -> None:
     for f in dataclasses.fields(settings):
         value = getattr(settings, f.name)
         if dataclasses.is_dataclass(value):
-            _check_ranges(value, f"{prefix}{f.name}.")
+            check_ranges(value, f"{prefix}{f.name}.")
 
 
 def _check_combinations(config: Config) -> None:
@@ -224,23 +226,6 @@ def _check_combinations(config: Config) -> None:
         raise ConfigError(
             f"zeroshot.crossfit.channel_folds ({c.channel_folds}) > zeroshot.crossfit.folds "
             f"({c.folds}): the channel round cannot train more fold models than there are folds"
-        )
-    if c.channel_round and c.refit_init == "continue" and c.channel_epochs >= c.epochs:
-        raise ConfigError(
-            f"zeroshot.crossfit.refit_init=continue needs channel_epochs ({c.channel_epochs}) < "
-            f"epochs ({c.epochs}): a continued model trains epochs - channel_epochs more (lower "
-            "zeroshot.crossfit.channel_epochs, or set zeroshot.crossfit.refit_init=fresh)"
-        )
-    if c.cleaned and config.data.clean.cache is None:
-        raise ConfigError(
-            "zeroshot.crossfit.cleaned=true trains the fold models on the points data.clean "
-            "keeps: set data.clean.cache to the crossfit cache that cleans them"
-        )
-    if c.cleaned and config.zeroshot.cache == config.data.clean.cache:
-        raise ConfigError(
-            "zeroshot.crossfit.cleaned=true: zeroshot.cache is data.clean.cache, the cache that "
-            "cleans the data; the cleaned data's cache needs a file of its own (leave "
-            "zeroshot.cache unset for its default name)"
         )
     if config.eval.model == "ema" and config.train.ema_decay == 0.0:
         raise ConfigError("eval.model=ema needs train.ema_decay > 0 (or set eval.model=online)")

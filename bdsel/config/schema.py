@@ -259,41 +259,16 @@ class CrossfitConfig(FitConfig):
     patience: int = 0  # 0: every epoch, the last kept
     lr: float = 0.01  # peak of the cosine schedule
     schedule: Literal["none", "cosine"] = "cosine"
-    # 1: the K models of one round predict. 2 (the default): a second round of K fresh models
-    # on the same folds (still no row predicted by a model that trained on it), trained as
-    # ``refit`` says from the first round's out-of-fold probabilities.
+    # 1: the K models of one round predict. 2 (the default): the first round only estimates
+    # the noise channel, and a second round of K fresh models on the same folds (still no row
+    # predicted by a model that trained on it) trains through it, with the forward loss
+    # correction, for the clean label; skipped where that channel leaves a class
+    # unidentifiable. More rounds: each estimates the channel again from the one before.
     rounds: int = 2
-    # forward (the default): every row, through the noise channel the round before estimates
-    # (anchor points), with the forward loss correction: the models learn the clean label.
-    # Skipped where that channel leaves a class unidentifiable. trusted: the rows cleanlab
-    # trusts, their observed labels; skipped where it trusts under half of them
-    # (crossfit.MIN_TRUSTED). The two compared: docs/results/holdout_free/.
-    refit: Literal["trusted", "forward"] = "forward"
-    refit_filter: FilterBy = "prune_by_noise_rate"  # cleanlab's filter_by between rounds
-    # A forward refit's first round only estimates the channel, from out-of-fold
-    # probabilities: it trains the models of the first ``channel_folds`` folds, for
+    # The channel round trains the models of the first ``channel_folds`` folds, for
     # ``channel_epochs`` each (the later rounds: every fold's, ``epochs``).
     channel_folds: int = 1
     channel_epochs: int = 8  # the channel round's epochs
-    # The channel a forward refit trains through. auto: the anchor-point matrix where its rows
-    # put their off-diagonal mass on one class (a pair flip), else the symmetric channel of its
-    # noise rate, where the anchor matrix would also carry the model's own confusions
-    # (bdsel.data.noise_channel.choose_channel). anchor: the anchor-point matrix always.
-    # fitted: as auto, but the symmetric channel's rate is the one of most likelihood of the
-    # observed labels (with a temperature) under the channel round's out-of-fold
-    # probabilities, not the anchor diagonal's, which counts the model's confusions as noise.
-    channel: Literal["auto", "anchor", "fitted"] = "auto"
-    # How the round after the channel round starts its models of the first ``channel_folds``
-    # folds. fresh: a new model, ``epochs`` through the channel. continue: the channel round's
-    # model of that fold (trained on the same rows) goes on through the channel for
-    # ``epochs - channel_epochs`` more, with a fresh optimizer and schedule: every model
-    # trains ``epochs`` in all, and the channel round costs nothing beyond them.
-    refit_init: Literal["fresh", "continue"] = "fresh"
-    # Clean-then-select: true trains the fold models on the train subset ``data.clean`` leaves
-    # (a cache made for that subset), so that its rows are scored by models of the cleaned
-    # data, not by the ones whose agreement let their wrong labels through cleaning. It did
-    # not pay (docs/predictors.md).
-    cleaned: bool = False
     RANGES: ClassVar[dict[str, Range]] = {
         "folds": (at_least(2), "an int >= 2"),
         "rounds": (at_least(1), POSITIVE_INT),
@@ -305,11 +280,6 @@ class CrossfitConfig(FitConfig):
         "channel_folds": (at_least(1), POSITIVE_INT),
         "channel_epochs": (at_least(1), POSITIVE_INT),
     }  # fmt: skip
-
-    @property
-    def channel_round(self) -> bool:
-        """Whether the first round only estimates the noise channel (a forward refit's)."""
-        return self.rounds > 1 and self.refit == "forward"
 
 
 @dataclass

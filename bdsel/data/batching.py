@@ -3,13 +3,15 @@
 ``TensorImages`` keeps a small dataset on the training device as uint8 and does
 normalisation and augmentation (random crop with padding, horizontal flip) as tensor ops
 there: a batch is an index slice, with no host-device copy and no host sync. ``FolderImages``
-decodes image files with a DataLoader and workers. Both yield ``(indices, inputs)`` with the
+decodes image files with a DataLoader and workers; ``DatasetImages`` reads a user's map-style
+datasets. All yield ``(indices, inputs)`` with the
 indices on the device, so every batch carries the global indices of its points.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader
@@ -189,7 +191,66 @@ class FolderImages:
         return next(self.iter_batches(split, idx, len(idx), generator=generator))[1]
 
 
-ImageSource = TensorImages | FolderImages
+def stack_images(items: list[Any]) -> Any:
+    """A batch of a map-style dataset's items: their first elements (the images), stacked
+    when they are tensors of one shape, a list otherwise (PIL images)."""
+    images = [item[0] if isinstance(item, tuple | list) else item for item in items]
+    if all(isinstance(x, torch.Tensor) for x in images) and len({x.shape for x in images}) == 1:
+        return torch.stack(images)
+    return images
+
+
+class DatasetImages:
+    """Map-style datasets as an image source: ``splits`` names each (item ``i`` = image ``i``,
+    a tensor, or a tuple whose first element is one), read by a DataLoader in the order asked.
+    Augmentation is the datasets' own transforms; a generator seeds the loader's."""
+
+    def __init__(
+        self,
+        splits: dict[str, torch.utils.data.Dataset],
+        device: torch.device,
+        *,
+        num_workers: int = 0,
+    ) -> None:
+        self.splits, self.device, self.num_workers = splits, device, num_workers
+
+    def iter_batches(
+        self,
+        split: str,
+        order: torch.Tensor,
+        batch_size: int,
+        *,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Slices of ``order`` (indices of ``split``) -> ``(indices, inputs)`` on the device."""
+        order = order.cpu()
+        seed = None
+        if generator is not None:
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+        loader = DataLoader(
+            self.splits[split],
+            batch_sampler=BatchSampler(order.tolist(), batch_size, drop_last=drop_last),
+            num_workers=self.num_workers,
+            collate_fn=stack_images,
+            generator=None if seed is None else torch.Generator().manual_seed(seed),
+        )
+        stop = len(order) - len(order) % batch_size if drop_last else len(order)
+        for start, x in zip(range(0, stop, batch_size), loader, strict=True):
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(
+                    f"{split}: items must be image tensors (or tuples that start with one), "
+                    f"got {type(x[0]).__name__}; add a ToTensor transform"
+                )
+            yield order[start : start + batch_size].to(self.device), x.to(self.device)
+
+    def rows(
+        self, split: str, idx: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        return next(self.iter_batches(split, idx, len(idx), generator=generator))[1]
+
+
+ImageSource = TensorImages | FolderImages | DatasetImages
 
 
 def make_image_source(

@@ -21,16 +21,8 @@ import torch
 from rich.console import Console
 
 from bdsel.cache.writer import CacheSummary, build_cache
+from bdsel.data.batching import stack_images
 from bdsel.data.sources import Dataset, ImageSet
-
-
-def _images_of(items: list[Any]) -> Any:
-    """A batch of a map-style dataset's items: their first elements (the images), stacked
-    when they are tensors of one shape, a list otherwise (PIL images)."""
-    images = [item[0] if isinstance(item, tuple | list) else item for item in items]
-    if all(isinstance(x, torch.Tensor) for x in images) and len({x.shape for x in images}) == 1:
-        return torch.stack(images)
-    return images
 
 
 def _checked_labels(labels: Any, n: int, n_classes: int, name: str) -> torch.Tensor:
@@ -74,7 +66,7 @@ class DatasetPredictor:
             torch.utils.data.Subset(dataset, rows.tolist()),
             batch_size=len(rows),
             num_workers=self.num_workers,
-            collate_fn=_images_of,
+            collate_fn=stack_images,
         )
         (images,) = list(loader)
         with torch.no_grad():
