@@ -22,7 +22,10 @@ import torch
 from jobs import bdsel_executable, log, run_pool
 from peers import logged_cache_seconds
 
-PREDICTORS = {"holdout": (), "crossfit": ("zeroshot.predictor=crossfit",)}
+PREDICTORS = {
+    "holdout": ("zeroshot.predictor=holdout",),
+    "crossfit": ("zeroshot.predictor=crossfit",),
+}
 # A finished training bar: "2124/2124 steps 0:01:51" (done/total, elapsed).
 STEPS = re.compile(r"(\d+)/\1\s+steps\s+(\d+):(\d\d):(\d\d)")
 

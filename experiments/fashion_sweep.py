@@ -41,6 +41,7 @@ from fashion_sweep_grid import (
     CONFIG,
     GRID,
     METHODS,
+    PINNED,
     START,
     log,
     run_all,
@@ -59,7 +60,7 @@ from bdsel.targets import epochs_to_target, seconds_to_target, uniform_targets
 
 
 def phase_cache(args: argparse.Namespace) -> None:
-    config = load_config(CONFIG)
+    config = load_config(CONFIG, PINNED)
     path = default_cache_path(config)
     if path.is_file():
         log(f"cache {path} exists")
@@ -159,7 +160,7 @@ def phase_tune(args: argparse.Namespace, dataset: Any) -> dict[str, Any]:
 def _n_validation(args: argparse.Namespace, dataset: Any) -> int:
     from bdsel.data import derive_run_data
 
-    cfg = load_config(CONFIG, [f"data.validation_fraction={args.validation_fraction}"])
+    cfg = load_config(CONFIG, [*PINNED, f"data.validation_fraction={args.validation_fraction}"])
     return len(derive_run_data(dataset, cfg.data, cfg.seed).validation_idx)
 
 
@@ -429,7 +430,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     dataset = None
     if args.phase in ("all", "tune", "run"):
-        config = load_config(CONFIG)
+        config = load_config(CONFIG, PINNED)
         dataset = load_dataset(config.data)
     if args.phase in ("all", "cache"):
         phase_cache(args)

@@ -7,7 +7,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobs import bdsel_executable
+from jobs import HOLDOUT, bdsel_executable
 
 from bdsel.rundir import has_summary
 
@@ -150,7 +150,7 @@ class Run:
     def overrides(self) -> list[str]:
         if self.arm.retired:
             raise SystemExit(f"{self.name}: its recipe left bdsel; its record is kept in {KEPT}")
-        return [f"seed={self.seed}", *SETTINGS[self.setting][1], *self.arm.overrides]
+        return [f"seed={self.seed}", HOLDOUT, *SETTINGS[self.setting][1], *self.arm.overrides]
 
 
 # In the order they are made (runs read from another study are simply found done): what the
@@ -193,7 +193,7 @@ RUNS = [Run(ARM[arm], setting, seed) for arm, setting, seeds in GRID for seed in
 def predictor_overrides(setting: str, predictor: tuple[str, ...]) -> list[str]:
     """What makes a predictor's cache for a setting's data (seed 0's serves every seed: the
     crossfit models' split and labels do not depend on the run's seed)."""
-    return ["seed=0", *SETTINGS[setting][1], *predictor]
+    return ["seed=0", HOLDOUT, *SETTINGS[setting][1], *predictor]
 
 
 def cache_path(setting: str, predictor: tuple[str, ...]) -> Path | None:

@@ -14,6 +14,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+# The studies of docs/results ran the offline config with the hold-out predictor, its
+# default until `probe` became it (2026-12-07): their commands and cache paths pin it first
+# (a later zeroshot.predictor override still wins).
+HOLDOUT = "zeroshot.predictor=holdout"
+
 
 def log(msg: str) -> None:
     print(f"[{datetime.datetime.now():%H:%M:%S}] {msg}", flush=True)

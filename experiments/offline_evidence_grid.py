@@ -7,7 +7,7 @@ import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs import bdsel_executable
+from jobs import HOLDOUT, bdsel_executable
 
 BAYES = ["select.method=bayesian", "select.prefilter=1.0", "select.anneal=0"]
 
@@ -159,7 +159,7 @@ NOISE_NOTE = (
 def command(name: str, runs: Path) -> list[str]:
     cmd = [bdsel_executable(), "train", "--config", "fashion_mnist", "--run-dir", str(runs / name)]
     cmd += ["--overwrite"]
-    values = RUNS[name].overrides
+    values = [HOLDOUT, *RUNS[name].overrides]
     if CROSSFIT[0] in values:  # seed 0's crossfit predictor serves every seed, as holdout does
         values = [*values, f"zeroshot.cache={crossfit_cache(values)}"]
     for value in values:

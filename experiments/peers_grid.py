@@ -7,7 +7,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobs import bdsel_executable
+from jobs import HOLDOUT, bdsel_executable
 
 STORED_DIR = Path(__file__).resolve().parents[1] / "docs" / "results" / "offline" / "runs"
 
@@ -103,7 +103,7 @@ class Run:
         return None if template is None else template.format(self.seed)
 
     def overrides(self) -> list[str]:
-        return [f"seed={self.seed}", *NOISE[self.rate], *self.arm.overrides]
+        return [f"seed={self.seed}", HOLDOUT, *NOISE[self.rate], *self.arm.overrides]
 
 
 # (arm, rate, seeds), in the order the runs are made: every method at 20% first (the table
@@ -153,7 +153,7 @@ def command(run: Run, runs: Path) -> list[str]:
     return [*cmd, "--overwrite", *(a for v in values for a in ("--set", v))]
 
 
-CACHE_BASE = ["cache-zeroshot", "--config", "fashion_mnist", "--set", "seed=0"]
+CACHE_BASE = ["cache-zeroshot", "--config", "fashion_mnist", "--set", "seed=0", "--set", HOLDOUT]
 
 
 def holdout_cache() -> Path:
@@ -161,7 +161,7 @@ def holdout_cache() -> Path:
     from bdsel.config import load_config
     from bdsel.predict import default_cache_path
 
-    return default_cache_path(load_config("fashion_mnist", ["seed=0"]))
+    return default_cache_path(load_config("fashion_mnist", ["seed=0", HOLDOUT]))
 
 
 def cache_jobs(todo: list[Run]) -> list[tuple[str, list[str]]]:

@@ -262,3 +262,11 @@ def test_every_key_is_in_docs_config_md_as_the_schema_has_it():
     assert all(f"| `{k}` |" in doc for k in keys)
     alpha = next(k for k in every_key() if k.key == "select.alpha")
     assert (alpha.default, alpha.allowed) == (0.2, "a weight in [0, 1]")
+
+
+def test_the_offline_default_reads_a_predictor_that_needs_no_clean_label():
+    from bdsel.predictors import predictor_entry
+
+    cfg = load_config("fashion_mnist")
+    assert cfg.zeroshot.predictor == "probe"
+    assert predictor_entry("probe").cls.calibration_labels == "observed"  # the noisy ones

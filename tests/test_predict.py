@@ -75,18 +75,25 @@ def test_full_disk_during_cache_zeroshot_keeps_the_partial_cache(
 
 
 def test_default_cache_name_tells_predictor_settings_apart():
-    base = load_config("fashion_mnist")
+    holdout = ["zeroshot.predictor=holdout"]
+    base = load_config("fashion_mnist", holdout)
     path = default_cache_path(base)
     assert path.name.startswith("fashion_mnist-holdout-small_cnn-split20-h0.2-")
-    other = load_config("fashion_mnist", ["zeroshot.holdout.epochs=2"])
+    other = load_config("fashion_mnist", [*holdout, "zeroshot.holdout.epochs=2"])
     assert default_cache_path(other) != path
-    # What `make demo` and experiments/fashion_sweep.py change keeps the one cache.
+    # What experiments/fashion_sweep.py changes keeps the one cache of clean labels.
     for overrides in (
         ["select.method=bayesian"],
         ["seed=2", "data.noise.rate=0.4", "select.method=rho_loss"],
         ["zeroshot.temperature=2.0", "data.validation_fraction=0.1", "eval.split=validation"],
     ):
-        assert default_cache_path(load_config("fashion_mnist", overrides)) == path, overrides
+        assert default_cache_path(load_config("fashion_mnist", [*holdout, *overrides])) == path
+    # The default, probe, fits the noisy labels: another noise is another cache.
+    probe = default_cache_path(load_config("fashion_mnist"))
+    assert probe.name.startswith("fashion_mnist-probe") and probe != path
+    noisier = load_config("fashion_mnist", ["data.noise.rate=0.4"])
+    assert default_cache_path(noisier) != probe
+    assert default_cache_path(load_config("fashion_mnist", ["select.method=bayesian"])) == probe
 
 
 def test_train_refuses_a_cache_made_with_other_predictor_settings(

@@ -315,7 +315,8 @@ class ProbeConfig:
 
 @dataclass
 class ZeroshotConfig:
-    predictor: str = "holdout"  # a registered predictor (bdsel.predictors.list_predictors)
+    # a registered predictor (bdsel.predictors.list_predictors); probe: no clean label, seconds
+    predictor: str = "probe"
     cache: str | None = (
         None  # None: cache/<stem>-<settings hash>.h5 (the predictor declares the stem)
     )
