@@ -10,9 +10,11 @@ without a step size to tune.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -274,3 +276,30 @@ def _symmetric_nll(logprobs: torch.Tensor, labels: torch.Tensor, t: float, eps: 
     p = torch.softmax(_centred(logprobs) / t, dim=1).gather(1, labels[:, None].long()).squeeze(1)
     q = (1 - eps) * p + eps * (1 - p) / (c - 1)
     return float(-q.clamp_min(1e-300).log().mean())
+
+
+def calibration_attrs(
+    logprobs: torch.Tensor, labels: torch.Tensor, label_noise: bool
+) -> dict[str, Any]:
+    """What a cache stores of its calibration rows (``logprobs`` [n, C] of labels the predictor
+    never trained on): the ``temperature`` fitted to ``labels``; with ``label_noise`` (labels
+    that may be wrong) also the fit under label noise, symmetric or through a transition
+    matrix, whichever BIC prefers (:func:`fit_label_noise`)."""
+    labels = labels.cpu().long()
+    attrs: dict[str, Any] = {"temperature": fit_temperature(logprobs, labels)}
+    if label_noise:
+        fit = fit_label_noise(logprobs, labels)
+        attrs |= {
+            "temperature_denoised": fit.temperature,
+            "label_noise_rate": fit.noise_rate,
+            "noise_model": fit.model,
+            "noise_fit": json.dumps({"transition": fit.transition, "bic": fit.bic}),
+        }
+    return attrs
+
+
+def calibration_step(
+    rows: torch.Tensor, labels: torch.Tensor, label_noise: bool
+) -> Callable[[Callable[[torch.Tensor], torch.Tensor]], dict[str, Any]]:
+    """``build_cache``'s finish step that calibrates a cache on ``rows``' ``labels``."""
+    return lambda read: calibration_attrs(read(rows), labels, label_noise)

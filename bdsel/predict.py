@@ -34,6 +34,7 @@ from bdsel.cache.format import (
 )
 from bdsel.cache.provenance import check_split
 from bdsel.cache.writer import CacheSummary, build_cache
+from bdsel.calibration import calibration_step
 from bdsel.config import Config
 from bdsel.data import RunData, derive_run_data, load_dataset
 from bdsel.distributed import World, barrier, broadcast_from_main, init_world
@@ -48,7 +49,7 @@ from bdsel.predictors.registry import (
 )
 from bdsel.predictors.sharded import ShardedPredictor, serve
 from bdsel.rundir import DiskFullError
-from bdsel.runtime import resolve_device, step_progress
+from bdsel.runtime import RowsBar, resolve_device, step_progress
 from bdsel.table import LabelColumn
 
 LOOKUPS = ("zs_logprobs", "il_logprobs")
@@ -220,20 +221,21 @@ def _write_cache(
         if world.distributed:
             writer = ShardedPredictor(predictor, dataset, world, predictor_device(config, world))
         try:
-            summary = build_cache(
-                out,
-                dataset,
-                writer,
-                batch_size=config.zeroshot.batch_size * world.size,
-                progress=progress,
-                console=console,
-                overwrite=overwrite,
-                calibration=predictor.calibration()
-                if isinstance(predictor, CalibratedPredictor)
-                else None,
-                label_noise=calibrates_on_observed_labels(predictor),
-                fit_seconds=fit_seconds,
-            )
+            finish = None
+            if isinstance(predictor, CalibratedPredictor):
+                noisy = calibrates_on_observed_labels(predictor)
+                finish = calibration_step(*predictor.calibration(), label_noise=noisy)
+            with RowsBar(console, show=progress) as bar:
+                summary = build_cache(
+                    out,
+                    dataset,
+                    writer,
+                    batch_size=config.zeroshot.batch_size * world.size,
+                    overwrite=overwrite,
+                    finish=finish,
+                    fit_seconds=fit_seconds,
+                    progress=bar,
+                )
         finally:
             if world.distributed:
                 writer.stop()

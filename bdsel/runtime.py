@@ -1,5 +1,5 @@
 """What every bdsel loop runs on: the device, per-(seed, epoch) random streams, a timer
-that never syncs the host, and the progress bar of a training loop."""
+that never syncs the host, and the progress bars of a training loop and of a cache's rows."""
 
 from __future__ import annotations
 
@@ -31,6 +31,48 @@ def step_progress(console: Any = None) -> Any:
         TimeRemainingColumn(),
         console=console,
     )
+
+
+class RowsBar:
+    """A cache's rows on the console (``bdsel.cache.writer.RowsProgress``), as a context
+    manager: one bar over both splits, with images per second; ``show=False`` keeps only the
+    warnings."""
+
+    def __init__(self, console: Any = None, show: bool = True) -> None:
+        from rich import progress as rp
+        from rich.console import Console
+        from rich.text import Text
+
+        class Rate(rp.ProgressColumn):
+            def render(self, task) -> Text:
+                return Text(f"{task.speed:,.0f} img/s" if task.speed else "- img/s", style="cyan")
+
+        self.console, self.show = console or Console(), show
+        self.bar = rp.Progress(
+            rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
+            Rate(), rp.TimeElapsedColumn(), rp.TimeRemainingColumn(),
+            console=self.console, disable=not show,
+        )  # fmt: skip
+        self.task: Any = None
+
+    def __enter__(self) -> RowsBar:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.__exit__(*exc)
+
+    def discarding(self, part: Any, why: str) -> None:
+        self.console.print(f"[yellow]discarding unreadable partial cache[/] {part} ({why})")
+
+    def resuming(self, part: Any, done: int, todo: int) -> None:
+        if self.show:
+            self.console.print(f"resuming {part}: {done} rows done, {todo} to go", markup=False)
+
+    def rows(self, split: str, n: int, todo: int) -> None:
+        if self.task is None:
+            self.task = self.bar.add_task("zero-shot", total=todo)
+        self.bar.update(self.task, description=f"zero-shot {split}", advance=n)
 
 
 def resolve_device(name: str, key: str = "train.device") -> torch.device:

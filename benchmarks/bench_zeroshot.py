@@ -70,9 +70,7 @@ def time_logprobs(pred: ClipPredictor, ds: Dataset, batch_size: int) -> float:
 
 def time_build(pred: ClipPredictor, ds: Dataset, batch_size: int, workdir: Path, tag: str) -> float:
     t0 = time.perf_counter()
-    build_cache(
-        workdir / f"{tag}.h5", ds, ClipZeroShot(pred, ds), batch_size=batch_size, progress=False
-    )
+    build_cache(workdir / f"{tag}.h5", ds, ClipZeroShot(pred, ds), batch_size=batch_size)
     sync(pred.device)
     return len(ds.train.labels) / (time.perf_counter() - t0)
 

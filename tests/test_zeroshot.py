@@ -38,6 +38,7 @@ from bdsel.predictors.prompts import (
     load_prompt_file,
     prompts_for,
 )
+from bdsel.runtime import RowsBar
 
 TINY = "bdsel-test-tiny-clip"
 TINY_CFG = {
@@ -86,9 +87,7 @@ def predictor(checkpoint) -> ClipPredictor:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, cifar, predictor) -> Path:
     path = tmp_path_factory.mktemp("cache") / "cifar10-tiny.h5"
-    build_cache(
-        path, cifar, ClipZeroShot(predictor, cifar), batch_size=16, flush_every=1, progress=False
-    )
+    build_cache(path, cifar, ClipZeroShot(predictor, cifar), batch_size=16, flush_every=1)
     return path
 
 
@@ -233,9 +232,7 @@ def test_tensor_preprocess_matches_pil_transform_and_files(checkpoint, tmp_path)
     from_files = pred.image_logprobs(ImageSet(labels=ds.train.labels, files=files), rows)
     in_memory = pred.image_logprobs(ds.train, rows)
     torch.testing.assert_close(from_files, in_memory, atol=2e-3, rtol=0)
-    build_cache(
-        tmp_path / "fm.h5", ds, ClipZeroShot(pred, ds), batch_size=16, progress=False
-    )  # grey, resized
+    build_cache(tmp_path / "fm.h5", ds, ClipZeroShot(pred, ds), batch_size=16)  # grey, resized
     assert torch.equal(load_zs_logprobs(tmp_path / "fm.h5", ds), in_memory)
     pred.close()
 
@@ -342,7 +339,7 @@ def read_all(path: Path) -> tuple[dict, dict]:
 def test_resume_after_kill_equals_uninterrupted(
     tmp_path, cifar, predictor, fail_after, corrupt_done_rows
 ):
-    kw = {"batch_size": 8, "flush_every": 2, "progress": False}
+    kw = {"batch_size": 8, "flush_every": 2}
     reference = tmp_path / "ref.h5"
     build_cache(reference, cifar, ClipZeroShot(predictor, cifar), **kw)
     path = tmp_path / "resumed.h5"
@@ -361,9 +358,7 @@ def test_resume_after_kill_equals_uninterrupted(
             f["train"]["logprobs"][:8] = 0.0
         extra = 8
     counting, out = Wrapped(ClipZeroShot(predictor, cifar)), io.StringIO()
-    summary = build_cache(
-        path, cifar, counting, **{**kw, "progress": True}, console=Console(file=out)
-    )
+    summary = build_cache(path, cifar, counting, **kw, progress=RowsBar(Console(file=out)))
     assert counting.rows == summary.rows_computed == N_TRAIN + N_TEST - done_rows + extra
     assert "resuming" in out.getvalue()
     ref_attrs, ref_data = read_all(reference)
@@ -381,14 +376,12 @@ def test_complete_cache_is_reused_and_foreign_one_refused(
 ):
     path = copy_of(built, tmp_path)
     before = path.read_bytes()
-    assert (
-        build_cache(path, cifar, ClipZeroShot(predictor, cifar), progress=False).rows_computed == 0
-    )
+    assert build_cache(path, cifar, ClipZeroShot(predictor, cifar)).rows_computed == 0
     assert path.read_bytes() == before
     other = ClipPredictor(TINY, str(checkpoint), predictor.class_names, list(CIFAR_TEMPLATES[:2]))
     with pytest.raises(CacheError, match="predictor differs in templates"):
-        build_cache(path, cifar, ClipZeroShot(other, cifar), progress=False)
-    summary = build_cache(path, cifar, ClipZeroShot(other, cifar), progress=False, overwrite=True)
+        build_cache(path, cifar, ClipZeroShot(other, cifar))
+    summary = build_cache(path, cifar, ClipZeroShot(other, cifar), overwrite=True)
     assert summary.rows_computed == N_TRAIN + N_TEST
     assert read_cache_info(path)["predictor"]["templates"] == list(CIFAR_TEMPLATES[:2])
 
@@ -455,8 +448,7 @@ def test_unusable_files_refused(built, cifar, predictor, tmp_path):
         path,
         cifar,
         ClipZeroShot(predictor, cifar),
-        progress=False,
-        console=Console(file=io.StringIO()),
+        progress=RowsBar(Console(file=io.StringIO()), show=False),
     )
     assert summary.rows_computed == N_TRAIN + N_TEST and load_zs_logprobs(path, cifar).shape == (
         N_TRAIN,
@@ -473,7 +465,7 @@ def test_predictor_output_is_checked(tmp_path, cifar):
             return torch.ones(len(rows), 10)  # logits, not log-probabilities
 
     with pytest.raises(ValueError, match="not finite log-probabilities"):
-        build_cache(tmp_path / "c.h5", cifar, Logits(), progress=False)
+        build_cache(tmp_path / "c.h5", cifar, Logits())
 
 
 def test_bf16_autocast_is_close_to_fp32_and_recorded(checkpoint, predictor, cifar):

@@ -1,6 +1,6 @@
 """The zero-shot cache: a predictor's log p(c | x) for every train and test row in one HDF5
 file. ``format``: the layout, its checks and reading; ``writer``: resumable writing in row
-batches; ``stats``: what a filled cache's rows say, its calibration among them;
+batches; ``stats``: what a filled cache's rows say (its accuracies);
 ``provenance``: which split and rows a cache was made for."""
 
 from bdsel.cache.format import (

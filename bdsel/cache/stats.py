@@ -1,15 +1,13 @@
 """What a filled cache's rows say, stored in its attributes when it is made: each split's
-accuracy and mean clean-label log-prob, and the calibration step (the temperature fitted to
-labels the predictor never trained on, and with label noise, the noise fit)."""
+accuracy and mean clean-label log-prob (the calibration is the caller's finish step:
+``bdsel.calibration.calibration_attrs``)."""
 
 from __future__ import annotations
-
-import json
 
 import h5py
 import torch
 
-from bdsel.cache.format import READ_ROWS, read_rows
+from bdsel.cache.format import READ_ROWS
 
 
 def split_stats(f: h5py.File, split: str, labels: torch.Tensor) -> tuple[float, float]:
@@ -25,24 +23,3 @@ def split_stats(f: h5py.File, split: str, labels: torch.Tensor) -> tuple[float, 
         correct += int((lp.argmax(dim=1) == y).sum())
         total_lp += float(lp.gather(1, y[:, None]).double().sum())
     return correct / n, total_lp / n
-
-
-def calibrate(
-    f: h5py.File, calibration: tuple[torch.Tensor, torch.Tensor], label_noise: bool
-) -> None:
-    """Fit the temperature to the calibration rows' labels and store it in ``f``'s attrs;
-    with ``label_noise`` (labels that may be wrong) also the fit under label noise, symmetric
-    or through a transition matrix, whichever BIC prefers (``fit_label_noise``)."""
-    from bdsel.calibration import fit_label_noise, fit_temperature
-
-    rows, labels = (t.cpu().long() for t in calibration)
-    logprobs = read_rows(f["train"]["logprobs"], rows)
-    f.attrs["temperature"] = fit_temperature(logprobs, labels)
-    if label_noise:
-        fit = fit_label_noise(logprobs, labels)
-        f.attrs["temperature_denoised"], f.attrs["label_noise_rate"] = (
-            fit.temperature,
-            fit.noise_rate,
-        )
-        f.attrs["noise_model"] = fit.model
-        f.attrs["noise_fit"] = json.dumps({"transition": fit.transition, "bic": fit.bic})

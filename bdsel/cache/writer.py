@@ -1,6 +1,7 @@
 """Writing a zero-shot cache (``bdsel.cache.format`` holds its format): a predictor's rows
-in batches into ``<path>.partial``, resumable from the ``done`` flags, then its accuracy and
-calibration, its cost, and the rename that makes it complete; a progress bar on the console.
+in batches into ``<path>.partial``, resumable from the ``done`` flags, then its accuracy,
+what the caller's ``finish`` step adds (the calibration), its cost, and the rename that makes
+it complete. What it is doing goes to an optional :class:`RowsProgress` (no console here).
 """
 
 from __future__ import annotations
@@ -18,9 +19,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 import h5py
 import numpy as np
 import torch
-from rich import progress as rp
-from rich.console import Console
-from rich.text import Text
 
 from bdsel.cache.format import (
     FORMAT_VERSION,
@@ -37,9 +35,10 @@ from bdsel.cache.format import (
     open_cache,
     partial_path,
     read_attrs,
+    read_rows,
     versions,
 )
-from bdsel.cache.stats import calibrate, split_stats
+from bdsel.cache.stats import split_stats
 from bdsel.rundir import is_disk_full
 
 if TYPE_CHECKING:
@@ -52,6 +51,18 @@ class Predictor(Protocol):
 
     def logprobs(self, split: str, rows: torch.Tensor) -> torch.Tensor: ...
     def spec(self) -> dict[str, Any]: ...
+
+
+class RowsProgress(Protocol):
+    """Where build_cache says what it does (``bdsel.runtime.RowsBar`` draws it)."""
+
+    def discarding(self, part: Path, why: str) -> None: ...  # an unreadable partial file
+    def resuming(self, part: Path, done: int, todo: int) -> None: ...
+    def rows(self, split: str, n: int, todo: int) -> None: ...  # n more rows written
+
+
+# What a finish step stores: attrs from a reader of train rows' log-probs [n, C].
+Finish = Callable[[Callable[[torch.Tensor], torch.Tensor]], dict[str, Any]]
 
 
 @dataclass
@@ -235,11 +246,6 @@ def _fill_split(f: h5py.File, split: str, predictor: Predictor, done: np.ndarray
     return len(todo)
 
 
-class _RateColumn(rp.ProgressColumn):
-    def render(self, task) -> Text:
-        return Text(f"{task.speed:,.0f} img/s" if task.speed else "- img/s", style="cyan")
-
-
 def build_cache(
     path: str | Path,
     dataset: Dataset,
@@ -247,22 +253,18 @@ def build_cache(
     *,
     batch_size: int = 256,
     flush_every: int = 8,
-    progress: bool = True,
-    console: Console | None = None,
     overwrite: bool = False,
-    calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
-    label_noise: bool = False,
+    finish: Finish | None = None,
     fit_seconds: float = 0.0,
+    progress: RowsProgress | None = None,
 ) -> CacheSummary:
     """Run ``predictor`` over every train and test image and write the cache at ``path``.
 
-    ``calibration``: train-split rows and labels the predictor never trained on; the
-    temperature that fits them best (``bdsel.calibration``) is stored as the
-    ``temperature`` attribute, which ``zeroshot.temperature: auto`` reads. ``label_noise``:
-    the calibration labels are observed ones that noise may have changed; the fit under
-    label noise is stored too (``temperature_denoised``, ``label_noise_rate``, ``noise_model``,
-    ``noise_fit``: symmetric or a transition matrix, whichever BIC prefers). Its cost is
-    recorded (SECONDS_ATTR: ``fit_seconds``, rows and calibration, over a resume's sessions).
+    ``finish(read)``: once every row is written, the attributes to store from the train
+    rows' log-probs (``read(rows)`` -> [n, C]): the calibration, ``bdsel.calibration.
+    calibration_attrs``, whose ``temperature`` ``zeroshot.temperature: auto`` reads. Its
+    cost is recorded (SECONDS_ATTR: ``fit_seconds``, rows and finish, over a resume's
+    sessions). ``progress``: told what it does.
 
     Resumes ``<path>.partial`` when it was made for the same dataset fingerprint and predictor
     spec; returns at once when ``path`` is already complete for them. A cache or partial file
@@ -274,18 +276,16 @@ def build_cache(
     t0 = time.perf_counter()
     path, part = Path(path), partial_path(path)
     fingerprint, spec = dataset_fingerprint(dataset), json_spec(predictor.spec())
-    console = console or Console()
 
     if path.exists() and not overwrite:
-        info = _complete_info(path, fingerprint, spec, calibration, label_noise)
+        info = _complete_info(path, fingerprint, spec)
         return _summary(path, fingerprint, info, t0, 0)
-    _prepare_partial(part, fingerprint, spec, len(dataset.class_names), overwrite, console)
+    _prepare_partial(part, fingerprint, spec, len(dataset.class_names), overwrite, progress)
     f = h5py.File(part, "r+")
     try:
         clock = _cost_clock(f, fit_seconds, t0)
-        computed = _fill(f, part, dataset, predictor, (batch_size, flush_every), progress,
-                         console, clock)  # fmt: skip
-        _write_stats(f, dataset, calibration, label_noise, clock)
+        computed = _fill(f, part, predictor, (batch_size, flush_every), progress, clock)
+        _write_stats(f, dataset, finish, clock)
         f.attrs["complete"] = True  # last: every row and statistic is already written
         f.flush()
         info = read_attrs(f, part)
@@ -309,31 +309,23 @@ def _cost_clock(f: h5py.File, fit_seconds: float, t0: float) -> Callable[[], flo
 
 
 def _write_stats(
-    f: h5py.File,
-    dataset: Dataset,
-    calibration: tuple[torch.Tensor, torch.Tensor] | None,
-    label_noise: bool,
-    clock: Callable[[], float],
+    f: h5py.File, dataset: Dataset, finish: Finish | None, clock: Callable[[], float]
 ) -> None:
-    """Accuracies and the mean clean-label log-prob of the filled cache, its temperature and,
-    once they are done, its cost so far (``clock()``)."""
+    """Accuracies and the mean clean-label log-prob of the filled cache, what ``finish``
+    adds and, once they are done, its cost so far (``clock()``)."""
     train_acc, train_lp = split_stats(f, "train", dataset.train.labels)
     test_acc, _ = split_stats(f, "test", dataset.test.labels)
     f.attrs["train_accuracy"] = train_acc
     f.attrs["test_accuracy"] = test_acc
     f.attrs["mean_clean_logprob"] = train_lp
-    if calibration is not None:
-        calibrate(f, calibration, label_noise)
+    if finish is not None:
+        read = lambda rows: read_rows(f["train"]["logprobs"], rows.cpu().long())  # noqa: E731
+        for key, value in finish(read).items():
+            f.attrs[key] = value
     f.attrs[SECONDS_ATTR] = clock()
 
 
-def _complete_info(
-    path: Path,
-    fingerprint: dict[str, Any],
-    spec: dict[str, Any],
-    calibration: tuple[torch.Tensor, torch.Tensor] | None,
-    label_noise: bool,
-) -> dict[str, Any]:
+def _complete_info(path: Path, fingerprint: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     """The attributes of a complete cache made for this dataset and predictor; a CacheError
     for any other file at ``path``."""
     try:
@@ -352,7 +344,7 @@ def _prepare_partial(
     spec: dict[str, Any],
     n_classes: int,
     overwrite: bool,
-    console: Console,
+    progress: RowsProgress | None,
 ) -> None:
     """A partial file to (re)fill: the one there when it was made for this dataset and
     predictor, else a new one (an unreadable one is discarded; another's is a CacheError
@@ -363,9 +355,8 @@ def _prepare_partial(
         try:
             problem, _ = _existing_problem(part, fingerprint, spec)
         except CacheError as exc:  # killed mid-write: nothing in it can be trusted
-            console.print(
-                Text.assemble(("discarding unreadable partial cache", "yellow"), f" {part} ({exc})")
-            )
+            if progress is not None:
+                progress.discarding(part, str(exc))
             part.unlink()
         else:
             if problem:
@@ -379,32 +370,25 @@ def _prepare_partial(
 def _fill(
     f: h5py.File,
     part: Path,
-    dataset: Dataset,
     predictor: Predictor,
     sizes: tuple[int, int],
-    progress: bool,
-    console: Console,
+    progress: RowsProgress | None,
     clock: Callable[[], float],
 ) -> int:
-    """Compute every row not done yet, split by split, with a progress bar; returns how many.
-    ``sizes``: (batch size, batches per flush); ``clock()``: the cache's seconds so far, stored
-    with every commit."""
+    """Compute every row not done yet, split by split; returns how many. ``sizes``: (batch
+    size, batches per flush); ``clock()``: the cache's seconds so far, stored with every
+    commit."""
     done = {s: f[s]["done"][...].astype(bool) for s in SPLITS}
     for s in SPLITS:
         _reset_invalid_done(f[s]["logprobs"], done[s])
     todo = sum(int((~d).sum()) for d in done.values())
     resumed = sum(len(d) for d in done.values()) - todo
-    if resumed and progress:
-        console.print(f"resuming {part}: {resumed} rows done, {todo} to go", markup=False)
-    columns = (rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
-               _RateColumn(), rp.TimeElapsedColumn(), rp.TimeRemainingColumn())  # fmt: skip
+    if resumed and progress is not None:
+        progress.resuming(part, resumed, todo)
     computed = 0
-    with rp.Progress(*columns, console=console, disable=not progress) as bar:
-        task = bar.add_task("zero-shot", total=todo)
-        for s in SPLITS:
-            bar.update(task, description=f"zero-shot {s}")
-            advance = lambda k: bar.advance(task, k)  # noqa: E731
-            computed += _fill_split(f, s, predictor, done[s], *sizes, advance, clock)
+    for s in SPLITS:
+        advance = (lambda k, s=s: progress.rows(s, k, todo)) if progress else (lambda k: None)
+        computed += _fill_split(f, s, predictor, done[s], *sizes, advance, clock)
     return computed
 
 

@@ -21,8 +21,10 @@ import torch
 from rich.console import Console
 
 from bdsel.cache.writer import CacheSummary, build_cache
+from bdsel.calibration import calibration_step
 from bdsel.data.batching import stack_images
 from bdsel.data.sources import Dataset, ImageSet
+from bdsel.runtime import RowsBar
 
 
 def _checked_labels(labels: Any, n: int, n_classes: int, name: str) -> torch.Tensor:
@@ -122,14 +124,13 @@ def write_zeroshot_cache(
     dataset = _labels_only(name, train_labels, test_y, class_names)
     runner = DatasetPredictor(predictor, {"train": train, "test": test}, spec, num_workers)
     rows = torch.arange(len(train_labels))
-    return build_cache(
-        path,
-        dataset,
-        runner,
-        batch_size=batch_size,
-        progress=progress,
-        console=console,
-        overwrite=overwrite,
-        calibration=(rows, train_labels),
-        label_noise=label_noise,
-    )
+    with RowsBar(console, show=progress) as bar:
+        return build_cache(
+            path,
+            dataset,
+            runner,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            finish=calibration_step(rows, train_labels, label_noise),
+            progress=bar,
+        )
