@@ -95,6 +95,15 @@ class TensorImages:
             yield idx, self.rows(split, idx, generator)
 
 
+def loader_generator(generator: torch.Generator | None) -> torch.Generator | None:
+    """A DataLoader's generator (its order and its workers' seeds) drawn from ``generator``:
+    the loader's randomness follows the caller's stream; None for none."""
+    if generator is None:
+        return None
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    return torch.Generator().manual_seed(seed)
+
+
 class _FileDataset(torch.utils.data.Dataset):
     def __init__(self, images: ImageSet, transform) -> None:
         self.files = images.files
@@ -167,16 +176,13 @@ class FolderImages:
         self, split: str, batch_sampler: Iterable[list[int]], generator: torch.Generator | None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         ds = self.datasets[(split, generator is not None and split == "train")]
-        seed = None
-        if generator is not None:
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
         loader = DataLoader(
             ds,
             batch_sampler=batch_sampler,
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
-            generator=None if seed is None else torch.Generator().manual_seed(seed),
+            generator=loader_generator(generator),
         )
         for x, idx in loader:
             self.decoded += len(idx)
@@ -225,15 +231,12 @@ class DatasetImages:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Slices of ``order`` (indices of ``split``) -> ``(indices, inputs)`` on the device."""
         order = order.cpu()
-        seed = None
-        if generator is not None:
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
         loader = DataLoader(
             self.splits[split],
             batch_sampler=BatchSampler(order.tolist(), batch_size, drop_last=drop_last),
             num_workers=self.num_workers,
             collate_fn=stack_images,
-            generator=None if seed is None else torch.Generator().manual_seed(seed),
+            generator=loader_generator(generator),
         )
         stop = len(order) - len(order) % batch_size if drop_last else len(order)
         for start, x in zip(range(0, stop, batch_size), loader, strict=True):
