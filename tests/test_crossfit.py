@@ -390,3 +390,5 @@ def test_crossfit_models_names_a_bad_argument():
         bdsel.crossfit_models(model, images, ok, 3, epoch=2)
     with pytest.raises(ValueError, match="folds: expected an int >= 2"):
         bdsel.crossfit_models(model, images, ok, 3, folds=1)
+    with pytest.raises(ValueError, match="model: make_model makes the models here"):
+        bdsel.crossfit_models(model, images, ok, 3, model="small_cnn")

@@ -345,6 +345,8 @@ def crossfit_models(
         settings: the recipe's, by name, as ``zeroshot.crossfit.*`` (``bdsel configs keys
             crossfit``): folds, rounds, epochs, lr, batch_size, channel_epochs, ...
     """
+    if "model" in settings:
+        raise ValueError("model: make_model makes the models here (model names a bdsel model)")
     unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(CrossfitConfig)})
     if unknown:
         raise ValueError(f"unknown crossfit setting {unknown[0]!r} (bdsel configs keys crossfit)")
@@ -371,6 +373,9 @@ def crossfit_models(
         ema_decay=ema_decay,
         batch_size=eval_batch_size,
     )
-    with step_progress() as bar:
-        fit.fit(bar if progress else None)
+    if progress:
+        with step_progress() as bar:
+            fit.fit(bar)
+    else:
+        fit.fit()
     return CrossfitModels(fit, fit.logprobs("train", torch.arange(len(y))))
