@@ -63,7 +63,10 @@ class RowsBar:
         self.bar.__exit__(*exc)
 
     def discarding(self, part: Any, why: str) -> None:
-        self.console.print(f"[yellow]discarding unreadable partial cache[/] {part} ({why})")
+        from rich.text import Text
+
+        self.console.print(Text.assemble(("discarding unreadable partial cache", "yellow"),
+                                         f" {part} ({why})"))  # fmt: skip
 
     def resuming(self, part: Any, done: int, todo: int) -> None:
         if self.show:
