@@ -435,3 +435,30 @@ def test_run_without_il_lookup_fails_naming_the_method(tmp_path: Path, method: s
     cfg = tiny_config(method, tmp_path)
     with pytest.raises(ValueError, match=f"select.method={method}"):
         build_run(cfg, tiny_dataset())
+
+
+def test_every_method_setting_is_the_config_field_of_its_name():
+    """A setting a method's constructor takes comes from the run (seed, epochs, the tables,
+    the feature width, the device) or from the select field of its name, or of the method's
+    own section: a method's new setting without its config field fails here."""
+    import dataclasses
+
+    from bdsel.config import SelectConfig
+    from bdsel.selection import list_selectors, selector_settings
+    from bdsel.selection.configured import config_settings
+
+    the_runs = {"seed", "epochs", "n_features", "device", "zs_logprobs", "il_logprobs",
+                "n_rows", "build_coreset", "coreset"}  # fmt: skip
+    select = {f.name for f in dataclasses.fields(SelectConfig)}
+    for name in list_selectors():
+        own = getattr(SelectConfig(), name, None)
+        own_fields = {f.name for f in dataclasses.fields(own)} if own is not None else set()
+        for arg in selector_settings(name):
+            assert arg in the_runs | select | own_fields, (name, arg)
+    # and the values reach it, the run's own taking precedence over a section's namesake
+    cfg = load_config(values={"train": {"epochs": 7}}, overrides=[
+        "select.alpha=0.35", "select.infobatch.delta=0.5", "select.svp.epochs=3"])  # fmt: skip
+    ctx = SelectorContext(cfg, N_CLASSES, 8, CPU)
+    assert config_settings(ctx, "bayesian")["alpha"] == 0.35
+    assert config_settings(ctx, "infobatch")["delta"] == 0.5
+    assert config_settings(ctx, "svp")["epochs"] == 7  # train.epochs, not the proxy's

@@ -1,12 +1,13 @@
 """The one place a run's :class:`~bdsel.config.Config` maps onto a selection method's settings.
 
 Every method takes keyword settings (``create_selector(name, **settings)``); ``bdsel train``
-builds its selector here from ``select.*``, ``train.epochs``, the run's per-index tables and
-the model's feature width, passing each method the settings its constructor names.
+builds its selector here from ``select.*`` (by name), ``train.epochs``, the run's per-index
+tables and the model's feature width, passing each method the settings its constructor names.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import bdsel.selection.svp as svp
@@ -14,30 +15,24 @@ from bdsel.selection.base import Selector, SelectorContext
 from bdsel.selection.registry import create_selector, selector_settings
 
 
-def config_settings(context: SelectorContext) -> dict[str, Any]:
+def config_settings(context: SelectorContext, method: str | None = None) -> dict[str, Any]:
     """Every setting a registered method may take, from ``context``: each method gets the
-    ones its constructor names (:func:`selector_from_config`)."""
+    ones its constructor names (:func:`selector_from_config`). A ``select.*`` setting reaches
+    the constructor argument of its name (``select.alpha`` -> ``alpha``), and so does one of
+    ``method``'s own section (``select.infobatch.delta`` -> ``delta``; default the config's
+    method): a new setting is a field of the config and an argument of the method, nothing in
+    between. The run's own (seed, epochs, the tables, the feature width, the device) take
+    precedence."""
     config, s = context.config, context.config.select
+    fields = {f.name: getattr(s, f.name) for f in dataclasses.fields(s)}
+    own = fields.get(method or s.method)  # select.<method>: the method's own section
     settings: dict[str, Any] = {
-        "n_selected": s.n_selected,
+        **(dataclasses.asdict(own) if dataclasses.is_dataclass(own) else {}),
+        **{k: v for k, v in fields.items() if not dataclasses.is_dataclass(v)},
         "seed": config.seed,
-        "warmup_epochs": s.warmup_epochs,
-        "anneal": s.anneal,
         "epochs": config.train.epochs,
-        # bayesian
         "n_features": context.n_features,
-        "alpha": s.alpha,
-        "n_samples": s.n_samples,
-        "prior_precision": s.prior_precision,
-        "n_effective": s.n_effective,
-        "momentum": s.momentum,
-        "fisher": s.fisher,
-        "adaptive_alpha": s.adaptive_alpha,
-        "shared_noise": s.shared_noise,
         "device": context.device,
-        # infobatch
-        "prune_ratio": s.infobatch.prune_ratio,
-        "delta": s.infobatch.delta,
         **context.lookups,  # zs_logprobs, il_logprobs
     }
     extras = context.extras
@@ -57,7 +52,7 @@ def selector_from_config(name: str, context: SelectorContext) -> Selector:
     """The selector ``name`` (normally ``config.select.method``) with its settings from
     ``context``; a per-index table the method needs but the context lacks is a ValueError."""
     accepted = selector_settings(name)
-    settings = config_settings(context)
+    settings = config_settings(context, name)
     missing = [k for k in accepted if k in ("zs_logprobs", "il_logprobs") and k not in settings]
     if missing:
         raise ValueError(f"select.method={name} needs {', '.join(missing)}")
