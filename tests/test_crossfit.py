@@ -381,7 +381,8 @@ def test_crossfit_models_names_a_bad_argument():
     model = lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))  # noqa: E731
     for labels, fragment in (
         (torch.tensor([0, 1, 2, 3, 0, 1, 2, 0]), "labels: values must be class indices in 0..2"),
-        (torch.zeros(5, dtype=torch.long), "labels: expected 8 int labels"),
+        (torch.zeros(5, dtype=torch.long), r"labels: expected 8 labels \[N\], got \(5,\)"),
+        (torch.full((8,), 0.5), "labels: values must be class indices, got fractional"),
     ):
         with pytest.raises(ValueError, match=fragment):
             bdsel.crossfit_models(model, images, labels, 3, progress=False)

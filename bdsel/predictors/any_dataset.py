@@ -27,9 +27,12 @@ from bdsel.data.sources import Dataset, ImageSet
 from bdsel.runtime import RowsBar
 
 
-def _checked_labels(labels: Any, n: int, n_classes: int, name: str) -> torch.Tensor:
+def checked_labels(labels: Any, n: int, n_classes: int, name: str) -> torch.Tensor:
     """``labels`` as int64 [n] on the CPU; ValueError naming ``name`` otherwise."""
-    y = torch.as_tensor(labels, dtype=torch.long).cpu()
+    raw = torch.as_tensor(labels).cpu()
+    if raw.is_floating_point() and not bool((raw == raw.round()).all()):
+        raise ValueError(f"{name}: values must be class indices, got fractional ones")
+    y = raw.long()
     if y.ndim != 1 or len(y) != n:
         raise ValueError(f"{name}: expected {n} labels [N], got {tuple(y.shape)}")
     if len(y) and (int(y.min()) < 0 or int(y.max()) >= n_classes):
@@ -109,10 +112,10 @@ def write_zeroshot_cache(
         label_noise: the labels may be wrong: also fit the temperature with a symmetric
             label-noise rate (``temperature="auto"`` applies it).
     """
-    train_labels = _checked_labels(labels, len(train), len(class_names), "labels")
+    train_labels = checked_labels(labels, len(train), len(class_names), "labels")
     if (test is None) != (test_labels is None):
         raise ValueError("test and test_labels go together: pass both or neither")
-    test_y = _checked_labels(
+    test_y = checked_labels(
         [] if test_labels is None else test_labels,
         0 if test is None else len(test),
         len(class_names),

@@ -42,6 +42,7 @@ from bdsel.data.noise_channel import (
 from bdsel.evaluation import predict_logprobs
 from bdsel.fit import EarlyStopping, fit_supervised
 from bdsel.optim import build_optimizer
+from bdsel.predictors.any_dataset import checked_labels
 from bdsel.runtime import step_progress
 
 FOLD_SEED = 104_729  # the fold assignment's stream, apart from the split's and the models'
@@ -318,6 +319,18 @@ class CrossfitModels:
         return mean_of(model_logprobs(self._fit.models, source, "rows", rows, batch_size))
 
 
+def _recipe(settings: dict[str, Any]) -> CrossfitConfig:
+    """The crossfit settings given by name, checked: a ValueError names a wrong one."""
+    if "model" in settings:
+        raise ValueError("model: make_model makes the models here (model names a bdsel model)")
+    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(CrossfitConfig)})
+    if unknown:
+        raise ValueError(f"unknown crossfit setting {unknown[0]!r} (bdsel configs keys crossfit)")
+    recipe = CrossfitConfig(**settings)
+    check_ranges(recipe)
+    return recipe
+
+
 def crossfit_models(
     make_model: Callable[[], nn.Module],
     train: Any,
@@ -345,18 +358,8 @@ def crossfit_models(
         settings: the recipe's, by name, as ``zeroshot.crossfit.*`` (``bdsel configs keys
             crossfit``): folds, rounds, epochs, lr, batch_size, channel_epochs, ...
     """
-    if "model" in settings:
-        raise ValueError("model: make_model makes the models here (model names a bdsel model)")
-    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(CrossfitConfig)})
-    if unknown:
-        raise ValueError(f"unknown crossfit setting {unknown[0]!r} (bdsel configs keys crossfit)")
-    recipe = CrossfitConfig(**settings)
-    check_ranges(recipe, "")
-    y = torch.as_tensor(labels)
-    if y.ndim != 1 or len(y) != len(train) or y.is_floating_point():
-        raise ValueError(f"labels: expected {len(train)} int labels [N], got {tuple(y.shape)}")
-    if len(y) and (int(y.min()) < 0 or int(y.max()) >= n_classes):
-        raise ValueError(f"labels: values must be class indices in 0..{n_classes - 1}")
+    recipe = _recipe(settings)
+    y = checked_labels(labels, len(train), n_classes, "labels")
     source = DatasetImages({"train": train}, torch.device(device), num_workers=num_workers)
     optimizer = TrainConfig(
         optimizer=recipe.optimizer, lr=recipe.lr, weight_decay=recipe.weight_decay
