@@ -113,9 +113,9 @@ def expected_spec(config: Config, data: RunData) -> dict[str, Any]:
 
 def omitted_settings(config: Config) -> list[str]:
     """The settings of the predictor's config section that its ``settings(config)`` leaves
-    out for this config (at the value they had before they were settings, or where they do
-    nothing), in the section's order; none where the section is not one of the config's (a
-    predictor registered with a section of its own naming)."""
+    out for this config (where they do nothing), in the section's order; none where the
+    section is not one of the config's (a predictor registered with a section of its own
+    naming)."""
     entry = predictor_entry(config.zeroshot.predictor)
     section: Any = config
     for part in entry.section.split("."):

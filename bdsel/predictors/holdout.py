@@ -214,13 +214,8 @@ class HoldoutPredictor:
 
 
 def fit_settings(kind: str, config: Config, fit: FitConfig) -> dict[str, Any]:
-    """A trained predictor's settings: its config section and the EMA decay it trains with.
-    ``schedule`` is left out at "none", its value before it was a setting, so that caches made
-    then keep matching."""
-    settings = dataclasses.asdict(fit)
-    if settings["schedule"] == "none":
-        del settings["schedule"]
-    return {"kind": kind, **settings, "ema_decay": config.train.ema_decay}
+    """A trained predictor's settings: its config section and the EMA decay it trains with."""
+    return {"kind": kind, **dataclasses.asdict(fit), "ema_decay": config.train.ema_decay}
 
 
 def as_train_config(config: Config, fit: FitConfig):
