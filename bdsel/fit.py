@@ -7,7 +7,7 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,25 @@ from bdsel.evaluation import make_ema
 from bdsel.forward import autocast_for
 from bdsel.optim import cosine_factor
 from bdsel.runtime import AUGMENTATION, PERMUTATION, stream_generator
+
+
+@dataclass
+class FitSettings:
+    """A bdsel model a predictor trains (with the weight EMA) to its plateau: at most
+    ``epochs``, stopping after ``patience`` epochs without a better score and keeping the
+    best epoch (0: all epochs, the last kept and scored once)."""
+
+    MODEL_FIELDS: ClassVar[tuple[str, ...]] = ("model",)  # registered model names (bdsel.names)
+    model: str = "small_cnn"  # a registered model
+    epochs: int = 30  # at most
+    patience: int = 3  # epochs without a better score before a stop
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # as train.optimizer
+    lr: float = 1e-3  # learning rate
+    weight_decay: float = 0.01  # as train.weight_decay
+    batch_size: int = 128  # training batch size
+    # cosine: the learning rate decays to 0 over ``epochs`` (a fixed budget reaches the
+    # plateau in fewer epochs than a constant rate; early stopping still keeps the best).
+    schedule: Literal["none", "cosine"] = "none"
 
 
 @dataclass

@@ -14,7 +14,15 @@ from bdsel.models import list_models
 from bdsel.predictors import list_predictors
 from bdsel.selection import list_selectors
 
-MODEL_KEYS = ("model.name", "select.svp.model", "zeroshot.holdout.model", "zeroshot.crossfit.model")
+
+def model_keys(config: Config) -> list[str]:
+    """The keys that name a registered model: ``model.name``, and those the method's and the
+    predictor's settings declare (their ``MODEL_FIELDS``)."""
+    keys = ["model.name"]
+    for section in ("select", "zeroshot"):
+        own = getattr(config, section).settings
+        keys += [f"{section}.{name}" for name in getattr(own, "MODEL_FIELDS", ())]
+    return keys
 
 
 def check_names(config: Config) -> None:
@@ -26,7 +34,7 @@ def check_names(config: Config) -> None:
             raise ConfigError(f"{key}: unknown {what} {value!r}; valid: {', '.join(valid)}")
 
     need("select.method", "method", list_selectors())
-    for key in MODEL_KEYS:
+    for key in model_keys(config):
         need(key, "model", list_models())
     need("data.name", "dataset", list_datasets())
     need("zeroshot.predictor", "predictor", list_predictors())

@@ -69,7 +69,8 @@ def predictor_settings(config: Config) -> dict[str, Any]:
 
 def settings_hash(config: Config) -> str:
     """8 hex digits that tell one predictor setting's default cache file from another's."""
-    settings = dict(predictor_settings(config), prompts=config.zeroshot.prompts)
+    prompts = getattr(config.zeroshot.settings, "prompts", None)  # clip's
+    settings = dict(predictor_settings(config), prompts=prompts)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -112,18 +113,13 @@ def expected_spec(config: Config, data: RunData) -> dict[str, Any]:
 
 
 def omitted_settings(config: Config) -> list[str]:
-    """The settings of the predictor's config section that its ``settings(config)`` leaves
-    out for this config (where they do nothing), in the section's order; none where the
-    section is not one of the config's (a predictor registered with a section of its own
-    naming)."""
-    entry = predictor_entry(config.zeroshot.predictor)
-    section: Any = config
-    for part in entry.section.split("."):
-        section = getattr(section, part, None)
-    if not dataclasses.is_dataclass(section):
+    """The predictor's own settings (``zeroshot.*`` of its ``Settings``) that its
+    ``settings(config)`` leaves out for this config (where they do nothing), in field order."""
+    own = config.zeroshot.settings
+    if not dataclasses.is_dataclass(own):
         return []
-    named = entry.cls.settings(config)
-    return [f.name for f in dataclasses.fields(section) if f.name not in named]
+    named = predictor_entry(config.zeroshot.predictor).cls.settings(config)
+    return [f.name for f in dataclasses.fields(own) if f.name not in named]
 
 
 def predictor_device(config: Config, world: World) -> torch.device:
@@ -230,7 +226,7 @@ def _write_cache(
                     out,
                     dataset,
                     writer,
-                    batch_size=config.zeroshot.batch_size * world.size,
+                    batch_size=config.zeroshot.eval_batch_size * world.size,
                     overwrite=overwrite,
                     finish=finish,
                     fit_seconds=fit_seconds,

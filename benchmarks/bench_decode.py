@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bdsel.config import load_config
+from bdsel.configure import load_config
 from bdsel.data import load_dataset, make_image_source
 from bdsel.data.batching import FolderImages
 from bdsel.train import train

@@ -28,7 +28,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from bdsel.assemble import prefilter_size, rescore_size
-from bdsel.config import load_config
+from bdsel.configure import load_config
 from bdsel.data import derive_run_data, from_tensors, make_image_source
 from bdsel.evaluation import make_ema
 from bdsel.forward import autocast_for, candidate_precision
@@ -131,8 +131,11 @@ def bench(args: argparse.Namespace) -> dict:
                     "method": method,
                     "n_candidates": args.n_candidates,
                     "n_selected": args.n_selected,
-                    "n_samples": args.n_samples,
-                    "shared_noise": not args.independent_noise,
+                    # the bayesian method's own, for when it runs
+                    "bayesian": {
+                        "n_samples": args.n_samples,
+                        "shared_noise": not args.independent_noise,
+                    },
                     # a method without a cached score to prefilter with runs unfiltered
                     "prefilter": args.prefilter
                     if selector_class(method).has_plausibility()

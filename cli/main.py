@@ -94,7 +94,7 @@ def config_changes(cfg) -> list[str]:
     """``key=value`` (as --set takes it) for every key whose value differs from the defaults."""
     import yaml
 
-    from bdsel.config import Config
+    from bdsel.configure import defaults_like
 
     def walk(a: dict, b: dict, prefix: str = "") -> list[str]:
         out = []
@@ -106,7 +106,7 @@ def config_changes(cfg) -> list[str]:
                 out.append(f"{prefix}{k}={text.removesuffix(END_OF_DOCUMENT).strip()}")
         return out
 
-    return walk(cfg.to_dict(), Config().to_dict())
+    return walk(cfg.to_dict(), defaults_like(cfg))
 
 
 def epoch_line(record: dict, epochs: int) -> str:
@@ -211,7 +211,7 @@ def _train_config(
 ) -> tuple[Any, Path]:
     """The run's config (with --resume and no --config: the run's own saved one) and its
     directory (default runs/<name>-<method>-s<seed>)."""
-    from bdsel.config import load_config
+    from bdsel.configure import load_config
     from bdsel.names import check_names
     from bdsel.rundir import CONFIG
     from bdsel.rundir.writer import resume_problem
@@ -266,7 +266,7 @@ def cache_zeroshot(
 ) -> None:
     """Run the zero-shot predictor once over the dataset and cache its log-probs (HDF5)."""
     from bdsel.cache.format import CacheError
-    from bdsel.config import load_config
+    from bdsel.configure import load_config
     from bdsel.distributed import shutdown
     from bdsel.names import check_names
     from bdsel.predict import cache_zeroshot as run_cache
@@ -381,7 +381,8 @@ def configs_show(
     set_: SetOpt = None,
 ) -> None:
     """Print a config resolved with its defaults and overrides."""
-    from bdsel.config import ConfigError, dump_config, load_config
+    from bdsel.config import ConfigError, dump_config
+    from bdsel.configure import load_config
     from bdsel.names import check_names
 
     try:
@@ -394,14 +395,18 @@ def configs_show(
 
 @configs_app.command("keys")
 def configs_keys(
-    grep: Annotated[str, typer.Argument(help="Only keys that contain this text.")] = "",
+    grep: Annotated[
+        str,
+        typer.Argument(help="Only the keys (or their method or predictor) that contain this text."),
+    ] = "",
 ) -> None:
-    """Every config key: its type, default, allowed values and meaning (a Markdown table, as
-    docs/config.md holds it)."""
+    """Every config key: its type, default, allowed values and meaning, and the method or
+    predictor whose own it is (a Markdown table, as docs/config.md holds it)."""
     from bdsel.config.reference import markdown_table
+    from bdsel.configure import owned_settings
 
-    header, rule, *rows = markdown_table().splitlines()
-    for line in [header, rule, *(r for r in rows if grep in r.split("|")[1])]:
+    header, rule, *rows = markdown_table(owned_settings()).splitlines()
+    for line in [header, rule, *(r for r in rows if grep in "|".join(r.split("|")[1:3]))]:
         typer.echo(line)
 
 

@@ -42,7 +42,7 @@ LENGTHS = (2, 3, 4, 8)
 def estimate(setting: str, epochs: int) -> dict:
     """Train one channel round of ``epochs`` and compare its channels with the true one."""
     from bdsel.calibration import fit_temperature_and_noise
-    from bdsel.config import load_config
+    from bdsel.configure import load_config
     from bdsel.data import derive_run_data, load_dataset
     from bdsel.data.noise_channel import anchor_transition, choose_channel, identifiable
     from bdsel.predictors.crossfit import CrossfitPredictor

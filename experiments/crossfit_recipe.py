@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from bdsel.calibration import fit_label_noise
-from bdsel.config import load_config
+from bdsel.configure import load_config
 from bdsel.data import derive_run_data, load_dataset
 from bdsel.data.noise_channel import anchor_transition, forward_loss, symmetric_channel
 from bdsel.evaluation import predict_logprobs
@@ -41,13 +41,13 @@ def fit_fold_model(args: argparse.Namespace) -> tuple[dict, torch.Tensor, torch.
     and trains it: what it predicts, its log-probs of fold 0 and fold 0's observed labels."""
     cfg = load_config("fashion_mnist", [
         f"data.noise.kind={args.kind}", f"data.noise.rate={args.rate}",
-        f"zeroshot.crossfit.lr={args.lr}", f"zeroshot.crossfit.folds={args.folds}",
+        "zeroshot.predictor=crossfit", f"zeroshot.lr={args.lr}", f"zeroshot.folds={args.folds}",
     ])  # fmt: skip
     ds = load_dataset(cfg.data)
     data = derive_run_data(ds, cfg.data, cfg.seed)
     source = training_source(cfg, data, torch.device("cpu"))
     fit = CrossfitPredictor(cfg, data, source).crossfit  # the folds and fold 0's initial model
-    c = cfg.zeroshot.crossfit
+    c = cfg.zeroshot.settings
     if args.what == "anchor" or args.eps is None:
         loss = F.cross_entropy
     else:

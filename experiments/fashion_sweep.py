@@ -49,7 +49,7 @@ from fashion_sweep_grid import (
     validation_summary,
 )
 
-from bdsel.config import load_config
+from bdsel.configure import load_config
 from bdsel.data import load_dataset
 from bdsel.predict import cache_zeroshot, default_cache_path
 from bdsel.report import make_report

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bdsel.config import load_config
+from bdsel.configure import load_config
 from bdsel.rundir import (
     acc_key,
     has_summary,

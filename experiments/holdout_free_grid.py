@@ -199,7 +199,7 @@ def predictor_overrides(setting: str, predictor: tuple[str, ...]) -> list[str]:
 def cache_path(setting: str, predictor: tuple[str, ...]) -> Path | None:
     """The cache a predictor's overrides make for a setting's data (None: a retired recipe's,
     which bdsel no longer makes)."""
-    from bdsel.config import load_config
+    from bdsel.configure import load_config
     from bdsel.predict import default_cache_path
 
     if predictor in RETIRED:

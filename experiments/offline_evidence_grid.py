@@ -173,7 +173,7 @@ def _data(values: list[str]) -> list[str]:
 
 def crossfit_cache(values: list[str]) -> Path:
     """The crossfit cache of seed 0 for a run's data (its models are seeded by the seed)."""
-    from bdsel.config import load_config
+    from bdsel.configure import load_config
     from bdsel.predict import default_cache_path
 
     return default_cache_path(load_config("fashion_mnist", ["seed=0", *_data(values), *CROSSFIT]))

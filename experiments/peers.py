@@ -92,7 +92,7 @@ def cache_seconds(runs: Path) -> dict[str, float]:
 def cleaning_seconds(rate: float) -> float:
     """Wall-clock of the cleanlab call on a rate's crossfit cache (what a cleaned run adds)."""
     from bdsel.cache.format import load_zs_logprobs
-    from bdsel.config import load_config
+    from bdsel.configure import load_config
     from bdsel.data import derive_run_data, load_dataset
     from bdsel.data.label_issues import find_label_issues
 

@@ -126,7 +126,7 @@ RUNS = [Run(ARM[arm], rate, seed) for arm, rate, seeds in GRID for seed in seeds
 
 def crossfit_cache(rate: float) -> Path:
     """The crossfit cache (seed 0's models serve every seed) of a noise rate's data."""
-    from bdsel.config import load_config
+    from bdsel.configure import load_config
     from bdsel.predict import default_cache_path
 
     return default_cache_path(load_config("fashion_mnist", ["seed=0", *NOISE[rate], *CROSSFIT]))
@@ -158,7 +158,7 @@ CACHE_BASE = ["cache-zeroshot", "--config", "fashion_mnist", "--set", "seed=0", 
 
 def holdout_cache() -> Path:
     """The hold-out model's cache: it learns clean labels, so one serves every rate."""
-    from bdsel.config import load_config
+    from bdsel.configure import load_config
     from bdsel.predict import default_cache_path
 
     return default_cache_path(load_config("fashion_mnist", ["seed=0", HOLDOUT]))

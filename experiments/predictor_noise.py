@@ -24,7 +24,7 @@ import torch
 
 from bdsel.assemble import build_lookups
 from bdsel.cleaning import clean_run_data
-from bdsel.config import load_config
+from bdsel.configure import load_config
 from bdsel.data import derive_run_data, load_dataset
 
 QUANTILES = (0.1, 0.5, 0.9)

@@ -18,7 +18,7 @@ import torch
 from predictor_noise import auroc_lower
 
 from bdsel.calibration import fit_label_noise
-from bdsel.config import load_config
+from bdsel.configure import load_config
 from bdsel.data import derive_run_data, load_dataset
 from bdsel.predictors.features import pixel_features
 from bdsel.predictors.probe import crossfit_probe
@@ -37,7 +37,7 @@ def measure(overrides: tuple[str, ...], channel: str) -> dict[str, float]:
     data = derive_run_data(dataset, config.data, config.seed)
     rows = data.train_idx
     observed, clean = data.observed[rows], dataset.train.labels[rows]
-    p = config.zeroshot.probe
+    p = config.zeroshot.settings
     t0 = time.perf_counter()
     fit = crossfit_probe(pixel_features(dataset, "train", rows), observed, dataset.n_classes,
                          folds=p.folds, epochs=p.epochs, lr=p.lr, weight_decay=p.weight_decay,

@@ -29,9 +29,12 @@ SETTINGS = [
     "select.n_candidates=64", "select.n_selected=16", "eval.batch_size=128",
     "data.train_fraction=0.5", "data.holdout_fraction=0.2",
     "data.noise.kind=symmetric", "data.noise.rate=0.2",
-    "zeroshot.holdout.epochs=2", "zeroshot.crossfit.epochs=2",
-    "zeroshot.crossfit.channel_epochs=1", "zeroshot.probe.epochs=2", "select.svp.epochs=1",
 ]  # fmt: skip
+# the own settings of a method or predictor that the runs shorten
+OWN = {
+    "svp": ["select.epochs=1"], "holdout": ["zeroshot.epochs=2"], "probe": ["zeroshot.epochs=2"],
+    "crossfit": ["zeroshot.epochs=2", "zeroshot.channel_epochs=1"],
+}  # fmt: skip
 # run name -> the predictor whose cache it reads (None: none)
 RUNS = {
     "uniform": None, "full": None, "train_loss": None, "grad_norm": None, "grad_norm_is": None,
@@ -54,10 +57,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = make_fashion_dir(Path(tmp) / "fashion")
         for name, predictor in RUNS.items():
-            sets = [*SETTINGS, f"data.root={root}", f"select.method={name.split('-')[0]}"]
+            method = name.split("-")[0]
+            sets = [*SETTINGS, f"data.root={root}", f"select.method={method}", *OWN.get(method, [])]
             if predictor:
                 cache = Path(tmp) / f"{predictor}.h5"
                 sets += [f"zeroshot.predictor={predictor}", f"zeroshot.cache={cache}"]
+                sets += OWN[predictor]
                 if not cache.exists():
                     bdsel("cache-zeroshot", "--config", "fashion_mnist", *_set(sets))
             run = Path(tmp) / "runs" / name

@@ -11,7 +11,7 @@ from bdsel_cli.main import app
 from conftest import one_line, write_tiny_clip, write_yaml
 from typer.testing import CliRunner
 
-from bdsel.config import load_config
+from bdsel.configure import load_config
 from bdsel.data import derive_run_data, load_dataset, make_image_source
 from bdsel.predictors.holdout import HoldoutPredictor
 from bdsel.train import train
@@ -22,13 +22,15 @@ runner = CliRunner()
 @pytest.fixture
 def bayes_values(tiny_config_values: dict, tmp_path: Path) -> dict:
     values = dict(tiny_config_values)
-    values["select"] = dict(values["select"], method="bayesian", n_samples=32, alpha=0.3)
+    values["select"] = dict(values["select"], method="bayesian",
+                              bayesian={"n_samples": 32, "alpha": 0.3})  # fmt: skip
     values["zeroshot"] = {
         "predictor": "holdout",
         "cache": str(tmp_path / "zs.h5"),
         "temperature": 2.0,
-        "batch_size": 256,
-        "holdout": {"epochs": 2, "batch_size": 64},
+        "eval_batch_size": 256,
+        "epochs": 2,
+        "batch_size": 64,
     }
     return values
 
@@ -57,7 +59,7 @@ def test_holdout_model_never_trains_on_training_subset(bayes_values: dict):
     assert not trained_on & set(data.train_idx.tolist())
     rows, labels = predictor.calibration()
     assert torch.equal(labels, data.clean[rows])
-    assert 1 <= predictor.epochs_trained <= cfg.zeroshot.holdout.epochs
+    assert 1 <= predictor.epochs_trained <= cfg.zeroshot.settings.epochs
 
 
 def test_cache_then_bayesian_training_through_cli(bayes_values: dict, tmp_path: Path):
@@ -145,7 +147,7 @@ def test_holdout_cache_resumes_with_the_same_model(
     from bdsel.predict import cache_zeroshot, holdout_weights_path
     from bdsel.predictors import holdout
 
-    cfg = load_config(values=bayes_values, overrides=["zeroshot.batch_size=128"])
+    cfg = load_config(values=bayes_values, overrides=["zeroshot.eval_batch_size=128"])
     whole = cache_zeroshot(cfg, tmp_path / "whole.h5", progress=False)
     assert whole.rows_computed == 1500
 
@@ -188,7 +190,7 @@ def test_clip_cache_from_local_checkpoint_through_cli(bayes_values: dict, tmp_pa
         "model": str(arch),
         "pretrained": str(checkpoint),
         "cache": str(tmp_path / "clip.h5"),
-        "batch_size": 100,
+        "eval_batch_size": 100,
         "device": "cpu",
     }
     cfg_path = tmp_path / "clip.yaml"

@@ -14,7 +14,7 @@ from bdsel_cli.main import app
 from conftest import assert_one_line_error, config_file, one_line, write_yaml
 from typer.testing import CliRunner
 
-from bdsel.config import load_config
+from bdsel.configure import load_config
 from bdsel.rundir import writer as runlog
 from bdsel.rundir.writer import check_metrics_for_resume, evaluated_epochs
 from bdsel.train import TrainingDiverged, train

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from bdsel.assemble import build_run
 from bdsel.cache.format import load_zs_logprobs
-from bdsel.config import load_config
+from bdsel.configure import load_config
 from bdsel.data import derive_run_data, load_dataset
 from bdsel.data.label_issues import cleaning_stats, find_label_issues
 
@@ -56,7 +56,7 @@ def _noisy_config_and_cache(tmp_path: Path, tiny_config_values: dict) -> tuple[P
     # One round: cleaning reads any crossfit cache's out-of-fold probabilities, and on these
     # 600 tiny images the default's two rounds (a channel round, then 3-epoch models through
     # its channel) leave the noise where it was (30.1% of the kept points, against 30%).
-    values["zeroshot"] = {"predictor": "crossfit", "crossfit": {"epochs": 3, "rounds": 1}}
+    values["zeroshot"] = {"predictor": "crossfit", "epochs": 3, "rounds": 1}
     config_path = tmp_path / "tiny.yaml"
     config_path.write_text(yaml.safe_dump(values))
     cache = tmp_path / "cf.h5"

@@ -140,10 +140,13 @@ def test_user_text_keeps_its_brackets_and_a_log_line_is_never_wrapped(
 
 def test_configs_keys_prints_every_key_or_those_asked_for():
     from bdsel.config.reference import every_key
+    from bdsel.configure import owned_settings
 
     everything = runner.invoke(app, ["configs", "keys"])
     assert everything.exit_code == 0
     rows = everything.output.splitlines()[2:]
-    assert [r.split("|")[1].strip(" `") for r in rows] == [k.key for k in every_key()]
-    svp = runner.invoke(app, ["configs", "keys", "select.svp."]).output.splitlines()[2:]
-    assert len(svp) == 6 and all("select.svp." in r for r in svp)
+    assert [r.split("|")[1].strip(" `") for r in rows] == [
+        k.key for k in every_key(owned_settings())
+    ]
+    svp = runner.invoke(app, ["configs", "keys", "method=svp"]).output.splitlines()[2:]
+    assert len(svp) == 6 and all("`select.method=svp`" in r.split("|")[2] for r in svp)

@@ -7,7 +7,8 @@ from bdsel_cli.main import app
 from conftest import assert_one_line_error
 from typer.testing import CliRunner
 
-from bdsel.config import ConfigError, dump_config, list_shipped_configs, load_config, parse_override
+from bdsel.config import ConfigError, dump_config, list_shipped_configs, parse_override
+from bdsel.configure import load_config
 from bdsel.names import check_names
 
 PAPER_CONFIGS = {
@@ -78,15 +79,15 @@ def test_bad_values_name_the_key(override: str, pattern: str):
     [
         ("select.method=magic", r"select\.method: unknown method 'magic'; valid: .*uniform"),
         ("model.name=resnet99", r"model\.name: unknown model 'resnet99'; valid: .*small_cnn"),
-        ("select.svp.model=x", r"select\.svp\.model: unknown model 'x'"),
+        ("select.method=svp,select.model=x", r"select\.model: unknown model 'x'"),
+        ("zeroshot.predictor=crossfit,zeroshot.model=x", r"zeroshot\.model: unknown model 'x'"),
         ("data.name=mnist", r"data\.name: unknown dataset 'mnist'; valid: .*fashion_mnist"),
         ("zeroshot.predictor=oracle", r"zeroshot\.predictor: unknown predictor 'oracle'.*holdout"),
     ],
 )
 def test_unregistered_names_name_the_key(override: str, pattern: str):
-    config = load_config("fashion_mnist", [override])  # config.py cannot know the registries
-    with pytest.raises(ConfigError, match=pattern):
-        check_names(config)
+    with pytest.raises(ConfigError, match=pattern):  # the owners' names at load, then the rest
+        check_names(load_config("fashion_mnist", override.split(",")))
 
 
 def test_config_imports_nothing_from_bdsel_but_itself():
@@ -106,9 +107,11 @@ def test_every_range_names_a_field_of_its_class():
     import dataclasses
 
     import bdsel.config.schema as schema
+    from bdsel.configure import owned_settings
 
     classes = [c for c in vars(schema).values() if dataclasses.is_dataclass(c)]
-    assert len(classes) >= 14
+    classes += [cls for owners in owned_settings().values() for cls in owners.values()]
+    assert len(classes) >= 17
     for cls in classes:
         fields = {f.name for f in dataclasses.fields(cls)}
         assert set(cls.__dict__.get("RANGES", {})) <= fields, cls.__name__
@@ -130,13 +133,14 @@ def test_unknown_config_name_lists_shipped(tmp_path: Path):
     [
         ("train.lr=.inf", r"train\.lr: expected a finite number, got inf"),
         ("train.weight_decay=.inf", r"train\.weight_decay: expected a finite number"),
-        ("select.alpha=.nan", r"select\.alpha: expected a finite number, got nan"),
+        ("select.bayesian.alpha=.nan", r"select\.bayesian\.alpha: expected a finite number"),
         ("zeroshot.temperature=-.inf", r"zeroshot\.temperature: expected a finite number"),
         ("report.targets=[.nan]", r"report\.targets\[0\]: expected a finite number"),
         ("train.step_gamma=-5", r"train\.step_gamma: expected a positive factor"),
         ("train.step_gamma=0", r"train\.step_gamma: expected a positive factor"),
         ("zeroshot.holdout.lr=0", r"zeroshot\.holdout\.lr: expected a positive float"),
         ("select.svp.lr=-1", r"select\.svp\.lr: expected a positive float"),
+        ("zeroshot.lr=0", r"^zeroshot\.lr: expected a positive float"),  # the probe's
         ("train.device=tpu", r"train\.device: expected auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
         ("zeroshot.device=gpu", r"zeroshot\.device: expected auto, cpu, cuda"),
         ("seed=-1", r"^seed: expected an int >= 0"),
@@ -243,10 +247,14 @@ def _restated_defaults(node: dict, defaults: dict, prefix: str = "") -> list[str
 def test_a_shipped_config_states_only_what_differs_from_the_defaults(name: str):
     import dataclasses
 
-    from bdsel.config import Config, shipped_config_dir
+    from bdsel.config import shipped_config_dir
+    from bdsel.configure import defaults_like, owned_settings
 
     loaded = yaml.safe_load((shipped_config_dir() / f"{name}.yaml").read_text())
-    assert _restated_defaults(loaded, dataclasses.asdict(Config())) == []
+    defaults = defaults_like(load_config(name))  # its method's and predictor's own at theirs
+    for section, owners in owned_settings().items():  # select.bayesian: {...}, ...
+        defaults[section].update({n: dataclasses.asdict(cls()) for n, cls in owners.items()})
+    assert _restated_defaults(loaded, defaults) == []
     assert loaded  # and states something
 
 
@@ -254,14 +262,16 @@ def test_every_key_is_in_docs_config_md_as_the_schema_has_it():
     """docs/config.md's reference of every key is the schema's own: a key added, removed, or
     with a new default or range shows here."""
     from bdsel.config.reference import every_key, markdown_table
+    from bdsel.configure import owned_settings
 
     doc = (Path(__file__).parents[1] / "docs" / "config.md").read_text()
-    keys = [k.key for k in every_key()]
+    keys = [(k.key, k.when) for k in every_key(owned_settings())]
     assert len(keys) == len(set(keys)) > 100
-    assert markdown_table() in doc
-    assert all(f"| `{k}` |" in doc for k in keys)
-    alpha = next(k for k in every_key() if k.key == "select.alpha")
+    assert markdown_table(owned_settings()) in doc
+    assert all(f"| `{k}` |" in doc for k, _ in keys)
+    alpha = next(k for k in every_key(owned_settings()) if k.key == "select.alpha")
     assert (alpha.default, alpha.allowed) == (0.2, "a weight in [0, 1]")
+    assert alpha.when == "select.method=bayesian"
 
 
 def test_the_offline_default_reads_a_predictor_that_needs_no_clean_label():

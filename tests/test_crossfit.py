@@ -10,7 +10,7 @@ import yaml
 from bdsel_cli.main import app
 from typer.testing import CliRunner
 
-from bdsel.config import load_config
+from bdsel.configure import load_config
 from bdsel.data import derive_run_data, load_dataset, make_image_source
 from bdsel.predictors import crossfit_fit as crossfit_module
 from bdsel.predictors.crossfit import CrossfitPredictor
@@ -28,15 +28,13 @@ def crossfit_values(tiny_config_values: dict, tmp_path: Path, monkeypatch) -> di
     values["zeroshot"] = {
         "predictor": "crossfit",
         "cache": str(tmp_path / "cf.h5"),
-        "batch_size": 256,
-        "crossfit": {
-            "folds": 3,
-            "epochs": 2,
-            "patience": 1,
-            "batch_size": 64,
-            "rounds": 2,
-            "channel_epochs": 1,
-        },
+        "eval_batch_size": 256,
+        "folds": 3,
+        "epochs": 2,
+        "patience": 1,
+        "batch_size": 64,
+        "rounds": 2,
+        "channel_epochs": 1,
     }
     return values
 
@@ -58,9 +56,7 @@ def test_no_row_is_predicted_by_a_model_that_trained_on_it(
 ):
     values = dict(crossfit_values)
     values["zeroshot"] = dict(values["zeroshot"])
-    values["zeroshot"]["crossfit"] = dict(
-        values["zeroshot"]["crossfit"], folds=folds, rounds=rounds, channel_folds=channel_folds
-    )
+    values["zeroshot"].update(folds=folds, rounds=rounds, channel_folds=channel_folds)
     cfg = load_config(values=values)
     data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
     source = make_image_source(data.dataset, torch.device("cpu"))
@@ -127,7 +123,7 @@ def test_a_skipped_forward_refit_completes_its_channel_round(
     # unidentifiable the first round stands, so it trains the other folds' models as it would
     # have: every fold gets a model that never saw it, the same as a one-round predictor's.
     monkeypatch.setattr(crossfit_module, "identifiable", lambda t: False)
-    cfg = load_config(values=crossfit_values, overrides=["zeroshot.crossfit.channel_epochs=2"])
+    cfg = load_config(values=crossfit_values, overrides=["zeroshot.channel_epochs=2"])
     data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
     source = make_image_source(data.dataset, torch.device("cpu"))
     predictor = CrossfitPredictor(cfg, data, source)
@@ -139,7 +135,7 @@ def test_a_skipped_forward_refit_completes_its_channel_round(
     spec = predictor.spec()
     assert spec["refit_skipped"] is True and spec["refit_noise"] is None
     assert spec["refit_channel"] is None and 0 < spec["concentration"] <= 1
-    one = load_config(values=crossfit_values, overrides=["zeroshot.crossfit.rounds=1"])
+    one = load_config(values=crossfit_values, overrides=["zeroshot.rounds=1"])
     single = CrossfitPredictor(one, data, source)
     rows = torch.cat([data.train_idx[:50], torch.arange(5)])
     for split in ("train", "test"):

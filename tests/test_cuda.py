@@ -11,7 +11,7 @@ import torch
 from bdsel_cli.main import app
 from typer.testing import CliRunner
 
-from bdsel.config import load_config
+from bdsel.configure import load_config
 
 pytestmark = [
     pytest.mark.cuda,
@@ -23,12 +23,15 @@ runner = CliRunner()
 def cuda_values(tiny_config_values: dict, tmp_path: Path, method: str) -> dict:
     values = dict(tiny_config_values)
     values["train"] = dict(values["train"], device="cuda")
-    values["select"] = dict(values["select"], method=method, n_samples=32)
+    values["select"] = dict(values["select"], method=method)
+    if method == "bayesian":
+        values["select"]["n_samples"] = 32
     values["zeroshot"] = {
         "predictor": "holdout",
         "cache": str(tmp_path / "zs.h5"),
         "device": "cuda",
-        "holdout": {"epochs": 2, "batch_size": 64},
+        "epochs": 2,
+        "batch_size": 64,
     }
     return values
 

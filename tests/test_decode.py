@@ -11,7 +11,7 @@ import torch
 from conftest import synthetic_images
 from PIL import Image
 
-from bdsel.config import load_config
+from bdsel.configure import load_config
 from bdsel.data.batching import FolderImages
 from bdsel.train import train
 

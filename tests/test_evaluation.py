@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from bdsel.config import ConfigError, load_config
+from bdsel.config import ConfigError
+from bdsel.configure import load_config
 from bdsel.evaluation import (
     EMA_WARMUP_POWER,
     WeightEMA,

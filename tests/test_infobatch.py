@@ -13,7 +13,7 @@ from bdsel_cli.main import app
 from typer.testing import CliRunner
 
 import bdsel
-from bdsel.config import load_config
+from bdsel.configure import load_config
 from bdsel.selection.infobatch import INITIAL_SCORE, infobatch_plan
 from bdsel.train import train
 
@@ -90,7 +90,7 @@ def test_a_killed_and_resumed_infobatch_run_equals_an_uninterrupted_one(
         pass
 
     values = dict(tiny_config_values, train={"epochs": 4})
-    values["select"] = {"method": "infobatch", "n_candidates": 32, "infobatch": {"delta": 0.75}}
+    values["select"] = {"method": "infobatch", "n_candidates": 32, "delta": 0.75}
     cfg = load_config(values=values)
     full = train(cfg, tmp_path / "full")
 
@@ -140,7 +140,7 @@ def test_a_cosine_schedule_reaches_zero_at_the_last_step_of_a_pruned_run(
 
     values = dict(tiny_config_values, train={"epochs": 4, "schedule": "cosine"})
     values["select"] = {"method": "infobatch", "n_candidates": 16, "n_selected": 16,
-                        "infobatch": {"delta": 1.0}}  # fmt: skip
+                        "delta": 1.0}  # fmt: skip
     cfg = load_config(values=values)
     full_steps = cfg.train.epochs * build_run(cfg).steps_per_epoch
     factors: list[float] = []

@@ -146,7 +146,7 @@ def test_the_public_selector_picks_what_bdsel_trains_loop_picks(
     monkeypatch: pytest.MonkeyPatch, tiny_config_values: dict, tmp_path: Path
 ):
     from bdsel.assemble import build_run
-    from bdsel.config import load_config
+    from bdsel.configure import load_config
     from bdsel.train import train
 
     zs = {}

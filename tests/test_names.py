@@ -19,7 +19,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from bdsel import rundir
-from bdsel.config import Config, load_config
+from bdsel.configure import load_config
 from bdsel.data import dataset_entry, list_datasets, load_dataset
 from bdsel.predict import default_cache_path
 from bdsel.predictors import list_predictors, predictor_entry
@@ -69,9 +69,9 @@ def _tiny_clip(tmp_path: Path) -> dict:
 
 # Each registered predictor's zeroshot.* settings for a tiny, offline run.
 TINY_PREDICTOR = {
-    "holdout": lambda tmp_path: {"holdout": {"epochs": 1, "batch_size": 32}},
-    "crossfit": lambda tmp_path: {"crossfit": {"epochs": 1, "batch_size": 32}},
-    "probe": lambda tmp_path: {"probe": {"epochs": 1, "batch_size": 32}},
+    "holdout": lambda tmp_path: {"epochs": 1, "batch_size": 32},
+    "crossfit": lambda tmp_path: {"epochs": 1, "batch_size": 32},
+    "probe": lambda tmp_path: {"epochs": 1, "batch_size": 32},
     "clip": _tiny_clip,
 }
 
@@ -81,9 +81,9 @@ def _values(name: str, data: dict) -> dict:
         "seed": 1,
         "data": {"name": name, "train_fraction": 0.5, "holdout_fraction": 0.25, **data},
         "train": {"epochs": 1, "log_every": 1},
-        "select": {"method": "uniform", "n_candidates": 16, "n_selected": 4, "n_samples": 8},
+        "select": {"method": "uniform", "n_candidates": 16, "n_selected": 4},
         "eval": {"batch_size": 64},
-        "zeroshot": {"batch_size": 64},
+        "zeroshot": {"eval_batch_size": 64},
     }
 
 
@@ -111,7 +111,7 @@ def test_every_dataset_caches_and_trains_through_the_cli(
 ):
     monkeypatch.chdir(tmp_path)  # the default cache path, cache/<stem>.h5, lands here
     values = _values(name, TINY_DATA[name](tmp_path / "data"))
-    values["zeroshot"].update(predictor="holdout", holdout={"epochs": 1, "batch_size": 32})
+    values["zeroshot"].update(predictor="holdout", epochs=1, batch_size=32)
     cfg_path = write_yaml(tmp_path, values)
 
     dataset = load_dataset(load_config(values=values).data)
@@ -142,7 +142,8 @@ def test_every_predictor_caches_and_trains_through_the_cli(
 ):
     entry = predictor_entry(name)
     assert entry.cls.name == name
-    assert Config().get(entry.section) is not None  # its settings are a real config section
+    own = load_config(values={"zeroshot": {"predictor": name}}).zeroshot.settings
+    assert type(own) is entry.cls.Settings  # its zeroshot.* settings, at their defaults
     monkeypatch.chdir(tmp_path)
     values = _values("fashion_mnist", {"root": str(fashion_dir)})
     values["zeroshot"].update(predictor=name, **TINY_PREDICTOR[name](tmp_path))
@@ -163,6 +164,8 @@ def test_every_predictor_caches_and_trains_through_the_cli(
 
     run_dir = tmp_path / "run"
     args = ["train", "-c", str(cfg_path), "--run-dir", str(run_dir)]
-    result = runner.invoke(app, [*args, "--set", "select.method=bayesian"])
+    result = runner.invoke(
+        app, [*args, "--set", "select.method=bayesian", "--set", "select.n_samples=8"]
+    )
     assert result.exit_code == 0, result.output
     assert [r["epoch"] for r in rundir.read_metrics(run_dir)] == [1]

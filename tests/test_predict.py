@@ -16,9 +16,8 @@ from bdsel_cli.main import app
 from conftest import assert_one_line_error, config_file, one_line, write_yaml
 from typer.testing import CliRunner
 
-import bdsel.predict as run_module
 from bdsel.cache.provenance import split_differences
-from bdsel.config import load_config
+from bdsel.configure import load_config
 from bdsel.locking import ExclusiveLock
 from bdsel.predict import (
     cache_lock_path,
@@ -39,7 +38,7 @@ def test_full_disk_during_cache_zeroshot_keeps_the_partial_cache(
 ):
     values = dict(tiny_config_values)
     out = tmp_path / "zs.h5"
-    values["zeroshot"] = {"predictor": "holdout", "batch_size": 100, "holdout": {"epochs": 1}}
+    values["zeroshot"] = {"predictor": "holdout", "eval_batch_size": 100, "epochs": 1}
     cfg_path = write_yaml(tmp_path, values)
     real, calls = h5py.Dataset.__setitem__, {"n": 0}
 
@@ -79,7 +78,7 @@ def test_default_cache_name_tells_predictor_settings_apart():
     base = load_config("fashion_mnist", holdout)
     path = default_cache_path(base)
     assert path.name.startswith("fashion_mnist-holdout-small_cnn-split20-h0.2-")
-    other = load_config("fashion_mnist", [*holdout, "zeroshot.holdout.epochs=2"])
+    other = load_config("fashion_mnist", [*holdout, "zeroshot.epochs=2"])
     assert default_cache_path(other) != path
     # What experiments/fashion_sweep.py changes keeps the one cache of clean labels.
     for overrides in (
@@ -103,11 +102,11 @@ def test_train_refuses_a_cache_made_with_other_predictor_settings(
     values["select"] = dict(values["select"], method="bayesian", n_samples=16)
     values["zeroshot"] = {"predictor": "holdout", "cache": str(tmp_path / "zs.h5"),
                           "holdout": {"epochs": 1, "batch_size": 64}}  # fmt: skip
-    cfg_path = write_yaml(tmp_path, values)
+    cfg_path = write_yaml(tmp_path, values)  # the hold-out model's, for when it predicts
     assert runner.invoke(app, ["cache-zeroshot", "-c", str(cfg_path)]).exit_code == 0
 
     args = ["train", "-c", str(cfg_path), "--run-dir", str(tmp_path / "r")]
-    result = runner.invoke(app, [*args, "--set", "zeroshot.holdout.epochs=5"])
+    result = runner.invoke(app, [*args, "--set", "zeroshot.epochs=5"])
     assert_one_line_error(
         result,
         "other predictor settings",
@@ -118,9 +117,7 @@ def test_train_refuses_a_cache_made_with_other_predictor_settings(
     result = runner.invoke(app, [*args, "--set", "zeroshot.predictor=clip"])
     assert_one_line_error(result, "kind (cache: 'holdout', config: 'clip')")
 
-    result = runner.invoke(
-        app, [*args, "--set", "zeroshot.holdout.epochs=5", "--accept-cache-mismatch"]
-    )
+    result = runner.invoke(app, [*args, "--set", "zeroshot.epochs=5", "--accept-cache-mismatch"])
     assert result.exit_code == 0, result.output
     assert "epochs (cache: 1, config: 5)" in one_line(result)  # still said, as a warning
     saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
@@ -132,7 +129,7 @@ def test_a_setting_the_config_leaves_out_is_checked_too():
     # cache named by zeroshot.cache that was made with one of them set is still refused.
     made = load_config("fashion_mnist", ["zeroshot.predictor=crossfit"])
     plain = load_config(
-        "fashion_mnist", ["zeroshot.predictor=crossfit", "zeroshot.crossfit.rounds=1"]
+        "fashion_mnist", ["zeroshot.predictor=crossfit", "zeroshot.rounds=1"]
     )  # one round: no channel round, its settings do nothing
     stored = predictor_settings(made)
     assert "channel_epochs" in stored and "channel_epochs" not in predictor_settings(plain)
@@ -147,15 +144,10 @@ def test_a_setting_the_config_leaves_out_is_checked_too():
     assert spec_mismatch(stored, predictor_settings(made), omitted_settings(made)) == []
 
 
-def test_a_predictor_whose_section_is_not_the_configs_omits_nothing(monkeypatch):
-    config = load_config("fashion_mnist", ["zeroshot.predictor=crossfit"])
-    entry = run_module.predictor_entry("crossfit")
-    config = load_config(
-        "fashion_mnist", ["zeroshot.predictor=crossfit", "zeroshot.crossfit.rounds=1"]
-    )
+def test_a_predictor_without_settings_of_its_own_omits_nothing():
+    config = load_config("fashion_mnist", ["zeroshot.predictor=crossfit", "zeroshot.rounds=1"])
     assert "channel_epochs" in omitted_settings(config)
-    elsewhere = dataclasses.replace(entry, section="zeroshot.not_a_section")
-    monkeypatch.setattr(run_module, "predictor_entry", lambda name: elsewhere)
+    config.zeroshot = dataclasses.replace(config.zeroshot, settings=None)
     assert omitted_settings(config) == []
 
 

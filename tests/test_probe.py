@@ -11,7 +11,7 @@ import torch
 from conftest import write_tiny_clip
 
 from bdsel.cache.format import read_cache_info
-from bdsel.config import load_config
+from bdsel.configure import load_config
 from bdsel.predict import cache_zeroshot, one_time_cost
 from bdsel.predictors.probe import assign_probe_folds, crossfit_probe
 from bdsel.report import make_report
@@ -118,7 +118,7 @@ def test_bad_input_is_named(features, labels, match):
 def _probe_config(tiny_config_values: dict, tmp_path: Path, **probe) -> object:
     values = json.loads(json.dumps(tiny_config_values))
     values["zeroshot"] = {"predictor": "probe", "cache": str(tmp_path / "probe.h5"),
-                          "probe": {"epochs": 2, **probe}}  # fmt: skip
+                          "epochs": 2, **probe}  # fmt: skip
     return load_config(values=values)
 
 
@@ -218,9 +218,9 @@ def test_end_to_end_columns_on_hand_built_runs(tmp_path):
 def test_the_probe_runs_on_clip_image_embeddings_offline(tiny_config_values, tmp_path):
     arch, checkpoint = write_tiny_clip(tmp_path, "probe-tiny-clip")
     values = json.loads(json.dumps(tiny_config_values))
-    values["zeroshot"] = {"predictor": "probe", "model": str(arch), "pretrained": str(checkpoint),
-                          "cache": str(tmp_path / "clip-probe.h5"), "batch_size": 64,
-                          "probe": {"features": "clip", "epochs": 2}}  # fmt: skip
+    values["zeroshot"] = {"predictor": "probe", "backbone": str(arch), "weights": str(checkpoint),
+                          "cache": str(tmp_path / "clip-probe.h5"), "eval_batch_size": 64,
+                          "features": "clip", "epochs": 2}  # fmt: skip
     config = load_config(values=values)
     summary = cache_zeroshot(config, progress=False)
     spec = read_cache_info(summary.path)["predictor"]
@@ -258,16 +258,16 @@ def test_the_probe_runs_on_a_frozen_backbones_features(tiny_config_values, tmp_p
     torch.save(create_model("small_cnn", n_classes=10, in_channels=1).state_dict(), weights)
     values = json.loads(json.dumps(tiny_config_values))
     values["zeroshot"] = {"predictor": "probe", "cache": str(tmp_path / "bb.h5"),
-                          "probe": {"features": "backbone", "backbone": "small_cnn",
-                                    "weights": str(weights), "epochs": 2}}  # fmt: skip
+                          "features": "backbone", "backbone": "small_cnn",
+                          "weights": str(weights), "epochs": 2}  # fmt: skip
     config = load_config(values=values)
     summary = cache_zeroshot(config, progress=False)
     spec = read_cache_info(summary.path)["predictor"]
     assert spec["features"] == "backbone" and spec["backbone"] == "small_cnn"
     assert spec["weights"] == "backbone.pt" and len(spec["weights_sha256"]) == 64
     # a backbone without its weights file is named before anything runs
-    values["zeroshot"]["probe"]["weights"] = None
-    with pytest.raises(ValueError, match="zeroshot.probe.weights"):
+    values["zeroshot"]["weights"] = None
+    with pytest.raises(ValueError, match="zeroshot.weights"):
         cache_zeroshot(load_config(values=values), progress=False)
 
 

@@ -12,7 +12,7 @@ import pytest
 import typer
 from bdsel_cli.main import app
 
-from bdsel.config import load_config
+from bdsel.configure import load_config
 from bdsel.names import check_names
 
 ROOT = Path(__file__).resolve().parents[1]

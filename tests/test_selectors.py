@@ -13,7 +13,8 @@ import torch
 from conftest import synthetic_images
 
 from bdsel.assemble import build_run
-from bdsel.config import Config, load_config
+from bdsel.config import Config
+from bdsel.configure import load_config
 from bdsel.data import Dataset, derive_run_data, from_tensors, make_image_source
 from bdsel.forward import autocast_for
 from bdsel.models import create_model
@@ -439,8 +440,8 @@ def test_run_without_il_lookup_fails_naming_the_method(tmp_path: Path, method: s
 
 def test_every_method_setting_is_the_config_field_of_its_name():
     """A setting a method's constructor takes comes from the run (seed, epochs, the tables,
-    the feature width, the device) or from the select field of its name, or of the method's
-    own section: a method's new setting without its config field fails here."""
+    the feature width, the device), from the select field of its name, or from a field of its
+    own ``Settings``: a method's new setting without its config field fails here."""
     import dataclasses
 
     from bdsel.config import SelectConfig
@@ -449,16 +450,19 @@ def test_every_method_setting_is_the_config_field_of_its_name():
 
     the_runs = {"seed", "epochs", "n_features", "device", "zs_logprobs", "il_logprobs",
                 "n_rows", "build_coreset", "coreset"}  # fmt: skip
-    select = {f.name for f in dataclasses.fields(SelectConfig)}
+    select = {f.name for f in dataclasses.fields(SelectConfig)} - {"settings"}
     for name in list_selectors():
-        own = getattr(SelectConfig(), name, None)
+        own = selector_class(name).Settings
         own_fields = {f.name for f in dataclasses.fields(own)} if own is not None else set()
         for arg in selector_settings(name):
             assert arg in the_runs | select | own_fields, (name, arg)
-    # and the values reach it, the run's own taking precedence over a section's namesake
-    cfg = load_config(values={"train": {"epochs": 7}}, overrides=[
-        "select.alpha=0.35", "select.infobatch.delta=0.5", "select.svp.epochs=3"])  # fmt: skip
-    ctx = SelectorContext(cfg, N_CLASSES, 8, CPU)
-    assert config_settings(ctx, "bayesian")["alpha"] == 0.35
-    assert config_settings(ctx, "infobatch")["delta"] == 0.5
-    assert config_settings(ctx, "svp")["epochs"] == 7  # train.epochs, not the proxy's
+    # and the values reach it, the run's own taking precedence over its own namesake
+    cases = {"bayesian": ("alpha", 0.35, 0.35), "infobatch": ("delta", 0.5, 0.5),
+             "svp": ("epochs", 3, 7)}  # fmt: skip  # svp's: train.epochs, not the proxy's
+    for method, (setting, given, reaches) in cases.items():
+        cfg = load_config(values={"train": {"epochs": 7}},
+                          overrides=[f"select.method={method}", f"select.{setting}={given}"])  # fmt: skip
+        ctx = SelectorContext(cfg, N_CLASSES, 8, CPU)
+        assert cfg.get(f"select.{setting}") == given
+        assert config_settings(ctx)[setting] == reaches, method
+    assert config_settings(ctx, "bayesian")["alpha"] == 0.2  # a method it does not name: defaults

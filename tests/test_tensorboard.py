@@ -15,7 +15,7 @@ from conftest import assert_one_line_error
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from typer.testing import CliRunner
 
-from bdsel.config import load_config
+from bdsel.configure import load_config
 from bdsel.train import train
 
 runner = CliRunner()

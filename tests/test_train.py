@@ -10,7 +10,8 @@ from bdsel_cli.main import app
 from conftest import one_line
 from typer.testing import CliRunner
 
-from bdsel.config import ConfigError, load_config
+from bdsel.config import ConfigError
+from bdsel.configure import load_config
 from bdsel.forward import batchnorm_batch_stats
 from bdsel.optim import lr_factor
 from bdsel.train import train

@@ -2,7 +2,9 @@
 
 - ``schema``: the settings dataclasses, each setting's type and default on its field and its
   allowed range in its class's ``RANGES``;
-- ``load``: a Config from a file, a dict and overrides, validated before any work starts;
+- ``load``: a Config from a file, a dict and overrides, validated before any work starts
+  (``bdsel.configure.load_config`` gives it the registries' owned settings: ``select.*`` of
+  the method, ``zeroshot.*`` of the predictor);
 - ``yaml_io``: YAML as every config is read; ``checks``: the error and the range helpers.
 
 This package imports nothing else from bdsel, so every other module can import it.
@@ -10,10 +12,11 @@ This package imports nothing else from bdsel, so every other module can import i
 
 from bdsel.config.checks import ConfigError
 from bdsel.config.load import (
+    build_config,
     check_ranges,
     dump_config,
     list_shipped_configs,
-    load_config,
+    merged_values,
     parse_override,
     resolve_config_path,
     shipped_config_dir,
@@ -22,20 +25,14 @@ from bdsel.config.load import (
 from bdsel.config.schema import (
     CleanConfig,
     Config,
-    CrossfitConfig,
     DataConfig,
     EvalConfig,
     FilterBy,
-    FitConfig,
-    HoldoutConfig,
     ImbalanceConfig,
-    InfobatchConfig,
     ModelConfig,
     NoiseConfig,
-    ProbeConfig,
     ReportConfig,
     SelectConfig,
-    SvpConfig,
     TrainConfig,
     ZeroshotConfig,
 )
@@ -45,27 +42,22 @@ __all__ = [
     "CleanConfig",
     "Config",
     "ConfigError",
-    "CrossfitConfig",
     "DataConfig",
     "EvalConfig",
     "FilterBy",
-    "FitConfig",
-    "HoldoutConfig",
     "ImbalanceConfig",
-    "InfobatchConfig",
     "ModelConfig",
     "NoiseConfig",
-    "ProbeConfig",
     "ReportConfig",
     "SelectConfig",
-    "SvpConfig",
     "TrainConfig",
     "YamlLoader",
     "ZeroshotConfig",
+    "build_config",
     "check_ranges",
     "dump_config",
     "list_shipped_configs",
-    "load_config",
+    "merged_values",
     "parse_override",
     "read_yaml_mapping",
     "resolve_config_path",

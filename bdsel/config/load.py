@@ -1,6 +1,12 @@
 """A Config from defaults < YAML file < ``--set key.path=value`` overrides: unknown keys,
 wrong types and impossible values raise :class:`ConfigError` naming the key before any work
-starts."""
+starts.
+
+An owned section (``select``, ``zeroshot``: ``schema.OWNED``) holds, beside its own keys, the
+settings of what its owner key names (the method's, the predictor's). Which ``Settings``
+class that is, only the registries know, above this package: :func:`build_config` takes it
+as ``settings_of(section, name)``, and ``bdsel.configure.load_config`` passes the
+registries'."""
 
 from __future__ import annotations
 
@@ -8,14 +14,19 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
 from bdsel.config.checks import ConfigError
-from bdsel.config.schema import Config
+from bdsel.config.schema import OWNED, Config
 from bdsel.config.yaml_io import NON_FINITE, read_yaml_mapping, yaml_error_line, yaml_load
+
+# (section, the owner's name) -> the owner's Settings class, None where it has none; an
+# unknown name is a ConfigError naming the key and the valid names.
+SettingsOf = Callable[[str, str], "type | None"]
 
 
 def type_name(tp: Any) -> str:
@@ -32,7 +43,7 @@ def type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
+def _coerce(value: Any, tp: Any, key: str, settings_of: SettingsOf | None = None) -> Any:
     """Check ``value`` against the annotation ``tp``; ints are accepted where floats are."""
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
@@ -58,7 +69,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return _build(tp, value, key + ".")
+        return _build(tp, value, key + ".", settings_of)
     ok = {
         type(None): value is None,
         bool: isinstance(value, bool),
@@ -75,17 +86,78 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: expected {type_name(tp)}, got {value!r}")
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+def _build(
+    cls: type, values: dict[str, Any], prefix: str = "", settings_of: SettingsOf | None = None
+) -> Any:
+    section = prefix.rstrip(".")
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "settings"]
+    if section in OWNED and len(names) < len(dataclasses.fields(cls)):
+        return _build_owned(cls, values, prefix, names, settings_of)
+    _refuse_unknown(values, names, prefix)
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ConfigError(
-            f"unknown key {prefix}{unknown[0]}; valid keys here: "
-            + ", ".join(prefix + n for n in names)
+    return cls(**{k: _coerce(v, hints[k], prefix + k, settings_of) for k, v in values.items()})
+
+
+def _refuse_unknown(values: dict[str, Any], names: list[str], prefix: str, why: str = "") -> None:
+    if unknown := sorted(set(values) - set(names)):
+        valid = "; valid keys here: " + ", ".join(prefix + n for n in names) if names else ""
+        raise ConfigError(f"unknown key {prefix}{unknown[0]}{valid}{why}")
+
+
+def _build_owned(
+    cls: type, values: dict[str, Any], prefix: str, names: list[str], settings_of: SettingsOf | None
+) -> Any:
+    """An owned section: its own keys, then the owner's settings, flat beside them. A key that
+    names another owner (``select.bayesian: {alpha: 0.3}``) holds settings for when that one
+    is the owner: checked against its ``Settings``, and used (under the flat ones) if it is."""
+    if settings_of is None:
+        raise TypeError(f"building {prefix.rstrip('.')} needs settings_of (its owner's settings)")
+    section, key = prefix.rstrip("."), OWNED[prefix.rstrip(".")]
+    default = next(f.default for f in dataclasses.fields(cls) if f.name == key)
+    owner = _coerce(values.get(key, default), str, prefix + key)
+    own_cls = settings_of(section, owner)
+    own = [f.name for f in dataclasses.fields(own_cls)] if own_cls is not None else []
+    flat = {k: v for k, v in values.items() if k not in names}
+    conditional = {
+        k: v for k, v in flat.items() if k not in own and _is_owner(settings_of, section, k, v)
+    }
+    for name, given in conditional.items():
+        _build_settings(
+            settings_of(section, name), given, f"{prefix}{name}.", f"{section}.{key}={name}"
         )
-    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
+    own_values = {
+        **conditional.get(owner, {}),
+        **{k: v for k, v in flat.items() if k not in conditional},
+    }
+    whose = f" ({prefix}{key}={owner} has {'these' if own else 'no settings'} of its own)"
+    _refuse_unknown(
+        {**{k: values[k] for k in names if k in values}, **own_values}, names + own, prefix, whose
+    )
+    hints = typing.get_type_hints(cls)
+    kwargs = {
+        k: _coerce(values[k], hints[k], prefix + k, settings_of) for k in names if k in values
+    }
+    if own_cls is not None:
+        kwargs["settings"] = _build(own_cls, own_values, prefix)
     return cls(**kwargs)
+
+
+def _is_owner(settings_of: SettingsOf, section: str, name: str, value: Any) -> bool:
+    if not isinstance(value, dict):
+        return False
+    try:
+        settings_of(section, name)
+    except ConfigError:
+        return False  # not a registered name: an unknown key
+    return True
+
+
+def _build_settings(cls: type | None, values: dict[str, Any], prefix: str, owner: str) -> None:
+    """Check the settings ``values`` of ``owner`` (not the config's) as if they were used."""
+    if cls is None:
+        _refuse_unknown(values, [], prefix, f" ({owner} has no settings of its own)")
+        return
+    check_ranges(_build(cls, values, prefix), prefix)
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -149,12 +221,13 @@ def resolve_config_path(name_or_path: str) -> Path:
     )
 
 
-def load_config(
+def merged_values(
     name_or_path: str | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     values: dict[str, Any] | None = None,
-) -> Config:
-    """Build and validate a Config from a YAML file (or shipped name), a dict, and overrides."""
+) -> dict[str, Any]:
+    """A YAML file's (or shipped config's) values < ``values`` < ``--set`` overrides, merged
+    as one nested mapping, not yet checked."""
     merged: dict[str, Any] = {}
     if name_or_path is not None:
         path = resolve_config_path(name_or_path)
@@ -175,7 +248,14 @@ def load_config(
         merged = _merge(merged, values)
     for text in overrides:
         merged = _merge(merged, parse_override(text))
-    config = _build(Config, merged)
+    return merged
+
+
+def build_config(merged: dict[str, Any], settings_of: SettingsOf) -> Config:
+    """The validated Config of ``merged`` (:func:`merged_values`), each owned section's own
+    settings those of the class ``settings_of`` gives."""
+    merged = {**{section: {} for section in OWNED}, **merged}  # every owner's settings built
+    config = _build(Config, merged, "", settings_of)
     validate(config)
     return config
 
@@ -189,7 +269,8 @@ def validate(config: Config) -> None:
 
 def check_ranges(settings: Any, prefix: str = "") -> None:
     """ConfigError naming the first setting of ``settings`` (a section: its own, then its
-    subsections') outside its class's ``RANGES``."""
+    subsections', an owned section's own settings under its own prefix) outside its class's
+    ``RANGES``, then what its ``check(prefix)`` refuses (settings that only go together)."""
     for name, (ok, expected) in type(settings).__dict__.get("RANGES", {}).items():
         value = getattr(settings, name)
         if not ok(value):
@@ -197,7 +278,9 @@ def check_ranges(settings: Any, prefix: str = "") -> None:
     for f in dataclasses.fields(settings):
         value = getattr(settings, f.name)
         if dataclasses.is_dataclass(value):
-            check_ranges(value, f"{prefix}{f.name}.")
+            check_ranges(value, prefix if f.name == "settings" else f"{prefix}{f.name}.")
+    if callable(check := getattr(settings, "check", None)):
+        check(prefix)
 
 
 def _check_combinations(config: Config) -> None:
@@ -220,12 +303,6 @@ def _check_combinations(config: Config) -> None:
         raise ConfigError(
             f"select.n_selected ({s.n_selected}) > select.n_candidates ({s.n_candidates}): "
             "cannot select more points than there are candidates"
-        )
-    c = config.zeroshot.crossfit
-    if c.channel_folds > c.folds:
-        raise ConfigError(
-            f"zeroshot.crossfit.channel_folds ({c.channel_folds}) > zeroshot.crossfit.folds "
-            f"({c.folds}): the channel round cannot train more fold models than there are folds"
         )
     if config.eval.model == "ema" and config.train.ema_decay == 0.0:
         raise ConfigError("eval.model=ema needs train.ema_decay > 0 (or set eval.model=online)")

@@ -1,8 +1,12 @@
 """The run configuration's settings: one dataclass per section, each setting's type and
-default on its field and its allowed range in the class's ``RANGES`` beside them. Names of
-registered things (selection method, models, dataset, zero-shot predictor) are checked
-against their registries by ``bdsel.names.check_names``: this package imports nothing from
-bdsel, so every other module can import it."""
+default on its field and its allowed range in the class's ``RANGES`` beside them.
+
+``select`` and ``zeroshot`` are owned (``OWNED``): beside their own keys they hold the
+settings of the method and the predictor they name, whose ``Settings`` dataclass lives next
+to that class (``bdsel.selection.bayesian.BayesianSettings``, ...) and lands in the section's
+``settings`` field; ``bdsel.configure.load_config`` finds it through the registries. Names of
+registered things are checked against their registries by ``bdsel.names.check_names``: this
+package imports nothing from bdsel, so every other module can import it."""
 
 from __future__ import annotations
 
@@ -136,37 +140,6 @@ class TrainConfig:
 
 
 @dataclass
-class SvpConfig:
-    """Selection via proxy: a small proxy model picks a one-shot coreset."""
-
-    model: str = "small_cnn"  # the proxy model
-    epochs: int = 5  # the proxy's training epochs
-    lr: float = 1e-3  # the proxy's learning rate
-    batch_size: int = 128  # the proxy's batch size
-    fraction: float = 0.1  # coreset size, a fraction of the train subset
-    # how the proxy ranks points
-    criterion: Literal["entropy", "least_confidence", "forgetting"] = "entropy"
-    RANGES: ClassVar[dict[str, Range]] = {
-        "fraction": (within(0, 1, low_open=True), "a fraction in (0, 1]"),
-        "epochs": (at_least(1), POSITIVE_INT),
-        "lr": (positive, POSITIVE_FLOAT),
-        "batch_size": (at_least(1), POSITIVE_INT),
-    }  # fmt: skip
-
-
-@dataclass
-class InfobatchConfig:
-    # InfoBatch (select.method=infobatch): each pruning epoch drops this share of the samples
-    # whose last loss is below the mean, for the first ``delta`` of the epochs.
-    prune_ratio: float = 0.5
-    delta: float = 0.875  # the share of the epochs that prune
-    RANGES: ClassVar[dict[str, Range]] = {
-        "prune_ratio": (within(0, 1, high_open=True), "a fraction in [0, 1)"),
-        "delta": (within(0, 1), "a fraction of the epochs in [0, 1]"),
-    }  # fmt: skip
-
-
-@dataclass
 class SelectConfig:
     method: str = "uniform"  # a registered selector (bdsel.list_selectors)
     n_candidates: int = 320  # n_B
@@ -183,133 +156,16 @@ class SelectConfig:
     # Forward (and score) only this fraction of the candidates each step: those whose score
     # at their last visit was highest; every candidate in the first selecting epoch (1: off).
     rescore: float = 1.0
-    # bayesian: score = a * mean_s log p(y|f_s) + (1-a) * log p_zs(y|x) - log mean_s p(y|f_s)
-    alpha: float = 0.2
-    adaptive_alpha: bool = False  # bayesian: alpha from the terms' scales
-    n_samples: int = 256  # bayesian: S logit samples a candidate
-    # Common random numbers: one set of S noise vectors for all candidates (bdsel.laplace).
-    shared_noise: bool = True
-    prior_precision: float = 10.0  # bayesian: tau_0
-    n_effective: float = 200.0  # bayesian: n_e, the data size the posterior stands for
-    momentum: float = 0.99  # bayesian: m, the KFAC factors' EMA
-    fisher: Literal["empirical", "ggn"] = "empirical"  # bayesian: the curvature the posterior uses
-    svp: SvpConfig = field(default_factory=SvpConfig)
-    infobatch: InfobatchConfig = field(default_factory=InfobatchConfig)
+    # The method's own settings (select.method's ``Settings`` class, beside it; none for a
+    # method without any), set as select.<key> beside the keys above.
+    settings: Any = None
     RANGES: ClassVar[dict[str, Range]] = {
         "n_candidates": (at_least(1), POSITIVE_INT),
         "n_selected": (at_least(1), POSITIVE_INT),
-        "alpha": (within(0, 1), "a weight in [0, 1]"),
-        "n_samples": (at_least(1), POSITIVE_INT),
-        "prior_precision": (at_least(0), NON_NEGATIVE),
-        "n_effective": (positive, POSITIVE_FLOAT),
-        "momentum": (within(0, 1, high_open=True), "a float in [0, 1)"),
         "warmup_epochs": (at_least(0), "an int >= 0"),
         "prefilter": (within(0, 1, low_open=True), "a fraction in (0, 1]"),
         "rescore": (within(0, 1, low_open=True), "a fraction in (0, 1]"),
         "anneal": (within(0, 1, high_open=True), "a fraction of the epochs in [0, 1)"),
-    }  # fmt: skip
-
-
-@dataclass
-class FitConfig:
-    """A bdsel model a predictor trains (with the weight EMA) to its plateau: at most
-    ``epochs``, stopping after ``patience`` epochs without a better score and keeping the
-    best epoch (0: all epochs, the last kept and scored once)."""
-
-    model: str = "small_cnn"  # a registered model
-    epochs: int = 30  # at most
-    patience: int = 3  # epochs without a better score before a stop
-    optimizer: Literal["adamw", "sgd"] = "adamw"  # as train.optimizer
-    lr: float = 1e-3  # learning rate
-    weight_decay: float = 0.01  # as train.weight_decay
-    batch_size: int = 128  # training batch size
-    # cosine: the learning rate decays to 0 over ``epochs`` (a fixed budget reaches the
-    # plateau in fewer epochs than a constant rate; early stopping still keeps the best).
-    schedule: Literal["none", "cosine"] = "none"
-
-
-@dataclass
-class HoldoutConfig(FitConfig):
-    """The ``holdout`` predictor: trained on the hold-out split's clean labels, scored for
-    early stopping on a calibration split carved from the hold-out."""
-
-    calibration_fraction: float = 0.1  # of the hold-out: early stopping and the temperature
-    RANGES: ClassVar[dict[str, Range]] = {
-        "epochs": (at_least(1), POSITIVE_INT),
-        "patience": (at_least(0), "an int >= 0 (0: no early stop)"),
-        "calibration_fraction": (within(0, 1, low_open=True, high_open=True), "a fraction in (0, 1)"),
-        "lr": (positive, POSITIVE_FLOAT),
-        "weight_decay": (at_least(0), NON_NEGATIVE),
-        "batch_size": (at_least(1), POSITIVE_INT),
-    }  # fmt: skip
-
-
-@dataclass
-class CrossfitConfig(FitConfig):
-    """The ``crossfit`` predictor: K models, each trained on the observed labels of all folds
-    of the training subset but one (early stopping on that one's) and predicting it; by
-    default they train for the clean label through the noise channel that a first round's
-    out-of-fold probabilities estimate; no clean labels needed (docs/predictors.md). A fixed
-    budget with a cosine rate instead of a fit to the plateau, which noisy labels reach only
-    after many epochs (the budget's measurements: docs/results/offline/predictor_budget.md,
-    docs/results/holdout_free/crossfit_recipe.md)."""
-
-    folds: int = 2  # K: models, each predicting its own fold
-    epochs: int = 18  # a fixed budget (patience 0)
-    patience: int = 0  # 0: every epoch, the last kept
-    lr: float = 0.01  # peak of the cosine schedule
-    schedule: Literal["none", "cosine"] = "cosine"
-    # 1: the K models of one round predict. 2 (the default): the first round only estimates
-    # the noise channel, and a second round of K fresh models on the same folds (still no row
-    # predicted by a model that trained on it) trains through it, with the forward loss
-    # correction, for the clean label; skipped where that channel leaves a class
-    # unidentifiable. More rounds: each estimates the channel again from the one before.
-    rounds: int = 2
-    # The channel round trains the models of the first ``channel_folds`` folds, for
-    # ``channel_epochs`` each (the later rounds: every fold's, ``epochs``).
-    channel_folds: int = 1
-    channel_epochs: int = 8  # the channel round's epochs
-    RANGES: ClassVar[dict[str, Range]] = {
-        "folds": (at_least(2), "an int >= 2"),
-        "rounds": (at_least(1), POSITIVE_INT),
-        "epochs": (at_least(1), POSITIVE_INT),
-        "patience": (at_least(0), "an int >= 0 (0: no early stop)"),
-        "lr": (positive, POSITIVE_FLOAT),
-        "weight_decay": (at_least(0), NON_NEGATIVE),
-        "batch_size": (at_least(1), POSITIVE_INT),
-        "channel_folds": (at_least(1), POSITIVE_INT),
-        "channel_epochs": (at_least(1), POSITIVE_INT),
-    }  # fmt: skip
-
-
-@dataclass
-class ProbeConfig:
-    """The ``probe`` predictor (the offline default): K linear probes on frozen features, each
-    fitted on the observed labels of all folds of the training subset but one and predicting
-    it, then again through the noise channel their out-of-fold probabilities estimate; no
-    clean label, one pass over the images (docs/predictors.md)."""
-
-    # pixels: the raw pixels (in-memory datasets); clip: open_clip's image embeddings
-    # (zeroshot.model, zeroshot.pretrained); backbone: a bdsel model's penultimate features
-    # with its backbone weights from a local file (backbone, weights).
-    features: Literal["pixels", "clip", "backbone"] = "pixels"
-    backbone: str | None = None  # features=backbone: a registered model name
-    weights: str | None = None  # features=backbone: its local backbone weights file
-    folds: int = 2  # K probes, each predicting its own fold
-    epochs: int = 5  # minibatch Adam, from zero weights
-    lr: float = 0.003  # Adam's learning rate
-    weight_decay: float = 0.001  # L2 on the weights
-    batch_size: int = 256  # minibatch size
-    # auto: a second round of probes learns the clean label through the noise channel the
-    # first round's out-of-fold probabilities estimate (anchor points where concentrated, as
-    # a pair flip's are, else symmetric at the fitted rate). none: the first round stands.
-    channel: Literal["auto", "none"] = "auto"
-    RANGES: ClassVar[dict[str, Range]] = {
-        "folds": (at_least(2), "an int >= 2"),
-        "epochs": (at_least(1), POSITIVE_INT),
-        "lr": (positive, POSITIVE_FLOAT),
-        "weight_decay": (at_least(0), NON_NEGATIVE),
-        "batch_size": (at_least(1), POSITIVE_INT),
     }  # fmt: skip
 
 
@@ -328,21 +184,19 @@ class ZeroshotConfig:
     # label, not of the observed one (which gives every mislabeled point about ε/(K − 1)).
     # false: the plain fit to the observed labels (docs/predictors.md).
     calibrate_noise: bool = True
-    model: str = "RN50"  # clip: an open_clip architecture name, or a JSON architecture file
-    pretrained: str = "openai"  # clip: a pretrained tag (needs internet) or a local checkpoint
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # clip: inference precision
-    batch_size: int = 256  # inference batch size of the predictor
+    # Inference batch size of the predictor (clip, a trained predictor's predictions, the
+    # probe's features); a predictor that trains has its own training batch_size.
+    eval_batch_size: int = 256
     device: str = "auto"  # auto: cuda when available, else cpu
-    prompts: str | None = None  # YAML/JSON file with class_names and templates
-    holdout: HoldoutConfig = field(default_factory=HoldoutConfig)
-    crossfit: CrossfitConfig = field(default_factory=CrossfitConfig)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
     # train: use a cache whose stored predictor settings differ from these (bdsel train
     # --accept-cache-mismatch); recorded here so that the run directory says so.
     accept_mismatch: bool = False
+    # The predictor's own settings (zeroshot.predictor's ``Settings`` class, beside it), set
+    # as zeroshot.<key> beside the keys above.
+    settings: Any = None
     RANGES: ClassVar[dict[str, Range]] = {
         "temperature": (lambda v: v == "auto" or v > 0, "auto or a positive float"),
-        "batch_size": (at_least(1), POSITIVE_INT),
+        "eval_batch_size": (at_least(1), POSITIVE_INT),
         "device": (is_device, DEVICE),
     }  # fmt: skip
 
@@ -395,10 +249,23 @@ class Config:
     }  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as config.yaml holds them: an owned section's own settings flat
+        beside its keys (``select.alpha``, not ``select.settings.alpha``)."""
+        out = dataclasses.asdict(self)
+        for section in OWNED:
+            out[section].update(out[section].pop("settings") or {})
+        return out
 
     def get(self, dotted: str) -> Any:
+        """The setting at a dotted key, as --set names it (``select.alpha`` reads the
+        method's own settings)."""
         obj: Any = self
         for part in dotted.split("."):
-            obj = getattr(obj, part)
+            own = getattr(obj, "settings", None)
+            obj = getattr(obj if hasattr(obj, part) or own is None else own, part)
         return obj
+
+
+# An owned section: its key that names the owner -> the owner's ``Settings`` (a dataclass
+# with ``RANGES``, beside the owner's class) holds the rest of its keys.
+OWNED = {"select": "method", "zeroshot": "predictor"}

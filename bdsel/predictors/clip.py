@@ -16,8 +16,9 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -347,16 +348,28 @@ def clip_model_name(model: str) -> str:
     return path.stem
 
 
+@dataclass
+class ClipSettings:
+    """The ``clip`` predictor: open_clip's zero-shot classifier, one inference pass."""
+
+    model: str = "RN50"  # an open_clip architecture name, or a JSON architecture file
+    pretrained: str = "openai"  # a pretrained tag (needs internet) or a local checkpoint
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # inference precision
+    prompts: str | None = None  # YAML/JSON file with class_names and templates
+
+
 def cache_stem(config: Config) -> str:
     """The dataset, the architecture and the weights the cache depends on."""
-    z = config.zeroshot
+    z = config.zeroshot.settings
     return f"{config.data.name}-clip-{Path(z.model).stem}-{Path(z.pretrained).stem or 'random'}"
 
 
-@register_predictor("clip", section="zeroshot", cache_stem=cache_stem)
+@register_predictor("clip", cache_stem=cache_stem)
 class ClipZeroShot:
     """The ``clip`` predictor: a :class:`ClipPredictor` over one dataset's splits, built from
-    ``zeroshot.model``, ``pretrained``, ``precision``, ``prompts`` and ``batch_size``."""
+    ``zeroshot.model``, ``pretrained``, ``precision``, ``prompts`` and ``eval_batch_size``."""
+
+    Settings = ClipSettings  # zeroshot.* when zeroshot.predictor=clip
 
     def __init__(self, clip: ClipPredictor, dataset: Dataset, data: RunData | None = None) -> None:
         self.clip, self.dataset, self.data = clip, dataset, data
@@ -364,7 +377,7 @@ class ClipZeroShot:
     @staticmethod
     def settings(config: Config) -> dict[str, Any]:
         """The settings that shape its outputs, as its spec names them."""
-        z = config.zeroshot
+        z = config.zeroshot.settings
         model = Path(z.model).stem if z.model.endswith(".json") else z.model
         return {
             "kind": "clip",
@@ -379,14 +392,16 @@ class ClipZeroShot:
         from bdsel.predictors.prompts import prompts_for
 
         ds = data.dataset
-        class_names, templates = prompts_for(ds.name, ds.class_names, config.zeroshot.prompts)
+        class_names, templates = prompts_for(
+            ds.name, ds.class_names, config.zeroshot.settings.prompts
+        )
         return {"templates": list(templates), "class_names": list(class_names)}
 
     @classmethod
     def from_config(cls, config: Config, data: RunData, device: torch.device) -> ClipZeroShot:
         from bdsel.predictors.prompts import prompts_for
 
-        z = config.zeroshot
+        z = config.zeroshot.settings
         class_names, templates = prompts_for(data.dataset.name, data.dataset.class_names, z.prompts)
         clip = ClipPredictor(
             clip_model_name(z.model),
@@ -395,7 +410,7 @@ class ClipZeroShot:
             templates,
             precision=z.precision,
             device=device,
-            batch_size=z.batch_size,
+            batch_size=config.zeroshot.eval_batch_size,
         )
         return cls(clip, data.dataset, data)
 

@@ -25,7 +25,7 @@ from bdsel.data import RunData
 from bdsel.data.batching import ImageSource
 from bdsel.models import create_model
 from bdsel.optim import build_optimizer
-from bdsel.predictors.crossfit_fit import CrossfitFit
+from bdsel.predictors.crossfit_fit import CrossfitFit, CrossfitSettings
 from bdsel.predictors.holdout import (
     as_train_config,
     fit_settings,
@@ -38,18 +38,20 @@ from bdsel.rundir import atomic_write_bytes
 
 def cache_stem(config: Config) -> str:
     """Everything its outputs depend on: split, noise, folds and model."""
-    c = config.zeroshot.crossfit
+    c = config.zeroshot.settings
     return f"{config.data.name}-crossfit{c.folds}-{c.model}-{split_stem(config)}"
 
 
-@register_predictor("crossfit", section="zeroshot.crossfit", cache_stem=cache_stem)
+@register_predictor("crossfit", cache_stem=cache_stem)
 class CrossfitPredictor:
     """K models, each trained on the observed labels of all folds but its own."""
+
+    Settings = CrossfitSettings  # zeroshot.* when zeroshot.predictor=crossfit
 
     calibration_labels = "observed"  # noise included: the temperature is fitted with it
 
     def __init__(self, config: Config, data: RunData, source: ImageSource) -> None:
-        c = config.zeroshot.crossfit
+        c = config.zeroshot.settings
         self.config, self.data = config, data
         ds = data.dataset
 
@@ -66,7 +68,7 @@ class CrossfitPredictor:
             seed=config.seed,
             split_seed=config.seed if config.data.split_seed is None else config.data.split_seed,
             ema_decay=config.train.ema_decay,
-            batch_size=config.zeroshot.batch_size,
+            batch_size=config.zeroshot.eval_batch_size,
         )
 
     @classmethod
@@ -77,7 +79,7 @@ class CrossfitPredictor:
     def settings(config: Config) -> dict[str, Any]:
         """The settings that shape its outputs, as its spec names them: the channel round's
         only where there is one (``rounds`` > 1)."""
-        settings = fit_settings("crossfit", config, config.zeroshot.crossfit)
+        settings = fit_settings("crossfit", config, config.zeroshot.settings)
         if settings["rounds"] == 1:
             del settings["channel_folds"], settings["channel_epochs"]
         return settings
@@ -96,7 +98,7 @@ class CrossfitPredictor:
         return rows + channel_rows(spec, "the anchor points' rate")
 
     def describe(self) -> str:
-        c = self.config.zeroshot.crossfit
+        c = self.config.zeroshot.settings
         n = len(self.data.train_idx)
         epochs = f"{'at most ' if c.patience else ''}{c.epochs} epochs each"
         if c.schedule == "cosine":

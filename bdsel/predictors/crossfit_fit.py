@@ -24,13 +24,22 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bdsel.config import CrossfitConfig, TrainConfig, check_ranges
+from bdsel.config import ConfigError, TrainConfig, check_ranges
+from bdsel.config.checks import (
+    NON_NEGATIVE,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    Range,
+    at_least,
+    positive,
+)
 from bdsel.data.batching import DatasetImages, ImageSource
 from bdsel.data.noise_channel import (
     anchor_transition,
@@ -40,12 +49,58 @@ from bdsel.data.noise_channel import (
     off_diagonal_concentration,
 )
 from bdsel.evaluation import predict_logprobs
-from bdsel.fit import EarlyStopping, fit_supervised
+from bdsel.fit import EarlyStopping, FitSettings, fit_supervised
 from bdsel.optim import build_optimizer
 from bdsel.predictors.any_dataset import checked_labels
 from bdsel.runtime import step_progress
 
 FOLD_SEED = 104_729  # the fold assignment's stream, apart from the split's and the models'
+
+
+@dataclass
+class CrossfitSettings(FitSettings):
+    """The ``crossfit`` predictor: K models, each trained on the observed labels of all folds
+    of the training subset but one (early stopping on that one's) and predicting it; by
+    default they train for the clean label through the noise channel that a first round's
+    out-of-fold probabilities estimate; no clean labels needed (docs/predictors.md). A fixed
+    budget with a cosine rate instead of a fit to the plateau, which noisy labels reach only
+    after many epochs (the budget's measurements: docs/results/offline/predictor_budget.md,
+    docs/results/holdout_free/crossfit_recipe.md)."""
+
+    folds: int = 2  # K: models, each predicting its own fold
+    epochs: int = 18  # a fixed budget (patience 0)
+    patience: int = 0  # 0: every epoch, the last kept
+    lr: float = 0.01  # peak of the cosine schedule
+    schedule: Literal["none", "cosine"] = "cosine"
+    # 1: the K models of one round predict. 2 (the default): the first round only estimates
+    # the noise channel, and a second round of K fresh models on the same folds (still no row
+    # predicted by a model that trained on it) trains through it, with the forward loss
+    # correction, for the clean label; skipped where that channel leaves a class
+    # unidentifiable. More rounds: each estimates the channel again from the one before.
+    rounds: int = 2
+    # The channel round trains the models of the first ``channel_folds`` folds, for
+    # ``channel_epochs`` each (the later rounds: every fold's, ``epochs``).
+    channel_folds: int = 1
+    channel_epochs: int = 8  # the channel round's epochs
+    RANGES: ClassVar[dict[str, Range]] = {
+        "folds": (at_least(2), "an int >= 2"),
+        "rounds": (at_least(1), POSITIVE_INT),
+        "epochs": (at_least(1), POSITIVE_INT),
+        "patience": (at_least(0), "an int >= 0 (0: no early stop)"),
+        "lr": (positive, POSITIVE_FLOAT),
+        "weight_decay": (at_least(0), NON_NEGATIVE),
+        "batch_size": (at_least(1), POSITIVE_INT),
+        "channel_folds": (at_least(1), POSITIVE_INT),
+        "channel_epochs": (at_least(1), POSITIVE_INT),
+    }  # fmt: skip
+
+    def check(self, prefix: str = "") -> None:
+        """The settings that only go together (ConfigError naming them under ``prefix``)."""
+        if self.channel_folds > self.folds:
+            raise ConfigError(
+                f"{prefix}channel_folds ({self.channel_folds}) > {prefix}folds ({self.folds}): "
+                "the channel round cannot train more fold models than there are folds"
+            )
 
 
 def assign_folds(train_idx: torch.Tensor, folds: int, seed: int) -> list[torch.Tensor]:
@@ -83,7 +138,7 @@ class CrossfitFit:
         source: ImageSource,
         rows: torch.Tensor,
         labels: torch.Tensor,
-        settings: CrossfitConfig,
+        settings: CrossfitSettings,
         *,
         seed: int,
         split_seed: int,
@@ -319,14 +374,14 @@ class CrossfitModels:
         return mean_of(model_logprobs(self._fit.models, source, "rows", rows, batch_size))
 
 
-def _recipe(settings: dict[str, Any]) -> CrossfitConfig:
+def _recipe(settings: dict[str, Any]) -> CrossfitSettings:
     """The crossfit settings given by name, checked: a ValueError names a wrong one."""
     if "model" in settings:
         raise ValueError("model: make_model makes the models here (model names a bdsel model)")
-    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(CrossfitConfig)})
+    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(CrossfitSettings)})
     if unknown:
         raise ValueError(f"unknown crossfit setting {unknown[0]!r} (bdsel configs keys crossfit)")
-    recipe = CrossfitConfig(**settings)
+    recipe = CrossfitSettings(**settings)
     check_ranges(recipe)
     return recipe
 
@@ -355,8 +410,9 @@ def crossfit_models(
         train: a map-style dataset; item i is an image tensor or a tuple whose first element
             is one (its transforms are the augmentation).
         labels: the items' observed (possibly noisy) labels, int [N] in 0..n_classes-1.
-        settings: the recipe's, by name, as ``zeroshot.crossfit.*`` (``bdsel configs keys
-            crossfit``): folds, rounds, epochs, lr, batch_size, channel_epochs, ...
+        settings: the recipe's (:class:`CrossfitSettings`), by name, as ``zeroshot.*`` sets
+            them for ``zeroshot.predictor=crossfit`` (``bdsel configs keys crossfit``): folds,
+            rounds, epochs, lr, batch_size, channel_epochs, ...
     """
     recipe = _recipe(settings)
     y = checked_labels(labels, len(train), n_classes, "labels")

@@ -2,11 +2,12 @@
 
 - ``pixels``: the raw pixels, flattened (in-memory datasets: Fashion-MNIST, CIFAR). The
   offline default: nothing to download, and weak enough that the model it helps beats it.
-- ``clip``: open_clip's L2-normalised image embeddings (``zeroshot.model`` and
-  ``zeroshot.pretrained``, as the ``clip`` predictor loads them), for a user who has weights.
-- ``backbone``: the penultimate features of a bdsel model (``zeroshot.probe.backbone``, e.g.
+- ``clip``: open_clip's L2-normalised image embeddings (the architecture ``zeroshot.backbone``
+  and the weights ``zeroshot.weights``, loaded as the ``clip`` predictor loads them), for a
+  user who has weights.
+- ``backbone``: the penultimate features of a bdsel model (``zeroshot.backbone``, e.g.
   ``resnet18_cifar`` or ``vit_b16``) with its backbone weights from a local file
-  (``zeroshot.probe.weights``), in eval mode.
+  (``zeroshot.weights``), in eval mode.
 
 Each returns float32 [n, D] on the CPU for rows of the "train" or "test" split.
 """
@@ -22,6 +23,12 @@ if TYPE_CHECKING:
     from bdsel.data.sources import Dataset
 
 FEATURES = ("pixels", "clip", "backbone")
+CLIP_MODEL, CLIP_WEIGHTS = "RN50", "openai"  # features=clip without backbone / weights
+
+
+def clip_weights(settings) -> tuple[str, str]:
+    """(the open_clip architecture, the pretrained tag or checkpoint) of features=clip."""
+    return settings.backbone or CLIP_MODEL, settings.weights or CLIP_WEIGHTS
 
 
 def pixel_features(dataset: Dataset, split: str, rows: torch.Tensor) -> torch.Tensor:
@@ -29,7 +36,7 @@ def pixel_features(dataset: Dataset, split: str, rows: torch.Tensor) -> torch.Te
     images = getattr(dataset, split).images
     if images is None:
         raise ValueError(
-            f"zeroshot.probe.features=pixels needs an in-memory dataset; {dataset.name} is read "
+            f"zeroshot.features=pixels needs an in-memory dataset; {dataset.name} is read "
             "from image files: use features=clip or features=backbone"
         )
     return images[rows.cpu()].reshape(len(rows), -1).float() / 255.0
@@ -40,9 +47,9 @@ class FeatureExtractor:
     [n, D] on the CPU, ``spec()`` what identifies them (stored in the cache's spec)."""
 
     def __init__(self, config: Config, dataset: Dataset, device: torch.device) -> None:
-        p = config.zeroshot.probe
+        p = config.zeroshot.settings
         self.kind, self.dataset, self.device = p.features, dataset, device
-        self.batch_size = config.zeroshot.batch_size
+        self.batch_size = config.zeroshot.eval_batch_size
         self._spec: dict[str, object] = {}  # what identifies the weights (features is a setting)
         self._encode = None
         if p.features == "clip":
@@ -66,11 +73,11 @@ class FeatureExtractor:
         from bdsel.predictors.clip import ClipPredictor, clip_model_name
         from bdsel.predictors.prompts import prompts_for
 
-        z, ds = config.zeroshot, self.dataset
-        class_names, templates = prompts_for(ds.name, ds.class_names, z.prompts)
-        clip = ClipPredictor(clip_model_name(z.model), z.pretrained, class_names, templates,
-                             precision=z.precision, device=self.device,
-                             batch_size=z.batch_size)  # fmt: skip
+        ds = self.dataset
+        model, pretrained = clip_weights(config.zeroshot.settings)
+        class_names, templates = prompts_for(ds.name, ds.class_names, None)  # images only
+        clip = ClipPredictor(clip_model_name(model), pretrained, class_names, templates,
+                             device=self.device, batch_size=self.batch_size)  # fmt: skip
         self._spec |= {"model": clip.model_name, "pretrained": clip.pretrained,
                        "checkpoint_sha256": clip.checkpoint_sha256}  # fmt: skip
 
@@ -85,11 +92,11 @@ class FeatureExtractor:
         from bdsel.models import create_model
         from bdsel.predictors.clip import file_sha256
 
-        p, ds = config.zeroshot.probe, self.dataset
+        p, ds = config.zeroshot.settings, self.dataset
         if not p.backbone or not p.weights:
             raise ValueError(
-                "zeroshot.probe.features=backbone needs zeroshot.probe.backbone (a model name) "
-                "and zeroshot.probe.weights (its local backbone weights file)"
+                "zeroshot.features=backbone needs zeroshot.backbone (a model name) "
+                "and zeroshot.weights (its local backbone weights file)"
             )
         model = create_model(p.backbone, n_classes=ds.n_classes, in_channels=ds.in_channels,
                              weights=p.weights).to(self.device).eval()  # fmt: skip

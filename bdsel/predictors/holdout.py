@@ -11,16 +11,26 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from bdsel.config import Config, FitConfig
+from bdsel.config import Config
+from bdsel.config.checks import (
+    NON_NEGATIVE,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    Range,
+    at_least,
+    positive,
+    within,
+)
 from bdsel.data import RunData, int64_sha256, make_image_source
 from bdsel.data.batching import ImageSource
 from bdsel.evaluation import predict_logprobs
-from bdsel.fit import EarlyStopping, fit_supervised
+from bdsel.fit import EarlyStopping, FitSettings, fit_supervised
 from bdsel.models import create_model
 from bdsel.optim import build_optimizer
 from bdsel.predictors.registry import register_predictor
@@ -29,9 +39,25 @@ from bdsel.rundir import atomic_write_bytes
 CALIBRATION_SEED = 15_485_863  # the calibration split's stream, apart from the split's
 
 
+@dataclass
+class HoldoutSettings(FitSettings):
+    """The ``holdout`` predictor: trained on the hold-out split's clean labels, scored for
+    early stopping on a calibration split carved from the hold-out."""
+
+    calibration_fraction: float = 0.1  # of the hold-out: early stopping and the temperature
+    RANGES: ClassVar[dict[str, Range]] = {
+        "epochs": (at_least(1), POSITIVE_INT),
+        "patience": (at_least(0), "an int >= 0 (0: no early stop)"),
+        "calibration_fraction": (within(0, 1, low_open=True, high_open=True), "a fraction in (0, 1)"),
+        "lr": (positive, POSITIVE_FLOAT),
+        "weight_decay": (at_least(0), NON_NEGATIVE),
+        "batch_size": (at_least(1), POSITIVE_INT),
+    }  # fmt: skip
+
+
 def cache_stem(config: Config) -> str:
     """The hold-out split (seed, fractions, imbalance) and model name the cache depends on."""
-    d, h = config.data, config.zeroshot.holdout
+    d, h = config.data, config.zeroshot.settings
     split_seed = config.seed if d.split_seed is None else d.split_seed
     stem = f"{d.name}-holdout-{h.model}-split{split_seed}-h{d.holdout_fraction:g}"
     return stem + (f"-lt{d.imbalance.ratio:g}" if d.imbalance.ratio > 1 else "")
@@ -67,9 +93,11 @@ def weights_sha256(state_dicts: list[dict[str, torch.Tensor]]) -> str:
     return h.hexdigest()
 
 
-@register_predictor("holdout", section="zeroshot.holdout", cache_stem=cache_stem)
+@register_predictor("holdout", cache_stem=cache_stem)
 class HoldoutPredictor:
     """Trains on ``data.holdout_idx`` with clean labels, then predicts any row's log-probs."""
+
+    Settings = HoldoutSettings  # zeroshot.* when zeroshot.predictor=holdout
 
     calibration_labels = "clean"  # the calibration split's: the plain temperature fit
 
@@ -81,7 +109,7 @@ class HoldoutPredictor:
         overlap = set(data.holdout_idx.tolist()) & set(data.train_idx.tolist())
         if overlap:  # derive_run_data guarantees this; the IL model's validity depends on it
             raise AssertionError(f"hold-out and train subsets share {len(overlap)} indices")
-        h = config.zeroshot.holdout
+        h = config.zeroshot.settings
         self.config, self.data, self.source = config, data, source
         self.dataset = data.dataset
         self.fit_rows, self.calibration_rows = split_calibration(
@@ -98,7 +126,7 @@ class HoldoutPredictor:
     @staticmethod
     def settings(config: Config) -> dict[str, Any]:
         """The settings that shape its outputs, as its spec names them."""
-        return fit_settings("holdout", config, config.zeroshot.holdout)
+        return fit_settings("holdout", config, config.zeroshot.settings)
 
     @classmethod
     def from_config(cls, config: Config, data: RunData, device: torch.device) -> HoldoutPredictor:
@@ -117,7 +145,7 @@ class HoldoutPredictor:
 
     def describe(self) -> str:
         """What ``cache-zeroshot`` says it is training."""
-        h = self.config.zeroshot.holdout
+        h = self.config.zeroshot.settings
         n, n_cal = len(self.fit_rows), len(self.calibration_rows)
         stop = f", early stopping after {h.patience} epochs" if h.patience else ""
         return (
@@ -131,8 +159,8 @@ class HoldoutPredictor:
         return self.calibration_rows, self.data.clean[self.calibration_rows]
 
     def fit(self, progress: Any = None) -> None:
-        h = self.config.zeroshot.holdout
-        bs = self.config.zeroshot.batch_size
+        h = self.config.zeroshot.settings
+        bs = self.config.zeroshot.eval_batch_size
         rows = self.calibration_rows.to(self.source.device)
         labels = self.data.clean[self.calibration_rows].to(self.source.device)
 
@@ -193,7 +221,7 @@ class HoldoutPredictor:
         """log p(c | x) of the hold-out model for ``rows`` of ``split`` -> float32 [n, C], CPU."""
         if not self.trained:
             self.fit()
-        bs = self.config.zeroshot.batch_size
+        bs = self.config.zeroshot.eval_batch_size
         return predict_logprobs(self.model, self.source, split, rows, bs).cpu()
 
     def spec(self) -> dict[str, Any]:
@@ -213,12 +241,12 @@ class HoldoutPredictor:
         }
 
 
-def fit_settings(kind: str, config: Config, fit: FitConfig) -> dict[str, Any]:
+def fit_settings(kind: str, config: Config, fit: FitSettings) -> dict[str, Any]:
     """A trained predictor's settings: its config section and the EMA decay it trains with."""
     return {"kind": kind, **dataclasses.asdict(fit), "ema_decay": config.train.ema_decay}
 
 
-def as_train_config(config: Config, fit: FitConfig):
+def as_train_config(config: Config, fit: FitSettings):
     """A predictor model's optimizer settings in the shape build_optimizer takes."""
     return dataclasses.replace(
         config.train, optimizer=fit.optimizer, lr=fit.lr, weight_decay=fit.weight_decay

@@ -29,7 +29,7 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,9 +37,17 @@ import torch.nn.functional as F
 from bdsel.cache.provenance import fitted_rows, split_stem
 from bdsel.calibration import fit_temperature_and_noise
 from bdsel.config import Config
+from bdsel.config.checks import (
+    NON_NEGATIVE,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    Range,
+    at_least,
+    positive,
+)
 from bdsel.data import RunData
 from bdsel.data.noise_channel import anchor_transition, choose_channel, forward_loss, identifiable
-from bdsel.predictors.features import FeatureExtractor
+from bdsel.predictors.features import FeatureExtractor, clip_weights
 from bdsel.predictors.registry import channel_rows, register_predictor
 from bdsel.rundir import atomic_write_bytes
 
@@ -216,17 +224,54 @@ def _fit_round(
 # ----------------------------------------------------------------------------- the predictor
 
 
+@dataclass
+class ProbeSettings:
+    """The ``probe`` predictor (the offline default): K linear probes on frozen features, each
+    fitted on the observed labels of all folds of the training subset but one and predicting
+    it, then again through the noise channel their out-of-fold probabilities estimate; no
+    clean label, one pass over the images (docs/predictors.md)."""
+
+    # pixels: the raw pixels (in-memory datasets); clip: open_clip's image embeddings (backbone,
+    # weights); backbone: a bdsel model's penultimate features with its backbone weights from
+    # a local file (backbone, weights).
+    features: Literal["pixels", "clip", "backbone"] = "pixels"
+    # features=backbone: a registered model name; clip: an open_clip architecture name or JSON
+    # architecture file (null: RN50)
+    backbone: str | None = None
+    # features=backbone: its local backbone weights file; clip: a pretrained tag or a local
+    # checkpoint (null: openai)
+    weights: str | None = None
+    folds: int = 2  # K probes, each predicting its own fold
+    epochs: int = 5  # minibatch Adam, from zero weights
+    lr: float = 0.003  # Adam's learning rate
+    weight_decay: float = 0.001  # L2 on the weights
+    batch_size: int = 256  # minibatch size
+    # auto: a second round of probes learns the clean label through the noise channel the
+    # first round's out-of-fold probabilities estimate (anchor points where concentrated, as
+    # a pair flip's are, else symmetric at the fitted rate). none: the first round stands.
+    channel: Literal["auto", "none"] = "auto"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "folds": (at_least(2), "an int >= 2"),
+        "epochs": (at_least(1), POSITIVE_INT),
+        "lr": (positive, POSITIVE_FLOAT),
+        "weight_decay": (at_least(0), NON_NEGATIVE),
+        "batch_size": (at_least(1), POSITIVE_INT),
+    }  # fmt: skip
+
+
 def cache_stem(config: Config) -> str:
     """Everything its outputs depend on: split, noise, features and folds."""
-    p = config.zeroshot.probe
+    p = config.zeroshot.settings
     return f"{config.data.name}-probe{p.folds}-{p.features}-{split_stem(config)}"
 
 
-@register_predictor("probe", section="zeroshot.probe", cache_stem=cache_stem)
+@register_predictor("probe", cache_stem=cache_stem)
 class ProbePredictor:
     """:func:`crossfit_probe` on a run's training subset, over frozen features
     (bdsel.predictors.features): out-of-fold log-probs for its rows, the probes' mean for any
     other row."""
+
+    Settings = ProbeSettings  # zeroshot.* when zeroshot.predictor=probe
 
     calibration_labels = "observed"  # noise included: the temperature is fitted with it
 
@@ -244,16 +289,16 @@ class ProbePredictor:
     @staticmethod
     def settings(config: Config) -> dict[str, Any]:
         """The settings that shape its outputs, as its spec names them."""
-        p = config.zeroshot.probe
+        p = config.zeroshot.settings
         settings = {"kind": "probe", **dataclasses.asdict(p)}
         if p.features == "backbone":
             settings["weights"] = Path(p.weights).name if p.weights else None
         else:
             del settings["backbone"], settings["weights"]
         if p.features == "clip":
-            z = config.zeroshot
-            settings |= {"model": Path(z.model).stem, "pretrained": Path(z.pretrained).name,
-                         "precision": z.precision}  # fmt: skip
+            model, pretrained = clip_weights(p)
+            settings |= {"model": Path(model).stem, "pretrained": Path(pretrained).name,
+                         "precision": "fp32"}  # fmt: skip
         return settings
 
     @staticmethod
@@ -262,7 +307,7 @@ class ProbePredictor:
         return channel_rows(spec, "the fitted rate")
 
     def describe(self) -> str:
-        p = self.config.zeroshot.probe
+        p = self.config.zeroshot.settings
         channel = (
             ", then again through the noise channel their out-of-fold probabilities estimate"
             if p.channel == "auto"
@@ -280,7 +325,7 @@ class ProbePredictor:
         return self.data.train_idx, self.data.observed[self.data.train_idx]
 
     def fit(self, progress: Any = None) -> None:
-        p, rows = self.config.zeroshot.probe, self.data.train_idx.cpu()
+        p, rows = self.config.zeroshot.settings, self.data.train_idx.cpu()
         task = None
         if progress is not None:
             task = progress.add_task(f"probe features ({p.features})", total=1)

@@ -3,8 +3,9 @@
 A predictor is one file holding a class registered under the name ``zeroshot.predictor``
 selects, with:
 
-- ``section``: the config section that holds its settings (``zeroshot.holdout``, ...): a
-  cache whose spec names a setting of it that ``settings(config)`` leaves out is refused;
+- ``Settings``: its settings dataclass (ranges beside the fields), set as ``zeroshot.<key>``
+  when ``zeroshot.predictor`` names it (``bdsel.configure``); a cache whose spec names a
+  setting of it that ``settings(config)`` leaves out is refused;
 - ``cache_stem(config)``: the default cache file name, ``cache/<stem>.h5``, which must change
   whenever a setting that changes its outputs does;
 - ``from_config(config, data, device)`` (classmethod): the predictor for a run's dataset;
@@ -82,7 +83,6 @@ class DatasetSpecific(Protocol):
 class PredictorEntry:
     name: str
     cls: type
-    section: str  # dotted config section of its settings
     cache_stem: Callable[[Config], str]
 
 
@@ -96,11 +96,9 @@ def _check_predictor(name: str, entry: PredictorEntry, meta: dict[str, Any]) -> 
 PREDICTORS: Registry[PredictorEntry] = Registry("predictor", on_register=_check_predictor)
 
 
-def register_predictor(
-    name: str, *, section: str, cache_stem: Callable[[Config], str]
-) -> Callable[[type], type]:
+def register_predictor(name: str, *, cache_stem: Callable[[Config], str]) -> Callable[[type], type]:
     def deco(cls: type) -> type:
-        PREDICTORS.register(name)(PredictorEntry(name, cls, section, cache_stem))
+        PREDICTORS.register(name)(PredictorEntry(name, cls, cache_stem))
         return cls
 
     return deco

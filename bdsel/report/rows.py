@@ -9,7 +9,6 @@ noisy labels among the selected points against the base rate.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
@@ -236,7 +235,7 @@ def _config_defaults() -> dict[str, Any]:
     """Today's defaults, flattened (read only: callers merge it into a new dict)."""
     from bdsel.config import Config  # dataclasses only: no torch
 
-    return flatten_config(dataclasses.asdict(Config()))
+    return flatten_config(Config().to_dict())  # the sections' own keys (no owner's)
 
 
 def build_rows(runs: list[RunRecord], targets: list[float]) -> list[TableRow]:

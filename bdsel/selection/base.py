@@ -48,7 +48,8 @@ class Selector:
     epoch's start (warm-up and annealing count epochs).
 
     Subclasses register with ``@register_selector(name)``, take their settings as keyword
-    arguments, and implement :meth:`pick` (and :meth:`_observe` when they learn from the
+    arguments (those a config sets: fields of ``Settings``, a dataclass beside the class whose
+    fields ``select.<key>`` sets when ``select.method`` names it), and implement :meth:`pick` (and :meth:`_observe` when they learn from the
     trained points). In an epoch where a method reads no candidate forward, ``bdsel train``
     may make all of the epoch's choices before its first step (on folder data, so that only
     the chosen images are decoded): such a choice must not depend on what :meth:`observe`
@@ -58,6 +59,7 @@ class Selector:
     name: ClassVar[str] = ""
     needs_forward: ClassVar[bool] = False  # select() reads logits and features
     requires: ClassVar[tuple[str, ...]] = ()  # per-index tables (bdsel train's lookups)
+    Settings: ClassVar[type | None] = None  # its select.* settings (bdsel.configure)
 
     def __init__(self, n_selected: int, *, seed: int = 0) -> None:
         if not isinstance(n_selected, int) or isinstance(n_selected, bool) or n_selected < 1:

@@ -10,10 +10,20 @@ the selected batch's training forward.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 
+from bdsel.config.checks import (
+    NON_NEGATIVE,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    Range,
+    at_least,
+    positive,
+    within,
+)
 from bdsel.laplace import LastLayerLaplace
 from bdsel.selection.base import Candidates, ForwardOutputs, Selection, top_k_positions
 from bdsel.selection.bayesian_score import (
@@ -24,6 +34,29 @@ from bdsel.selection.bayesian_score import (
 from bdsel.selection.registry import register_selector
 from bdsel.selection.simple import WarmupSelector
 from bdsel.table import LabelColumn, ZeroShotTable, as_lookup
+
+
+@dataclass
+class BayesianSettings:
+    """``select.*`` when select.method=bayesian: the score's and the posterior's settings."""
+
+    # score = a * mean_s log p(y|f_s) + (1-a) * log p_zs(y|x) - log mean_s p(y|f_s)
+    alpha: float = 0.2
+    adaptive_alpha: bool = False  # alpha from the terms' scales
+    n_samples: int = 256  # S logit samples a candidate
+    # Common random numbers: one set of S noise vectors for all candidates (bdsel.laplace).
+    shared_noise: bool = True
+    prior_precision: float = 10.0  # tau_0
+    n_effective: float = 200.0  # n_e, the data size the posterior stands for
+    momentum: float = 0.99  # m, the KFAC factors' EMA
+    fisher: Literal["empirical", "ggn"] = "empirical"  # the curvature the posterior uses
+    RANGES: ClassVar[dict[str, Range]] = {
+        "alpha": (within(0, 1), "a weight in [0, 1]"),
+        "n_samples": (at_least(1), POSITIVE_INT),
+        "prior_precision": (at_least(0), NON_NEGATIVE),
+        "n_effective": (positive, POSITIVE_FLOAT),
+        "momentum": (within(0, 1, high_open=True), "a float in [0, 1)"),
+    }  # fmt: skip
 
 
 @register_selector("bayesian")
@@ -47,6 +80,7 @@ class Bayesian(WarmupSelector):
         device: where the posterior lives (default: the table's device).
     """
 
+    Settings = BayesianSettings
     needs_forward = True
     requires = ("zs_logprobs",)
 

@@ -12,23 +12,23 @@ from typing import Any
 
 import bdsel.selection.svp as svp
 from bdsel.selection.base import Selector, SelectorContext
-from bdsel.selection.registry import create_selector, selector_settings
+from bdsel.selection.registry import create_selector, selector_class, selector_settings
 
 
 def config_settings(context: SelectorContext, method: str | None = None) -> dict[str, Any]:
-    """Every setting a registered method may take, from ``context``: each method gets the
-    ones its constructor names (:func:`selector_from_config`). A ``select.*`` setting reaches
-    the constructor argument of its name (``select.alpha`` -> ``alpha``), and so does one of
-    ``method``'s own section (``select.infobatch.delta`` -> ``delta``; default the config's
-    method): a new setting is a field of the config and an argument of the method, nothing in
+    """Every setting ``method`` (default: the config's) may take, from ``context``: it gets
+    the ones its constructor names (:func:`selector_from_config`). A ``select.*`` setting, the
+    method's own (its ``Settings``: the config's, or its defaults for a method the config does
+    not name) or one every method shares, reaches the constructor argument of its name
+    (``select.alpha`` -> ``alpha``): a new setting is a field and an argument, nothing in
     between. The run's own (seed, epochs, the tables, the feature width, the device) take
     precedence."""
     config, s = context.config, context.config.select
-    fields = {f.name: getattr(s, f.name) for f in dataclasses.fields(s)}
-    own = fields.get(method or s.method)  # select.<method>: the method's own section
+    own = _own_settings(s, method or s.method)
+    shared = {f.name: getattr(s, f.name) for f in dataclasses.fields(s) if f.name != "settings"}
     settings: dict[str, Any] = {
-        **(dataclasses.asdict(own) if dataclasses.is_dataclass(own) else {}),
-        **{k: v for k, v in fields.items() if not dataclasses.is_dataclass(v)},
+        **own,
+        **shared,
         "seed": config.seed,
         "epochs": config.train.epochs,
         "n_features": context.n_features,
@@ -41,6 +41,13 @@ def config_settings(context: SelectorContext, method: str | None = None) -> dict
     if "data" in extras and "source" in extras:
         settings["build_coreset"] = lambda: _svp_coreset(context)
     return settings
+
+
+def _own_settings(select: Any, method: str) -> dict[str, Any]:
+    cls = selector_class(method).Settings
+    if cls is None:
+        return {}
+    return dataclasses.asdict(select.settings if isinstance(select.settings, cls) else cls())
 
 
 def _svp_coreset(context: SelectorContext):

@@ -28,11 +28,13 @@ kept ones in that draw's order]. The same generator on every rank gives the same
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from bdsel.config.checks import Range, within
 from bdsel.distributed import all_gather_cat
 from bdsel.selection.base import Candidates, ForwardOutputs, Selection, Selector
 from bdsel.selection.registry import register_selector
@@ -57,6 +59,18 @@ def infobatch_plan(
     return pool[order], weights.to(train_idx.device)[order]
 
 
+@dataclass
+class InfobatchSettings:
+    # InfoBatch (select.method=infobatch): each pruning epoch drops this share of the samples
+    # whose last loss is below the mean, for the first ``delta`` of the epochs.
+    prune_ratio: float = 0.5
+    delta: float = 0.875  # the share of the epochs that prune
+    RANGES: ClassVar[dict[str, Range]] = {
+        "prune_ratio": (within(0, 1, high_open=True), "a fraction in [0, 1)"),
+        "delta": (within(0, 1), "a fraction of the epochs in [0, 1]"),
+    }  # fmt: skip
+
+
 @register_selector("infobatch")
 class InfoBatch(Selector):
     """Args:
@@ -67,6 +81,8 @@ class InfoBatch(Selector):
     n_selected: unused (every sample of a batch is trained on); kept for the common
         interface.
     """
+
+    Settings = InfobatchSettings
 
     def __init__(
         self,

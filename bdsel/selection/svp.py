@@ -1,8 +1,8 @@
 """Selection via proxy (SVP; Coleman et al., ICLR 2020), as RHO-LOSS runs it as a baseline.
 
-Before the first step (``prepare``) a small proxy model (``select.svp.model``) is trained for
-``select.svp.epochs`` on the train subset with the observed labels, then every train point is
-scored by ``select.svp.criterion`` and the top ``select.svp.fraction`` kept as a one-shot
+Before the first step (``prepare``) a small proxy model (``select.model``) is trained for
+``select.epochs`` on the train subset with the observed labels, then every train point is
+scored by ``select.criterion`` and the top ``select.fraction`` kept as a one-shot
 coreset:
 
     entropy           highest predictive entropy of the proxy
@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 
 from bdsel.config import Config
+from bdsel.config.checks import POSITIVE_FLOAT, POSITIVE_INT, Range, at_least, positive, within
 from bdsel.data import ImageSource, RunData
 from bdsel.distributed import broadcast_from_main
 from bdsel.evaluation import predict_logprobs
@@ -37,6 +39,26 @@ from bdsel.selection.simple import WarmupSelector
 
 # The proxy's random streams are the training loop's under another seed; ties get their own.
 SVP_SEED_OFFSET, SVP_TIES = 104_729, 10
+
+
+@dataclass
+class SvpSettings:
+    """``select.*`` when select.method=svp: the proxy model and its coreset."""
+
+    MODEL_FIELDS: ClassVar[tuple[str, ...]] = ("model",)  # registered model names (bdsel.names)
+    model: str = "small_cnn"  # the proxy model
+    epochs: int = 5  # the proxy's training epochs
+    lr: float = 1e-3  # the proxy's learning rate
+    batch_size: int = 128  # the proxy's batch size
+    fraction: float = 0.1  # coreset size, a fraction of the train subset
+    # how the proxy ranks points
+    criterion: Literal["entropy", "least_confidence", "forgetting"] = "entropy"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "fraction": (within(0, 1, low_open=True), "a fraction in (0, 1]"),
+        "epochs": (at_least(1), POSITIVE_INT),
+        "lr": (positive, POSITIVE_FLOAT),
+        "batch_size": (at_least(1), POSITIVE_INT),
+    }  # fmt: skip
 
 
 def forgetting_events(correct: torch.Tensor) -> torch.Tensor:
@@ -56,7 +78,7 @@ def uncertainty(probs: torch.Tensor, criterion: str) -> torch.Tensor:
         return -torch.special.xlogy(probs, probs).sum(1)
     if criterion == "least_confidence":
         return 1.0 - probs.max(1).values
-    raise ValueError(f"select.svp.criterion: no uncertainty score {criterion!r}")
+    raise ValueError(f"select.criterion: no uncertainty score {criterion!r}")
 
 
 def top_k_random_ties(scores: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -79,12 +101,12 @@ def train_proxy(
     config: Config, data: RunData, source: ImageSource, device: torch.device
 ) -> tuple[Classifier, torch.Tensor]:
     """Train the proxy on the train subset's observed labels: augmented batches, AdamW at
-    ``select.svp.lr`` with ``train.weight_decay``, no schedule.
+    ``select.lr`` with ``train.weight_decay``, no schedule.
 
     Returns the proxy and whether each train point [n_train] was classified correctly when it
     was presented in each epoch, bool [epochs, n_train] (forgetting events are counted on it).
     """
-    svp, ds = config.select.svp, data.dataset
+    svp, ds = config.select.settings, data.dataset
     with torch.random.fork_rng(devices=[]):  # a fixed proxy init that leaves the run's RNG alone
         torch.random.default_generator.manual_seed(config.seed)
         proxy = create_model(svp.model, n_classes=ds.n_classes, in_channels=ds.in_channels)
@@ -121,7 +143,7 @@ def build_coreset(
 ) -> torch.Tensor:
     """Train the proxy, score the train subset, keep the top fraction: int64 [k] global indices
     (ascending, on the CPU), k = round(fraction · n_train), at least 1."""
-    svp = config.select.svp
+    svp = config.select.settings
     proxy, history = train_proxy(config, data, source, device)
     train_idx = data.train_idx.to(device)
     if svp.criterion == "forgetting":
@@ -143,6 +165,8 @@ class SVP(WarmupSelector):
     it (``bdsel train`` passes one that trains the proxy, :func:`build_coreset`). The coreset
     is in the state dict, so a resumed run does not rebuild it.
     """
+
+    Settings = SvpSettings  # the proxy's, for build_coreset
 
     def __init__(
         self,

@@ -1,0 +1,91 @@
+"""A run's Config, its owned sections resolved through the registries that own them.
+
+``select`` and ``zeroshot`` hold, beside their own keys, the settings of what they name:
+``select.alpha`` is the ``bayesian`` method's, ``zeroshot.folds`` the ``probe`` predictor's.
+Each method and predictor declares them as its class's ``Settings`` (a dataclass with its
+ranges beside the fields, next to the class), so adding a setting is one field there. The
+config package below cannot import the registries; this module, above both, can.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from bdsel.config import Config, ConfigError, build_config, merged_values
+from bdsel.predictors import list_predictors, predictor_entry
+from bdsel.selection import list_selectors, selector_class
+
+
+def settings_of(section: str, name: str) -> type | None:
+    """The ``Settings`` class of the method (``section="select"``) or predictor
+    (``"zeroshot"``) ``name``; None for one without settings of its own."""
+    if section == "select":
+        key, what, valid = "select.method", "method", list_selectors()
+    else:
+        key, what, valid = "zeroshot.predictor", "predictor", list_predictors()
+    if name not in valid:
+        raise ConfigError(f"{key}: unknown {what} {name!r}; valid: {', '.join(valid)}")
+    cls = selector_class(name) if section == "select" else predictor_entry(name).cls
+    return getattr(cls, "Settings", None)
+
+
+def load_config(
+    name_or_path: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    values: dict[str, Any] | None = None,
+) -> Config:
+    """A validated Config from a YAML file (or a shipped config's name), a dict and
+    ``key.path=value`` overrides, in that order of precedence; nothing given: the defaults."""
+    try:
+        return build_config(merged_values(name_or_path, overrides, values), settings_of)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}{_whose(str(exc))}") from None
+
+
+def _whose(message: str) -> str:
+    """For an unknown key that is another method's or predictor's own: whose it is."""
+    key = message.removeprefix("unknown key ").split(";")[0].split(" ")[0]
+    section, _, name = key.partition(".")
+    if (
+        not message.startswith("unknown key ")
+        or section not in ("select", "zeroshot")
+        or "." in name
+    ):
+        return ""
+    owners = [o for o, cls in owned_settings()[section].items() if name in _field_names(cls)]
+    if not owners:
+        return ""
+    owner_key = {"select": "method", "zeroshot": "predictor"}[section]
+    return (
+        f"; {key} is the own setting of {section}.{owner_key}={' or '.join(owners)} (a file "
+        f"meant for several puts it under its name: {section}.{owners[0]}.{name})"
+    )
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def owned_settings() -> dict[str, dict[str, type]]:
+    """Every registered method's and predictor's ``Settings`` (none for one without), by
+    section: what ``bdsel.config.reference`` lists beside the Config's own keys."""
+    return {
+        "select": {n: c for n in list_selectors() if (c := settings_of("select", n))},
+        "zeroshot": {n: c for n in list_predictors() if (c := settings_of("zeroshot", n))},
+    }
+
+
+def defaults_like(config: Config) -> dict[str, Any]:
+    """The defaults as config.yaml would hold them, with ``config``'s method's and
+    predictor's own settings (at their defaults) in place of the default owners': what a
+    config's changes are measured against (the owner keys themselves at their defaults)."""
+    owners = {"select": {"method": config.select.method},
+              "zeroshot": {"predictor": config.zeroshot.predictor}}  # fmt: skip
+    out = load_config(values=owners).to_dict()
+    default = Config()
+    out["select"]["method"], out["zeroshot"]["predictor"] = (
+        default.select.method,
+        default.zeroshot.predictor,
+    )
+    return out
