@@ -13,6 +13,8 @@ import dataclasses
 from typing import Any
 
 from bdsel.config import Config, ConfigError, build_config, merged_values
+from bdsel.config.schema import OWNED
+from bdsel.data import dataset_entry, list_datasets
 from bdsel.predictors import list_predictors, predictor_entry
 from bdsel.selection import list_selectors, selector_class
 
@@ -20,12 +22,15 @@ from bdsel.selection import list_selectors, selector_class
 def settings_of(section: str, name: str) -> type | None:
     """The ``Settings`` class of the method (``section="select"``) or predictor
     (``"zeroshot"``) ``name``; None for one without settings of its own."""
-    if section == "select":
-        key, what, valid = "select.method", "method", list_selectors()
-    else:
-        key, what, valid = "zeroshot.predictor", "predictor", list_predictors()
-    if name not in valid:
-        raise ConfigError(f"{key}: unknown {what} {name!r}; valid: {', '.join(valid)}")
+    key, what, valid = {
+        "data": ("data.name", "dataset", list_datasets),
+        "select": ("select.method", "method", list_selectors),
+        "zeroshot": ("zeroshot.predictor", "predictor", list_predictors),
+    }[section]
+    if name not in valid():
+        raise ConfigError(f"{key}: unknown {what} {name!r}; valid: {', '.join(valid())}")
+    if section == "data":
+        return dataset_entry(name).settings
     cls = selector_class(name) if section == "select" else predictor_entry(name).cls
     return getattr(cls, "Settings", None)
 
@@ -47,16 +52,12 @@ def _whose(message: str) -> str:
     """For an unknown key that is another method's or predictor's own: whose it is."""
     key = message.removeprefix("unknown key ").split(";")[0].split(" ")[0]
     section, _, name = key.partition(".")
-    if (
-        not message.startswith("unknown key ")
-        or section not in ("select", "zeroshot")
-        or "." in name
-    ):
+    if not message.startswith("unknown key ") or section not in OWNED or "." in name:
         return ""
     owners = [o for o, cls in owned_settings()[section].items() if name in _field_names(cls)]
     if not owners:
         return ""
-    owner_key = {"select": "method", "zeroshot": "predictor"}[section]
+    owner_key = OWNED[section]
     return (
         f"; {key} is the own setting of {section}.{owner_key}={' or '.join(owners)} (a file "
         f"meant for several puts it under its name: {section}.{owners[0]}.{name})"
@@ -71,6 +72,7 @@ def owned_settings() -> dict[str, dict[str, type]]:
     """Every registered method's and predictor's ``Settings`` (none for one without), by
     section: what ``bdsel.config.reference`` lists beside the Config's own keys."""
     return {
+        "data": {n: c for n in list_datasets() if (c := settings_of("data", n))},
         "select": {n: c for n in list_selectors() if (c := settings_of("select", n))},
         "zeroshot": {n: c for n in list_predictors() if (c := settings_of("zeroshot", n))},
     }
@@ -80,12 +82,9 @@ def defaults_like(config: Config) -> dict[str, Any]:
     """The defaults as config.yaml would hold them, with ``config``'s method's and
     predictor's own settings (at their defaults) in place of the default owners': what a
     config's changes are measured against (the owner keys themselves at their defaults)."""
-    owners = {"select": {"method": config.select.method},
-              "zeroshot": {"predictor": config.zeroshot.predictor}}  # fmt: skip
-    out = load_config(values=owners).to_dict()
     default = Config()
-    out["select"]["method"], out["zeroshot"]["predictor"] = (
-        default.select.method,
-        default.zeroshot.predictor,
-    )
+    owners = {s: {key: config.get(f"{s}.{key}")} for s, key in OWNED.items()}
+    out = load_config(values=owners).to_dict()
+    for section, key in OWNED.items():
+        out[section][key] = default.get(f"{section}.{key}")
     return out

@@ -280,3 +280,51 @@ def test_the_offline_default_reads_a_predictor_that_needs_no_clean_label():
     cfg = load_config("fashion_mnist")
     assert cfg.zeroshot.predictor == "probe"
     assert predictor_entry("probe").cls.calibration_labels == "observed"  # the noisy ones
+
+
+def test_a_method_and_a_predictor_own_their_settings_flat_in_their_section():
+    cfg = load_config("fashion_mnist", ["select.method=bayesian", "select.alpha=0.4",
+                                        "zeroshot.predictor=crossfit", "zeroshot.epochs=3"])  # fmt: skip
+    assert type(cfg.select.settings).__name__ == "BayesianSettings"
+    assert (cfg.get("select.alpha"), cfg.select.settings.n_samples) == (0.4, 256)
+    assert (cfg.get("zeroshot.epochs"), cfg.get("zeroshot.rounds")) == (3, 2)
+    saved = cfg.to_dict()  # config.yaml: flat, the owners' own only
+    assert saved["select"]["alpha"] == 0.4 and "settings" not in saved["select"]
+    assert saved["zeroshot"]["epochs"] == 3 and "features" not in saved["zeroshot"]
+    # another owner's setting is refused, naming whose it is and where it may go
+    with pytest.raises(ConfigError) as info:
+        load_config("fashion_mnist", ["select.alpha=0.4"])
+    assert "unknown key select.alpha" in str(info.value)
+    assert "own setting of select.method=bayesian" in str(info.value)
+    assert "select.bayesian.alpha" in str(info.value)
+
+
+def test_settings_under_an_owners_name_apply_only_when_it_is_the_owner():
+    given = ["select.bayesian.alpha=0.3", "zeroshot.crossfit.epochs=4"]
+    unused = load_config("fashion_mnist", given)  # uniform, probe: checked, not used
+    assert unused.select.settings is None and unused.zeroshot.settings.epochs == 5
+    used = load_config("fashion_mnist", [*given, "select.method=bayesian",
+                                         "zeroshot.predictor=crossfit"])  # fmt: skip
+    assert (used.get("select.alpha"), used.get("zeroshot.epochs")) == (0.3, 4)
+    flat_wins = load_config("fashion_mnist", [*given, "select.method=bayesian", "select.alpha=0.5"])
+    assert flat_wins.get("select.alpha") == 0.5
+    with pytest.raises(
+        ConfigError, match=r"select\.bayesian\.alpha: expected a weight in \[0, 1\]"
+    ):
+        load_config("fashion_mnist", ["select.bayesian.alpha=3"])  # refused though unused
+    with pytest.raises(
+        ConfigError, match=r"unknown key select\.uniform\.alpha \(select\.method=uniform has no"
+    ):
+        load_config("fashion_mnist", ["select.uniform.alpha=3"])
+
+
+def test_the_offline_main_job_has_no_more_settable_keys_than_today():
+    """A ratchet on what a user of the offline default can set: the Config's own keys, the
+    probe's and bayesian's (issue 49 aims at 40; new keys should replace, not add)."""
+    from bdsel.config.reference import every_key
+    from bdsel.configure import owned_settings
+
+    keys = every_key(owned_settings())
+    main_job = {"", "zeroshot.predictor=probe", "select.method=bayesian"}
+    assert 0 < len([k for k in keys if k.when in main_job]) <= 71
+    assert all(k.meaning for k in keys if k.when in main_job)  # each one documented

@@ -7,6 +7,7 @@ import torch
 from conftest import make_cifar_dir, make_fashion_dir, synthetic_images, write_idx
 
 from bdsel.config import DataConfig, ImbalanceConfig, NoiseConfig
+from bdsel.configure import load_config
 from bdsel.data import DataError, derive_run_data, from_tensors, load_dataset
 from bdsel.data.batching import TensorImages, random_crop_flip
 from bdsel.data.fashion_mnist import FASHION_MNIST_CLASSNAMES, load_fashion_mnist
@@ -77,12 +78,17 @@ def _write_png(path: Path, value: int) -> None:
     Image.fromarray(np.full((40, 30, 3), value, dtype=np.uint8)).save(path)
 
 
+def _folder_config(root: Path, **own) -> DataConfig:
+    """data.name=imagefolder with its own settings (data.train_list, ...), as a config sets them."""
+    return load_config(values={"data": {"name": "imagefolder", "root": str(root), **own}}).data
+
+
 def test_imagefolder_subfolders_and_file_list(tmp_path: Path):
     for split in ("train", "val"):
         for c, cls in enumerate(["cat", "dog", "fox"]):
             for i in range(2):
                 _write_png(tmp_path / split / cls / f"{i}.png", 40 * c + i)
-    ds = load_dataset(DataConfig(name="imagefolder", root=str(tmp_path), image_size=16))
+    ds = load_dataset(_folder_config(tmp_path, image_size=16))
     assert ds.class_names == ["cat", "dog", "fox"]
     assert len(ds.train) == 6 and len(ds.test) == 6
     assert ds.train.labels.tolist() == [0, 0, 1, 1, 2, 2]
@@ -90,9 +96,7 @@ def test_imagefolder_subfolders_and_file_list(tmp_path: Path):
     (tmp_path / "train.txt").write_text("train/dog/0.png 1\ntrain/fox/1.png 2\n\n")
     (tmp_path / "val.txt").write_text("val/cat/0.png 0\n")
     (tmp_path / "classes.txt").write_text("cat\ndog\nfox\n")
-    cfg = DataConfig(
-        name="imagefolder", root=str(tmp_path), train_list="train.txt", test_list="val.txt"
-    )
+    cfg = _folder_config(tmp_path, train_list="train.txt", test_list="val.txt")
     listed = load_dataset(cfg)
     assert listed.train.labels.tolist() == [1, 2]
     assert listed.train.files[0] == str(tmp_path / "train/dog/0.png")

@@ -1,9 +1,10 @@
 """The run configuration's settings: one dataclass per section, each setting's type and
 default on its field and its allowed range in the class's ``RANGES`` beside them.
 
-``select`` and ``zeroshot`` are owned (``OWNED``): beside their own keys they hold the
-settings of the method and the predictor they name, whose ``Settings`` dataclass lives next
-to that class (``bdsel.selection.bayesian.BayesianSettings``, ...) and lands in the section's
+``data``, ``select`` and ``zeroshot`` are owned (``OWNED``): beside their own keys they hold
+the settings of the dataset, the method and the predictor they name, whose ``Settings``
+dataclass lives next to that class or loader (``bdsel.selection.bayesian.BayesianSettings``,
+...) and lands in the section's
 ``settings`` field; ``bdsel.configure.load_config`` finds it through the registries. Names of
 registered things are checked against their registries by ``bdsel.names.check_names``: this
 package imports nothing from bdsel, so every other module can import it."""
@@ -68,10 +69,6 @@ class CleanConfig:
 class DataConfig:
     name: str = "fashion_mnist"  # a registered dataset (bdsel.data.list_datasets)
     root: str | None = None  # None: the dataset's documented default location
-    download: bool = False  # torchvision datasets only
-    train_list: str | None = None  # imagefolder: "relative/path label" lines (WebVision style)
-    test_list: str | None = None  # imagefolder: the test split's lines
-    image_size: int = 224  # imagefolder only: crop size
     train_fraction: float = 0.5  # of the base training set (paper: 0.5)
     holdout_fraction: float = 0.0  # a disjoint clean split (holdout predictor)
     # A clean-labelled split for tuning (eval.split: validation), drawn after the hold-out
@@ -82,13 +79,15 @@ class DataConfig:
     imbalance: ImbalanceConfig = field(default_factory=ImbalanceConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
     augment: bool = True  # random crops and flips where the dataset has them
-    num_workers: int = 4  # imagefolder DataLoader workers
+    num_workers: int = 4  # DataLoader workers for data read from image files (imagefolder)
+    # The dataset's own settings (data.name's ``Settings``, beside its loader), set as
+    # data.<key> beside the keys above.
+    settings: Any = None
     RANGES: ClassVar[dict[str, Range]] = {
         "split_seed": (lambda v: v is None or v >= 0, "null or an int >= 0"),
         "train_fraction": (within(0, 1, low_open=True), "a fraction in (0, 1]"),
         "holdout_fraction": (within(0, 1, high_open=True), "a fraction in [0, 1)"),
         "validation_fraction": (within(0, 1, high_open=True), "a fraction in [0, 1)"),
-        "image_size": (positive, "a positive int"),
         "num_workers": (at_least(0), "an int >= 0"),
     }  # fmt: skip
 
@@ -268,4 +267,4 @@ class Config:
 
 # An owned section: its key that names the owner -> the owner's ``Settings`` (a dataclass
 # with ``RANGES``, beside the owner's class) holds the rest of its keys.
-OWNED = {"select": "method", "zeroshot": "predictor"}
+OWNED = {"data": "name", "select": "method", "zeroshot": "predictor"}

@@ -4,6 +4,7 @@ them (openai/CLIP, data/prompts.md)."""
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -143,11 +144,24 @@ def load_cifar(name: str, root: str | None, download: bool) -> Dataset:
     )
 
 
-@register_dataset("cifar10", prompts=(CIFAR10_CLASSNAMES, CIFAR_TEMPLATES))
+@dataclass
+class CifarSettings:
+    """``data.*`` when data.name=cifar10 or cifar100."""
+
+    download: bool = False  # let torchvision download into data.root (needs internet)
+
+
+def _download(cfg: DataConfig) -> bool:
+    return (cfg.settings or CifarSettings()).download
+
+
+@register_dataset("cifar10", prompts=(CIFAR10_CLASSNAMES, CIFAR_TEMPLATES), settings=CifarSettings)
 def _load_cifar10(cfg: DataConfig) -> Dataset:
-    return load_cifar("cifar10", cfg.root, cfg.download)
+    return load_cifar("cifar10", cfg.root, _download(cfg))
 
 
-@register_dataset("cifar100", prompts=(CIFAR100_CLASSNAMES, CIFAR_TEMPLATES))
+@register_dataset(
+    "cifar100", prompts=(CIFAR100_CLASSNAMES, CIFAR_TEMPLATES), settings=CifarSettings
+)
 def _load_cifar100(cfg: DataConfig) -> Dataset:
-    return load_cifar("cifar100", cfg.root, cfg.download)
+    return load_cifar("cifar100", cfg.root, _download(cfg))

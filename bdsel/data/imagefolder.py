@@ -4,11 +4,14 @@ the folders' own class names with the ImageNet templates."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from bdsel.config import DataConfig
+from bdsel.config.checks import Range, positive
 from bdsel.data.registry import register_dataset
 from bdsel.data.sources import IMAGENET_MEAN, IMAGENET_STD, DataError, Dataset, ImageSet
 
@@ -52,18 +55,29 @@ def _read_file_list(base: Path, list_path: Path) -> ImageSet:
     return ImageSet(labels=torch.tensor(labels, dtype=torch.int64), files=files)
 
 
-@register_dataset("imagefolder")
+@dataclass
+class ImageFolderSettings:
+    """``data.*`` when data.name=imagefolder."""
+
+    train_list: str | None = None  # "relative/path label" lines (WebVision style)
+    test_list: str | None = None  # the test split's lines
+    image_size: int = 224  # crop size
+    RANGES: ClassVar[dict[str, Range]] = {"image_size": (positive, "a positive int")}
+
+
+@register_dataset("imagefolder", settings=ImageFolderSettings)
 def load_imagefolder(cfg: DataConfig) -> Dataset:
+    own = cfg.settings or ImageFolderSettings()
     if cfg.root is None:
         raise DataError("data.root is required for data.name=imagefolder")
     base = Path(cfg.root)
     if not base.is_dir():
         raise DataError(f"data.root {base} does not exist")
-    if cfg.train_list or cfg.test_list:
-        if not (cfg.train_list and cfg.test_list):
+    if own.train_list or own.test_list:
+        if not (own.train_list and own.test_list):
             raise DataError("data.train_list and data.test_list must be given together")
-        train = _read_file_list(base, Path(cfg.train_list))
-        test = _read_file_list(base, Path(cfg.test_list))
+        train = _read_file_list(base, Path(own.train_list))
+        test = _read_file_list(base, Path(own.test_list))
         n_classes = int(max(train.labels.max(), test.labels.max())) + 1
         names_file = base / "classes.txt"
         if names_file.is_file():
@@ -87,7 +101,7 @@ def load_imagefolder(cfg: DataConfig) -> Dataset:
         test=test,
         class_names=class_names,
         in_channels=3,
-        image_size=cfg.image_size,
+        image_size=own.image_size,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
     )

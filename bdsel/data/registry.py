@@ -1,8 +1,10 @@
 """Datasets by name: ``register_dataset``, ``load_dataset``, ``list_datasets``.
 
 A dataset is one file that registers a loader ``(DataConfig) -> Dataset`` under the name
-``data.name`` selects, and optionally the class names and templates its CLIP prompts use
-(without them: the dataset's own class names and the ImageNet templates).
+``data.name`` selects, optionally its own settings (``settings``: a dataclass beside the
+loader, set as ``data.<key>`` and read as ``cfg.settings``) and the class names and templates
+its CLIP prompts use (without them: the dataset's own class names and the ImageNet
+templates).
 """
 
 from __future__ import annotations
@@ -23,19 +25,23 @@ class DatasetEntry:
     load: Loader
     # CLIP's class names in label order and its templates, or None (the dataset's own names)
     prompts: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+    settings: type | None = None  # its data.* settings (bdsel.configure)
 
 
 DATASETS: Registry[DatasetEntry] = Registry("dataset", error=DataError)
 
 
 def register_dataset(
-    name: str, *, prompts: tuple[Sequence[str], Sequence[str]] | None = None
+    name: str,
+    *,
+    prompts: tuple[Sequence[str], Sequence[str]] | None = None,
+    settings: type | None = None,
 ) -> Callable[[Loader], Loader]:
     """Register ``load(cfg: DataConfig) -> Dataset`` as ``data.name=<name>``."""
 
     def deco(load: Loader) -> Loader:
         frozen = None if prompts is None else (tuple(prompts[0]), tuple(prompts[1]))
-        DATASETS.register(name)(DatasetEntry(name, load, frozen))
+        DATASETS.register(name)(DatasetEntry(name, load, frozen, settings))
         return load
 
     return deco
