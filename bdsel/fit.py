@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bdsel.config import checks
 from bdsel.data.batching import ImageSource
 from bdsel.evaluation import make_ema
 from bdsel.forward import autocast_for
@@ -37,6 +38,14 @@ class FitSettings:
     # cosine: the learning rate decays to 0 over ``epochs`` (a fixed budget reaches the
     # plateau in fewer epochs than a constant rate; early stopping still keeps the best).
     schedule: Literal["none", "cosine"] = "none"
+    # a subclass's RANGES add to these (bdsel.config.check_ranges reads the class's and its bases')
+    RANGES: ClassVar[dict[str, checks.Range]] = {
+        "epochs": checks.POSITIVE_INT_RULE,
+        "patience": (checks.at_least(0), "an int >= 0 (0: no early stop)"),
+        "lr": checks.POSITIVE_FLOAT_RULE,
+        "weight_decay": checks.NON_NEGATIVE_RULE,
+        "batch_size": checks.POSITIVE_INT_RULE,
+    }  # fmt: skip
 
 
 @dataclass

@@ -32,3 +32,9 @@ def within(low: float, high: float, *, low_open: bool = False, high_open: bool =
 
 def is_device(v: str) -> bool:
     return bool(DEVICE_PATTERN.fullmatch(v))
+
+
+# The ranges many settings share, as a RANGES entry holds them.
+POSITIVE_INT_RULE: Range = (at_least(1), POSITIVE_INT)
+POSITIVE_FLOAT_RULE: Range = (positive, POSITIVE_FLOAT)
+NON_NEGATIVE_RULE: Range = (at_least(0), NON_NEGATIVE)

@@ -20,7 +20,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from bdsel.config.checks import ConfigError
+from bdsel.config.checks import ConfigError, Range
 from bdsel.config.schema import OWNED, Config
 from bdsel.config.yaml_io import NON_FINITE, read_yaml_mapping, yaml_error_line, yaml_load
 
@@ -267,11 +267,19 @@ def validate(config: Config) -> None:
     _check_combinations(config)
 
 
+def ranges_of(cls: type) -> dict[str, Range]:
+    """A settings class's ``RANGES`` and its bases' (a subclass's rule for a field wins)."""
+    out: dict[str, Range] = {}
+    for klass in reversed(cls.__mro__):
+        out |= klass.__dict__.get("RANGES", {})
+    return out
+
+
 def check_ranges(settings: Any, prefix: str = "") -> None:
     """ConfigError naming the first setting of ``settings`` (a section: its own, then its
     subsections', an owned section's own settings under its own prefix) outside its class's
     ``RANGES``, then what its ``check(prefix)`` refuses (settings that only go together)."""
-    for name, (ok, expected) in type(settings).__dict__.get("RANGES", {}).items():
+    for name, (ok, expected) in ranges_of(type(settings)).items():
         value = getattr(settings, name)
         if not ok(value):
             raise ConfigError(f"{prefix}{name}: expected {expected}, got {value!r}")

@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from bdsel.config.load import type_name
+from bdsel.config.load import ranges_of, type_name
 from bdsel.config.schema import OWNED, Config
 
 # section -> {the name of its owner: the owner's Settings class}
@@ -64,10 +64,7 @@ def _keys(cls: type, prefix: str, when: str) -> typing.Iterator[KeyInfo]:
 
 
 def _ranges(cls: type) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        out |= {name: expects for name, (_, expects) in klass.__dict__.get("RANGES", {}).items()}
-    return out
+    return {name: expects for name, (_, expects) in ranges_of(cls).items()}
 
 
 def _field_comments(cls: type) -> dict[str, str]:

@@ -10,8 +10,7 @@ from typing import ClassVar
 
 import torch
 
-from bdsel.config import DataConfig
-from bdsel.config.checks import Range, positive
+from bdsel.config import DataConfig, checks
 from bdsel.data.registry import register_dataset
 from bdsel.data.sources import IMAGENET_MEAN, IMAGENET_STD, DataError, Dataset, ImageSet
 
@@ -62,7 +61,7 @@ class ImageFolderSettings:
     train_list: str | None = None  # "relative/path label" lines (WebVision style)
     test_list: str | None = None  # the test split's lines
     image_size: int = 224  # crop size
-    RANGES: ClassVar[dict[str, Range]] = {"image_size": (positive, "a positive int")}
+    RANGES: ClassVar[dict[str, checks.Range]] = {"image_size": (checks.positive, "a positive int")}
 
 
 @register_dataset("imagefolder", settings=ImageFolderSettings)

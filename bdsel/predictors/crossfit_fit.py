@@ -31,15 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bdsel.config import ConfigError, TrainConfig, check_ranges
-from bdsel.config.checks import (
-    NON_NEGATIVE,
-    POSITIVE_FLOAT,
-    POSITIVE_INT,
-    Range,
-    at_least,
-    positive,
-)
+from bdsel.config import ConfigError, TrainConfig, check_ranges, checks
 from bdsel.data.batching import DatasetImages, ImageSource
 from bdsel.data.noise_channel import (
     anchor_transition,
@@ -82,16 +74,11 @@ class CrossfitSettings(FitSettings):
     # ``channel_epochs`` each (the later rounds: every fold's, ``epochs``).
     channel_folds: int = 1
     channel_epochs: int = 8  # the channel round's epochs
-    RANGES: ClassVar[dict[str, Range]] = {
-        "folds": (at_least(2), "an int >= 2"),
-        "rounds": (at_least(1), POSITIVE_INT),
-        "epochs": (at_least(1), POSITIVE_INT),
-        "patience": (at_least(0), "an int >= 0 (0: no early stop)"),
-        "lr": (positive, POSITIVE_FLOAT),
-        "weight_decay": (at_least(0), NON_NEGATIVE),
-        "batch_size": (at_least(1), POSITIVE_INT),
-        "channel_folds": (at_least(1), POSITIVE_INT),
-        "channel_epochs": (at_least(1), POSITIVE_INT),
+    RANGES: ClassVar[dict[str, checks.Range]] = {
+        "folds": (checks.at_least(2), "an int >= 2"),
+        "rounds": checks.POSITIVE_INT_RULE,
+        "channel_folds": checks.POSITIVE_INT_RULE,
+        "channel_epochs": checks.POSITIVE_INT_RULE,
     }  # fmt: skip
 
     def check(self, prefix: str = "") -> None:

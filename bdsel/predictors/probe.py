@@ -36,15 +36,7 @@ import torch.nn.functional as F
 
 from bdsel.cache.provenance import fitted_rows, split_stem
 from bdsel.calibration import fit_temperature_and_noise
-from bdsel.config import Config
-from bdsel.config.checks import (
-    NON_NEGATIVE,
-    POSITIVE_FLOAT,
-    POSITIVE_INT,
-    Range,
-    at_least,
-    positive,
-)
+from bdsel.config import Config, checks
 from bdsel.data import RunData
 from bdsel.data.noise_channel import anchor_transition, choose_channel, forward_loss, identifiable
 from bdsel.predictors.features import FeatureExtractor, clip_weights
@@ -250,12 +242,12 @@ class ProbeSettings:
     # first round's out-of-fold probabilities estimate (anchor points where concentrated, as
     # a pair flip's are, else symmetric at the fitted rate). none: the first round stands.
     channel: Literal["auto", "none"] = "auto"
-    RANGES: ClassVar[dict[str, Range]] = {
-        "folds": (at_least(2), "an int >= 2"),
-        "epochs": (at_least(1), POSITIVE_INT),
-        "lr": (positive, POSITIVE_FLOAT),
-        "weight_decay": (at_least(0), NON_NEGATIVE),
-        "batch_size": (at_least(1), POSITIVE_INT),
+    RANGES: ClassVar[dict[str, checks.Range]] = {
+        "folds": (checks.at_least(2), "an int >= 2"),
+        "epochs": checks.POSITIVE_INT_RULE,
+        "lr": checks.POSITIVE_FLOAT_RULE,
+        "weight_decay": checks.NON_NEGATIVE_RULE,
+        "batch_size": checks.POSITIVE_INT_RULE,
     }  # fmt: skip
 
 

@@ -15,15 +15,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from bdsel.config.checks import (
-    NON_NEGATIVE,
-    POSITIVE_FLOAT,
-    POSITIVE_INT,
-    Range,
-    at_least,
-    positive,
-    within,
-)
+from bdsel.config import checks
 from bdsel.laplace import LastLayerLaplace
 from bdsel.selection.base import Candidates, ForwardOutputs, Selection, top_k_positions
 from bdsel.selection.bayesian_score import (
@@ -50,12 +42,12 @@ class BayesianSettings:
     n_effective: float = 200.0  # n_e, the data size the posterior stands for
     momentum: float = 0.99  # m, the KFAC factors' EMA
     fisher: Literal["empirical", "ggn"] = "empirical"  # the curvature the posterior uses
-    RANGES: ClassVar[dict[str, Range]] = {
-        "alpha": (within(0, 1), "a weight in [0, 1]"),
-        "n_samples": (at_least(1), POSITIVE_INT),
-        "prior_precision": (at_least(0), NON_NEGATIVE),
-        "n_effective": (positive, POSITIVE_FLOAT),
-        "momentum": (within(0, 1, high_open=True), "a float in [0, 1)"),
+    RANGES: ClassVar[dict[str, checks.Range]] = {
+        "alpha": (checks.within(0, 1), "a weight in [0, 1]"),
+        "n_samples": checks.POSITIVE_INT_RULE,
+        "prior_precision": checks.NON_NEGATIVE_RULE,
+        "n_effective": checks.POSITIVE_FLOAT_RULE,
+        "momentum": (checks.within(0, 1, high_open=True), "a float in [0, 1)"),
     }  # fmt: skip
 
 

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from bdsel.config.checks import Range, within
+from bdsel.config import checks
 from bdsel.distributed import all_gather_cat
 from bdsel.selection.base import Candidates, ForwardOutputs, Selection, Selector
 from bdsel.selection.registry import register_selector
@@ -65,9 +65,9 @@ class InfobatchSettings:
     # whose last loss is below the mean, for the first ``delta`` of the epochs.
     prune_ratio: float = 0.5
     delta: float = 0.875  # the share of the epochs that prune
-    RANGES: ClassVar[dict[str, Range]] = {
-        "prune_ratio": (within(0, 1, high_open=True), "a fraction in [0, 1)"),
-        "delta": (within(0, 1), "a fraction of the epochs in [0, 1]"),
+    RANGES: ClassVar[dict[str, checks.Range]] = {
+        "prune_ratio": (checks.within(0, 1, high_open=True), "a fraction in [0, 1)"),
+        "delta": (checks.within(0, 1), "a fraction of the epochs in [0, 1]"),
     }  # fmt: skip
 
 

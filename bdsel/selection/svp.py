@@ -24,8 +24,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from bdsel.config import Config
-from bdsel.config.checks import POSITIVE_FLOAT, POSITIVE_INT, Range, at_least, positive, within
+from bdsel.config import Config, checks
 from bdsel.data import ImageSource, RunData
 from bdsel.distributed import broadcast_from_main
 from bdsel.evaluation import predict_logprobs
@@ -53,11 +52,11 @@ class SvpSettings:
     fraction: float = 0.1  # coreset size, a fraction of the train subset
     # how the proxy ranks points
     criterion: Literal["entropy", "least_confidence", "forgetting"] = "entropy"
-    RANGES: ClassVar[dict[str, Range]] = {
-        "fraction": (within(0, 1, low_open=True), "a fraction in (0, 1]"),
-        "epochs": (at_least(1), POSITIVE_INT),
-        "lr": (positive, POSITIVE_FLOAT),
-        "batch_size": (at_least(1), POSITIVE_INT),
+    RANGES: ClassVar[dict[str, checks.Range]] = {
+        "fraction": (checks.within(0, 1, low_open=True), "a fraction in (0, 1]"),
+        "epochs": checks.POSITIVE_INT_RULE,
+        "lr": checks.POSITIVE_FLOAT_RULE,
+        "batch_size": checks.POSITIVE_INT_RULE,
     }  # fmt: skip
 
 
