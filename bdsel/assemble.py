@@ -42,29 +42,14 @@ def build_lookups(
     return load_lookups(names, config, data, device)
 
 
-def prefilter_size(config: Config, selector: Selector) -> int:
-    """How many of the n_B candidates select.prefilter leaves for the candidate forward (n_B
-    when it is off); never fewer than n_b."""
-    s = config.select
-    if s.prefilter >= 1.0:
-        return s.n_candidates
-    if not selector.has_plausibility():
-        raise ValueError(
-            f"select.prefilter: select.method={s.method} has no cached score "
-            "to prefilter with (bayesian, rho_loss and irreducible_loss have)"
-        )
-    return max(s.n_selected, round(s.prefilter * s.n_candidates))
-
-
 def rescore_size(config: Config, selector: Selector, world: World | None = None) -> int:
-    """How many candidates select.rescore leaves the candidate forward (of those the
-    prefilter left), once the method has a round of scores to go by; never fewer than n_b.
+    """How many of the n_B candidates select.rescore leaves the candidate forward, once the
+    method has a round of scores to go by; never fewer than n_b.
     Off under torchrun: a rank keeps only the scores of the candidates it scored, and its
     next epoch's candidates are mostly ones another rank scored."""
     s = config.select
-    kept = prefilter_size(config, selector)
     if s.rescore >= 1.0:
-        return kept
+        return s.n_candidates
     if not selector.keeps_scores():
         raise ValueError(
             f"select.rescore: select.method={s.method} keeps no scores to go by (bayesian does)"
@@ -76,8 +61,8 @@ def rescore_size(config: Config, selector: Selector, world: World | None = None)
                 "its own candidates; every candidate is scored",
                 s.rescore,
             )
-        return kept
-    return max(s.n_selected, min(kept, round(s.rescore * s.n_candidates)))
+        return s.n_candidates
+    return max(s.n_selected, round(s.rescore * s.n_candidates))
 
 
 def compile_enabled(setting: bool | str, device: torch.device) -> bool:
@@ -169,6 +154,5 @@ def _assemble(
         observed=data.observed.to(device),
         noisy=data.noisy.to(device),
         ema=make_ema(model, config.train.ema_decay) if world.is_main else None,
-        n_prefiltered=prefilter_size(config, selector),
         n_rescored=rescore_size(config, selector, world),
     )

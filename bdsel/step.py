@@ -28,7 +28,7 @@ from bdsel.forward import batchnorm_batch_stats
 from bdsel.models import Classifier
 from bdsel.optim import EpochSchedule
 from bdsel.runtime import SectionTimer
-from bdsel.selection import Selector, prefilter, shortlist
+from bdsel.selection import Selector, shortlist
 
 
 @dataclass
@@ -47,9 +47,8 @@ class Run:
     observed: torch.Tensor  # int64 [N] on the device
     noisy: torch.Tensor  # bool [N] on the device
     ema: WeightEMA | None  # the weight EMA (train.ema_decay > 0), on the rank that evaluates
-    n_prefiltered: int  # candidates left by select.prefilter (n_B when it is off)
-    # candidates the forward scores once the selector has last scores (select.rescore; the
-    # prefilter's count when it is off)
+    # candidates the forward scores once the selector has last scores (select.rescore; n_B
+    # when it is off)
     n_rescored: int
     # what its caches cost before the first step (bdsel.predict.one_time_cost), carried
     # by every metrics record: the end-to-end clock starts at predictor_s
@@ -173,15 +172,11 @@ class Stepper:
     def choose(
         self, candidates: Candidates, generator: torch.Generator
     ) -> tuple[Candidates, Selection]:
-        """The selection half of a step: prefilter, shortlist by the last scores
-        (``select.rescore``), candidate forward (when the method reads it), ``select``.
-        Returns the candidates it chose from (fewer after a prefilter or a shortlist) and the
-        choice."""
+        """The selection half of a step: shortlist by the last scores (``select.rescore``),
+        candidate forward (when the method reads it), ``select``. Returns the candidates it
+        chose from (fewer after a shortlist) and the choice."""
         run = self.run
         self.timer.start()
-        if run.n_prefiltered < candidates.indices.shape[0]:
-            with record_function("bdsel/prefilter"):
-                candidates = self._prefilter(candidates)
         logits = features = None
         if run.selector.wants_forward():
             if run.n_rescored < candidates.indices.shape[0]:
@@ -201,19 +196,6 @@ class Stepper:
             )
         self.timer.stop()
         return candidates, selection
-
-    def _prefilter(self, candidates: Candidates) -> Candidates:
-        run = self.run
-        plausibility = run.selector.plausibility(candidates)
-        if plausibility is None:
-            return candidates
-        n_classes = run.data.dataset.n_classes
-        candidates = prefilter(candidates, plausibility, run.n_prefiltered, n_classes)
-        noisy = run.noisy[candidates.indices].float().mean()
-        self.stats.scalars["prefiltered_noisy"] = (
-            self.stats.scalars.get("prefiltered_noisy", 0) + noisy
-        )
-        return candidates
 
     def learn(self, candidates: Candidates, selection: Selection, x: torch.Tensor) -> int:
         """The training half of a step on the chosen points' inputs ``x``: forward/backward,

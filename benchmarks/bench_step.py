@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from bdsel.assemble import prefilter_size, rescore_size
+from bdsel.assemble import rescore_size
 from bdsel.configure import load_config
 from bdsel.data import derive_run_data, from_tensors, make_image_source
 from bdsel.evaluation import make_ema
@@ -136,11 +136,7 @@ def bench(args: argparse.Namespace) -> dict:
                         "n_samples": args.n_samples,
                         "shared_noise": not args.independent_noise,
                     },
-                    # a method without a cached score to prefilter with runs unfiltered
-                    "prefilter": args.prefilter
-                    if selector_class(method).has_plausibility()
-                    else 1.0,
-                    # likewise for a method that keeps no scores
+                    # a method that keeps no scores scores every candidate
                     "rescore": args.rescore if selector_class(method).keeps_scores() else 1.0,
                 },
                 "data": {"train_fraction": 1.0},
@@ -181,7 +177,6 @@ def bench(args: argparse.Namespace) -> dict:
             optimizer=opt,
             scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0),
             steps_per_epoch=args.warmup + args.steps,
-            n_prefiltered=prefilter_size(cfg, selector),
             n_rescored=rescore_size(cfg, selector),
             observed=data.observed.to(device),
             noisy=data.noisy.to(device),
@@ -302,12 +297,6 @@ def main() -> None:
         help="then profile --steps more steps per method (torch.profiler, phases of the step)",
     )
     p.add_argument(
-        "--prefilter",
-        type=float,
-        default=1.0,
-        help="select.prefilter where the method has a cached score (others run unfiltered)",
-    )
-    p.add_argument(
         "--rescore",
         type=float,
         default=1.0,
@@ -337,7 +326,7 @@ def main() -> None:
     print(
         f"# {args.model}, C={args.classes}, n_B={args.n_candidates}, n_b={args.n_selected}, "
         f"S={args.n_samples}{' (independent noise)' if args.independent_noise else ''}, "
-        f"prefilter {args.prefilter:g}, rescore {args.rescore:g}; "
+        f"rescore {args.rescore:g}; "
         f"candidate forward {args.candidate_precision}, {'NCHW' if args.nchw else 'NHWC'} "
         f"weights; {device.type} ({name}), {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}; mean over {args.steps} steps after {args.warmup} warm-up"

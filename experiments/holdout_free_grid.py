@@ -13,9 +13,9 @@ from bdsel.rundir import has_summary
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 
-BAYES = ("select.method=bayesian", "select.prefilter=1.0", "select.anneal=0")
+BAYES = ("select.method=bayesian", "select.anneal=0")
 
-RHO = ("select.method=rho_loss", "select.prefilter=1.0")
+RHO = ("select.method=rho_loss",)
 
 LONG = ("train.epochs=100", "eval.every=4", "eval.other_weights=false")
 

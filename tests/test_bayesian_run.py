@@ -223,90 +223,6 @@ def test_clip_cache_from_local_checkpoint_through_cli(bayes_values: dict, tmp_pa
     assert result.exit_code == 2 and "needs an irreducible-loss model" in one_line(result)
 
 
-def brute_class_quantile(scores: list[float], labels: list[int]) -> list[float]:
-    """(rank - 1/2) / count within each point's label, rank 1 the highest score (no ties)."""
-    out = []
-    for s_i, y_i in zip(scores, labels, strict=True):
-        same = [s for s, y in zip(scores, labels, strict=True) if y == y_i]
-        rank = 1 + sum(s > s_i for s in same)
-        out.append((rank - 0.5) / len(same))
-    return out
-
-
-def test_class_quantile_equals_brute_force():
-    from bdsel.selection.base import class_quantile
-
-    g = torch.Generator().manual_seed(0)
-    scores = torch.randn(200, generator=g, dtype=torch.float64)
-    labels = torch.randint(0, 7, (200,), generator=g)
-    got = class_quantile(scores, labels, 10)  # classes 7-9 absent: no harm
-    expected = brute_class_quantile(scores.tolist(), labels.tolist())
-    assert torch.allclose(got.double(), torch.tensor(expected, dtype=torch.float64))
-
-
-def test_prefilter_scores_only_the_most_plausible_candidates(bayes_values: dict, tmp_path: Path):
-    """select.prefilter: the candidate forward sees only the candidates whose observed label
-    the cached predictor finds most plausible among their class's candidates; the selected
-    ones are among them."""
-    from bdsel.assemble import build_run
-    from bdsel.forward import autocast_for
-    from bdsel.runtime import SectionTimer
-    from bdsel.selection import Candidates, prefilter
-    from bdsel.step import EpochStats, Stepper
-
-    # Class 1's labels are all less plausible than class 0's: a global top-3 would keep only
-    # class 0; within-class ranks keep each class's most plausible first.
-    plaus = torch.tensor([5.0, 4.0, 3.0, 2.0, -10.0, -11.0], dtype=torch.float64)
-    labels = torch.tensor([0, 0, 0, 0, 1, 1])
-    cands = Candidates(torch.arange(10, 16), torch.randn(6, 1, 4, 4), labels)
-    kept = prefilter(cands, plaus, 3, n_classes=2)
-    assert sorted(kept.indices.tolist()) == [10, 11, 14]  # quantiles 1/8, 3/8 and 1/4
-    assert torch.equal(kept.labels, labels[kept.indices - 10])  # rows stay aligned
-
-    values = dict(bayes_values, select=dict(bayes_values["select"], prefilter=0.5))
-    cfg = load_config(values=values)
-    assert (
-        runner.invoke(app, ["cache-zeroshot", "-c", str(write_yaml(tmp_path, values))]).exit_code
-        == 0
-    )
-    run = build_run(cfg)
-    assert run.n_prefiltered == 32  # half of 64 candidates, and at least n_selected (16)
-    sizes: list[int] = []
-    run.model.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
-    scored: list[torch.Tensor] = []
-    real_select = run.selector.select
-
-    def spy(indices, labels, logits=None, features=None, **kw):
-        scored.append(indices.clone())
-        return real_select(indices, labels, logits, features, **kw)
-
-    run.selector.select = spy
-    idx = run.data.train_idx[:64]
-    cands = Candidates(idx, run.source.rows("train", idx), run.observed[idx])
-    stats = EpochStats.zeros(run.device)
-    plain = autocast_for(run.device, "fp32")
-    timer = SectionTimer(run.device)
-    g = torch.Generator().manual_seed(0)
-    Stepper(run, run.model, run.model, plain, plain, timer, stats).step(cands, g)
-    assert sizes == [32, 16]  # candidate forward on the survivors, then the training step
-    plausible = run.selector.table.label_logprob(idx, cands.labels)
-    quantile = torch.tensor(brute_class_quantile(plausible.tolist(), cands.labels.tolist()))
-    kept_q = quantile[[idx.tolist().index(i) for i in scored[0].tolist()]]
-    # the 32 smallest within-class quantiles (ties at the cut may go either way)
-    assert kept_q.max() <= quantile.sort().values[31]
-    assert len(set(scored[0].tolist())) == 32
-    noisy = run.noisy[scored[0]].float().mean()
-    assert stats.scalars["prefiltered_noisy"] == pytest.approx(float(noisy))
-
-    summary = train(cfg, tmp_path / "run")
-    records = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
-    assert 0.0 <= records[-1]["select/prefiltered_noisy"] <= 1.0
-    assert summary["epochs_run"] == 2
-
-    with pytest.raises(ValueError, match="select.prefilter: select.method=uniform"):
-        build_run(load_config(values=dict(values, select=dict(values["select"], method="uniform"))))
-
-
 def test_uniform_epochs_skip_the_candidate_forward(bayes_values: dict, tmp_path: Path):
     """In a warm-up (or annealed) epoch bayesian picks as uniform: no candidate forward is run;
     once it selects, the forward sees every candidate."""
@@ -363,7 +279,7 @@ def test_rescore_forwards_the_candidates_whose_last_scores_were_highest(
         == 0
     )
     run = build_run(cfg)
-    assert (run.n_prefiltered, run.n_rescored) == (64, 32)
+    assert run.n_rescored == 32
     sizes: list[int] = []
     run.model.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
     scored: list[torch.Tensor] = []

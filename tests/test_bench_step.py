@@ -26,7 +26,7 @@ def test_bench_step_runs_the_real_train_step(monkeypatch: pytest.MonkeyPatch):
         model="small_cnn", classes=10, size=28, channels=1, n_train=200, n_candidates=32,
         n_selected=8, n_samples=8, methods="uniform,bayesian", device="cpu", steps=2, warmup=1,
         compile=False, independent_noise=False, candidate_precision="bf16", nchw=False,
-        prefilter=1.0, rescore=1.0, profile=True,
+        rescore=1.0, profile=True,
     )  # fmt: skip
     out = bench_step.bench(args)
     results = out["ms"]

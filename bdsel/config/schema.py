@@ -149,9 +149,6 @@ class SelectConfig:
     candidate_precision: Literal["bf16", "fp32", "auto"] = "auto"
     warmup_epochs: int = 0  # uniform picks before selection starts
     anneal: float = 0.0  # fraction of the final epochs on uniform picks (InfoBatch's annealing)
-    # A free first stage: keep this fraction of the candidates, those whose observed label
-    # the cached predictor finds most plausible, before the candidate forward (1: off).
-    prefilter: float = 1.0
     # Forward (and score) only this fraction of the candidates each step: those whose score
     # at their last visit was highest; every candidate in the first selecting epoch (1: off).
     rescore: float = 1.0
@@ -162,7 +159,6 @@ class SelectConfig:
         "n_candidates": (at_least(1), POSITIVE_INT),
         "n_selected": (at_least(1), POSITIVE_INT),
         "warmup_epochs": (at_least(0), "an int >= 0"),
-        "prefilter": (within(0, 1, low_open=True), "a fraction in (0, 1]"),
         "rescore": (within(0, 1, low_open=True), "a fraction in (0, 1]"),
         "anneal": (within(0, 1, high_open=True), "a fraction of the epochs in [0, 1)"),
     }  # fmt: skip

@@ -7,7 +7,6 @@ from bdsel.selection.base import (
     Selection,
     Selector,
     SelectorContext,
-    prefilter,
     shortlist,
     top_k_positions,
 )
@@ -28,7 +27,6 @@ __all__ = [
     "SelectorContext",
     "create_selector",
     "list_selectors",
-    "prefilter",
     "register_selector",
     "selector_class",
     "selector_from_config",

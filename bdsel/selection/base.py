@@ -176,17 +176,6 @@ class Selector:
         """What the method learns from the trained points (nothing by default)."""
 
     @classmethod
-    def has_plausibility(cls) -> bool:
-        """Whether the method has a cached score to prefilter with (overrides plausibility)."""
-        return cls.plausibility is not Selector.plausibility
-
-    def plausibility(self, candidates: Candidates) -> torch.Tensor | None:
-        """A cached, free score of how plausible each candidate's observed label is, float
-        [n_B] (higher: more plausible), for ``select.prefilter``; None when the method has
-        none or is not selecting (warm-up)."""
-        return None
-
-    @classmethod
     def keeps_scores(cls) -> bool:
         """Whether the method remembers its candidates' scores (overrides last_scores)."""
         return cls.last_scores is not Selector.last_scores
@@ -271,36 +260,6 @@ def _need(ok: bool, name: str, expected: str, value: Any) -> None:
             else type(value).__name__
         )
         raise ValueError(f"{name}: expected {expected}, got {got}")
-
-
-def prefilter(
-    candidates: Candidates, plausibility: torch.Tensor, keep: int, n_classes: int
-) -> Candidates:
-    """The ``keep`` candidates with the most plausible labels *within their observed class*,
-    as a smaller candidate batch.
-
-    Ranking by plausibility across classes starves the classes the predictor is unsure of
-    (on the offline default it kept almost no shirts, and lost accuracy:
-    docs/results/offline/prefilter_partial/).
-    Here each candidate's rank is a quantile among the batch's candidates of its own
-    observed label, so every class keeps about the same share and a mislabeled point, which
-    its observed class's genuine members outrank, is still the first to go.
-    """
-    return candidates.take(
-        top_k_positions(-class_quantile(plausibility, candidates.labels, n_classes), keep)
-    )
-
-
-def class_quantile(scores: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """Per point, (rank - 1/2) / count among the points with its label, rank 1 the highest
-    score: float [n] in (0, 1). Fixed shapes, no host sync."""
-    order = torch.argsort(scores.float(), descending=True, stable=True)
-    onehot = torch.nn.functional.one_hot(labels[order], n_classes)
-    rank_sorted = onehot.cumsum(0).gather(1, labels[order, None]).squeeze(1)  # 1-based
-    rank = torch.empty_like(rank_sorted)
-    rank[order] = rank_sorted
-    count = onehot.sum(0)[labels]
-    return (rank.float() - 0.5) / count.float()
 
 
 def shortlist(candidates: Candidates, last_scores: torch.Tensor, keep: int) -> Candidates:

@@ -199,12 +199,6 @@ class Bayesian(WarmupSelector):
             return None
         return self._last[indices.to(self._last.device)].to(indices.device)
 
-    def plausibility(self, candidates: Candidates) -> torch.Tensor | None:
-        """The zero-shot log-prob of the observed label: the score's free, cached term."""
-        if self.uniform_epoch:
-            return None
-        return self.table.label_logprob(candidates.indices, candidates.labels).float()
-
     def _observe(
         self,
         indices: torch.Tensor,

@@ -119,7 +119,7 @@ class GradNormIS(GradNorm):
 class UsesIrreducibleLoss(ScoreSelector):
     """A method with the IL model's log-probs, ``il_logprobs`` [N, C] by global index (a
     :class:`~bdsel.table.ZeroShotTable` or a tensor, at T = 1, or the observed labels'
-    :class:`~bdsel.table.LabelColumn`); they make its prefilter."""
+    :class:`~bdsel.table.LabelColumn`)."""
 
     requires = ("il_logprobs",)
 
@@ -138,9 +138,6 @@ class UsesIrreducibleLoss(ScoreSelector):
         )
         self.il_logprobs = as_lookup(il_logprobs, "il_logprobs")
         self.n_rows, self.n_classes = self.il_logprobs.n_rows, self.il_logprobs.n_classes
-
-    def plausibility(self, candidates: Candidates) -> torch.Tensor | None:
-        return None if self.uniform_epoch else -il_loss(self.il_logprobs, candidates)
 
 
 @register_selector("irreducible_loss")
