@@ -1,10 +1,11 @@
 """A run's Config, its owned sections resolved through the registries that own them.
 
-``select`` and ``zeroshot`` hold, beside their own keys, the settings of what they name:
-``select.alpha`` is the ``bayesian`` method's, ``zeroshot.folds`` the ``probe`` predictor's.
-Each method and predictor declares them as its class's ``Settings`` (a dataclass with its
-ranges beside the fields, next to the class), so adding a setting is one field there. The
-config package below cannot import the registries; this module, above both, can.
+``data``, ``select`` and ``zeroshot`` hold, beside their own keys, the settings of what they
+name: ``data.train_list`` is the ``imagefolder`` dataset's, ``select.alpha`` the ``bayesian``
+method's, ``zeroshot.folds`` the ``probe`` predictor's. Each declares them as a ``Settings``
+dataclass beside its class or loader, with its ranges beside the fields, so adding a setting
+is one field there. The config package below cannot import the registries; this module,
+above both, can.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from bdsel.selection import list_selectors, selector_class
 
 
 def settings_of(section: str, name: str) -> type | None:
-    """The ``Settings`` class of the method (``section="select"``) or predictor
-    (``"zeroshot"``) ``name``; None for one without settings of its own."""
+    """The ``Settings`` class of the dataset (``section="data"``), method (``"select"``) or
+    predictor (``"zeroshot"``) ``name``; None for one without settings of its own; an
+    unknown name is a ConfigError naming the key and the valid names."""
     key, what, valid = {
         "data": ("data.name", "dataset", list_datasets),
         "select": ("select.method", "method", list_selectors),
@@ -49,7 +51,7 @@ def load_config(
 
 
 def _whose(message: str) -> str:
-    """For an unknown key that is another method's or predictor's own: whose it is."""
+    """For an unknown key that is another dataset's, method's or predictor's own: whose it is."""
     key = message.removeprefix("unknown key ").split(";")[0].split(" ")[0]
     section, _, name = key.partition(".")
     if not message.startswith("unknown key ") or section not in OWNED or "." in name:
@@ -69,8 +71,8 @@ def _field_names(cls: type) -> set[str]:
 
 
 def owned_settings() -> dict[str, dict[str, type]]:
-    """Every registered method's and predictor's ``Settings`` (none for one without), by
-    section: what ``bdsel.config.reference`` lists beside the Config's own keys."""
+    """Every registered dataset's, method's and predictor's ``Settings`` (none for one
+    without), by section: what ``bdsel.config.reference`` lists beside the Config's own keys."""
     return {
         "data": {n: c for n in list_datasets() if (c := settings_of("data", n))},
         "select": {n: c for n in list_selectors() if (c := settings_of("select", n))},
@@ -79,8 +81,8 @@ def owned_settings() -> dict[str, dict[str, type]]:
 
 
 def defaults_like(config: Config) -> dict[str, Any]:
-    """The defaults as config.yaml would hold them, with ``config``'s method's and
-    predictor's own settings (at their defaults) in place of the default owners': what a
+    """The defaults as config.yaml would hold them, with the own settings of ``config``'s
+    dataset, method and predictor (at their defaults) in place of the default owners': what a
     config's changes are measured against (the owner keys themselves at their defaults)."""
     default = Config()
     owners = {s: {key: config.get(f"{s}.{key}")} for s, key in OWNED.items()}
