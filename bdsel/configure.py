@@ -1,7 +1,8 @@
 """A run's Config, its owned sections resolved through the registries that own them.
 
-``data``, ``select`` and ``zeroshot`` hold, beside their own keys, the settings of what they
-name: ``data.train_list`` is the ``imagefolder`` dataset's, ``select.alpha`` the ``bayesian``
+``data``, ``train``, ``select`` and ``zeroshot`` hold, beside their own keys, the settings of
+what they name: ``data.train_list`` is the ``imagefolder`` dataset's, ``train.step_gamma``
+the ``step`` schedule's, ``select.alpha`` the ``bayesian``
 method's, ``zeroshot.folds`` the ``probe`` predictor's. Each declares them as a ``Settings``
 dataclass beside its class or loader, with its ranges beside the fields, so adding a setting
 is one field there. The config package below cannot import the registries; this module,
@@ -11,19 +12,28 @@ above both, can.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any
 
-from bdsel.config import Config, ConfigError, build_config, merged_values
+from bdsel.config import Config, ConfigError, TrainConfig, build_config, merged_values
 from bdsel.config.schema import OWNED
 from bdsel.data import dataset_entry, list_datasets
+from bdsel.optim import SCHEDULE_SETTINGS
 from bdsel.predictors import list_predictors, predictor_entry
 from bdsel.selection import list_selectors, selector_class
 
 
 def settings_of(section: str, name: str) -> type | None:
-    """The ``Settings`` class of the dataset (``section="data"``), method (``"select"``) or
-    predictor (``"zeroshot"``) ``name``; None for one without settings of its own; an
+    """The ``Settings`` class of the dataset (``section="data"``), learning-rate schedule
+    (``"train"``), method (``"select"``) or predictor (``"zeroshot"``) ``name``; None for one without settings of its own; an
     unknown name is a ConfigError naming the key and the valid names."""
+    if section == "train":
+        schedules = typing.get_args(typing.get_type_hints(TrainConfig)["schedule"])
+        if name not in schedules:
+            raise ConfigError(
+                f"train.schedule: expected one of {', '.join(map(repr, schedules))}, got {name!r}"
+            )
+        return SCHEDULE_SETTINGS.get(name)
     key, what, valid = {
         "data": ("data.name", "dataset", list_datasets),
         "select": ("select.method", "method", list_selectors),
@@ -75,6 +85,7 @@ def owned_settings() -> dict[str, dict[str, type]]:
     without), by section: what ``bdsel.config.reference`` lists beside the Config's own keys."""
     return {
         "data": {n: c for n in list_datasets() if (c := settings_of("data", n))},
+        "train": dict(SCHEDULE_SETTINGS),
         "select": {n: c for n in list_selectors() if (c := settings_of("select", n))},
         "zeroshot": {n: c for n in list_predictors() if (c := settings_of("zeroshot", n))},
     }

@@ -4,12 +4,29 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from bdsel.config import TrainConfig
+from bdsel.config import TrainConfig, checks
+
+
+@dataclass
+class StepScheduleSettings:
+    """``train.*`` when train.schedule=step."""
+
+    step_milestones: list[int] = field(default_factory=list)  # epochs at which the rate drops
+    step_gamma: float = 0.1  # the factor at each milestone
+    RANGES: ClassVar[dict[str, checks.Range]] = {
+        "step_gamma": (checks.positive, "a positive factor (the lr is multiplied by it)"),
+        "step_milestones": (lambda v: all(m >= 0 for m in v), "epochs >= 0"),
+    }  # fmt: skip
+
+
+# train.schedule -> its own settings (none for a schedule without any)
+SCHEDULE_SETTINGS: dict[str, type] = {"step": StepScheduleSettings}
 
 
 def cosine_factor(step: int, total: int) -> float:
@@ -22,8 +39,9 @@ def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     if cfg.schedule == "cosine":
         return cosine_factor(step, cfg.epochs * steps_per_epoch)
     if cfg.schedule == "step":
-        passed = sum(step >= m * steps_per_epoch for m in cfg.step_milestones)
-        return cfg.step_gamma**passed
+        own = cfg.settings or StepScheduleSettings()
+        passed = sum(step >= m * steps_per_epoch for m in own.step_milestones)
+        return own.step_gamma**passed
     return 1.0
 
 

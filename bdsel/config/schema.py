@@ -1,9 +1,9 @@
 """The run configuration's settings: one dataclass per section, each setting's type and
 default on its field and its allowed range in the class's ``RANGES`` beside them.
 
-``data``, ``select`` and ``zeroshot`` are owned (``OWNED``): beside their own keys they hold
-the settings of the dataset, the method and the predictor they name, whose ``Settings``
-dataclass lives next to that class or loader (``bdsel.selection.bayesian.BayesianSettings``,
+``data``, ``train``, ``select`` and ``zeroshot`` are owned (``OWNED``): beside their own keys
+they hold the settings of the dataset, the learning-rate schedule, the method and the
+predictor they name, whose ``Settings`` dataclass lives next to that class or loader (``bdsel.selection.bayesian.BayesianSettings``,
 ...) and lands in the section's
 ``settings`` field; ``bdsel.configure.load_config`` finds it through the registries. Names of
 registered things are checked against their registries by ``bdsel.names.check_names``: this
@@ -106,8 +106,6 @@ class TrainConfig:
     weight_decay: float = 0.01  # decoupled (adamw) or L2 (sgd)
     momentum: float = 0.9  # sgd only
     schedule: Literal["none", "cosine", "step"] = "none"  # learning-rate schedule over the epochs
-    step_milestones: list[int] = field(default_factory=list)  # epochs, step schedule
-    step_gamma: float = 0.1  # step schedule: the factor at each milestone
     device: str = "auto"  # auto: cuda when available, else cpu
     # torch.compile of the model for the training step and the candidate forward. auto: on
     # CUDA only; on CPU it did not pay (docs/results/speed/).
@@ -124,14 +122,15 @@ class TrainConfig:
     # ``epochs``, and is evaluated there.
     # Methods then compare at equal seconds, not equal epochs. null: no budget.
     budget_s: float | None = None
+    # The schedule's own settings (train.schedule's, bdsel.optim.SCHEDULE_SETTINGS), set as
+    # train.<key> beside the keys above.
+    settings: Any = None
     RANGES: ClassVar[dict[str, Range]] = {
         "epochs": (at_least(1), POSITIVE_INT),
         "budget_s": (lambda v: v is None or v > 0, "null or a positive number of seconds"),
         "lr": (positive, POSITIVE_FLOAT),
         "weight_decay": (at_least(0), NON_NEGATIVE),
         "momentum": (within(0, 1, high_open=True), "a float in [0, 1)"),
-        "step_gamma": (positive, "a positive factor (the lr is multiplied by it)"),
-        "step_milestones": (lambda v: all(m >= 0 for m in v), "epochs >= 0"),
         "log_every": (at_least(1), POSITIVE_INT),
         "ema_decay": (within(0, 1, high_open=True), "a decay in [0, 1) (0: no EMA)"),
         "device": (is_device, DEVICE),
@@ -263,4 +262,4 @@ class Config:
 
 # An owned section: its key that names the owner -> the owner's ``Settings`` (a dataclass
 # with ``RANGES``, beside the owner's class) holds the rest of its keys.
-OWNED = {"data": "name", "select": "method", "zeroshot": "predictor"}
+OWNED = {"data": "name", "train": "schedule", "select": "method", "zeroshot": "predictor"}
