@@ -9,32 +9,27 @@ check runs where they are created: the CLI calls it right after loading a config
 from __future__ import annotations
 
 from bdsel.config import Config, ConfigError
-from bdsel.data import list_datasets
+from bdsel.config.schema import OWNED
+from bdsel.configure import settings_of
 from bdsel.models import list_models
-from bdsel.predictors import list_predictors
-from bdsel.selection import list_selectors
 
 
 def model_keys(config: Config) -> list[str]:
-    """The keys that name a registered model: ``model.name``, and those the method's and the
-    predictor's settings declare (their ``MODEL_FIELDS``)."""
+    """The keys that name a registered model: ``model.name``, and those the owners' settings
+    declare (their ``MODEL_FIELDS``: the proxy's, a trained predictor's)."""
     keys = ["model.name"]
-    for section in ("select", "zeroshot"):
+    for section in OWNED:
         own = getattr(config, section).settings
         keys += [f"{section}.{name}" for name in getattr(own, "MODEL_FIELDS", ())]
     return keys
 
 
 def check_names(config: Config) -> None:
-    """Raise ConfigError naming the key of the first unregistered name, and the valid ones."""
-
-    def need(key: str, what: str, valid: list[str]) -> None:
-        value = config.get(key)
-        if value not in valid:
-            raise ConfigError(f"{key}: unknown {what} {value!r}; valid: {', '.join(valid)}")
-
-    need("select.method", "method", list_selectors())
+    """Raise ConfigError naming the key of the first unregistered name, and the valid ones:
+    the owners' (dataset, schedule, method, predictor) as loading checks them, then models."""
+    for section, key in OWNED.items():
+        settings_of(section, config.get(f"{section}.{key}"))
+    valid = list_models()
     for key in model_keys(config):
-        need(key, "model", list_models())
-    need("data.name", "dataset", list_datasets())
-    need("zeroshot.predictor", "predictor", list_predictors())
+        if (value := config.get(key)) not in valid:
+            raise ConfigError(f"{key}: unknown model {value!r}; valid: {', '.join(valid)}")
