@@ -40,8 +40,8 @@ def measure(overrides: tuple[str, ...], channel: str) -> dict[str, float]:
     p = config.zeroshot.settings
     t0 = time.perf_counter()
     fit = crossfit_probe(pixel_features(dataset, "train", rows), observed, dataset.n_classes,
-                         folds=p.folds, epochs=p.epochs, lr=p.lr, weight_decay=p.weight_decay,
-                         batch_size=p.batch_size, channel=channel, seed=config.seed)  # fmt: skip
+                         folds=p.folds, epochs=p.epochs, channel=channel,
+                         seed=config.seed)  # fmt: skip
     noise_fit = fit_label_noise(fit.logprobs, observed)
     seconds = time.perf_counter() - t0
     lp = torch.log_softmax(fit.logprobs.double() / noise_fit.temperature, dim=1)

@@ -71,7 +71,7 @@ def _tiny_clip(tmp_path: Path) -> dict:
 TINY_PREDICTOR = {
     "holdout": lambda tmp_path: {"epochs": 1, "batch_size": 32},
     "crossfit": lambda tmp_path: {"epochs": 1, "batch_size": 32},
-    "probe": lambda tmp_path: {"epochs": 1, "batch_size": 32},
+    "probe": lambda tmp_path: {"epochs": 1},
     "clip": _tiny_clip,
 }
 
