@@ -7,7 +7,7 @@ already comes with open_clip): parameters and BN buffers averaged with foreach o
 decay warm-up computed on the host from the step count, so an update never syncs the host.
 
 Batch-norm running statistics of a selecting run come from the selected batches only, a
-biased sample (hard, clean-looking points). ``eval.bn: recalibrate`` re-estimates them
+biased sample (hard, clean-looking points). ``eval.bn_samples`` (> 0) re-estimates them
 before each evaluation on a fixed, uniformly drawn sample of the training subset, on a copy
 of the evaluated model, so evaluation never changes what training sees.
 """
@@ -185,7 +185,8 @@ BN_SAMPLE = 3
 
 class Evaluator:
     """The metrics of one evaluation: which model (``eval.model``), which BN statistics
-    (``eval.bn``), on which split (``eval.split``).
+    (``eval.bn_samples``: recalibrated on that many training points, or 0: the running ones),
+    on which split (``eval.split``).
 
     A record holds ``<split>_acc``/``<split>_loss`` of the evaluated model, and
     ``<split>_acc_online`` and (EMA on) ``<split>_acc_ema`` with the same BN statistics
@@ -226,7 +227,8 @@ class Evaluator:
         return evaluate(prepared, self.source, self.labels, bs, split=self.split, rows=self.rows)
 
     def __call__(self, online: nn.Module, ema: WeightEMA | None) -> dict[str, float]:
-        p, bn = self.prefix, self.config.eval.bn
+        p = self.prefix
+        bn = "recalibrate" if self.config.eval.bn_samples > 0 else "running"
         models = {"online": online, "ema": ema.module if ema is not None else None}
         done: dict[tuple[str, str], tuple[float, float]] = {}
 

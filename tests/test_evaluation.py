@@ -136,9 +136,9 @@ def _records(run_dir: Path) -> list[dict]:
 
 
 def test_online_evaluation_is_unchanged_by_the_ema(tmp_path: Path, tiny_config_values: dict):
-    """eval.model=online with running BN statistics gives the numbers of a run without EMA:
+    """eval.model=online with running BN statistics (eval.bn_samples=0) gives the numbers of a run without EMA:
     the EMA and its evaluation take nothing from training's random streams or weights."""
-    values = dict(tiny_config_values, eval={"batch_size": 128, "model": "online", "bn": "running"})
+    values = dict(tiny_config_values, eval={"batch_size": 128, "model": "online", "bn_samples": 0})
     with_ema = train(load_config(values=values), tmp_path / "ema")
     values["train"] = dict(values["train"], ema_decay=0.0)
     without = train(load_config(values=values), tmp_path / "plain")
@@ -156,7 +156,7 @@ def test_online_evaluation_is_unchanged_by_the_ema(tmp_path: Path, tiny_config_v
 
 def test_records_carry_the_ema_and_the_online_weights(tmp_path: Path, tiny_config_values: dict):
     values = dict(tiny_config_values)
-    values["eval"] = {"batch_size": 128, "bn": "recalibrate", "bn_samples": 200}
+    values["eval"] = {"batch_size": 128, "bn_samples": 200}
     summary = train(load_config(values=values), tmp_path / "run")
     last = _records(tmp_path / "run")[-1]
     assert last["test_acc"] == last["test_acc_ema"]

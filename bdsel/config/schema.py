@@ -207,12 +207,11 @@ class EvalConfig:
     # Also evaluate the other weights (the online ones beside the EMA's), recorded as
     # <split>_acc_online / <split>_acc_ema; false halves the cost of an evaluation.
     other_weights: bool = True
-    # BN statistics at evaluation: the evaluated model's running ones, or re-estimated on a
-    # fixed uniform sample of bn_samples training points before each evaluation.
-    bn: Literal["running", "recalibrate"] = "recalibrate"
-    bn_samples: int = 6400  # bn=recalibrate: training points for BN
+    # BN statistics at evaluation: re-estimated on a fixed uniform sample of this many training
+    # points before each evaluation; 0: the evaluated model's running ones.
+    bn_samples: int = 6400
     RANGES: ClassVar[dict[str, Range]] = {
-        "bn_samples": (at_least(1), POSITIVE_INT),
+        "bn_samples": (at_least(0), "an int >= 0 (0: the running statistics)"),
         "every": (at_least(1), POSITIVE_INT),
         "batch_size": (at_least(1), POSITIVE_INT),
     }  # fmt: skip
