@@ -74,7 +74,7 @@ def build_run(config: Config, dataset: Dataset | None = None, world: World | Non
     """Load data, derive the run's splits, build model, selector and optimizer."""
     check_names(config)
     world = world or World()
-    device = resolve_device(config.train.device)
+    device = resolve_device(config.device)
     if device.type == "cuda" and world.distributed:
         device = torch.device("cuda", world.local_rank)
     torch.manual_seed(config.seed)

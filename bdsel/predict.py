@@ -123,7 +123,7 @@ def omitted_settings(config: Config) -> list[str]:
 
 
 def predictor_device(config: Config, world: World) -> torch.device:
-    device = resolve_device(config.zeroshot.device, "zeroshot.device")
+    device = resolve_device(config.device)
     if device.type == "cuda" and world.distributed:
         return torch.device("cuda", world.local_rank)
     return device
@@ -154,7 +154,7 @@ def cache_zeroshot(
     one file (``bdsel.predictors.sharded``); every rank returns rank 0's summary.
     """
     check_names(config)
-    world = init_world(config.zeroshot.device)
+    world = init_world(config.device)
     out = Path(out) if out is not None else default_cache_path(config)
     check_cache_path(out)
     lock = _lock_cache(out, world)

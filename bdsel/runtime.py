@@ -78,7 +78,7 @@ class RowsBar:
         self.bar.update(self.task, description=f"zero-shot {split}", advance=n)
 
 
-def resolve_device(name: str, key: str = "train.device") -> torch.device:
+def resolve_device(name: str, key: str = "device") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -120,7 +120,7 @@ def train(
         if (damage := RunDir(run_dir).finished_damage(config, epochs)) is not None:
             log.warning(damage)
         return finished  # a finished run is never rewritten
-    world = init_world(config.train.device)
+    world = init_world(config.device)
     run = build_run(config, dataset, world)
     with _locked_rundir(Path(run_dir), config, mode, world) as rundir:
         return _train(run, rundir, mode, world, on_epoch, progress)

@@ -191,7 +191,6 @@ def test_clip_cache_from_local_checkpoint_through_cli(bayes_values: dict, tmp_pa
         "pretrained": str(checkpoint),
         "cache": str(tmp_path / "clip.h5"),
         "eval_batch_size": 100,
-        "device": "cpu",
     }
     cfg_path = tmp_path / "clip.yaml"
     cfg_path.write_text(yaml.safe_dump(values))

@@ -67,8 +67,8 @@ def test_every_bad_input_is_one_line_and_exit_2(
     train = ["train", "-c", str(cfg_path), "--run-dir", str(tmp_path / "r")]
     cache = ["cache-zeroshot", "-c", str(cfg_path)]
     catalogue = [
-        ([*train, "--set", "train.device=tpu"], "train.device"),
-        ([*train, "--set", "train.device=cuda"], "CUDA is not available"),
+        ([*train, "--set", "device=tpu"], "device: expected auto"),
+        ([*train, "--set", "device=cuda"], "CUDA is not available"),
         ([*train, "--set", "train.lr=.inf"], "train.lr: expected a finite number"),
         ([*train, "--set", "train.weight_decay=.inf"], "train.weight_decay"),
         ([*train, "--set", "train.step_gamma=-5"], "train.step_gamma"),
@@ -96,7 +96,7 @@ def test_every_bad_input_is_one_line_and_exit_2(
             [*cache, "--set", "zeroshot.predictor=clip", "--out", str(tmp_path / "c.h5")],
             "weights are not available offline",
         ),  # fmt: skip
-        ([*cache, "--set", "zeroshot.device=tpu"], "zeroshot.device"),
+        ([*cache, "--set", "device=tpu"], "device: expected auto"),
     ]
     for args, fragment in catalogue:
         result = runner.invoke(app, args)

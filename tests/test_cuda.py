@@ -22,14 +22,13 @@ runner = CliRunner()
 
 def cuda_values(tiny_config_values: dict, tmp_path: Path, method: str) -> dict:
     values = dict(tiny_config_values)
-    values["train"] = dict(values["train"], device="cuda")
+    values["device"] = "cuda"
     values["select"] = dict(values["select"], method=method)
     if method == "bayesian":
         values["select"]["n_samples"] = 32
     values["zeroshot"] = {
         "predictor": "holdout",
         "cache": str(tmp_path / "zs.h5"),
-        "device": "cuda",
         "epochs": 2,
         "batch_size": 64,
     }

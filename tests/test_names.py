@@ -64,7 +64,7 @@ TINY_DATA = {
 def _tiny_clip(tmp_path: Path) -> dict:
     """A one-layer open_clip architecture file and a random-init local checkpoint: no download."""
     arch, checkpoint = write_tiny_clip(tmp_path, "bdsel-registry-tiny-clip", patch_size=16)
-    return {"model": str(arch), "pretrained": str(checkpoint), "device": "cpu"}
+    return {"model": str(arch), "pretrained": str(checkpoint)}
 
 
 # Each registered predictor's zeroshot.* settings for a tiny, offline run.

@@ -106,7 +106,6 @@ class TrainConfig:
     weight_decay: float = 0.01  # decoupled (adamw) or L2 (sgd)
     momentum: float = 0.9  # sgd only
     schedule: Literal["none", "cosine", "step"] = "none"  # learning-rate schedule over the epochs
-    device: str = "auto"  # auto: cuda when available, else cpu
     # torch.compile of the model for the training step and the candidate forward. auto: on
     # CUDA only; on CPU it did not pay (docs/results/speed/).
     compile: bool | Literal["auto"] = "auto"
@@ -133,7 +132,6 @@ class TrainConfig:
         "momentum": (within(0, 1, high_open=True), "a float in [0, 1)"),
         "log_every": (at_least(1), POSITIVE_INT),
         "ema_decay": (within(0, 1, high_open=True), "a decay in [0, 1) (0: no EMA)"),
-        "device": (is_device, DEVICE),
     }  # fmt: skip
 
 
@@ -181,7 +179,6 @@ class ZeroshotConfig:
     # Inference batch size of the predictor (clip, a trained predictor's predictions, the
     # probe's features); a predictor that trains has its own training batch_size.
     eval_batch_size: int = 256
-    device: str = "auto"  # auto: cuda when available, else cpu
     # train: use a cache whose stored predictor settings differ from these (bdsel train
     # --accept-cache-mismatch); recorded here so that the run directory says so.
     accept_mismatch: bool = False
@@ -191,7 +188,6 @@ class ZeroshotConfig:
     RANGES: ClassVar[dict[str, Range]] = {
         "temperature": (lambda v: v == "auto" or v > 0, "auto or a positive float"),
         "eval_batch_size": (at_least(1), POSITIVE_INT),
-        "device": (is_device, DEVICE),
     }  # fmt: skip
 
 
@@ -230,6 +226,7 @@ class ReportConfig:
 class Config:
     seed: int = 0  # model init, candidate order, augmentation, selection
     name: str | None = None  # run name; default <config>-<method>-s<seed>
+    device: str = "auto"  # training's and the predictor's; auto: cuda when available, else cpu
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -239,6 +236,7 @@ class Config:
     report: ReportConfig = field(default_factory=ReportConfig)
     RANGES: ClassVar[dict[str, Range]] = {
         "seed": (at_least(0), "an int >= 0 (it also seeds the split unless data.split_seed)"),
+        "device": (is_device, DEVICE),
     }  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
