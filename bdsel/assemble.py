@@ -105,7 +105,6 @@ def build_run(config: Config, dataset: Dataset | None = None, world: World | Non
         device,
         augment=config.data.augment,
         channels_last=True,
-        num_workers=config.data.num_workers,
     )
     model = create_model(
         config.model.name,

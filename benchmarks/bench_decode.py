@@ -42,7 +42,7 @@ def write_folder(root: Path, n_train: int, n_test: int, size: int, seed: int = 0
 def decoding_rate(config, n_images: int) -> float:
     """Images per second the training source decodes (augmented), nothing else running."""
     ds = load_dataset(config.data)
-    source = make_image_source(ds, torch.device("cpu"), num_workers=config.data.num_workers)
+    source = make_image_source(ds, torch.device("cpu"))
     order = torch.arange(n_images)
     g = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()

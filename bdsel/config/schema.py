@@ -79,7 +79,6 @@ class DataConfig:
     imbalance: ImbalanceConfig = field(default_factory=ImbalanceConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
     augment: bool = True  # random crops and flips where the dataset has them
-    num_workers: int = 4  # DataLoader workers for data read from image files (imagefolder)
     # The dataset's own settings (data.name's ``Settings``, beside its loader), set as
     # data.<key> beside the keys above.
     settings: Any = None
@@ -88,7 +87,6 @@ class DataConfig:
         "train_fraction": (within(0, 1, low_open=True), "a fraction in (0, 1]"),
         "holdout_fraction": (within(0, 1, high_open=True), "a fraction in [0, 1)"),
         "validation_fraction": (within(0, 1, high_open=True), "a fraction in [0, 1)"),
-        "num_workers": (at_least(0), "an int >= 0"),
     }  # fmt: skip
 
 

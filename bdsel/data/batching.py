@@ -129,8 +129,9 @@ class FolderImages:
         *,
         augment: bool = True,
         channels_last: bool = False,
-        num_workers: int = 4,
+        num_workers: int | None = None,
     ) -> None:
+        """``num_workers``: DataLoader workers that decode (None: the dataset's own)."""
         from torchvision import transforms as T
 
         size = dataset.image_size
@@ -149,7 +150,7 @@ class FolderImages:
             ("train", False): _FileDataset(dataset.train, eval_tf),
             ("test", False): _FileDataset(dataset.test, eval_tf),
         }
-        self.num_workers = num_workers
+        self.num_workers = dataset.num_workers if num_workers is None else num_workers
         self.channels_last = channels_last
         self.decoded = 0  # images decoded so far: what a step's data costs
 
@@ -262,7 +263,7 @@ def make_image_source(
     *,
     augment: bool = True,
     channels_last: bool = False,
-    num_workers: int = 4,
+    num_workers: int | None = None,
 ) -> ImageSource:
     if dataset.in_memory:
         return TensorImages(dataset, device, augment=augment, channels_last=channels_last)

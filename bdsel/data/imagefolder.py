@@ -61,7 +61,11 @@ class ImageFolderSettings:
     train_list: str | None = None  # "relative/path label" lines (WebVision style)
     test_list: str | None = None  # the test split's lines
     image_size: int = 224  # crop size
-    RANGES: ClassVar[dict[str, checks.Range]] = {"image_size": (checks.positive, "a positive int")}
+    num_workers: int = 4  # DataLoader workers that decode the images
+    RANGES: ClassVar[dict[str, checks.Range]] = {
+        "image_size": (checks.positive, "a positive int"),
+        "num_workers": (checks.at_least(0), "an int >= 0"),
+    }  # fmt: skip
 
 
 @register_dataset("imagefolder", settings=ImageFolderSettings)
@@ -103,4 +107,5 @@ def load_imagefolder(cfg: DataConfig) -> Dataset:
         image_size=own.image_size,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
+        num_workers=own.num_workers,
     )

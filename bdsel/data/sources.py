@@ -47,6 +47,7 @@ class Dataset:
     std: tuple[float, ...]
     crop_padding: int = 0  # device augmentation: random crop with this padding
     flip: bool = False  # device augmentation: random horizontal flip
+    num_workers: int = 0  # DataLoader workers that decode a file-backed dataset's images
 
     @property
     def n_classes(self) -> int:

@@ -100,8 +100,7 @@ class FeatureExtractor:
             )
         model = create_model(p.backbone, n_classes=ds.n_classes, in_channels=ds.in_channels,
                              weights=p.weights).to(self.device).eval()  # fmt: skip
-        source = make_image_source(ds, self.device, augment=False,
-                                   num_workers=config.data.num_workers)  # fmt: skip
+        source = make_image_source(ds, self.device, augment=False)
         self._spec |= {"backbone": p.backbone, "weights_sha256": file_sha256(p.weights)}
 
         def encode(split: str, rows: torch.Tensor) -> torch.Tensor:

@@ -64,9 +64,7 @@ def split_calibration(
 
 def training_source(config: Config, data: RunData, device: torch.device) -> ImageSource:
     """The image source a predictor that trains bdsel models reads (augmented as the run's)."""
-    return make_image_source(
-        data.dataset, device, augment=config.data.augment, num_workers=config.data.num_workers
-    )
+    return make_image_source(data.dataset, device, augment=config.data.augment)
 
 
 def weights_sha256(state_dicts: list[dict[str, torch.Tensor]]) -> str:
