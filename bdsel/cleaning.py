@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bdsel.config import Config
 from bdsel.data import RunData
-from bdsel.data.label_issues import cleaning_stats, find_label_issues
+from bdsel.data.label_issues import FILTER_BY, cleaning_stats, find_label_issues
 
 
 def clean_run_data(config: Config, data: RunData) -> RunData:
@@ -51,7 +51,7 @@ def clean_run_data(config: Config, data: RunData) -> RunData:
     check_split(path, spec, config, data)
     idx = data.train_idx
     probs = load_zs_logprobs(path, data.dataset)[idx].double().exp()
-    flagged = find_label_issues(data.observed[idx], probs, clean.filter_by)
+    flagged = find_label_issues(data.observed[idx], probs)
     stats = cleaning_stats(flagged, data.noisy[idx])
-    stats.update(cache=str(path), filter_by=clean.filter_by)
+    stats.update(cache=str(path), filter_by=FILTER_BY)
     return replace(data, train_idx=idx[~flagged], cleaning=stats)

@@ -102,7 +102,7 @@ def cleaning_seconds(rate: float) -> float:
     import cleanlab.filter  # noqa: F401  (its import is not the cleaning's cost)
 
     t0 = time.perf_counter()
-    find_label_issues(data.observed[data.train_idx], probs, config.data.clean.filter_by)
+    find_label_issues(data.observed[data.train_idx], probs)
     return time.perf_counter() - t0
 
 

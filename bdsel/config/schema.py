@@ -43,26 +43,17 @@ class NoiseConfig:
 class ImbalanceConfig:
     # Exponential long tail: class c keeps n_max * ratio ** (-c / (C - 1)) points; 1 = balanced.
     ratio: float = 1.0
-
-    # cleanlab.filter.find_label_issues's filter_by choices (cleanlab's default first)
     RANGES: ClassVar[dict[str, Range]] = {
         "ratio": (at_least(1), "a max/min class-size ratio >= 1"),
     }  # fmt: skip
 
 
-FilterBy = Literal[
-    "prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given",
-    "low_normalized_margin", "low_self_confidence",
-]  # fmt: skip
-
-
 @dataclass
 class CleanConfig:
-    # Clean-then-train: a crossfit cache (out-of-fold probabilities of models that never saw
-    # each row) whose flagged label issues (cleanlab's find_label_issues) are dropped from
-    # the train subset before any method trains. null: no cleaning.
+    # Clean-then-train: a crossfit or probe cache (out-of-fold probabilities of models that
+    # never saw each row) whose flagged label issues (cleanlab's find_label_issues, its default
+    # filter_by) are dropped from the train subset before any method trains. null: no cleaning.
     cache: str | None = None
-    filter_by: FilterBy = "prune_by_noise_rate"  # cleanlab's filter_by
 
 
 @dataclass
@@ -99,10 +90,9 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 20  # at most; train.budget_s may stop it sooner
-    optimizer: Literal["adamw", "sgd"] = "adamw"  # AdamW by default (paper)
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # AdamW (paper) or SGD with momentum 0.9
     lr: float = 1e-3  # peak learning rate
     weight_decay: float = 0.01  # decoupled (adamw) or L2 (sgd)
-    momentum: float = 0.9  # sgd only
     schedule: Literal["none", "cosine", "step"] = "none"  # learning-rate schedule over the epochs
     # torch.compile of the model for the training step and the candidate forward. auto: on
     # CUDA only; on CPU it did not pay (docs/results/speed/).
@@ -127,7 +117,6 @@ class TrainConfig:
         "budget_s": (lambda v: v is None or v > 0, "null or a positive number of seconds"),
         "lr": (positive, POSITIVE_FLOAT),
         "weight_decay": (at_least(0), NON_NEGATIVE),
-        "momentum": (within(0, 1, high_open=True), "a float in [0, 1)"),
         "log_every": (at_least(1), POSITIVE_INT),
         "ema_decay": (within(0, 1, high_open=True), "a decay in [0, 1) (0: no EMA)"),
     }  # fmt: skip

@@ -10,8 +10,12 @@ from typing import Any
 import numpy as np
 import torch
 
+FILTER_BY = "prune_by_noise_rate"  # cleanlab's default, what clean-then-train uses
 
-def find_label_issues(labels: torch.Tensor, probs: torch.Tensor, filter_by: str) -> torch.Tensor:
+
+def find_label_issues(
+    labels: torch.Tensor, probs: torch.Tensor, filter_by: str = FILTER_BY
+) -> torch.Tensor:
     """bool [n]: cleanlab's verdict on each (observed label, out-of-fold probabilities [n, C])."""
     from cleanlab.filter import find_label_issues as cleanlab_find
 
