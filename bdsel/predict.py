@@ -294,7 +294,7 @@ def load_lookups(
     info = read_cache_info(path)
     _check_cache_spec(path, info.get("predictor", {}), names, config, data)
     zs_temperature = config.zeroshot.temperature
-    if zs_temperature == "auto" and "zs_logprobs" in names:
+    if zs_temperature in ("auto", "plain") and "zs_logprobs" in names:
         zs_temperature = _auto_temperature(path, info, config)
     out = {}
     for name in names:
@@ -365,12 +365,13 @@ def _check_cache_spec(
 
 
 def _auto_temperature(path: Path, info: dict[str, Any], config: Config) -> float:
-    """zeroshot.temperature=auto: the cache's fitted T (with the labels' noise, where the
-    predictor calibrates on observed labels and the cache holds that fit)."""
+    """zeroshot.temperature=auto or plain: the cache's fitted T (auto: with the labels' noise,
+    where the predictor calibrates on observed labels and the cache holds that fit)."""
     observed = calibrates_on_observed_labels(predictor_entry(config.zeroshot.predictor).cls)
-    if config.zeroshot.calibrate_noise and observed and info.get("temperature_denoised") is None:
+    with_noise = config.zeroshot.temperature == "auto"
+    if with_noise and observed and info.get("temperature_denoised") is None:
         raise CacheError(
             f"{path} holds no temperature fitted with the labels' noise: remake it with bdsel "
-            "cache-zeroshot --overwrite, or set zeroshot.calibrate_noise=false"
+            "cache-zeroshot --overwrite, or set zeroshot.temperature=plain"
         )
-    return auto_temperature(info, config.zeroshot.calibrate_noise, path)
+    return auto_temperature(info, with_noise, path)

@@ -93,19 +93,18 @@ class ZeroShotTable:
         path: str | Path,
         *,
         temperature: float | str = "auto",
-        calibrate_noise: bool = True,
         split: str = "train",
         labels: torch.Tensor | None = None,
         device: torch.device | str | None = None,
     ) -> ZeroShotTable:
         """The ``split`` rows of a zero-shot cache file. ``temperature="auto"``: the one
-        fitted when the cache was made (with ``calibrate_noise``, the fit with the labels'
-        noise where the cache has one: see docs/predictors.md). ``labels`` [N], if given,
+        fitted when the cache was made (the fit with the labels' noise where the cache has one:
+        see docs/predictors.md); ``"plain"``: the fit without it; or a number. ``labels`` [N], if given,
         are checked against the labels the cache was made with."""
         from bdsel.cache.format import auto_temperature, load_zs_logprobs, read_cache_info
 
-        if temperature == "auto":
-            temperature = auto_temperature(read_cache_info(path), calibrate_noise, path)
+        if temperature in ("auto", "plain"):
+            temperature = auto_temperature(read_cache_info(path), temperature == "auto", path)
         logprobs = load_zs_logprobs(path, None, split=split, labels=labels)
         table = cls(logprobs, float(temperature))
         return table.to(device) if device is not None else table

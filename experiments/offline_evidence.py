@@ -144,7 +144,8 @@ def label(values: list[str]) -> str:
     method = next(v.split("=")[1] for v in values if v.startswith("select.method="))
     if method in ("bayesian", "rho_loss", "irreducible_loss"):
         predictor = "crossfit" if CROSSFIT[0] in values else "holdout"
-        t = [v.split("=")[1] for v in values if v.startswith("zeroshot.temperature=")]
+        t = [v.split("=")[1] for v in values
+             if v.startswith("zeroshot.temperature=") and v not in PLAIN_T]  # fmt: skip
         if t:
             predictor += f", T={t[0]}"
         elif predictor == "crossfit":

@@ -25,8 +25,8 @@ EMA_ONLY = ["eval.other_weights=false"]
 CROSSFIT = ["zeroshot.predictor=crossfit"]
 
 # The runs made before bdsel fitted the crossfit temperature with the labels' noise
-# (zeroshot.calibrate_noise, the default since): T fitted to the observed labels as they are.
-PLAIN_T = ["zeroshot.calibrate_noise=false"]
+# (zeroshot.temperature=auto, the default since): T fitted to the observed labels as they are.
+PLAIN_T = ["zeroshot.temperature=plain"]
 
 
 @dataclass(frozen=True)

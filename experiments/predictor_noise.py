@@ -31,7 +31,7 @@ QUANTILES = (0.1, 0.5, 0.9)
 CROSSFIT = "zeroshot.predictor=crossfit,select.method=bayesian"
 SETTINGS = {
     "holdout (fitted T)": "zeroshot.predictor=holdout,select.method=bayesian",
-    "crossfit (plain T)": f"{CROSSFIT},zeroshot.calibrate_noise=false",
+    "crossfit (plain T)": f"{CROSSFIT},zeroshot.temperature=plain",
     "crossfit (denoised T)": CROSSFIT,
     "crossfit, T=0.5": f"{CROSSFIT},zeroshot.temperature=0.5",
     "crossfit, T=0.33": f"{CROSSFIT},zeroshot.temperature=0.33",

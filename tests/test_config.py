@@ -265,7 +265,7 @@ def test_every_key_is_in_docs_config_md_as_the_schema_has_it():
 
     doc = (Path(__file__).parents[1] / "docs" / "config.md").read_text()
     keys = [(k.key, k.when) for k in every_key(owned_settings())]
-    assert len(keys) == len(set(keys)) > 100
+    assert len(keys) == len(set(keys)) > 50  # every owner's too
     assert markdown_table(owned_settings()) in doc
     assert all(f"| `{k}` |" in doc for k, _ in keys)
     alpha = next(k for k in every_key(owned_settings()) if k.key == "select.alpha")

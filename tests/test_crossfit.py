@@ -299,7 +299,7 @@ def test_a_forward_refit_resumes_after_a_kill_between_rounds(
 def check_label_noise_fit(cfg_path: Path, path: Path, logprobs: dict, temperature: float) -> None:
     """The crossfit predictor calibrates on observed labels (20% noise here): its cache holds
     the fit under label noise too, and ``auto`` reads it (or the plain fit, with
-    ``calibrate_noise=false``); a cache without that fit is refused by name, not read at the
+    ``temperature=plain``); a cache without that fit is refused by name, not read at the
     plain fit."""
     from bdsel.assemble import build_lookups
     from bdsel.cache.format import CacheError
@@ -319,14 +319,14 @@ def check_label_noise_fit(cfg_path: Path, path: Path, logprobs: dict, temperatur
     raw = torch.from_numpy(logprobs["train"]).float()
     observed = data.observed.long()[:, None]  # a run's table: its observed labels' column
 
-    def read(calibrate_noise: bool):
-        flag = f"zeroshot.calibrate_noise={str(calibrate_noise).lower()}"
+    def read(with_noise: bool):
+        flag = f"zeroshot.temperature={'auto' if with_noise else 'plain'}"
         cfg = load_config(str(cfg_path), ["select.method=bayesian", flag])
         return build_lookups(("zs_logprobs",), cfg, data, torch.device("cpu"))["zs_logprobs"]
 
-    for calibrate_noise, t in ((True, expected[0]), (False, temperature)):
+    for with_noise, t in ((True, expected[0]), (False, temperature)):
         expect = torch.log_softmax(raw / t, 1).gather(1, observed).squeeze(1)
-        torch.testing.assert_close(read(calibrate_noise).logprob, expect, atol=1e-5, rtol=0)
+        torch.testing.assert_close(read(with_noise).logprob, expect, atol=1e-5, rtol=0)
     with h5py.File(path, "r+") as f:
         for key in ("temperature_denoised", "label_noise_rate", "noise_model", "noise_fit"):
             del f.attrs[key]

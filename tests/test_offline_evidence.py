@@ -146,6 +146,6 @@ def test_only_runs_the_named_runs_that_have_not_finished(tmp_path: Path, monkeyp
     assert evidence.label(evidence.RUNS["bcfT033_s1"].overrides) == "bayesian (crossfit, T=0.33)"
     assert evidence.label(evidence.RUNS["bcf100_s1"].overrides) == "bayesian (crossfit, plain T)"
     assert evidence.label(evidence.RUNS["bcfN_s1"].overrides) == "bayesian (crossfit, denoised T)"
-    assert "zeroshot.calibrate_noise=false" not in evidence_grid.command("bcfNn40_s0", tmp_path)
+    assert "zeroshot.temperature=plain" not in evidence_grid.command("bcfNn40_s0", tmp_path)
     with pytest.raises(SystemExit, match="no run is named bcf_T"):
         evidence_grid.selected("u100_s0,bcf_T*")

@@ -210,17 +210,17 @@ def read_cache_info(path: str | Path) -> dict[str, Any]:
     return info
 
 
-def auto_temperature(info: dict[str, Any], calibrate_noise: bool, path: str | Path) -> float:
-    """``temperature: auto``: the temperature fitted when the cache was made, the one fitted
-    with the labels' noise when ``calibrate_noise`` and the cache holds it (predictors that
-    calibrate on observed labels); CacheError when the cache holds no fit."""
+def auto_temperature(info: dict[str, Any], with_noise: bool, path: str | Path) -> float:
+    """``temperature: auto`` (``with_noise``) or ``plain``: the temperature fitted when the
+    cache was made; with ``with_noise``, the one fitted with the labels' noise where the cache
+    holds it (predictors that calibrate on observed labels); CacheError when it holds no fit."""
     if info.get("temperature") is None:
         raise CacheError(
-            f"zeroshot.temperature=auto reads the temperature fitted when {path} was made, "
+            f"zeroshot.temperature=auto/plain reads the temperature fitted when {path} was made, "
             "and it holds none (a cache from before bdsel fitted one, or a predictor without "
             "calibration labels): re-run bdsel cache-zeroshot --overwrite, or set a number"
         )
-    if calibrate_noise and info.get("temperature_denoised") is not None:
+    if with_noise and info.get("temperature_denoised") is not None:
         return float(info["temperature_denoised"])
     return float(info["temperature"])
 

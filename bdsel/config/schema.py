@@ -156,13 +156,12 @@ class ZeroshotConfig:
         None  # None: cache/<stem>-<settings hash>.h5 (the predictor declares the stem)
     )
     # Applied at read time, log_softmax(logprobs / T). auto: the T fitted when the cache was
-    # made, by the least NLL of labels the predictor never trained on (bdsel.calibration).
-    temperature: float | Literal["auto"] = "auto"
-    # auto, when the predictor calibrates on observed labels (crossfit, clip): the T fitted
-    # together with a symmetric label-noise rate, so that p_zs is the probability of the clean
-    # label, not of the observed one (which gives every mislabeled point about ε/(K − 1)).
-    # false: the plain fit to the observed labels (docs/predictors.md).
-    calibrate_noise: bool = True
+    # made, by the least NLL of labels the predictor never trained on (bdsel.calibration);
+    # where it calibrates on observed labels (probe, crossfit, clip), the T fitted together
+    # with their noise rate, so that p_zs is the probability of the clean label, not of the
+    # observed one (which gives every mislabeled point about ε/(K − 1)). plain: the T fitted to
+    # the calibration labels as they are (docs/predictors.md). A number: that T.
+    temperature: float | Literal["auto", "plain"] = "auto"
     # Inference batch size of the predictor (clip, a trained predictor's predictions, the
     # probe's features); a predictor that trains has its own training batch_size.
     eval_batch_size: int = 256
@@ -173,7 +172,7 @@ class ZeroshotConfig:
     # as zeroshot.<key> beside the keys above.
     settings: Any = None
     RANGES: ClassVar[dict[str, Range]] = {
-        "temperature": (lambda v: v == "auto" or v > 0, "auto or a positive float"),
+        "temperature": (lambda v: v in ("auto", "plain") or v > 0, "auto, plain or a positive float"),
         "eval_batch_size": (at_least(1), POSITIVE_INT),
     }  # fmt: skip
 
