@@ -269,7 +269,7 @@ def test_every_key_is_in_docs_config_md_as_the_schema_has_it():
     assert markdown_table(owned_settings()) in doc
     assert all(f"| `{k}` |" in doc for k, _ in keys)
     alpha = next(k for k in every_key(owned_settings()) if k.key == "select.alpha")
-    assert (alpha.default, alpha.allowed) == (0.2, "a weight in [0, 1]")
+    assert (alpha.default, alpha.allowed) == (0.2, "a weight in [0, 1] or adaptive")
     assert alpha.when == "select.method=bayesian"
 
 

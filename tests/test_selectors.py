@@ -466,3 +466,20 @@ def test_every_method_setting_is_the_config_field_of_its_name():
         assert cfg.get(f"select.{setting}") == given
         assert config_settings(ctx)[setting] == reaches, method
     assert config_settings(ctx, "bayesian")["alpha"] == 0.2  # a method it does not name: defaults
+
+
+@pytest.mark.parametrize("alpha", ["adaptive", 0.35])
+def test_bayesian_alpha_is_a_weight_or_adaptive_from_each_batch(alpha):
+    """select.alpha=adaptive reaches the selector from the config, and each batch's α is then
+    CE_zs / (CE_bayes + CE_zs) of that batch's terms (the paper's option); a number is used as
+    it is."""
+    cands, outputs, zs = fixed_batch(dtype=torch.float32)
+    ctx = SelectorContext(tiny_config("bayesian", alpha=alpha), N_CLASSES, 8, CPU,
+                          {"zs_logprobs": zs})  # fmt: skip
+    selection = selector_from_config("bayesian", ctx).pick(cands, outputs, gen(3))
+    got = {k: float(v) for k, v in selection.scalars.items()}
+    ce_zs, ce_bayes = -got["term_zs"], -got["term_lme"]
+    assert ce_zs == pytest.approx(-float(zs[cands.indices, cands.labels].mean()), rel=1e-5)
+    want = ce_zs / (ce_bayes + ce_zs) if alpha == "adaptive" else alpha
+    assert got["alpha"] == pytest.approx(want, rel=1e-5)
+    assert 0.0 < got["alpha"] < 1.0 and len(selection.positions) == N_SELECTED

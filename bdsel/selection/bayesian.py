@@ -33,8 +33,8 @@ class BayesianSettings:
     """``select.*`` when select.method=bayesian: the score's and the posterior's settings."""
 
     # score = a * mean_s log p(y|f_s) + (1-a) * log p_zs(y|x) - log mean_s p(y|f_s)
-    alpha: float = 0.2
-    adaptive_alpha: bool = False  # alpha from the terms' scales
+    # adaptive: a = CE_zs / (CE_bayes + CE_zs) from each candidate batch (the paper's option)
+    alpha: float | Literal["adaptive"] = 0.2
     n_samples: int = 256  # S logit samples a candidate
     # Common random numbers: one set of S noise vectors for all candidates (bdsel.laplace).
     shared_noise: bool = True
@@ -43,7 +43,7 @@ class BayesianSettings:
     momentum: float = 0.99  # m, the KFAC factors' EMA
     fisher: Literal["empirical", "ggn"] = "empirical"  # the curvature the posterior uses
     RANGES: ClassVar[dict[str, checks.Range]] = {
-        "alpha": (checks.within(0, 1), "a weight in [0, 1]"),
+        "alpha": (lambda v: v == "adaptive" or 0 <= v <= 1, "a weight in [0, 1] or adaptive"),
         "n_samples": checks.POSITIVE_INT_RULE,
         "prior_precision": checks.NON_NEGATIVE_RULE,
         "n_effective": checks.POSITIVE_FLOAT_RULE,
@@ -62,11 +62,11 @@ class Bayesian(WarmupSelector):
             ``bdsel train`` passes it, a :class:`~bdsel.table.LabelColumn` (the observed labels'
             entries only).
         n_features: D, the width of the features (the last linear layer's ``in_features``).
-        alpha: α, the weight of the model's mean log-likelihood against the zero-shot term.
+        alpha: α, the weight of the model's mean log-likelihood against the zero-shot term;
+            ``"adaptive"``: α = CE_zs / (CE_bayes + CE_zs) from each candidate batch.
         n_samples: S, logit samples from the posterior per candidate.
         prior_precision, n_effective, momentum, fisher: the posterior's τ0, n_e, m and
             Fisher kind (:class:`~bdsel.laplace.LastLayerLaplace`).
-        adaptive_alpha: α = CE_zs / (CE_bayes + CE_zs) from each candidate batch instead.
         shared_noise: one ε per sample shared by the candidates (cheaper, same marginals).
         warmup_epochs, anneal, epochs: uniform picks first / in the last fraction of epochs.
         device: where the posterior lives (default: the table's device).
@@ -82,13 +82,12 @@ class Bayesian(WarmupSelector):
         *,
         zs_logprobs: ZeroShotTable | LabelColumn | torch.Tensor,
         n_features: int,
-        alpha: float = 0.2,
+        alpha: float | str = 0.2,
         n_samples: int = 256,
         prior_precision: float = 10.0,
         n_effective: float = 200.0,
         momentum: float = 0.99,
         fisher: str = "empirical",
-        adaptive_alpha: bool = False,
         shared_noise: bool = True,
         warmup_epochs: int = 0,
         anneal: float = 0.0,
@@ -99,14 +98,14 @@ class Bayesian(WarmupSelector):
         super().__init__(
             n_selected, warmup_epochs=warmup_epochs, anneal=anneal, epochs=epochs, seed=seed
         )
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha: expected a weight in [0, 1], got {alpha!r}")
+        if alpha != "adaptive" and not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha: expected a weight in [0, 1] or 'adaptive', got {alpha!r}")
         if n_samples < 1:
             raise ValueError(f"n_samples: expected a positive int, got {n_samples!r}")
         self.table = as_lookup(zs_logprobs, "zs_logprobs")
         self.n_rows, self.n_classes = self.table.n_rows, self.table.n_classes
-        self.alpha, self.n_samples = float(alpha), int(n_samples)
-        self.adaptive_alpha, self.shared_noise = bool(adaptive_alpha), bool(shared_noise)
+        self.alpha = alpha if alpha == "adaptive" else float(alpha)
+        self.n_samples, self.shared_noise = int(n_samples), bool(shared_noise)
         self.posterior = LastLayerLaplace(
             n_features,
             self.n_classes,
@@ -148,7 +147,7 @@ class Bayesian(WarmupSelector):
                 yield piece
 
         terms = streaming_score_terms(chunks(), zs, labels)
-        if self.adaptive_alpha:
+        if self.alpha == "adaptive":
             alpha = adaptive_alpha(terms.zs_logprob, terms.log_mean_lik)
         else:
             alpha = torch.tensor(self.alpha, device=labels.device)
