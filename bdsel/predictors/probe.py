@@ -241,7 +241,7 @@ class ProbeSettings:
     # checkpoint (null: openai)
     weights: str | None = None
     folds: int = 2  # K probes, each predicting its own fold
-    epochs: int = 5  # passes of minibatch Adam (lr 3e-3, L2 1e-3, batches of 256), from zero
+    epochs: int = 5  # passes of minibatch Adam (bdsel.predictors.probe.RECIPE), from zero
     # auto: a second round of probes learns the clean label through the noise channel the
     # first round's out-of-fold probabilities estimate (anchor points where concentrated, as
     # a pair flip's are, else symmetric at the fitted rate). none: the first round stands.
