@@ -210,9 +210,10 @@ class Evaluator:
         pick = torch.randperm(len(train_idx), device=device, generator=g)[:n]
         self.bn_rows = train_idx[pick]
 
-    def with_bn(self, model: nn.Module, bn: str) -> nn.Module:
-        """``model`` with the BN statistics ``bn`` names (a copy when they change)."""
-        if bn == "running" or not tracked_batchnorms(model):
+    def with_bn(self, model: nn.Module) -> nn.Module:
+        """``model`` with the BN statistics ``eval.bn_samples`` names: re-estimated on a copy,
+        or (0) its running ones."""
+        if self.config.eval.bn_samples == 0 or not tracked_batchnorms(model):
             return model
         model = copy.deepcopy(model)
         bs = self.config.eval.batch_size
@@ -220,27 +221,26 @@ class Evaluator:
         recalibrate_batchnorm(model, batches)
         return model
 
-    def accuracy(self, model: nn.Module, bn: str) -> tuple[float, float]:
-        """(accuracy, mean cross-entropy) on the evaluation split with BN statistics ``bn``."""
-        prepared = self.with_bn(model, bn)
+    def accuracy(self, model: nn.Module) -> tuple[float, float]:
+        """(accuracy, mean cross-entropy) on the evaluation split."""
+        prepared = self.with_bn(model)
         bs = self.config.eval.batch_size
         return evaluate(prepared, self.source, self.labels, bs, split=self.split, rows=self.rows)
 
     def __call__(self, online: nn.Module, ema: WeightEMA | None) -> dict[str, float]:
         p = self.prefix
-        bn = "recalibrate" if self.config.eval.bn_samples > 0 else "running"
         models = {"online": online, "ema": ema.module if ema is not None else None}
-        done: dict[tuple[str, str], tuple[float, float]] = {}
+        done: dict[str, tuple[float, float]] = {}
 
-        def measure(which: str, variant_bn: str) -> tuple[float, float]:
-            if (which, variant_bn) not in done:
-                done[which, variant_bn] = self.accuracy(models[which], variant_bn)
-            return done[which, variant_bn]
+        def measure(which: str) -> tuple[float, float]:
+            if which not in done:
+                done[which] = self.accuracy(models[which])
+            return done[which]
 
         evaluated = self.config.eval.model
-        acc, loss = measure(evaluated, bn)
+        acc, loss = measure(evaluated)
         out: dict[str, float] = {}
         for which in ("online", "ema"):
             if models[which] is not None and (which == evaluated or self.config.eval.other_weights):
-                out[f"{p}_acc_{which}"] = measure(which, bn)[0]
+                out[f"{p}_acc_{which}"] = measure(which)[0]
         return {f"{p}_acc": acc, f"{p}_loss": loss, **out}
