@@ -2,8 +2,8 @@
 
 ``data``, ``train``, ``select`` and ``zeroshot`` hold, beside their own keys, the settings of
 what they name: ``data.train_list`` is the ``imagefolder`` dataset's, ``train.step_gamma``
-the ``step`` schedule's, ``select.alpha`` the ``bayesian``
-method's, ``zeroshot.folds`` the ``probe`` predictor's. Each declares them as a ``Settings``
+the ``step`` schedule's, ``select.alpha`` the ``bayesian`` method's, ``zeroshot.folds`` the
+``probe`` predictor's. Each declares them as a ``Settings``
 dataclass beside its class or loader, with its ranges beside the fields, so adding a setting
 is one field there. The config package below cannot import the registries; this module,
 above both, can.
@@ -25,8 +25,9 @@ from bdsel.selection import list_selectors, selector_class
 
 def settings_of(section: str, name: str) -> type | None:
     """The ``Settings`` class of the dataset (``section="data"``), learning-rate schedule
-    (``"train"``), method (``"select"``) or predictor (``"zeroshot"``) ``name``; None for one without settings of its own; an
-    unknown name is a ConfigError naming the key and the valid names."""
+    (``"train"``), method (``"select"``) or predictor (``"zeroshot"``) ``name``; None for one
+    without settings of its own; an unknown name is a ConfigError naming the key and the valid
+    names."""
     if section == "train":
         schedules = typing.get_args(typing.get_type_hints(TrainConfig)["schedule"])
         if name not in schedules:

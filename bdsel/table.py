@@ -99,8 +99,8 @@ class ZeroShotTable:
     ) -> ZeroShotTable:
         """The ``split`` rows of a zero-shot cache file. ``temperature="auto"``: the one
         fitted when the cache was made (the fit with the labels' noise where the cache has one:
-        see docs/predictors.md); ``"plain"``: the fit without it; or a number. ``labels`` [N], if given,
-        are checked against the labels the cache was made with."""
+        see docs/predictors.md); ``"plain"``: the fit without it; or a number. ``labels`` [N],
+        if given, are checked against the labels the cache was made with."""
         from bdsel.cache.format import auto_temperature, load_zs_logprobs, read_cache_info
 
         if temperature in ("auto", "plain"):

@@ -3,10 +3,10 @@ default on its field and its allowed range in the class's ``RANGES`` beside them
 
 ``data``, ``train``, ``select`` and ``zeroshot`` are owned (``OWNED``): beside their own keys
 they hold the settings of the dataset, the learning-rate schedule, the method and the
-predictor they name, whose ``Settings`` dataclass lives next to that class or loader (``bdsel.selection.bayesian.BayesianSettings``,
-...) and lands in the section's
-``settings`` field; ``bdsel.configure.load_config`` finds it through the registries. Names of
-registered things are checked against their registries by ``bdsel.names.check_names``: this
+predictor they name, whose ``Settings`` dataclass lives next to that class or loader
+(``bdsel.selection.bayesian.BayesianSettings``, ...) and lands in the section's ``settings``
+field; ``bdsel.configure.load_config`` finds it through the registries. Names of registered
+things are checked against their registries by ``bdsel.names.check_names``: this
 package imports nothing from bdsel, so every other module can import it."""
 
 from __future__ import annotations
