@@ -132,10 +132,7 @@ def bench(args: argparse.Namespace) -> dict:
                     "n_candidates": args.n_candidates,
                     "n_selected": args.n_selected,
                     # the bayesian method's own, for when it runs
-                    "bayesian": {
-                        "n_samples": args.n_samples,
-                        "shared_noise": not args.independent_noise,
-                    },
+                    "bayesian": {"n_samples": args.n_samples},
                     # a method that keeps no scores scores every candidate
                     "rescore": args.rescore if selector_class(method).keeps_scores() else 1.0,
                 },
@@ -157,6 +154,8 @@ def bench(args: argparse.Namespace) -> dict:
             extras={"data": data, "source": source, "model": model},
         )
         selector = selector_from_config(method, ctx)
+        if args.independent_noise and method == "bayesian":
+            selector.shared_noise = False
         selector.check_finite = False  # as bdsel train builds it
         if cfg.select.rescore < 1.0:
             selector.set_epoch(1)  # its second selecting epoch: the shortlist is on

@@ -36,12 +36,9 @@ class BayesianSettings:
     # adaptive: a = CE_zs / (CE_bayes + CE_zs) from each candidate batch (the paper's option)
     alpha: float | Literal["adaptive"] = 0.2
     n_samples: int = 256  # S logit samples a candidate
-    # Common random numbers: one set of S noise vectors for all candidates (bdsel.laplace).
-    shared_noise: bool = True
     prior_precision: float = 10.0  # tau_0
     n_effective: float = 200.0  # n_e, the data size the posterior stands for
     momentum: float = 0.99  # m, the KFAC factors' EMA
-    fisher: Literal["empirical", "ggn"] = "empirical"  # the curvature the posterior uses
     RANGES: ClassVar[dict[str, checks.Range]] = {
         "alpha": (lambda v: v == "adaptive" or 0 <= v <= 1, "a weight in [0, 1] or adaptive"),
         "n_samples": checks.POSITIVE_INT_RULE,
@@ -65,9 +62,9 @@ class Bayesian(WarmupSelector):
         alpha: α, the weight of the model's mean log-likelihood against the zero-shot term;
             ``"adaptive"``: α = CE_zs / (CE_bayes + CE_zs) from each candidate batch.
         n_samples: S, logit samples from the posterior per candidate.
-        prior_precision, n_effective, momentum, fisher: the posterior's τ0, n_e, m and
-            Fisher kind (:class:`~bdsel.laplace.LastLayerLaplace`).
-        shared_noise: one ε per sample shared by the candidates (cheaper, same marginals).
+        prior_precision, n_effective, momentum: the posterior's τ0, n_e and m
+            (:class:`~bdsel.laplace.LastLayerLaplace`, with the empirical Fisher of the
+            paper's reference code).
         warmup_epochs, anneal, epochs: uniform picks first / in the last fraction of epochs.
         device: where the posterior lives (default: the table's device).
     """
@@ -87,8 +84,6 @@ class Bayesian(WarmupSelector):
         prior_precision: float = 10.0,
         n_effective: float = 200.0,
         momentum: float = 0.99,
-        fisher: str = "empirical",
-        shared_noise: bool = True,
         warmup_epochs: int = 0,
         anneal: float = 0.0,
         epochs: int | None = None,
@@ -105,14 +100,17 @@ class Bayesian(WarmupSelector):
         self.table = as_lookup(zs_logprobs, "zs_logprobs")
         self.n_rows, self.n_classes = self.table.n_rows, self.table.n_classes
         self.alpha = alpha if alpha == "adaptive" else float(alpha)
-        self.n_samples, self.shared_noise = int(n_samples), bool(shared_noise)
+        self.n_samples = int(n_samples)
+        # Common random numbers: one set of S noise vectors for all candidates (the same
+        # marginals, S·C² + S·n_B·C work instead of S·n_B·C²; see LastLayerLaplace.sample_logits).
+        # bench_step's --independent-noise turns it off to time the other.
+        self.shared_noise = True
         self.posterior = LastLayerLaplace(
             n_features,
             self.n_classes,
             prior_precision=prior_precision,
             n_effective=n_effective,
             momentum=momentum,
-            fisher=fisher,
             device=device if device is not None else self.table.device,
         )
         # Each row's score at its last visit (+inf: never scored), for select.rescore.
