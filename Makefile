@@ -25,7 +25,7 @@ DEMO_THREADS ?= $(shell n=$$(( $$(nproc) / $(DEMO_JOBS) )); echo $$(( n > 0 ? n 
 # At most 100 epochs, stopped by the budget; the EMA's accuracy (recalibrated BN statistics,
 # 10,000 test images) every other epoch and at the budget's epoch, not the raw weights' beside
 # it. `make demo DEMO_SET=` runs the config as it is, on its epochs.
-DEMO_SET ?= train.epochs=100 train.budget_s=$(DEMO_BUDGET) eval.every=2 eval.other_weights=false
+DEMO_SET ?= train.epochs=100 train.budget_s=$(DEMO_BUDGET) eval.every=2
 # full-data training: every candidate of batches of 128, as in experiments/peers.py
 DEMO_SET_full ?= select.n_candidates=128
 # Images for the zero-shot benchmark: 128 suit a CPU (ViT-B-32 runs ~15 img/s on 2 cores).

@@ -188,9 +188,8 @@ class Evaluator:
     (``eval.bn_samples``: recalibrated on that many training points, or 0: the running ones),
     on which split (``eval.split``).
 
-    A record holds ``<split>_acc``/``<split>_loss`` of the evaluated model, and
-    ``<split>_acc_online`` and (EMA on) ``<split>_acc_ema`` with the same BN statistics
-    (only the evaluated one's with ``eval.other_weights`` off).
+    A record holds ``<split>_acc``/``<split>_loss`` of the evaluated model, and its accuracy
+    again under its name (``<split>_acc_ema`` or ``<split>_acc_online``).
     """
 
     def __init__(self, config: Config, data: RunData, source: ImageSource) -> None:
@@ -228,19 +227,9 @@ class Evaluator:
         return evaluate(prepared, self.source, self.labels, bs, split=self.split, rows=self.rows)
 
     def __call__(self, online: nn.Module, ema: WeightEMA | None) -> dict[str, float]:
-        p = self.prefix
-        models = {"online": online, "ema": ema.module if ema is not None else None}
-        done: dict[str, tuple[float, float]] = {}
-
-        def measure(which: str) -> tuple[float, float]:
-            if which not in done:
-                done[which] = self.accuracy(models[which])
-            return done[which]
-
-        evaluated = self.config.eval.model
-        acc, loss = measure(evaluated)
-        out: dict[str, float] = {}
-        for which in ("online", "ema"):
-            if models[which] is not None and (which == evaluated or self.config.eval.other_weights):
-                out[f"{p}_acc_{which}"] = measure(which)[0]
-        return {f"{p}_acc": acc, f"{p}_loss": loss, **out}
+        p, evaluated = self.prefix, self.config.eval.model
+        model = online if evaluated == "online" else ema.module if ema is not None else None
+        if model is None:
+            raise ValueError("eval.model=ema needs the run's weight EMA (train.ema_decay > 0)")
+        acc, loss = self.accuracy(model)
+        return {f"{p}_acc": acc, f"{p}_loss": loss, f"{p}_acc_{evaluated}": acc}

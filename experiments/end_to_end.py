@@ -39,7 +39,7 @@ SETTINGS = {
     "p40": (("data.noise.kind=symmetric", "data.noise.rate=0.4"), (0, 1)),
     "pf30": (("data.noise.kind=pairflip", "data.noise.rate=0.3"), (0, 1)),
 }
-COMMON = ("eval.every=2", "eval.other_weights=false", "zeroshot.predictor=probe")
+COMMON = ("eval.every=2", "zeroshot.predictor=probe")
 ARMS = {
     "uniform": ("select.method=uniform", "train.epochs=100", "eval.every=4"),
     "full": ("select.method=full", "select.n_candidates=128", "train.epochs=10", "eval.every=1"),

@@ -89,7 +89,6 @@ def phase_tune(args: argparse.Namespace, dataset: Any) -> dict[str, Any]:
         "data.validation_fraction": args.validation_fraction,
         "eval.split": "validation",
         "eval.every": args.tune_eval_every,
-        "eval.other_weights": False,
         "select.method": "bayesian",
     }
     seeds = args.tune_seeds

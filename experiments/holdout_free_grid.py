@@ -17,7 +17,7 @@ BAYES = ("select.method=bayesian", "select.anneal=0")
 
 RHO = ("select.method=rho_loss",)
 
-LONG = ("train.epochs=100", "eval.every=4", "eval.other_weights=false")
+LONG = ("train.epochs=100", "eval.every=4")
 
 CROSSFIT = ("zeroshot.predictor=crossfit",)  # the shipped defaults
 

@@ -13,9 +13,9 @@ STORED_DIR = Path(__file__).resolve().parents[1] / "docs" / "results" / "offline
 
 BAYES = ("select.method=bayesian", "select.anneal=0")
 
-LONG = ("train.epochs=100", "eval.every=4", "eval.other_weights=false")
+LONG = ("train.epochs=100", "eval.every=4")
 
-FULL_DATA = ("select.n_candidates=128", "train.epochs=15", "eval.other_weights=false")
+FULL_DATA = ("select.n_candidates=128", "train.epochs=15")
 
 # The crossfit predictor these runs were made with: one round, the default until 2026-12-02
 # (experiments/holdout_free.py measures the forward-corrected round that replaced it).

@@ -266,7 +266,7 @@ def test_unset_keys_and_unused_predictor_settings_do_not_split(tmp_path):
     assert len(variants) == 3
     assert {"zeroshot.predictor": "crossfit", "zeroshot.crossfit.epochs": 30} in variants
     assert {"zeroshot.predictor": "holdout"} in variants
-    # Evaluating the other weights beside the reported ones does not split seeds either.
+    # The retired eval.other_weights (records in docs/results carry it) does not split seeds.
     extra = {**holdout, "eval.other_weights": False, "eval.every": 1}
     write_run(runs / "s2", [0.5, 0.8], seed=2, **bayes, extra=extra)
     assert [len(r.runs) for r in make_report([runs]).rows if r.variant == holdout_variant] == [3]
@@ -411,25 +411,6 @@ def test_report_command_prints_table_and_writes_files(tmp_path):
     assert bad.exit_code == 2
     bad = CliRunner().invoke(app, ["report", str(runs), "--targets", "high"])
     assert bad.exit_code == 2 and "expected numbers" in bad.output
-
-
-def test_accuracy_plot_draws_the_other_weights(tmp_path):
-    from bdsel.report.plots import other_weights_series
-
-    runs = tmp_path / "runs"
-    ema = write_run(runs / "ema", [0.5, 0.7], extra={"eval.model": "ema"})
-    lines = (ema / "metrics.jsonl").read_text().splitlines()
-    records = [
-        json.loads(x) | {"test_acc_online": a} for x, a in zip(lines, (0.4, 0.6), strict=True)
-    ]
-    (ema / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    write_run(runs / "old", [0.3, 0.4], seed=1, method="bayesian")  # no eval.model, no EMA
-    report = make_report([runs])
-    by_method = {row.method: row for row in report.rows}
-    other, (xs, mean, _) = other_weights_series(by_method["uniform"])
-    assert other == "online" and list(xs) == [1, 2] and list(mean) == [0.4, 0.6]
-    other, (xs, _, _) = other_weights_series(by_method["bayesian"])
-    assert other == "ema" and xs.size == 0
 
 
 def test_legend_labels_name_what_tells_a_methods_rows_apart(tmp_path):

@@ -103,7 +103,6 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path: Path, tiny_config_val
         for key in (
             "test_acc",
             "test_loss",
-            "test_acc_online",
             "test_acc_ema",
             "train_loss",
             "selected_noisy_frac",

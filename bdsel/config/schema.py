@@ -186,9 +186,6 @@ class EvalConfig:
     split: Literal["test", "validation"] = "test"
     # Which weights test_acc is of: the EMA of the weights (train.ema_decay) or the online ones.
     model: Literal["ema", "online"] = "ema"
-    # Also evaluate the other weights (the online ones beside the EMA's), recorded as
-    # <split>_acc_online / <split>_acc_ema; false halves the cost of an evaluation.
-    other_weights: bool = True
     # BN statistics at evaluation: re-estimated on a fixed uniform sample of this many training
     # points before each evaluation; 0: the evaluated model's running ones.
     bn_samples: int = 6400

@@ -115,38 +115,17 @@ def accuracy_figure(rows: list[TableRow], targets: list[float], x: str) -> bytes
     if x != "epoch":
         longest = max((s[0].max() for s in series if s[0].size), default=1.0)
         scale, unit = _time_unit(longest)
-    others: set[str] = set()
     for row, color, (xs, mean, std) in zip(rows, _colors(len(rows)), series, strict=True):
         _band(ax, xs / scale, 100 * mean, 100 * std, color=color, label=row.label)
         start = row.predictor_s
         if x == END_TO_END and xs.size and math.isfinite(start) and start > 0:
             ax.axvline(start / scale, color=color, lw=0.8, ls=":", alpha=0.8)
-        # The weights not evaluated (online when test_acc is the EMA's, and back), thin dashed.
-        other, (oxs, omean, _) = other_weights_series(row, x)
-        if oxs.size:
-            ax.plot(oxs / scale, 100 * omean, color=color, lw=0.8, ls="--", alpha=0.8)
-            others.add(other)
     _target_lines(ax, targets)
     ax.set_xlabel("epoch" if x == "epoch" else f"seconds end to end: predictor + training ({unit})")
     ax.set_ylabel("test accuracy (%)")
     what = "epoch" if x == "epoch" else "time, predictor included"
     _finish(fig, ax, f"Test accuracy vs {what}", rows)
-    if others:
-        handles, labels = ax.get_legend_handles_labels()
-        names = {"online": "raw (online) weights", "ema": "EMA of the weights"}
-        handles.append(Line2D([], [], color="0.4", lw=0.8, ls="--"))
-        labels.append("dashed: " + ", ".join(names[o] for o in sorted(others)))
-        ax.legend(handles, labels, fontsize="small", loc="best")
     return _png(fig)
-
-
-def other_weights_series(row: TableRow, x: str = "epoch") -> tuple[str, tuple[np.ndarray, ...]]:
-    """The weights a row's test_acc is not of, and their (x, mean, std) accuracy series:
-    ``online`` when the runs evaluate the EMA (``eval.model: ema``), else ``ema`` (empty
-    arrays when the runs logged no such accuracy, as runs without an EMA)."""
-    evaluated = row.runs[0].config.get("eval", {}).get("model", "online") if row.runs else ""
-    other = "online" if evaluated == "ema" else "ema"
-    return other, group_series(row, f"test_acc_{other}", x)
 
 
 def noise_figure(rows: list[TableRow]) -> bytes:

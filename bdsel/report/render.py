@@ -14,8 +14,6 @@ from rich import box
 from rich.table import Table as RichTable
 from rich.text import Text
 
-# Config keys that do not split a group: runs differing only here are seeds of one setting
-# (eval.other_weights only adds the other weights' accuracy beside the one reported).
 from bdsel.report.rows import TableRow, format_duration, mean_of, pct, std_of, variant_text
 from bdsel.report.runs import (
     END_TO_END,
