@@ -186,7 +186,7 @@ BN_SAMPLE = 3
 class Evaluator:
     """The metrics of one evaluation: which model (``eval.model``), which BN statistics
     (``eval.bn_samples``: recalibrated on that many training points, or 0: the running ones),
-    on which split (``eval.split``).
+    on which split (``Config.eval_split``: the test set, or data.validation_fraction's).
 
     A record holds ``<split>_acc``/``<split>_loss`` of the evaluated model, and its accuracy
     again under its name (``<split>_acc_ema`` or ``<split>_acc_online``).
@@ -194,9 +194,9 @@ class Evaluator:
 
     def __init__(self, config: Config, data: RunData, source: ImageSource) -> None:
         self.config, self.source = config, source
-        self.prefix = metric_prefix(config.eval.split)  # test_acc / val_acc
+        self.prefix = metric_prefix(config.eval_split)  # test_acc / val_acc
         device = source.device
-        if config.eval.split == "test":
+        if config.eval_split == "test":
             self.split, self.rows = "test", None
             self.labels = data.dataset.test.labels
         else:

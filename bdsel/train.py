@@ -363,7 +363,7 @@ def _restore_metrics(loop: Loop) -> None:
 def summarize(config: Config, metrics: list[dict[str, Any]]) -> dict[str, Any]:
     """summary.json: the run's final numbers, keyed by the evaluation split (test_acc ...)."""
     last = metrics[-1] if metrics else {}
-    key = acc_key(config.eval.split)
+    key = acc_key(config.eval_split)
     return {
         "status": "complete",
         "method": config.select.method,

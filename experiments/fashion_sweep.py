@@ -87,7 +87,6 @@ def phase_tune(args: argparse.Namespace, dataset: Any) -> dict[str, Any]:
         "train.epochs": args.tune_epochs,
         "data.noise.rate": args.tune_noise,
         "data.validation_fraction": args.validation_fraction,
-        "eval.split": "validation",
         "eval.every": args.tune_eval_every,
         "select.method": "bayesian",
     }

@@ -84,7 +84,7 @@ def test_default_cache_name_tells_predictor_settings_apart():
     for overrides in (
         ["select.method=bayesian"],
         ["seed=2", "data.noise.rate=0.4", "select.method=rho_loss"],
-        ["zeroshot.temperature=2.0", "data.validation_fraction=0.1", "eval.split=validation"],
+        ["zeroshot.temperature=2.0", "data.validation_fraction=0.1"],
     ):
         assert default_cache_path(load_config("fashion_mnist", [*holdout, *overrides])) == path
     # The default, probe, fits the noisy labels: another noise is another cache.

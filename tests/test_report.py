@@ -197,7 +197,7 @@ def test_a_validation_run_is_refused_by_name(tmp_path):
     run_dir = write_run(tmp_path / "r", [0.5, 0.6])
     text = (run_dir / "metrics.jsonl").read_text().replace('"test_acc"', '"val_acc"')
     (run_dir / "metrics.jsonl").write_text(text)
-    with pytest.raises(ReportError, match="eval.split=validation"):
+    with pytest.raises(ReportError, match="data.validation_fraction > 0"):
         make_report([run_dir])
 
 

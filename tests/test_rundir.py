@@ -118,7 +118,7 @@ def test_summary_and_config_round_trip_atomically(tmp_path: Path):
 def test_cli_trains_on_the_validation_split(
     tmp_path: Path, tiny_config_values: dict, monkeypatch: pytest.MonkeyPatch
 ):
-    """``--set eval.split=validation`` through the real CLI: records and summary say val_acc;
+    """``--set data.validation_fraction=0.05`` through the real CLI: records and summary say val_acc;
     the command leaves the (torchrun) process group at the end."""
     import bdsel.distributed
 
@@ -128,7 +128,7 @@ def test_cli_trains_on_the_validation_split(
     cfg_path.write_text(yaml.safe_dump(dict(tiny_config_values, train={"epochs": 2})))
     run_dir = tmp_path / "run"
     args = ["train", "-c", str(cfg_path), "--run-dir", str(run_dir)]
-    args += ["--set", "data.validation_fraction=0.05", "--set", "eval.split=validation"]
+    args += ["--set", "data.validation_fraction=0.05"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())

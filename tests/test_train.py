@@ -10,7 +10,6 @@ from bdsel_cli.main import app
 from conftest import one_line
 from typer.testing import CliRunner
 
-from bdsel.config import ConfigError
 from bdsel.configure import load_config
 from bdsel.forward import batchnorm_batch_stats
 from bdsel.optim import lr_factor
@@ -64,14 +63,14 @@ def test_uniform_training_learns(tmp_path: Path, tiny_config_values: dict):
 def test_validation_split_evaluation(tmp_path: Path, tiny_config_values: dict):
     values = dict(tiny_config_values)
     values["data"] = dict(values["data"], validation_fraction=0.1)
-    values["eval"] = dict(values["eval"], split="validation")
     summary = train(load_config(values=values), tmp_path / "run")
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert "test_acc" not in records[-1] and 0.0 <= records[-1]["val_acc"] <= 1.0
     assert summary["final_val_acc"] == records[-1]["val_acc"]
     assert set(summary["epochs_to_target"]) == {"0.3", "0.99"}
-    with pytest.raises(ConfigError, match="validation_fraction"):
-        load_config(values=dict(tiny_config_values, eval={"split": "validation"}))
+    # Without a validation split, the same run measures the test set.
+    values["data"]["validation_fraction"] = 0.0
+    assert load_config(values=values).eval_split == "test"
 
 
 class _Stop(KeyboardInterrupt):

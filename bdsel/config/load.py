@@ -293,10 +293,6 @@ def check_ranges(settings: Any, prefix: str = "") -> None:
 
 def _check_combinations(config: Config) -> None:
     d, s = config.data, config.select
-    if config.eval.split == "validation" and d.validation_fraction <= 0.0:
-        raise ConfigError(
-            "eval.split=validation needs a validation split: set data.validation_fraction > 0"
-        )
     if d.train_fraction + d.holdout_fraction + d.validation_fraction > 1.0 + 1e-9:
         raise ConfigError(
             "data.train_fraction + data.holdout_fraction + data.validation_fraction = "

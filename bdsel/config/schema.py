@@ -62,8 +62,9 @@ class DataConfig:
     root: str | None = None  # None: the dataset's documented default location
     train_fraction: float = 0.5  # of the base training set (paper: 0.5)
     holdout_fraction: float = 0.0  # a disjoint clean split (holdout predictor)
-    # A clean-labelled split for tuning (eval.split: validation), drawn after the hold-out
-    # from the same permutation: disjoint from the train subset, the hold-out and the test set.
+    # A clean-labelled split for tuning, drawn after the hold-out from the same permutation
+    # (disjoint from the train subset, the hold-out and the test set); > 0: accuracy is
+    # measured on it instead of the test set, and records say val_acc.
     validation_fraction: float = 0.0
     split_seed: int | None = None  # None: the run's seed
     noise: NoiseConfig = field(default_factory=NoiseConfig)
@@ -181,9 +182,6 @@ class ZeroshotConfig:
 class EvalConfig:
     every: int = 1  # epochs
     batch_size: int = 1000  # evaluation batch size
-    # Where accuracy is measured: the test set, or data.validation_fraction of the training
-    # set (for tuning; its records say val_acc instead of test_acc).
-    split: Literal["test", "validation"] = "test"
     # Which weights test_acc is of: the EMA of the weights (train.ema_decay) or the online ones.
     model: Literal["ema", "online"] = "ema"
     # BN statistics at evaluation: re-estimated on a fixed uniform sample of this many training
@@ -221,6 +219,12 @@ class Config:
         "seed": (at_least(0), "an int >= 0 (it also seeds the split unless data.split_seed)"),
         "device": (is_device, DEVICE),
     }  # fmt: skip
+
+    @property
+    def eval_split(self) -> Literal["test", "validation"]:
+        """Where accuracy is measured: the validation split where data.validation_fraction
+        makes one (a tuning run), else the test set."""
+        return "validation" if self.data.validation_fraction > 0 else "test"
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as config.yaml holds them: an owned section's own settings flat

@@ -270,7 +270,7 @@ def _check_record(path: Path, record: dict[str, Any]) -> str | None:
     if "test_acc" not in record and "val_acc" in record:
         raise ReportError(
             f"{path}: this run measured accuracy on its validation split "
-            "(eval.split=validation, a tuning run); the report compares test accuracy"
+            "(data.validation_fraction > 0, a tuning run); the report compares test accuracy"
         )
     if not all(_is_number(record.get(k)) for k in ("epoch", "test_acc")):
         return "a record without numeric 'epoch' and 'test_acc'"

@@ -10,9 +10,9 @@ Every file but metrics.jsonl is written atomically (temporary file in the same d
 fsync, rename), so a crash or Ctrl-C leaves the previous version intact. metrics.jsonl is
 appended a whole line at a time and readers skip a partial last line.
 
-A record's accuracy key names the split it was measured on (``test_acc``, or ``val_acc`` for
-``eval.split=validation``); :func:`acc_key` is the one place that mapping lives (``bdsel.targets`` reads records for
-the epochs and seconds to a target accuracy).
+A record's accuracy key names the split it was measured on (``test_acc``, or ``val_acc`` where
+``data.validation_fraction`` makes a validation split); :func:`acc_key` is the one place that
+mapping lives (``bdsel.targets`` reads records for the epochs and seconds to a target accuracy).
 
 This module is torch-free, so the report, the benchmarks and any script can read runs
 without importing torch; saving and loading the checkpoint itself is in ``bdsel.rundir.writer``.
@@ -71,7 +71,8 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 def metric_prefix(split: str) -> str:
-    """``eval.split`` -> the prefix of its record keys: test -> test, validation -> val."""
+    """The evaluation split (``Config.eval_split``) -> the prefix of its record keys: test ->
+    test, validation -> val."""
     if split == "test":
         return "test"
     if split == "validation":
