@@ -226,7 +226,7 @@ def _write_cache(
                     out,
                     dataset,
                     writer,
-                    batch_size=config.zeroshot.eval_batch_size * world.size,
+                    batch_size=config.eval.batch_size * world.size,
                     overwrite=overwrite,
                     finish=finish,
                     fit_seconds=fit_seconds,

@@ -28,7 +28,6 @@ def bayes_values(tiny_config_values: dict, tmp_path: Path) -> dict:
         "predictor": "holdout",
         "cache": str(tmp_path / "zs.h5"),
         "temperature": 2.0,
-        "eval_batch_size": 256,
         "epochs": 2,
         "batch_size": 64,
     }
@@ -147,7 +146,7 @@ def test_holdout_cache_resumes_with_the_same_model(
     from bdsel.predict import cache_zeroshot, holdout_weights_path
     from bdsel.predictors import holdout
 
-    cfg = load_config(values=bayes_values, overrides=["zeroshot.eval_batch_size=128"])
+    cfg = load_config(values=bayes_values, overrides=["eval.batch_size=128"])
     whole = cache_zeroshot(cfg, tmp_path / "whole.h5", progress=False)
     assert whole.rows_computed == 1500
 
@@ -190,7 +189,6 @@ def test_clip_cache_from_local_checkpoint_through_cli(bayes_values: dict, tmp_pa
         "model": str(arch),
         "pretrained": str(checkpoint),
         "cache": str(tmp_path / "clip.h5"),
-        "eval_batch_size": 100,
     }
     cfg_path = tmp_path / "clip.yaml"
     cfg_path.write_text(yaml.safe_dump(values))

@@ -28,7 +28,6 @@ def crossfit_values(tiny_config_values: dict, tmp_path: Path, monkeypatch) -> di
     values["zeroshot"] = {
         "predictor": "crossfit",
         "cache": str(tmp_path / "cf.h5"),
-        "eval_batch_size": 256,
         "folds": 3,
         "epochs": 2,
         "patience": 1,

@@ -153,7 +153,7 @@ def test_two_process_cache_equals_one_process_cache(tmp_path: Path, tiny_config_
     import h5py
 
     values = dict(tiny_config_values)
-    values["zeroshot"] = {"predictor": "holdout", "eval_batch_size": 100, "epochs": 1}
+    values["zeroshot"] = {"predictor": "holdout", "epochs": 1}
     cfg = tmp_path / "zs.yaml"
     cfg.write_text(yaml.safe_dump(values))
     one, two = tmp_path / "one.h5", tmp_path / "two.h5"

@@ -83,7 +83,6 @@ def _values(name: str, data: dict) -> dict:
         "train": {"epochs": 1, "log_every": 1},
         "select": {"method": "uniform", "n_candidates": 16, "n_selected": 4},
         "eval": {"batch_size": 64},
-        "zeroshot": {"eval_batch_size": 64},
     }
 
 
@@ -111,7 +110,7 @@ def test_every_dataset_caches_and_trains_through_the_cli(
 ):
     monkeypatch.chdir(tmp_path)  # the default cache path, cache/<stem>.h5, lands here
     values = _values(name, TINY_DATA[name](tmp_path / "data"))
-    values["zeroshot"].update(predictor="holdout", epochs=1, batch_size=32)
+    values["zeroshot"] = {"predictor": "holdout", "epochs": 1, "batch_size": 32}
     cfg_path = write_yaml(tmp_path, values)
 
     dataset = load_dataset(load_config(values=values).data)
@@ -146,7 +145,7 @@ def test_every_predictor_caches_and_trains_through_the_cli(
     assert type(own) is entry.cls.Settings  # its zeroshot.* settings, at their defaults
     monkeypatch.chdir(tmp_path)
     values = _values("fashion_mnist", {"root": str(fashion_dir)})
-    values["zeroshot"].update(predictor=name, **TINY_PREDICTOR[name](tmp_path))
+    values["zeroshot"] = {"predictor": name, **TINY_PREDICTOR[name](tmp_path)}
     cfg_path = write_yaml(tmp_path, values)
     config = load_config(str(cfg_path))
 

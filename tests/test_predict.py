@@ -38,7 +38,7 @@ def test_full_disk_during_cache_zeroshot_keeps_the_partial_cache(
 ):
     values = dict(tiny_config_values)
     out = tmp_path / "zs.h5"
-    values["zeroshot"] = {"predictor": "holdout", "eval_batch_size": 100, "epochs": 1}
+    values["zeroshot"] = {"predictor": "holdout", "epochs": 1}
     cfg_path = write_yaml(tmp_path, values)
     real, calls = h5py.Dataset.__setitem__, {"n": 0}
 

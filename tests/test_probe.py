@@ -219,7 +219,7 @@ def test_the_probe_runs_on_clip_image_embeddings_offline(tiny_config_values, tmp
     arch, checkpoint = write_tiny_clip(tmp_path, "probe-tiny-clip")
     values = json.loads(json.dumps(tiny_config_values))
     values["zeroshot"] = {"predictor": "probe", "backbone": str(arch), "weights": str(checkpoint),
-                          "cache": str(tmp_path / "clip-probe.h5"), "eval_batch_size": 64,
+                          "cache": str(tmp_path / "clip-probe.h5"),
                           "features": "clip", "epochs": 2}  # fmt: skip
     config = load_config(values=values)
     summary = cache_zeroshot(config, progress=False)

@@ -163,9 +163,6 @@ class ZeroshotConfig:
     # observed one (which gives every mislabeled point about ε/(K − 1)). plain: the T fitted to
     # the calibration labels as they are (docs/predictors.md). A number: that T.
     temperature: float | Literal["auto", "plain"] = "auto"
-    # Inference batch size of the predictor (clip, a trained predictor's predictions, the
-    # probe's features); a predictor that trains has its own training batch_size.
-    eval_batch_size: int = 256
     # train: use a cache whose stored predictor settings differ from these (bdsel train
     # --accept-cache-mismatch); recorded here so that the run directory says so.
     accept_mismatch: bool = False
@@ -174,14 +171,15 @@ class ZeroshotConfig:
     settings: Any = None
     RANGES: ClassVar[dict[str, Range]] = {
         "temperature": (lambda v: v in ("auto", "plain") or v > 0, "auto, plain or a positive float"),
-        "eval_batch_size": (at_least(1), POSITIVE_INT),
     }  # fmt: skip
 
 
 @dataclass
 class EvalConfig:
     every: int = 1  # epochs
-    batch_size: int = 1000  # evaluation batch size
+    # Inference batch size: evaluation's, and the predictor's (its predictions, the probe's
+    # features); a predictor that trains has its own training batch size.
+    batch_size: int = 1000
     # Which weights test_acc is of: the EMA of the weights (train.ema_decay) or the online ones.
     model: Literal["ema", "online"] = "ema"
     # BN statistics at evaluation: re-estimated on a fixed uniform sample of this many training

@@ -367,7 +367,8 @@ def cache_stem(config: Config) -> str:
 @register_predictor("clip", cache_stem=cache_stem)
 class ClipZeroShot:
     """The ``clip`` predictor: a :class:`ClipPredictor` over one dataset's splits, built from
-    ``zeroshot.model``, ``pretrained``, ``precision``, ``prompts`` and ``eval_batch_size``."""
+    ``zeroshot.model``, ``pretrained``, ``precision`` and ``prompts``, in batches of
+    ``eval.batch_size``."""
 
     Settings = ClipSettings  # zeroshot.* when zeroshot.predictor=clip
 
@@ -410,7 +411,7 @@ class ClipZeroShot:
             templates,
             precision=z.precision,
             device=device,
-            batch_size=config.zeroshot.eval_batch_size,
+            batch_size=config.eval.batch_size,
         )
         return cls(clip, data.dataset, data)
 

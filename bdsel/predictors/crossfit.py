@@ -68,7 +68,7 @@ class CrossfitPredictor:
             seed=config.seed,
             split_seed=config.seed if config.data.split_seed is None else config.data.split_seed,
             ema_decay=config.train.ema_decay,
-            batch_size=config.zeroshot.eval_batch_size,
+            batch_size=config.eval.batch_size,
         )
 
     @classmethod

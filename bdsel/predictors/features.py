@@ -49,7 +49,7 @@ class FeatureExtractor:
     def __init__(self, config: Config, dataset: Dataset, device: torch.device) -> None:
         p = config.zeroshot.settings
         self.kind, self.dataset, self.device = p.features, dataset, device
-        self.batch_size = config.zeroshot.eval_batch_size
+        self.batch_size = config.eval.batch_size
         self._spec: dict[str, object] = {}  # what identifies the weights (features is a setting)
         self._encode = None
         if p.features == "clip":

@@ -144,7 +144,7 @@ class HoldoutPredictor:
 
     def fit(self, progress: Any = None) -> None:
         h = self.config.zeroshot.settings
-        bs = self.config.zeroshot.eval_batch_size
+        bs = self.config.eval.batch_size
         rows = self.calibration_rows.to(self.source.device)
         labels = self.data.clean[self.calibration_rows].to(self.source.device)
 
@@ -205,7 +205,7 @@ class HoldoutPredictor:
         """log p(c | x) of the hold-out model for ``rows`` of ``split`` -> float32 [n, C], CPU."""
         if not self.trained:
             self.fit()
-        bs = self.config.zeroshot.eval_batch_size
+        bs = self.config.eval.batch_size
         return predict_logprobs(self.model, self.source, split, rows, bs).cpu()
 
     def spec(self) -> dict[str, Any]:
