@@ -131,7 +131,7 @@ def train(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     run_dir: Annotated[
-        Path | None, typer.Option("--run-dir", help="Default: runs/<name>-<method>-s<seed>.")
+        Path | None, typer.Option("--run-dir", help="Default: runs/<config>-<method>-s<seed>.")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a stopped run.")] = False,
     overwrite: Annotated[
@@ -210,7 +210,8 @@ def _train_config(
     config: str | None, set_: list[str] | None, run_dir: Path | None, resume: bool, accept: bool
 ) -> tuple[Any, Path]:
     """The run's config (with --resume and no --config: the run's own saved one) and its
-    directory (default runs/<name>-<method>-s<seed>)."""
+    directory (default runs/<config>-<method>-s<seed>, <config> the file's stem or the shipped
+    config's name)."""
     from bdsel.configure import load_config
     from bdsel.names import check_names
     from bdsel.rundir import CONFIG
@@ -225,7 +226,7 @@ def _train_config(
     cfg = load_config(config, [*(set_ or []), *accept_overrides(accept)])
     check_names(cfg)
     if run_dir is None:
-        run_dir = Path("runs") / f"{cfg.name or 'run'}-{cfg.select.method}-s{cfg.seed}"
+        run_dir = Path("runs") / f"{Path(config).stem}-{cfg.select.method}-s{cfg.seed}"
     return cfg, run_dir
 
 

@@ -93,7 +93,6 @@ def tiny_config_values(fashion_dir: Path) -> dict:
     """A config that trains in seconds on the synthetic Fashion-MNIST files."""
     return {
         "seed": 3,
-        "name": "tiny",
         "data": {
             "name": "fashion_mnist",
             "root": str(fashion_dir),

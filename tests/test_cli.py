@@ -14,10 +14,15 @@ from typer.testing import CliRunner
 runner = CliRunner()
 
 
-def test_train_prints_only_the_changed_keys(tmp_path: Path, tiny_config_values: dict):
+def test_train_prints_only_the_changed_keys(
+    tmp_path: Path, tiny_config_values: dict, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.chdir(tmp_path)  # the default run directory lands here
     cfg_path = write_yaml(tmp_path, dict(tiny_config_values, train={"epochs": 1}))
-    result = runner.invoke(app, ["train", "-c", str(cfg_path), "--run-dir", str(tmp_path / "r")])
+    result = runner.invoke(app, ["train", "-c", str(cfg_path)])
     assert result.exit_code == 0, result.output
+    # runs/<config>-<method>-s<seed>, the config named by its file's stem
+    assert (tmp_path / "runs" / "tiny-uniform-s3" / "summary.json").is_file()
     text = one_line(result)
     assert "select.n_candidates=64" in text and "seed=3" in text
     assert "report.targets=[0.3, 0.99]" in text

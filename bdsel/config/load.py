@@ -241,9 +241,6 @@ def merged_values(
                 f"({', '.join(list_shipped_configs())})"
             )
         merged = _merge(merged, loaded)
-        merged.setdefault("name", None)
-        if merged["name"] is None and path.parent == shipped_config_dir():
-            merged["name"] = path.stem
     if values:
         merged = _merge(merged, values)
     for text in overrides:

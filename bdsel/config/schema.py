@@ -204,7 +204,6 @@ class ReportConfig:
 @dataclass
 class Config:
     seed: int = 0  # model init, candidate order, augmentation, selection
-    name: str | None = None  # run name; default <config>-<method>-s<seed>
     device: str = "auto"  # training's and the predictor's; auto: cuda when available, else cpu
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

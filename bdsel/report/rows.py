@@ -25,8 +25,8 @@ from bdsel.report.runs import (
 from bdsel.targets import epochs_to_target, seconds_to_target
 
 # Config keys that do not split a group: runs differing only here are seeds of one setting
-# (the retired eval.other_weights, in the records of docs/results, only added the other
-# weights' accuracy beside the one reported).
+# (name and eval.other_weights are retired keys that records in docs/results still carry: a
+# run's name, and the other weights' accuracy beside the one reported).
 GROUP_IGNORED_KEYS = ("seed", "name", "eval.other_weights")
 LABEL_MAX = 60  # characters of a legend label, seeds excluded
 # Settings a label names in words rather than as key=value ("" leaves it out).
