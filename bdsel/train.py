@@ -217,7 +217,7 @@ def _start(loop: Loop, mode: str) -> None:
         barrier()  # every rank has read the checkpoint before rank 0 touches the directory
         if world.is_main:
             _restore_metrics(loop)
-    if world.is_main and run.config.train.tensorboard:
+    if world.is_main:
         loop.rundir.start_tensorboard(loop.state.step if mode == "resume" else None)
     t_prepare = time.perf_counter()
     run.selector.prepare()

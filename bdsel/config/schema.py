@@ -102,8 +102,6 @@ class TrainConfig:
     # optimizer step with a decay warm-up (bdsel.evaluation); 0 turns it off.
     ema_decay: float = 0.998
     log_every: int = 50  # steps between progress updates (the only host syncs in an epoch)
-    # TensorBoard event files in <run_dir>/tb/ with the scalars of metrics.jsonl (bdsel.tensorboard)
-    tensorboard: bool = True
     # A time budget in seconds end to end: the predictor's (what the caches the run reads cost
     # to make, recorded in them) plus training's (selection included, evaluation excluded).
     # The run stops at the step that spends it (under torchrun at that epoch's end), or after

@@ -4,7 +4,7 @@
     metrics.jsonl   one JSON object per evaluation
     checkpoint.pt   latest state: model, optimizer, selector, epoch, step, timers
     summary.json    final numbers
-    tb/             TensorBoard event files (train.tensorboard)
+    tb/             TensorBoard event files (the scalars of metrics.jsonl)
 
 Every file but metrics.jsonl is written atomically (temporary file in the same directory,
 fsync, rename), so a crash or Ctrl-C leaves the previous version intact. metrics.jsonl is

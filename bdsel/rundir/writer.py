@@ -196,7 +196,7 @@ class RunDir:
 
     def check_tensorboard(self) -> None:
         """Before anything is written: ``tb/`` can be made (or is a directory) and written
-        in; else a RunDirError naming it and ``train.tensorboard=false``."""
+        in; else a RunDirError naming it."""
         tb = self.path / TENSORBOARD_DIR
         try:
             if tb.exists() and not tb.is_dir():
@@ -221,9 +221,7 @@ class RunDir:
                 f"with: bdsel train --run-dir {self.path} --resume"
             )
         else:
-            then = (
-                "make it a writable directory, or run without them: --set train.tensorboard=false"
-            )
+            then = "make it a writable directory, then run again"
         return RunDirError(
             f"cannot write TensorBoard events in {tb}: {exc.strerror or exc}; {then}"
         )
@@ -251,8 +249,7 @@ class RunDir:
                     f"({', '.join(diff[:5])}); resume with the saved config"
                 )
             run._check_writable()
-            if config.train.tensorboard:
-                run.check_tensorboard()
+            run.check_tensorboard()
             run.remove_stale_temporaries()
             return run
         if existing and mode == "new":
@@ -265,8 +262,7 @@ class RunDir:
         except OSError as exc:
             raise RunDirError(f"cannot create run directory {run.path}: {exc.strerror}") from exc
         run._check_writable()
-        if config.train.tensorboard:
-            run.check_tensorboard()  # before a file of the old run is touched
+        run.check_tensorboard()  # before a file of the old run is touched
         for name in existing:  # --overwrite: only the files a run writes
             (run.path / name).unlink()
         if mode == "overwrite":
