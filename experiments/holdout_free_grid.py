@@ -13,7 +13,7 @@ from bdsel.rundir import has_summary
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 
-BAYES = ("select.method=bayesian", "select.anneal=0")
+BAYES = ("select.method=bayesian",)
 
 RHO = ("select.method=rho_loss",)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from jobs import HOLDOUT, bdsel_executable
 
-BAYES = ["select.method=bayesian", "select.anneal=0"]
+BAYES = ["select.method=bayesian"]
 
 RHO = ["select.method=rho_loss"]
 

@@ -11,7 +11,7 @@ from jobs import HOLDOUT, bdsel_executable
 
 STORED_DIR = Path(__file__).resolve().parents[1] / "docs" / "results" / "offline" / "runs"
 
-BAYES = ("select.method=bayesian", "select.anneal=0")
+BAYES = ("select.method=bayesian",)
 
 LONG = ("train.epochs=100", "eval.every=4")
 

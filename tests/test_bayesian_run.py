@@ -221,7 +221,7 @@ def test_clip_cache_from_local_checkpoint_through_cli(bayes_values: dict, tmp_pa
 
 
 def test_uniform_epochs_skip_the_candidate_forward(bayes_values: dict, tmp_path: Path):
-    """In a warm-up (or annealed) epoch bayesian picks as uniform: no candidate forward is run;
+    """In a warm-up epoch bayesian picks as uniform: no candidate forward is run;
     once it selects, the forward sees every candidate."""
     from bdsel.assemble import build_run
     from bdsel.forward import autocast_for

@@ -288,23 +288,6 @@ def test_warmup_selects_as_uniform(method: str):
     assert not torch.equal(after, uniform_pick)
 
 
-@pytest.mark.parametrize("method", SCORED)
-def test_anneal_selects_as_uniform_in_the_final_epochs(method: str):
-    cands, outputs, il = fixed_batch(seed=5)
-    cfg = tiny_config(method, anneal=0.25)
-    cfg.train.epochs = epochs = 8  # the last 2 epochs pick as uniform
-    annealed = selector_from_config(
-        method, SelectorContext(cfg, N_CLASSES, 8, CPU, {"il_logprobs": il})
-    )
-    uniform_pick = bare_selector("uniform").pick(cands, outputs, gen(3)).positions
-    last_selecting = 5
-    annealed.set_epoch(last_selecting)
-    assert not torch.equal(annealed.pick(cands, outputs, gen(3)).positions, uniform_pick)
-    for epoch in range(last_selecting + 1, epochs):
-        annealed.set_epoch(epoch)
-        assert torch.equal(annealed.pick(cands, outputs, gen(3)).positions, uniform_pick)
-
-
 # ----------------------------------------------------------------------------- SVP
 
 

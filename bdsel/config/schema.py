@@ -131,7 +131,6 @@ class SelectConfig:
     # there (CUDA; a CPU with AVX-512 BF16 or AMX), else fp32 (emulated bf16 is slower).
     candidate_precision: Literal["bf16", "fp32", "auto"] = "auto"
     warmup_epochs: int = 0  # uniform picks before selection starts
-    anneal: float = 0.0  # fraction of the final epochs on uniform picks (InfoBatch's annealing)
     # Forward (and score) only this fraction of the candidates each step: those whose score
     # at their last visit was highest; every candidate in the first selecting epoch (1: off).
     rescore: float = 1.0
@@ -143,7 +142,6 @@ class SelectConfig:
         "n_selected": (at_least(1), POSITIVE_INT),
         "warmup_epochs": (at_least(0), "an int >= 0"),
         "rescore": (within(0, 1, low_open=True), "a fraction in (0, 1]"),
-        "anneal": (within(0, 1, high_open=True), "a fraction of the epochs in [0, 1)"),
     }  # fmt: skip
 
 

@@ -45,7 +45,7 @@ class Selector:
     method reads), ``labels`` int64 [n] their observed labels, ``logits`` [n, C] and
     ``features`` [n, D] (the input of the model's last linear layer) the candidate forward's
     outputs, needed when :meth:`wants_forward` says so. Call :meth:`set_epoch` at every
-    epoch's start (warm-up and annealing count epochs).
+    epoch's start (the warm-up counts epochs; InfoBatch anneals by them).
 
     Subclasses register with ``@register_selector(name)``, take their settings as keyword
     arguments (those a config sets: fields of ``Settings``, a dataclass beside the class whose

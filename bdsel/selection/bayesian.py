@@ -65,7 +65,7 @@ class Bayesian(WarmupSelector):
         prior_precision, n_effective, momentum: the posterior's τ0, n_e and m
             (:class:`~bdsel.laplace.LastLayerLaplace`, with the empirical Fisher of the
             paper's reference code).
-        warmup_epochs, anneal, epochs: uniform picks first / in the last fraction of epochs.
+        warmup_epochs: uniform picks (and no candidate forward) in the first epochs.
         device: where the posterior lives (default: the table's device).
     """
 
@@ -85,14 +85,10 @@ class Bayesian(WarmupSelector):
         n_effective: float = 200.0,
         momentum: float = 0.99,
         warmup_epochs: int = 0,
-        anneal: float = 0.0,
-        epochs: int | None = None,
         device: torch.device | str | None = None,
         seed: int = 0,
     ) -> None:
-        super().__init__(
-            n_selected, warmup_epochs=warmup_epochs, anneal=anneal, epochs=epochs, seed=seed
-        )
+        super().__init__(n_selected, warmup_epochs=warmup_epochs, seed=seed)
         if alpha != "adaptive" and not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha: expected a weight in [0, 1] or 'adaptive', got {alpha!r}")
         if n_samples < 1:
@@ -187,7 +183,7 @@ class Bayesian(WarmupSelector):
             )
 
     def wants_forward(self) -> bool:
-        return not self.uniform_epoch  # uniform picks (warm-up, annealing) need no forward
+        return not self.uniform_epoch  # uniform picks (warm-up) need no forward
 
     def last_scores(self, indices: torch.Tensor) -> torch.Tensor | None:
         """The score at each candidate's last visit, from the second selecting epoch on (in

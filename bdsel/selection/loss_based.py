@@ -129,13 +129,9 @@ class UsesIrreducibleLoss(ScoreSelector):
         *,
         il_logprobs: ZeroShotTable | LabelColumn | torch.Tensor,
         warmup_epochs: int = 0,
-        anneal: float = 0.0,
-        epochs: int | None = None,
         seed: int = 0,
     ) -> None:
-        super().__init__(
-            n_selected, warmup_epochs=warmup_epochs, anneal=anneal, epochs=epochs, seed=seed
-        )
+        super().__init__(n_selected, warmup_epochs=warmup_epochs, seed=seed)
         self.il_logprobs = as_lookup(il_logprobs, "il_logprobs")
         self.n_rows, self.n_classes = self.il_logprobs.n_rows, self.il_logprobs.n_classes
 

@@ -3,8 +3,6 @@ and ``WarmupSelector``, the base of methods that pick as ``uniform`` during warm
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from bdsel.selection.base import (
@@ -42,27 +40,13 @@ class Full(Selector):
 
 class WarmupSelector(Selector):
     """Tracks the epoch; ``uniform_epoch`` is true in the epochs that pick as ``uniform``:
-    before ``warmup_epochs``, and in the final ``anneal`` fraction of the ``epochs`` the run
-    has (InfoBatch's annealing: the last epochs see an unbiased sample of the data)."""
+    those before ``warmup_epochs``."""
 
-    def __init__(
-        self,
-        n_selected: int,
-        *,
-        warmup_epochs: int = 0,
-        anneal: float = 0.0,
-        epochs: int | None = None,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, n_selected: int, *, warmup_epochs: int = 0, seed: int = 0) -> None:
         super().__init__(n_selected, seed=seed)
         if warmup_epochs < 0:
             raise ValueError(f"warmup_epochs: expected an int >= 0, got {warmup_epochs!r}")
-        if not 0.0 <= anneal < 1.0:
-            raise ValueError(f"anneal: expected a fraction of the epochs in [0, 1), got {anneal!r}")
-        if anneal > 0 and epochs is None:
-            raise ValueError("anneal: needs epochs, the number of epochs the run has")
         self.warmup_epochs = warmup_epochs
-        self.anneal_start = epochs - round(anneal * epochs) if anneal > 0 else math.inf
         self.epoch = 0
         # Uniform picks delegate to uniform itself, so they match it draw for draw.
         self.uniform = Uniform(n_selected)
@@ -72,4 +56,4 @@ class WarmupSelector(Selector):
 
     @property
     def uniform_epoch(self) -> bool:
-        return self.epoch < self.warmup_epochs or self.epoch >= self.anneal_start
+        return self.epoch < self.warmup_epochs

@@ -174,13 +174,9 @@ class SVP(WarmupSelector):
         coreset: torch.Tensor | None = None,
         build_coreset: Callable[[], torch.Tensor] | None = None,
         warmup_epochs: int = 0,
-        anneal: float = 0.0,
-        epochs: int | None = None,
         seed: int = 0,
     ) -> None:
-        super().__init__(
-            n_selected, warmup_epochs=warmup_epochs, anneal=anneal, epochs=epochs, seed=seed
-        )
+        super().__init__(n_selected, warmup_epochs=warmup_epochs, seed=seed)
         self.coreset = None if coreset is None else coreset.long().cpu()  # [k] global indices
         self.build_coreset = build_coreset
 
