@@ -50,8 +50,16 @@ ARMS = {
     # the other lever: forward only the third of the 320 candidates whose last scores were
     # highest (every candidate in the first selecting epoch)
     "bayesian_rescore": ("select.method=bayesian", "select.rescore=0.34", "train.epochs=100"),
-}
-BAYES_ARMS = ("bayesian", "bayesian_nb160", "bayesian_rescore")
+    # uniform's cheap steps while the model still learns the clean labels first, selection
+    # once noise could be memorised: the first 10 or 30 epochs pick as uniform, no forward
+    "bayesian_nb160_warm10": ("select.method=bayesian", "select.n_candidates=160",
+                              "select.warmup_epochs=10", "train.epochs=100"),
+    "bayesian_nb160_warm30": ("select.method=bayesian", "select.n_candidates=160",
+                              "select.warmup_epochs=30", "train.epochs=100"),
+    "bayesian_warm30": ("select.method=bayesian", "select.warmup_epochs=30", "train.epochs=100"),
+}  # fmt: skip
+BAYES_ARMS = ("bayesian", "bayesian_nb160", "bayesian_rescore", "bayesian_nb160_warm10",
+              "bayesian_nb160_warm30", "bayesian_warm30")  # fmt: skip
 BOUNDS = {"p20": 0.8, "p40": 0.5, "pf30": 0.5}  # the bound on bayesian's seconds ratio
 
 
