@@ -18,6 +18,7 @@ accuracy at those equal seconds, over seeds; the runs' own ``bdsel report`` besi
     python experiments/end_to_end.py                    # run what is missing, then report
     python experiments/end_to_end.py --phase report
     python experiments/end_to_end.py --only 'p20-s0-*'
+    python experiments/end_to_end.py --skip '*warm*'   # without the warm-up arms (warmup/)
 """
 
 from __future__ import annotations
