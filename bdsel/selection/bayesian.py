@@ -188,7 +188,7 @@ class Bayesian(WarmupSelector):
     def last_scores(self, indices: torch.Tensor) -> torch.Tensor | None:
         """The score at each candidate's last visit, from the second selecting epoch on (in
         the first, every row is scored once: its epoch visits each)."""
-        if self.uniform_epoch or self.epoch <= self.warmup_epochs:
+        if self.epoch <= self.warmup_epochs:  # a warm-up epoch, or the first selecting one
             return None
         return self._last[indices.to(self._last.device)].to(indices.device)
 
