@@ -51,6 +51,8 @@ from bdsel.runtime import (
 from bdsel.step import EpochStats, Run, Stepper
 from bdsel.targets import epochs_to_target
 
+PROGRESS_EVERY = 50  # steps between progress-bar updates: the only host syncs in an epoch
+
 log = logging.getLogger(__name__)
 
 
@@ -254,7 +256,7 @@ def _train_epoch(loop: Loop, epoch: int) -> None:
     for i, n in enumerate(loop.stepper.epoch(order, (g_aug, g_sel))):
         state.samples_seen += n * world.size
         state.step += 1
-        if loop.task is not None and ((i + 1) % run.config.train.log_every == 0):
+        if loop.task is not None and ((i + 1) % PROGRESS_EVERY == 0):
             loop.progress.update(loop.task, completed=state.step)
         if time.perf_counter() >= deadline:
             break  # the budget is spent: the rest of the epoch is not trained

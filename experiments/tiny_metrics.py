@@ -25,7 +25,7 @@ from conftest import make_fashion_dir  # noqa: E402  (the tests' synthetic files
 from bdsel.rundir import METRICS  # noqa: E402
 
 SETTINGS = [
-    "seed=3", "train.epochs=2", "train.log_every=5",
+    "seed=3", "train.epochs=2",
     "select.n_candidates=64", "select.n_selected=16", "eval.batch_size=128",
     "data.train_fraction=0.5", "data.holdout_fraction=0.2",
     "data.noise.kind=symmetric", "data.noise.rate=0.2",

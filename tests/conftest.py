@@ -101,7 +101,7 @@ def tiny_config_values(fashion_dir: Path) -> dict:
             "noise": {"kind": "symmetric", "rate": 0.2},
         },
         "model": {"name": "small_cnn"},
-        "train": {"epochs": 2, "log_every": 5},
+        "train": {"epochs": 2},
         "select": {"method": "uniform", "n_candidates": 64, "n_selected": 16},
         "eval": {"every": 1, "batch_size": 128},
         "zeroshot": {"predictor": "holdout"},  # a clean hold-out split: tests of any table
@@ -187,4 +187,4 @@ def write_yaml(tmp_path: Path, values: dict, name: str = "tiny.yaml") -> Path:
 
 def config_file(tmp_path: Path, values: dict, epochs: int) -> Path:
     """A config file of ``values`` that trains ``epochs`` epochs, logging every 5 steps."""
-    return write_yaml(tmp_path, dict(values, train={"epochs": epochs, "log_every": 5}))
+    return write_yaml(tmp_path, dict(values, train={"epochs": epochs}))

@@ -80,7 +80,7 @@ def _values(name: str, data: dict) -> dict:
     return {
         "seed": 1,
         "data": {"name": name, "train_fraction": 0.5, "holdout_fraction": 0.25, **data},
-        "train": {"epochs": 1, "log_every": 1},
+        "train": {"epochs": 1},
         "select": {"method": "uniform", "n_candidates": 16, "n_selected": 4},
         "eval": {"batch_size": 64},
     }

@@ -60,7 +60,7 @@ def tiny_config(method: str, tmp: Path | None = None, **select) -> Config:
     values = {
         "seed": 1,
         "data": {"train_fraction": 1.0, "augment": False},
-        "train": {"epochs": 1, "log_every": 1},
+        "train": {"epochs": 1},
         "select": {"method": method, **select},
         "eval": {"batch_size": 64},
         # never an existing cache: lookups must come from the test, not from a stray file

@@ -101,7 +101,6 @@ class TrainConfig:
     # Exponential moving average of the weights (and BN buffers), updated after every
     # optimizer step with a decay warm-up (bdsel.evaluation); 0 turns it off.
     ema_decay: float = 0.998
-    log_every: int = 50  # steps between progress updates (the only host syncs in an epoch)
     # A time budget in seconds end to end: the predictor's (what the caches the run reads cost
     # to make, recorded in them) plus training's (selection included, evaluation excluded).
     # The run stops at the step that spends it (under torchrun at that epoch's end), or after
@@ -116,7 +115,6 @@ class TrainConfig:
         "budget_s": (lambda v: v is None or v > 0, "null or a positive number of seconds"),
         "lr": (positive, POSITIVE_FLOAT),
         "weight_decay": (at_least(0), NON_NEGATIVE),
-        "log_every": (at_least(1), POSITIVE_INT),
         "ema_decay": (within(0, 1, high_open=True), "a decay in [0, 1) (0: no EMA)"),
     }  # fmt: skip
 
