@@ -184,7 +184,8 @@ BN_SAMPLE = 3
 
 
 class Evaluator:
-    """The metrics of one evaluation: which model (``eval.model``), which BN statistics
+    """The metrics of one evaluation: which weights (``Config.evaluated_weights``: the EMA
+    where train.ema_decay keeps one, else the online ones), which BN statistics
     (``eval.bn_samples``: recalibrated on that many training points, or 0: the running ones),
     on which split (``Config.eval_split``: the test set, or data.validation_fraction's).
 
@@ -227,9 +228,9 @@ class Evaluator:
         return evaluate(prepared, self.source, self.labels, bs, split=self.split, rows=self.rows)
 
     def __call__(self, online: nn.Module, ema: WeightEMA | None) -> dict[str, float]:
-        p, evaluated = self.prefix, self.config.eval.model
+        p, evaluated = self.prefix, self.config.evaluated_weights
         model = online if evaluated == "online" else ema.module if ema is not None else None
         if model is None:
-            raise ValueError("eval.model=ema needs the run's weight EMA (train.ema_decay > 0)")
+            raise ValueError("train.ema_decay > 0, but the run keeps no weight EMA")
         acc, loss = self.accuracy(model)
         return {f"{p}_acc": acc, f"{p}_loss": loss, f"{p}_acc_{evaluated}": acc}

@@ -305,8 +305,6 @@ def _check_combinations(config: Config) -> None:
             f"select.n_selected ({s.n_selected}) > select.n_candidates ({s.n_candidates}): "
             "cannot select more points than there are candidates"
         )
-    if config.eval.model == "ema" and config.train.ema_decay == 0.0:
-        raise ConfigError("eval.model=ema needs train.ema_decay > 0 (or set eval.model=online)")
 
 
 def dump_config(config: Config) -> str:

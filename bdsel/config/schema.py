@@ -99,7 +99,8 @@ class TrainConfig:
     # CUDA only; on CPU it did not pay (docs/results/speed/).
     compile: bool | Literal["auto"] = "auto"
     # Exponential moving average of the weights (and BN buffers), updated after every
-    # optimizer step with a decay warm-up (bdsel.evaluation); 0 turns it off.
+    # optimizer step with a decay warm-up (bdsel.evaluation); evaluations measure it. 0: no
+    # EMA, and evaluations measure the online weights.
     ema_decay: float = 0.998
     # A time budget in seconds end to end: the predictor's (what the caches the run reads cost
     # to make, recorded in them) plus training's (selection included, evaluation excluded).
@@ -174,8 +175,6 @@ class EvalConfig:
     # Inference batch size: evaluation's, and the predictor's (its predictions, the probe's
     # features); a predictor that trains has its own training batch size.
     batch_size: int = 1000
-    # Which weights test_acc is of: the EMA of the weights (train.ema_decay) or the online ones.
-    model: Literal["ema", "online"] = "ema"
     # BN statistics at evaluation: re-estimated on a fixed uniform sample of this many training
     # points before each evaluation; 0: the evaluated model's running ones.
     bn_samples: int = 6400
@@ -216,6 +215,12 @@ class Config:
         """Where accuracy is measured: the validation split where data.validation_fraction
         makes one (a tuning run), else the test set."""
         return "validation" if self.data.validation_fraction > 0 else "test"
+
+    @property
+    def evaluated_weights(self) -> Literal["ema", "online"]:
+        """Which weights an evaluation measures: the weight EMA where train.ema_decay keeps
+        one, else the online ones."""
+        return "ema" if self.train.ema_decay > 0 else "online"
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as config.yaml holds them: an owned section's own settings flat
