@@ -7,9 +7,10 @@ already comes with open_clip): parameters and BN buffers averaged with foreach o
 decay warm-up computed on the host from the step count, so an update never syncs the host.
 
 Batch-norm running statistics of a selecting run come from the selected batches only, a
-biased sample (hard, clean-looking points). ``eval.bn_samples`` (> 0) re-estimates them
-before each evaluation on a fixed, uniformly drawn sample of the training subset, on a copy
-of the evaluated model, so evaluation never changes what training sees.
+biased sample (hard, clean-looking points). Before each evaluation they are re-estimated on
+a fixed, uniformly drawn sample of ``BN_SAMPLES`` points of the training subset, on a copy
+of the evaluated model, so evaluation never changes what training sees (docs/evaluation.md
+measured the choice).
 """
 
 from __future__ import annotations
@@ -181,12 +182,15 @@ def recalibrate_batchnorm(
 
 # Stream id of the BN recalibration sample (after bdsel.runtime's PERMUTATION, AUGMENTATION, SELECTION).
 BN_SAMPLE = 3
+# Training points the evaluated model's BN statistics are re-estimated on before each
+# evaluation (all of a smaller training subset).
+BN_SAMPLES = 6400
 
 
 class Evaluator:
     """The metrics of one evaluation: which weights (``Config.evaluated_weights``: the EMA
     where train.ema_decay keeps one, else the online ones), which BN statistics
-    (``eval.bn_samples``: recalibrated on that many training points, or 0: the running ones),
+    (re-estimated on ``BN_SAMPLES`` training points where the model has batch norm),
     on which split (``Config.eval_split``: the test set, or data.validation_fraction's).
 
     A record holds ``<split>_acc``/``<split>_loss`` of the evaluated model, and its accuracy
@@ -206,14 +210,14 @@ class Evaluator:
         # One fixed, uniform sample of the training subset for the whole run.
         g = stream_generator(config.seed, 0, BN_SAMPLE, device)
         train_idx = data.train_idx.to(device)
-        n = min(config.eval.bn_samples, len(train_idx))
+        n = min(BN_SAMPLES, len(train_idx))
         pick = torch.randperm(len(train_idx), device=device, generator=g)[:n]
         self.bn_rows = train_idx[pick]
 
     def with_bn(self, model: nn.Module) -> nn.Module:
-        """``model`` with the BN statistics ``eval.bn_samples`` names: re-estimated on a copy,
-        or (0) its running ones."""
-        if self.config.eval.bn_samples == 0 or not tracked_batchnorms(model):
+        """``model`` with its BN statistics re-estimated, on a copy (a model without batch norm
+        as it is)."""
+        if not tracked_batchnorms(model):
             return model
         model = copy.deepcopy(model)
         bs = self.config.eval.batch_size

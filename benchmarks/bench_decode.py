@@ -68,7 +68,6 @@ def main() -> None:
                 "data": {"name": "imagefolder", "root": str(root), "image_size": args.image_size,
                          "num_workers": args.workers, "train_fraction": 1.0},
                 "train": {"epochs": 1, "ema_decay": 0.0},
-                "eval": {"bn_samples": 0},
                 "select": {"method": method},
             })  # fmt: skip
 

@@ -37,7 +37,6 @@ def _config(root: Path, method: str, **select):
                  "train_fraction": 1.0},
         "model": {"name": "small_cnn"},
         "train": {"epochs": 2, "ema_decay": 0.0},
-        "eval": {"bn_samples": 0},
         "select": {"method": method, "n_candidates": 32, "n_selected": 8, **select},
     }  # fmt: skip
     return load_config(values=values)

@@ -139,7 +139,7 @@ def test_training_is_unchanged_by_the_ema(tmp_path: Path, tiny_config_values: di
     """A run with a weight EMA trains exactly as one without (train.ema_decay=0): the EMA and
     its evaluation take nothing from training's random streams or weights. The first
     evaluates the EMA, the second the online weights."""
-    values = dict(tiny_config_values, eval={"batch_size": 128, "bn_samples": 0})
+    values = dict(tiny_config_values, eval={"batch_size": 128})
     train(load_config(values=values), tmp_path / "ema")
     values["train"] = dict(values["train"], ema_decay=0.0)
     train(load_config(values=values), tmp_path / "plain")
@@ -157,7 +157,7 @@ def test_training_is_unchanged_by_the_ema(tmp_path: Path, tiny_config_values: di
 
 def test_records_carry_the_evaluated_weights_only(tmp_path: Path, tiny_config_values: dict):
     values = dict(tiny_config_values)
-    values["eval"] = {"batch_size": 128, "bn_samples": 200}
+    values["eval"] = {"batch_size": 128}
     summary = train(load_config(values=values), tmp_path / "run")
     last = _records(tmp_path / "run")[-1]
     assert last["test_acc"] == last["test_acc_ema"]

@@ -175,11 +175,7 @@ class EvalConfig:
     # Inference batch size: evaluation's, and the predictor's (its predictions, the probe's
     # features); a predictor that trains has its own training batch size.
     batch_size: int = 1000
-    # BN statistics at evaluation: re-estimated on a fixed uniform sample of this many training
-    # points before each evaluation; 0: the evaluated model's running ones.
-    bn_samples: int = 6400
     RANGES: ClassVar[dict[str, Range]] = {
-        "bn_samples": (at_least(0), "an int >= 0 (0: the running statistics)"),
         "every": (at_least(1), POSITIVE_INT),
         "batch_size": (at_least(1), POSITIVE_INT),
     }  # fmt: skip
