@@ -125,9 +125,10 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def candidate_precision(device: torch.device, precision: str = "auto") -> str:
-    """What select.candidate_precision means on ``device``: ``auto`` is ``bf16`` where the
-    device computes it natively (``native_bf16``) and ``fp32`` elsewhere; ``bf16`` and
-    ``fp32`` stand."""
+    """The candidate forward's precision on ``device``: ``auto`` (a run's) is ``bf16`` where
+    the device computes it natively (``native_bf16``: CUDA, a CPU with AVX-512 BF16 or AMX),
+    where it keeps the top-n_b ranking at a lower cost, and ``fp32`` elsewhere (emulated bf16
+    is slower, docs/speed.md); ``bf16`` and ``fp32`` (a benchmark's) stand."""
     if precision != "auto":
         return precision
     return "bf16" if native_bf16(device) else "fp32"

@@ -204,7 +204,7 @@ def _stepper(run: Run, world: World) -> Stepper:
         run,
         score_forward=torch.compile(model) if compiled else model,
         train_forward=torch.compile(trainer) if compiled else trainer,
-        score_autocast=candidate_autocast(device, config.select.candidate_precision),
+        score_autocast=candidate_autocast(device),
         autocast=autocast_for(device),
         timer=SectionTimer(device),
     )

@@ -227,7 +227,7 @@ NOTE = (
     " 2026-11-29, docs/results/peers/ on 2026-12-01, docs/results/holdout_free/runs/ in the"
     " session its runs/sessions.json names, the rest in the session of the date above), whose"
     " seconds are not compared: the machine's speed varied by up to 2× between sessions, and a CPU without"
-    " native bf16 scores the candidates in fp32 (select.candidate_precision: auto) where the"
+    " native bf16 scores the candidates in fp32 (bdsel.forward.candidate_precision) where the"
     " earlier sessions' scored them in bf16; their accuracy and samples compare."
 )
 

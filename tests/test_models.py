@@ -71,7 +71,7 @@ def test_channels_last_layout_gives_the_nchw_outputs():
 
 
 def test_bf16_candidate_forward_keeps_the_top_of_the_ranking():
-    """select.candidate_precision=bf16: the selected top-32 of 320 by loss barely moves."""
+    """A bf16 candidate forward: the selected top-32 of 320 by loss barely moves."""
     torch.manual_seed(0)
     model = create_model("small_cnn", n_classes=10, in_channels=1)
     bf16 = autocast_for(torch.device("cpu"), "bf16")
@@ -91,7 +91,7 @@ def test_bf16_candidate_forward_keeps_the_top_of_the_ranking():
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_candidate_precision_is_bf16_only_where_the_cpu_computes_it(native, monkeypatch):
-    """select.candidate_precision=auto: bf16 on a CPU with native bf16, fp32 on one without
+    """A run's candidate precision (auto): bf16 on a CPU with native bf16, fp32 on one without
     (where emulated bf16 convolutions cost far more than they save)."""
     import bdsel.forward as forward
 

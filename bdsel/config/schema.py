@@ -125,10 +125,6 @@ class SelectConfig:
     method: str = "uniform"  # a registered selector (bdsel.list_selectors)
     n_candidates: int = 320  # n_B
     n_selected: int = 32  # n_b
-    # Autocast of the no-grad scoring pass over the candidates; bf16 keeps the top-n_b ranking
-    # at a lower cost where the device computes bf16 natively (docs/speed.md). auto: bf16
-    # there (CUDA; a CPU with AVX-512 BF16 or AMX), else fp32 (emulated bf16 is slower).
-    candidate_precision: Literal["bf16", "fp32", "auto"] = "auto"
     warmup_epochs: int = 0  # uniform picks before selection starts
     # Forward (and score) only this fraction of the candidates each step: those whose score
     # at their last visit was highest; every candidate in the first selecting epoch (1: off).

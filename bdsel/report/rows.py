@@ -37,7 +37,7 @@ MAIN_KEYS = ("select.method", "data.name", "data.noise.kind", "data.noise.rate")
 SHARED_SELECT_KEYS = (
     "select.n_candidates",
     "select.n_selected",
-    "select.candidate_precision",
+    "select.candidate_precision",  # records made before it became the device's choice
     "select.warmup_epochs",
 )
 
