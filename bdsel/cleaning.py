@@ -17,6 +17,7 @@ from pathlib import Path
 from bdsel.config import Config
 from bdsel.data import RunData
 from bdsel.data.label_issues import FILTER_BY, cleaning_stats, find_label_issues
+from bdsel.predictors.registry import out_of_fold
 
 
 def clean_run_data(config: Config, data: RunData) -> RunData:
@@ -43,10 +44,10 @@ def clean_run_data(config: Config, data: RunData) -> RunData:
             "--set zeroshot.predictor=crossfit (the same data settings)"
         )
     spec = read_cache_info(path).get("predictor", {})
-    if spec.get("kind") not in ("crossfit", "probe"):
+    if not out_of_fold(spec.get("kind")):
         raise CacheError(
             f"data.clean.cache: {path} was made by {spec.get('kind')!r}; cleaning needs "
-            "out-of-fold probabilities, a cache made with zeroshot.predictor=crossfit or probe"
+            "out-of-fold probabilities, a cache made with zeroshot.predictor=crossfit or a probe"
         )
     check_split(path, spec, config, data)
     idx = data.train_idx

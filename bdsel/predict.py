@@ -45,6 +45,7 @@ from bdsel.predictors.registry import (
     DatasetSpecific,
     TrainedPredictor,
     create_predictor,
+    out_of_fold,
     predictor_entry,
 )
 from bdsel.predictors.sharded import ShardedPredictor, serve
@@ -53,9 +54,6 @@ from bdsel.runtime import RowsBar, resolve_device, step_progress
 from bdsel.table import LabelColumn
 
 LOOKUPS = ("zs_logprobs", "il_logprobs")
-# Predictors whose log-probs can serve as RHO-LOSS's irreducible loss: models that never
-# trained on the row they predict (the hold-out model, the cross-fitted models and probes).
-IL_PREDICTORS = ("holdout", "crossfit", "probe")
 log = logging.getLogger(__name__)
 
 
@@ -356,7 +354,10 @@ def _check_cache_spec(
             )
         log.warning(f"{what} (accepted: --accept-cache-mismatch)")
     check_split(path, spec, config, data)
-    if "il_logprobs" in names and spec.get("kind") not in IL_PREDICTORS:
+    # RHO-LOSS's irreducible loss needs models that never trained on the row they predict:
+    # the hold-out model, or out-of-fold ones.
+    kind = spec.get("kind")
+    if "il_logprobs" in names and kind != "holdout" and not out_of_fold(kind):
         raise CacheError(
             f"select.method={config.select.method} needs an irreducible-loss model: a cache "
             f"made with zeroshot.predictor=holdout, crossfit or probe; {path} was made by "

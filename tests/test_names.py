@@ -67,11 +67,24 @@ def _tiny_clip(tmp_path: Path) -> dict:
     return {"model": str(arch), "pretrained": str(checkpoint)}
 
 
+def _tiny_backbone(tmp_path: Path) -> dict:
+    """A small_cnn's random-init weights in a local file: the frozen backbone of the probe."""
+    import torch
+
+    from bdsel.models import create_model
+
+    weights = tmp_path / "backbone.pt"
+    torch.save(create_model("small_cnn", n_classes=10, in_channels=1).state_dict(), weights)
+    return {"epochs": 1, "backbone": "small_cnn", "weights": str(weights)}
+
+
 # Each registered predictor's zeroshot.* settings for a tiny, offline run.
 TINY_PREDICTOR = {
     "holdout": lambda tmp_path: {"epochs": 1, "batch_size": 32},
     "crossfit": lambda tmp_path: {"epochs": 1, "batch_size": 32},
     "probe": lambda tmp_path: {"epochs": 1},
+    "probe_clip": lambda tmp_path: {"epochs": 1, **_tiny_clip(tmp_path)},
+    "probe_backbone": _tiny_backbone,
     "clip": _tiny_clip,
 }
 

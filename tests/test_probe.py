@@ -218,9 +218,9 @@ def test_end_to_end_columns_on_hand_built_runs(tmp_path):
 def test_the_probe_runs_on_clip_image_embeddings_offline(tiny_config_values, tmp_path):
     arch, checkpoint = write_tiny_clip(tmp_path, "probe-tiny-clip")
     values = json.loads(json.dumps(tiny_config_values))
-    values["zeroshot"] = {"predictor": "probe", "backbone": str(arch), "weights": str(checkpoint),
-                          "cache": str(tmp_path / "clip-probe.h5"),
-                          "features": "clip", "epochs": 2}  # fmt: skip
+    values["zeroshot"] = {"predictor": "probe_clip", "model": str(arch),
+                          "pretrained": str(checkpoint), "cache": str(tmp_path / "clip-probe.h5"),
+                          "epochs": 2}  # fmt: skip
     config = load_config(values=values)
     summary = cache_zeroshot(config, progress=False)
     spec = read_cache_info(summary.path)["predictor"]
@@ -232,7 +232,8 @@ def test_the_probe_runs_on_clip_image_embeddings_offline(tiny_config_values, tmp
     from bdsel.predictors.features import FeatureExtractor
 
     data = derive_run_data(load_dataset(config.data), config.data, config.seed)
-    feats = FeatureExtractor(config, data.dataset, torch.device("cpu"))("train", data.train_idx[:8])
+    extractor = FeatureExtractor(config, data.dataset, torch.device("cpu"), "clip")
+    feats = extractor("train", data.train_idx[:8])
     assert feats.shape == (8, 32)
     torch.testing.assert_close(feats.norm(dim=1), torch.ones(8))
 
@@ -257,9 +258,9 @@ def test_the_probe_runs_on_a_frozen_backbones_features(tiny_config_values, tmp_p
     weights = tmp_path / "backbone.pt"
     torch.save(create_model("small_cnn", n_classes=10, in_channels=1).state_dict(), weights)
     values = json.loads(json.dumps(tiny_config_values))
-    values["zeroshot"] = {"predictor": "probe", "cache": str(tmp_path / "bb.h5"),
-                          "features": "backbone", "backbone": "small_cnn",
-                          "weights": str(weights), "epochs": 2}  # fmt: skip
+    values["zeroshot"] = {"predictor": "probe_backbone", "cache": str(tmp_path / "bb.h5"),
+                          "backbone": "small_cnn", "weights": str(weights),
+                          "epochs": 2}  # fmt: skip
     config = load_config(values=values)
     summary = cache_zeroshot(config, progress=False)
     spec = read_cache_info(summary.path)["predictor"]

@@ -348,6 +348,13 @@ def clip_model_name(model: str) -> str:
     return path.stem
 
 
+def clip_weights_spec(model: str, pretrained: str) -> dict[str, str]:
+    """How a spec names CLIP weights, as ``ClipPredictor.spec`` stores them: the architecture
+    (a JSON file's stem) and the pretrained tag or checkpoint as given."""
+    return {"model": Path(model).stem if model.endswith(".json") else model,
+            "pretrained": pretrained}  # fmt: skip
+
+
 @dataclass
 class ClipSettings:
     """The ``clip`` predictor: open_clip's zero-shot classifier, one inference pass."""
@@ -379,11 +386,9 @@ class ClipZeroShot:
     def settings(config: Config) -> dict[str, Any]:
         """The settings that shape its outputs, as its spec names them."""
         z = config.zeroshot.settings
-        model = Path(z.model).stem if z.model.endswith(".json") else z.model
         return {
             "kind": "clip",
-            "model": model,
-            "pretrained": z.pretrained,
+            **clip_weights_spec(z.model, z.pretrained),
             "precision": z.precision,
         }
 

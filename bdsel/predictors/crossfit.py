@@ -49,6 +49,7 @@ class CrossfitPredictor:
     Settings = CrossfitSettings  # zeroshot.* when zeroshot.predictor=crossfit
 
     calibration_labels = "observed"  # noise included: the temperature is fitted with it
+    out_of_fold = True  # no row predicted by a model that trained on it
 
     def __init__(self, config: Config, data: RunData, source: ImageSource) -> None:
         c = config.zeroshot.settings

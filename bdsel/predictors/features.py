@@ -1,13 +1,14 @@
-"""Frozen features for the ``probe`` predictor: one pass over a dataset's images, no training.
+"""Frozen features for the probe predictors: one pass over a dataset's images, no training.
 
-- ``pixels``: the raw pixels, flattened (in-memory datasets: Fashion-MNIST, CIFAR). The
-  offline default: nothing to download, and weak enough that the model it helps beats it.
-- ``clip``: open_clip's L2-normalised image embeddings (the architecture ``zeroshot.backbone``
-  and the weights ``zeroshot.weights``, loaded as the ``clip`` predictor loads them), for a
-  user who has weights.
-- ``backbone``: the penultimate features of a bdsel model (``zeroshot.backbone``, e.g.
-  ``resnet18_cifar`` or ``vit_b16``) with its backbone weights from a local file
-  (``zeroshot.weights``), in eval mode.
+- ``pixels`` (``probe``): the raw pixels, flattened (in-memory datasets: Fashion-MNIST,
+  CIFAR). The offline default: nothing to download, and weak enough that the model it helps
+  beats it.
+- ``clip`` (``probe_clip``): open_clip's L2-normalised image embeddings (the architecture
+  ``zeroshot.model`` and the weights ``zeroshot.pretrained``, loaded as the ``clip``
+  predictor loads them), for a user who has weights.
+- ``backbone`` (``probe_backbone``): the penultimate features of a bdsel model
+  (``zeroshot.backbone``, e.g. ``resnet18_cifar`` or ``vit_b16``) with its backbone weights
+  from a local file (``zeroshot.weights``), in eval mode.
 
 Each returns float32 [n, D] on the CPU for rows of the "train" or "test" split.
 """
@@ -23,12 +24,6 @@ if TYPE_CHECKING:
     from bdsel.data.sources import Dataset
 
 FEATURES = ("pixels", "clip", "backbone")
-CLIP_MODEL, CLIP_WEIGHTS = "RN50", "openai"  # features=clip without backbone / weights
-
-
-def clip_weights(settings) -> tuple[str, str]:
-    """(the open_clip architecture, the pretrained tag or checkpoint) of features=clip."""
-    return settings.backbone or CLIP_MODEL, settings.weights or CLIP_WEIGHTS
 
 
 def pixel_features(dataset: Dataset, split: str, rows: torch.Tensor) -> torch.Tensor:
@@ -36,25 +31,29 @@ def pixel_features(dataset: Dataset, split: str, rows: torch.Tensor) -> torch.Te
     images = getattr(dataset, split).images
     if images is None:
         raise ValueError(
-            f"zeroshot.features=pixels needs an in-memory dataset; {dataset.name} is read "
-            "from image files: use features=clip or features=backbone"
+            f"zeroshot.predictor=probe reads the pixels of an in-memory dataset; {dataset.name} "
+            "is read from image files: use zeroshot.predictor=probe_clip or probe_backbone"
         )
     return images[rows.cpu()].reshape(len(rows), -1).float() / 255.0
 
 
 class FeatureExtractor:
-    """One kind of frozen features for one dataset: ``extractor(split, rows)`` -> float32
-    [n, D] on the CPU, ``spec()`` what identifies them (stored in the cache's spec)."""
+    """One kind of frozen features (``FEATURES``) for one dataset, with the weights
+    ``config.zeroshot`` names: ``extractor(split, rows)`` -> float32 [n, D] on the CPU,
+    ``spec()`` what identifies them (stored in the cache's spec)."""
 
-    def __init__(self, config: Config, dataset: Dataset, device: torch.device) -> None:
-        p = config.zeroshot.settings
-        self.kind, self.dataset, self.device = p.features, dataset, device
+    def __init__(
+        self, config: Config, dataset: Dataset, device: torch.device, kind: str = "pixels"
+    ) -> None:
+        if kind not in FEATURES:
+            raise ValueError(f"features: expected one of {', '.join(FEATURES)}, got {kind!r}")
+        self.kind, self.dataset, self.device = kind, dataset, device
         self.batch_size = config.eval.batch_size
         self._spec: dict[str, object] = {}  # what identifies the weights (features is a setting)
         self._encode = None
-        if p.features == "clip":
+        if kind == "clip":
             self._encode = self._clip_encoder(config)
-        elif p.features == "backbone":
+        elif kind == "backbone":
             self._encode = self._backbone_encoder(config)
 
     def spec(self) -> dict[str, object]:
@@ -74,7 +73,7 @@ class FeatureExtractor:
         from bdsel.predictors.prompts import prompts_for
 
         ds = self.dataset
-        model, pretrained = clip_weights(config.zeroshot.settings)
+        model, pretrained = config.zeroshot.settings.model, config.zeroshot.settings.pretrained
         class_names, templates = prompts_for(ds.name, ds.class_names, None)  # images only
         clip = ClipPredictor(clip_model_name(model), pretrained, class_names, templates,
                              device=self.device, batch_size=self.batch_size)  # fmt: skip
@@ -95,7 +94,7 @@ class FeatureExtractor:
         p, ds = config.zeroshot.settings, self.dataset
         if not p.backbone or not p.weights:
             raise ValueError(
-                "zeroshot.features=backbone needs zeroshot.backbone (a model name) "
+                "zeroshot.predictor=probe_backbone needs zeroshot.backbone (a model name) "
                 "and zeroshot.weights (its local backbone weights file)"
             )
         model = create_model(p.backbone, n_classes=ds.n_classes, in_channels=ds.in_channels,

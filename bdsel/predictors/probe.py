@@ -1,5 +1,7 @@
-"""The ``probe`` predictor: a cross-fitted linear probe on frozen features, the cheap stand-in
-for CLIP that needs no clean label.
+"""The probe predictors: cross-fitted linear probes on frozen features, the cheap stand-in for
+CLIP that needs no clean label. ``probe`` reads the raw pixels (the offline default),
+``probe_clip`` open_clip's image embeddings, ``probe_backbone`` a frozen bdsel model's
+penultimate features.
 
 CLIP makes selection pay because it is free to the trainer: trained elsewhere, one inference
 pass, and weaker than the model it helps. A linear probe on features that cost one pass (raw
@@ -10,12 +12,12 @@ predicted by a probe that was fitted on it; rows outside the subset (the test se
 get the mean of the K probes' probabilities.
 
 A probe of noisy labels learns the noise, a pair flip entirely, and then believes a flipped
-label. With ``channel: auto`` (the default) the first round's out-of-fold probabilities
-estimate the noise channel (bdsel.data.noise_channel: anchor points where the off-diagonal
+label. So the first round's out-of-fold probabilities estimate the noise channel (bdsel.data.noise_channel: anchor points where the off-diagonal
 mass is concentrated, as a pair flip's is, else the symmetric channel of the rate fitted to
 them), and a second round of K probes on the same folds learns the clean label through it
 with the forward loss correction. Where the channel leaves a class unidentifiable, the first
-round stands. The temperature is fitted when the cache is made, with the labels' noise
+round stands (``crossfit_probe(channel="none")`` keeps the first round for a library
+user). The temperature is fitted when the cache is made, with the labels' noise
 (``calibration_labels = "observed"``).
 
 :func:`crossfit_probe` is the whole recipe on any feature tensor; the registered predictor
@@ -39,7 +41,8 @@ from bdsel.calibration import fit_temperature_and_noise
 from bdsel.config import Config, checks
 from bdsel.data import RunData
 from bdsel.data.noise_channel import anchor_transition, choose_channel, forward_loss, identifiable
-from bdsel.predictors.features import FeatureExtractor, clip_weights
+from bdsel.predictors.clip import clip_weights_spec
+from bdsel.predictors.features import FeatureExtractor
 from bdsel.predictors.registry import channel_rows, register_predictor
 from bdsel.rundir import atomic_write_bytes
 
@@ -126,7 +129,7 @@ def fit_linear(
 # of 256, from zero weights on standardised features (experiments/probe_quality.py measured it;
 # results: docs/results/end_to_end/probe_quality.md). A cache's spec records them. The library
 # function below keeps its own defaults (lr 0.01, L2 1e-4), which the examples use.
-RECIPE = {"lr": 3e-3, "weight_decay": 1e-3, "batch_size": 256}
+RECIPE = {"lr": 3e-3, "weight_decay": 1e-3, "batch_size": 256, "channel": "auto"}
 
 
 def crossfit_probe(
@@ -225,48 +228,57 @@ def _fit_round(
 
 @dataclass
 class ProbeSettings:
-    """The ``probe`` predictor (the offline default): K linear probes on frozen features, each
-    fitted on the observed labels of all folds of the training subset but one and predicting
-    it, then again through the noise channel their out-of-fold probabilities estimate; no
-    clean label, one pass over the images (docs/predictors.md)."""
+    """The ``probe`` predictor (the offline default): K linear probes on the raw pixels of an
+    in-memory dataset, each fitted on the observed labels of all folds of the training subset
+    but one and predicting it, then again through the noise channel their out-of-fold
+    probabilities estimate; no clean label, one pass over the images (docs/predictors.md)."""
 
-    # pixels: the raw pixels (in-memory datasets); clip: open_clip's image embeddings (backbone,
-    # weights); backbone: a bdsel model's penultimate features with its backbone weights from
-    # a local file (backbone, weights).
-    features: Literal["pixels", "clip", "backbone"] = "pixels"
-    # features=backbone: a registered model name; clip: an open_clip architecture name or JSON
-    # architecture file (null: RN50)
-    backbone: str | None = None
-    # features=backbone: its local backbone weights file; clip: a pretrained tag or a local
-    # checkpoint (null: openai)
-    weights: str | None = None
     folds: int = 2  # K probes, each predicting its own fold
     epochs: int = 5  # passes of minibatch Adam (bdsel.predictors.probe.RECIPE), from zero
-    # auto: a second round of probes learns the clean label through the noise channel the
-    # first round's out-of-fold probabilities estimate (anchor points where concentrated, as
-    # a pair flip's are, else symmetric at the fitted rate). none: the first round stands.
-    channel: Literal["auto", "none"] = "auto"
     RANGES: ClassVar[dict[str, checks.Range]] = {
         "folds": (checks.at_least(2), "an int >= 2"),
         "epochs": checks.POSITIVE_INT_RULE,
     }  # fmt: skip
 
 
-def cache_stem(config: Config) -> str:
-    """Everything its outputs depend on: split, noise, features and folds."""
-    p = config.zeroshot.settings
-    return f"{config.data.name}-probe{p.folds}-{p.features}-{split_stem(config)}"
+@dataclass
+class ClipProbeSettings(ProbeSettings):
+    """``probe_clip``: the probe on open_clip's L2-normalised image embeddings, the weights
+    loaded as the ``clip`` predictor loads them: for a user who has CLIP weights."""
+
+    model: str = "RN50"  # an open_clip architecture name, or a JSON architecture file
+    pretrained: str = "openai"  # a pretrained tag (needs internet) or a local checkpoint
 
 
-@register_predictor("probe", cache_stem=cache_stem)
+@dataclass
+class BackboneProbeSettings(ProbeSettings):
+    """``probe_backbone``: the probe on a bdsel model's penultimate features, in eval mode,
+    with its backbone weights from a local file."""
+
+    backbone: str | None = None  # a registered model name (bdsel.models.list_models)
+    weights: str | None = None  # its local backbone weights file
+
+
+def _cache_stem(features: str):
+    def cache_stem(config: Config) -> str:
+        """Everything its outputs depend on: split, noise, features and folds."""
+        folds = config.zeroshot.settings.folds
+        return f"{config.data.name}-probe{folds}-{features}-{split_stem(config)}"
+
+    return cache_stem
+
+
+@register_predictor("probe", cache_stem=_cache_stem("pixels"))
 class ProbePredictor:
     """:func:`crossfit_probe` on a run's training subset, over frozen features
-    (bdsel.predictors.features): out-of-fold log-probs for its rows, the probes' mean for any
-    other row."""
+    (bdsel.predictors.features; ``features`` names which): out-of-fold log-probs for its
+    rows, the probes' mean for any other row."""
 
     Settings = ProbeSettings  # zeroshot.* when zeroshot.predictor=probe
+    features = "pixels"
 
     calibration_labels = "observed"  # noise included: the temperature is fitted with it
+    out_of_fold = True  # no row predicted by a probe fitted on it
 
     def __init__(self, config: Config, data: RunData, extractor: FeatureExtractor) -> None:
         self.config, self.data, self.extractor = config, data, extractor
@@ -277,22 +289,14 @@ class ProbePredictor:
 
     @classmethod
     def from_config(cls, config: Config, data: RunData, device: torch.device) -> ProbePredictor:
-        return cls(config, data, FeatureExtractor(config, data.dataset, device))
+        return cls(config, data, FeatureExtractor(config, data.dataset, device, cls.features))
 
-    @staticmethod
-    def settings(config: Config) -> dict[str, Any]:
+    @classmethod
+    def settings(cls, config: Config) -> dict[str, Any]:
         """The settings that shape its outputs, as its spec names them."""
         p = config.zeroshot.settings
-        settings = {"kind": "probe", **dataclasses.asdict(p), **RECIPE}
-        if p.features == "backbone":
-            settings["weights"] = Path(p.weights).name if p.weights else None
-        else:
-            del settings["backbone"], settings["weights"]
-        if p.features == "clip":
-            model, pretrained = clip_weights(p)
-            settings |= {"model": Path(model).stem, "pretrained": Path(pretrained).name,
-                         "precision": "fp32"}  # fmt: skip
-        return settings
+        return {"kind": cls.name, "features": cls.features, "folds": p.folds, "epochs": p.epochs,
+                **RECIPE}  # fmt: skip
 
     @staticmethod
     def summary_rows(spec: dict[str, Any]) -> list[tuple[str, str]]:
@@ -301,15 +305,11 @@ class ProbePredictor:
 
     def describe(self) -> str:
         p = self.config.zeroshot.settings
-        channel = (
-            ", then again through the noise channel their out-of-fold probabilities estimate"
-            if p.channel == "auto"
-            else ""
-        )
         return (
-            f"{p.folds} cross-fitted linear probes on {p.features} features ({p.epochs} epochs "
-            f"each, on {p.folds - 1}/{p.folds} of {len(self.data.train_idx)} training points "
-            f"with their observed labels{channel})"
+            f"{p.folds} cross-fitted linear probes on {self.features} features ({p.epochs} "
+            f"epochs each, on {p.folds - 1}/{p.folds} of {len(self.data.train_idx)} training "
+            "points with their observed labels, then again through the noise channel their "
+            "out-of-fold probabilities estimate)"
         )
 
     def calibration(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -321,11 +321,11 @@ class ProbePredictor:
         p, rows = self.config.zeroshot.settings, self.data.train_idx.cpu()
         task = None
         if progress is not None:
-            task = progress.add_task(f"probe features ({p.features})", total=1)
+            task = progress.add_task(f"probe features ({self.features})", total=1)
         features = self.extractor("train", rows)
         self.fit_ = crossfit_probe(
             features, self.data.observed[rows], self.data.dataset.n_classes, folds=p.folds,
-            epochs=p.epochs, channel=p.channel, seed=self.config.seed, **RECIPE,
+            epochs=p.epochs, seed=self.config.seed, **RECIPE,
         )  # fmt: skip
         if task is not None:
             progress.update(task, completed=1)
@@ -366,3 +366,31 @@ class ProbePredictor:
             if fit is None or fit.transition is None
             else round(float(1 - fit.transition.diagonal().mean()), 6),
         }
+
+
+@register_predictor("probe_clip", cache_stem=_cache_stem("clip"))
+class ClipProbePredictor(ProbePredictor):
+    """The probe on open_clip's image embeddings (bdsel.predictors.features)."""
+
+    Settings = ClipProbeSettings  # zeroshot.* when zeroshot.predictor=probe_clip
+    features = "clip"
+
+    @classmethod
+    def settings(cls, config: Config) -> dict[str, Any]:
+        p = config.zeroshot.settings
+        weights = clip_weights_spec(p.model, p.pretrained)
+        return super().settings(config) | weights | {"precision": "fp32"}
+
+
+@register_predictor("probe_backbone", cache_stem=_cache_stem("backbone"))
+class BackboneProbePredictor(ProbePredictor):
+    """The probe on a frozen bdsel backbone's penultimate features (bdsel.predictors.features)."""
+
+    Settings = BackboneProbeSettings  # zeroshot.* when zeroshot.predictor=probe_backbone
+    features = "backbone"
+
+    @classmethod
+    def settings(cls, config: Config) -> dict[str, Any]:
+        p = config.zeroshot.settings
+        weights = Path(p.weights).name if p.weights else None
+        return super().settings(config) | {"backbone": p.backbone, "weights": weights}

@@ -124,6 +124,13 @@ def summary_rows(spec: dict[str, Any]) -> list[tuple[str, str]]:
     return rows(spec) if rows is not None else []
 
 
+def out_of_fold(kind: Any) -> bool:
+    """Whether the predictor a cache's spec names (its ``kind``) predicts every training row
+    with models that never trained on it: a class that says ``out_of_fold = True`` (crossfit
+    and the probes), whose caches can clean labels and serve as an irreducible-loss model."""
+    return kind in PREDICTORS and getattr(PREDICTORS.get(kind).cls, "out_of_fold", False)
+
+
 def channel_rows(spec: dict[str, Any], rate: str) -> list[tuple[str, str]]:
     """The row of a refit through a noise channel: its kind and noise rate (``rate``: where
     the symmetric channel's rate comes from)."""
