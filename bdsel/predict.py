@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import tempfile
 import time
 from collections.abc import Iterable
@@ -54,7 +53,6 @@ from bdsel.runtime import RowsBar, resolve_device, step_progress
 from bdsel.table import LabelColumn
 
 LOOKUPS = ("zs_logprobs", "il_logprobs")
-log = logging.getLogger(__name__)
 
 
 def predictor_settings(config: Config) -> dict[str, Any]:
@@ -346,13 +344,11 @@ def _check_cache_spec(
     """The cache was made for this run's predictor settings and split, and by a model that
     can serve as the irreducible-loss model when a lookup asks for one."""
     if diff := spec_mismatch(spec, expected_spec(config, data), omitted_settings(config)):
-        what = f"{path} was made with other predictor settings than this run's: {'; '.join(diff)}"
-        if not config.zeroshot.accept_mismatch:
-            raise CacheError(
-                f"{what}. Make a cache for this config with bdsel cache-zeroshot, or pass "
-                "--accept-cache-mismatch to train on this one anyway"
-            )
-        log.warning(f"{what} (accepted: --accept-cache-mismatch)")
+        raise CacheError(
+            f"{path} was made with other predictor settings than this run's: "
+            f"{'; '.join(diff)}. Set them to the cache's values, or make a cache for this "
+            "config with bdsel cache-zeroshot"
+        )
     check_split(path, spec, config, data)
     # RHO-LOSS's irreducible loss needs models that never trained on the row they predict:
     # the hold-out model, or out-of-fold ones.

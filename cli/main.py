@@ -137,14 +137,6 @@ def train(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing run.")
     ] = False,
-    accept_cache_mismatch: Annotated[
-        bool,
-        typer.Option(
-            "--accept-cache-mismatch",
-            help="Use a zero-shot cache made with other predictor settings (recorded in "
-            "config.yaml as zeroshot.accept_mismatch).",
-        ),
-    ] = False,
 ) -> None:
     """Train with online batch selection and write a run directory."""
     from bdsel.rundir import CHECKPOINT
@@ -153,7 +145,7 @@ def train(
     if resume and overwrite:
         raise fail("--resume and --overwrite exclude each other")
     try:
-        cfg, run_dir = _train_config(config, set_, run_dir, resume, accept_cache_mismatch)
+        cfg, run_dir = _train_config(config, set_, run_dir, resume)
         if resume and _said_finished(run_dir, cfg):
             return
         console.rule(Text(f"bdsel train → {run_dir}"))
@@ -207,7 +199,7 @@ def _said_finished(run_dir: Path, cfg: Any) -> bool:
 
 
 def _train_config(
-    config: str | None, set_: list[str] | None, run_dir: Path | None, resume: bool, accept: bool
+    config: str | None, set_: list[str] | None, run_dir: Path | None, resume: bool
 ) -> tuple[Any, Path]:
     """The run's config (with --resume and no --config: the run's own saved one) and its
     directory (default runs/<config>-<method>-s<seed>, <config> the file's stem or the shipped
@@ -223,7 +215,7 @@ def _train_config(
         config = str(run_dir / CONFIG)  # resume with the run's own saved config
     if config is None:
         raise fail("--config is required (a YAML file or a shipped config name)")
-    cfg = load_config(config, [*(set_ or []), *accept_overrides(accept)])
+    cfg = load_config(config, set_ or [])
     check_names(cfg)
     if run_dir is None:
         run_dir = Path("runs") / f"{Path(config).stem}-{cfg.select.method}-s{cfg.seed}"
@@ -248,10 +240,6 @@ def _print_done(summary: dict, run_dir: Path) -> None:
 def _final_acc(summary: dict) -> str:
     acc = summary.get("final_test_acc", summary.get("final_val_acc"))
     return f"{acc:.2%}" if isinstance(acc, float) else "-"
-
-
-def accept_overrides(accept_cache_mismatch: bool) -> list[str]:
-    return ["zeroshot.accept_mismatch=true"] if accept_cache_mismatch else []
 
 
 @app.command("cache-zeroshot")

@@ -154,9 +154,6 @@ class ZeroshotConfig:
     # observed one (which gives every mislabeled point about ε/(K − 1)). plain: the T fitted to
     # the calibration labels as they are (docs/predictors.md). A number: that T.
     temperature: float | Literal["auto", "plain"] = "auto"
-    # train: use a cache whose stored predictor settings differ from these (bdsel train
-    # --accept-cache-mismatch); recorded here so that the run directory says so.
-    accept_mismatch: bool = False
     # The predictor's own settings (zeroshot.predictor's ``Settings`` class, beside it), set
     # as zeroshot.<key> beside the keys above.
     settings: Any = None
