@@ -79,7 +79,7 @@ def build_run(config: Config, dataset: Dataset | None = None, world: World | Non
         device = torch.device("cuda", world.local_rank)
     torch.manual_seed(config.seed)
     dataset = dataset if dataset is not None else load_dataset(config.data)
-    data = derive_run_data(dataset, config.data, config.seed)
+    data = derive_run_data(dataset, config.data, config.seed, config.holdout_fraction)
     cleaned = clean_run_data(config, data)  # data.clean's points dropped (clean-then-train)
     requires = selector_class(config.select.method).requires
     lookups = build_lookups(requires, config, data, device)

@@ -31,7 +31,7 @@ from bdsel.cache.format import (
     partial_path,
     read_cache_info,
 )
-from bdsel.cache.provenance import check_split
+from bdsel.cache.provenance import SPLIT_KEYS, check_split
 from bdsel.cache.writer import CacheSummary, build_cache
 from bdsel.calibration import calibration_step
 from bdsel.config import Config
@@ -115,7 +115,8 @@ def omitted_settings(config: Config) -> list[str]:
     if not dataclasses.is_dataclass(own):
         return []
     named = predictor_entry(config.zeroshot.predictor).cls.settings(config)
-    return [f.name for f in dataclasses.fields(own) if f.name not in named]
+    split = SPLIT_KEYS  # the split's settings are checked with the split (check_split)
+    return [f.name for f in dataclasses.fields(own) if f.name not in named and f.name not in split]
 
 
 def predictor_device(config: Config, world: World) -> torch.device:
@@ -198,7 +199,7 @@ def _write_cache(
     if not world.is_main:
         console, progress = Console(quiet=True), False
     dataset = load_dataset(config.data)
-    data = derive_run_data(dataset, config.data, config.seed)
+    data = derive_run_data(dataset, config.data, config.seed, config.holdout_fraction)
     predictor = make_predictor(config, data, world)
     weights = holdout_weights_path(out)
     needs_model = isinstance(predictor, TrainedPredictor) and not (out.exists() and not overwrite)

@@ -50,7 +50,7 @@ def estimate(setting: str, epochs: int) -> dict:
     overrides = ["seed=0", *SETTINGS[setting][1], "zeroshot.predictor=crossfit",
                  f"zeroshot.crossfit.channel_epochs={epochs}"]  # fmt: skip
     cfg = load_config("fashion_mnist", overrides)
-    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
+    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed, cfg.holdout_fraction)
     fit = CrossfitPredictor.from_config(cfg, data, torch.device("cpu")).crossfit
     fit._fit_round(None, range(len(fit.models)))  # the channel round only
     rows, probs = fit._out_of_fold()

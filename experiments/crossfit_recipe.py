@@ -44,7 +44,7 @@ def fit_fold_model(args: argparse.Namespace) -> tuple[dict, torch.Tensor, torch.
         "zeroshot.predictor=crossfit", f"zeroshot.lr={args.lr}", f"zeroshot.folds={args.folds}",
     ])  # fmt: skip
     ds = load_dataset(cfg.data)
-    data = derive_run_data(ds, cfg.data, cfg.seed)
+    data = derive_run_data(ds, cfg.data, cfg.seed, cfg.holdout_fraction)
     source = training_source(cfg, data, torch.device("cpu"))
     fit = CrossfitPredictor(cfg, data, source).crossfit  # the folds and fold 0's initial model
     c = cfg.zeroshot.settings

@@ -159,7 +159,7 @@ def _n_validation(args: argparse.Namespace, dataset: Any) -> int:
     from bdsel.data import derive_run_data
 
     cfg = load_config(CONFIG, [*PINNED, f"data.validation_fraction={args.validation_fraction}"])
-    return len(derive_run_data(dataset, cfg.data, cfg.seed).validation_idx)
+    return len(derive_run_data(dataset, cfg.data, cfg.seed, cfg.holdout_fraction).validation_idx)
 
 
 def _trial_score(result: dict[str, Any], values: dict[str, Any]) -> float:

@@ -97,7 +97,9 @@ def cleaning_seconds(rate: float) -> float:
     from bdsel.data.label_issues import find_label_issues
 
     config = load_config("fashion_mnist", ["seed=0", *NOISE[rate]])
-    data = derive_run_data(load_dataset(config.data), config.data, config.seed)
+    data = derive_run_data(
+        load_dataset(config.data), config.data, config.seed, config.holdout_fraction
+    )
     probs = load_zs_logprobs(crossfit_cache(rate), data.dataset)[data.train_idx].double().exp()
     import cleanlab.filter  # noqa: F401  (its import is not the cleaning's cost)
 

@@ -72,7 +72,9 @@ def label_logprobs(config_name: str, overrides: list[str]) -> tuple[torch.Tensor
     """log p_zs(observed label | x) and the mislabeled mask over the training points a run
     draws from: those ``data.clean`` keeps, where the overrides set it."""
     config = load_config(config_name, overrides)
-    data = derive_run_data(load_dataset(config.data), config.data, config.seed)
+    data = derive_run_data(
+        load_dataset(config.data), config.data, config.seed, config.holdout_fraction
+    )
     kept = clean_run_data(config, data)
     lookups = build_lookups(("zs_logprobs",), config, data, torch.device("cpu"))
     idx = torch.as_tensor(kept.train_idx)

@@ -34,7 +34,7 @@ CHANNELS = ("none", "auto")
 def measure(overrides: tuple[str, ...], channel: str) -> dict[str, float]:
     config = load_config("fashion_mnist", list(overrides))
     dataset = load_dataset(config.data)
-    data = derive_run_data(dataset, config.data, config.seed)
+    data = derive_run_data(dataset, config.data, config.seed, config.holdout_fraction)
     rows = data.train_idx
     observed, clean = data.observed[rows], dataset.train.labels[rows]
     p = config.zeroshot.settings

@@ -27,12 +27,13 @@ from bdsel.rundir import METRICS  # noqa: E402
 SETTINGS = [
     "seed=3", "train.epochs=2",
     "select.n_candidates=64", "select.n_selected=16", "eval.batch_size=128",
-    "data.train_fraction=0.5", "data.holdout_fraction=0.2",
+    "data.train_fraction=0.5",
     "data.noise.kind=symmetric", "data.noise.rate=0.2",
 ]  # fmt: skip
 # the own settings of a method or predictor that the runs shorten
 OWN = {
-    "svp": ["select.epochs=1"], "holdout": ["zeroshot.epochs=2"], "probe": ["zeroshot.epochs=2"],
+    "svp": ["select.epochs=1"], "holdout": ["zeroshot.epochs=2", "zeroshot.holdout_fraction=0.2"],
+    "probe": ["zeroshot.epochs=2"],
     "crossfit": ["zeroshot.epochs=2", "zeroshot.channel_epochs=1"],
 }  # fmt: skip
 # run name -> the predictor whose cache it reads (None: none)

@@ -36,7 +36,7 @@ def bayes_values(tiny_config_values: dict, tmp_path: Path) -> dict:
 
 def test_holdout_model_never_trains_on_training_subset(bayes_values: dict):
     cfg = load_config(values=bayes_values)
-    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
+    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed, cfg.holdout_fraction)
     source = make_image_source(data.dataset, torch.device("cpu"))
     seen: list[torch.Tensor] = []
     original = source.iter_batches

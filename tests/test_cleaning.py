@@ -70,7 +70,7 @@ def test_training_drops_exactly_the_flagged_points_and_records_it(
 ):
     config_path, cache = _noisy_config_and_cache(tmp_path, tiny_config_values)
     cfg = load_config(str(config_path), [f"data.clean.cache={cache}"])
-    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
+    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed, cfg.holdout_fraction)
     probs = load_zs_logprobs(cache, data.dataset)[data.train_idx].double().exp()
     flagged = cleanlab_find(
         labels=data.observed[data.train_idx].numpy(), pred_probs=probs.numpy()

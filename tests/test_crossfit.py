@@ -57,7 +57,7 @@ def test_no_row_is_predicted_by_a_model_that_trained_on_it(
     values["zeroshot"] = dict(values["zeroshot"])
     values["zeroshot"].update(folds=folds, rounds=rounds, channel_folds=channel_folds)
     cfg = load_config(values=values)
-    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
+    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed, cfg.holdout_fraction)
     source = make_image_source(data.dataset, torch.device("cpu"))
     original = source.iter_batches
     fits: list[dict] = []  # per model trained, in order: its round, fold, rows, loss, epochs
@@ -123,7 +123,7 @@ def test_a_skipped_forward_refit_completes_its_channel_round(
     # have: every fold gets a model that never saw it, the same as a one-round predictor's.
     monkeypatch.setattr(crossfit_module, "identifiable", lambda t: False)
     cfg = load_config(values=crossfit_values, overrides=["zeroshot.channel_epochs=2"])
-    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
+    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed, cfg.holdout_fraction)
     source = make_image_source(data.dataset, torch.device("cpu"))
     predictor = CrossfitPredictor(cfg, data, source)
     fit = predictor.crossfit
@@ -268,7 +268,7 @@ def test_a_forward_refit_resumes_after_a_kill_between_rounds(
     crossfit_values: dict, tmp_path: Path, monkeypatch
 ):
     cfg = load_config(values=crossfit_values)
-    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
+    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed, cfg.holdout_fraction)
     source = make_image_source(data.dataset, torch.device("cpu"))
     predictor = CrossfitPredictor(cfg, data, source)
     predictor.fit_or_load(tmp_path / "whole.pt")
@@ -305,7 +305,7 @@ def check_label_noise_fit(cfg_path: Path, path: Path, logprobs: dict, temperatur
     from bdsel.calibration import fit_label_noise
 
     cfg = load_config(str(cfg_path))
-    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
+    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed, cfg.holdout_fraction)
     rows = data.train_idx
     fit = fit_label_noise(torch.from_numpy(logprobs["train"])[rows], data.observed[rows])
     expected = (fit.temperature, fit.noise_rate)
@@ -349,7 +349,7 @@ def test_crossfit_models_on_your_own_data_is_the_recipe_cache_zeroshot_runs(
     result = runner.invoke(app, ["cache-zeroshot", "-c", str(cfg_path)])
     assert result.exit_code == 0, result.output
     cfg = load_config(str(cfg_path))
-    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
+    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed, cfg.holdout_fraction)
     with h5py.File(tmp_path / "cf.h5") as f:
         cached = torch.from_numpy(f["train/logprobs"][...])[data.train_idx]
         test_cached = torch.from_numpy(f["test/logprobs"][...])

@@ -134,12 +134,10 @@ def _toy(n: int = 2000, n_classes: int = 10):
 @pytest.mark.parametrize("kind", ["symmetric", "pairflip", "uniform"])
 def test_splits_and_noise(kind: str):
     ds = _toy()
-    cfg = DataConfig(
-        train_fraction=0.5, holdout_fraction=0.3, noise=NoiseConfig(kind=kind, rate=0.2)
-    )
-    a = derive_run_data(ds, cfg, seed=7)
-    b = derive_run_data(ds, cfg, seed=7)
-    c = derive_run_data(ds, cfg, seed=8)
+    cfg = DataConfig(train_fraction=0.5, noise=NoiseConfig(kind=kind, rate=0.2))
+    a = derive_run_data(ds, cfg, seed=7, holdout_fraction=0.3)
+    b = derive_run_data(ds, cfg, seed=7, holdout_fraction=0.3)
+    c = derive_run_data(ds, cfg, seed=8, holdout_fraction=0.3)
     assert torch.equal(a.train_idx, b.train_idx) and torch.equal(a.observed, b.observed)
     assert not torch.equal(a.train_idx, c.train_idx)
     assert len(a.train_idx) == 1000 and len(a.holdout_idx) == 600
@@ -162,20 +160,19 @@ def test_splits_and_noise(kind: str):
 
 def test_validation_split_is_disjoint_clean_and_leaves_the_others_alone():
     ds = _toy()
-    base = DataConfig(
-        train_fraction=0.5, holdout_fraction=0.2, noise=NoiseConfig(kind="symmetric", rate=0.4)
-    )
-    with_val = DataConfig(
-        train_fraction=0.5,
-        holdout_fraction=0.2,
-        validation_fraction=0.1,
-        noise=NoiseConfig(kind="symmetric", rate=0.4),
-    )
-    a, v = derive_run_data(ds, base, seed=5), derive_run_data(ds, with_val, seed=5)
+    noise = NoiseConfig(kind="symmetric", rate=0.4)
+    base = DataConfig(train_fraction=0.5, noise=noise)
+    with_val = DataConfig(train_fraction=0.5, validation_fraction=0.1, noise=noise)
+    a, v = (derive_run_data(ds, c, seed=5, holdout_fraction=0.2) for c in (base, with_val))
     assert len(a.validation_idx) == 0 and len(v.validation_idx) == 200
     # tuning on a validation split must not change what the final runs train on
     assert torch.equal(a.train_idx, v.train_idx) and torch.equal(a.holdout_idx, v.holdout_idx)
     assert torch.equal(a.observed, v.observed)
+    # nor does the predictor's hold-out (none for a predictor without one) move the split
+    no_holdout = derive_run_data(ds, with_val, seed=5)
+    assert len(no_holdout.holdout_idx) == 0
+    assert torch.equal(no_holdout.validation_idx, v.validation_idx)
+    assert torch.equal(no_holdout.train_idx, v.train_idx)
     val = set(v.validation_idx.tolist())
     assert not val & set(v.train_idx.tolist()) and not val & set(v.holdout_idx.tolist())
     assert not v.noisy[v.validation_idx].any()

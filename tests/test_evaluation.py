@@ -184,7 +184,7 @@ def test_early_stopping_keeps_the_best_epoch(tiny_config_values: dict):
     from bdsel.optim import build_optimizer
 
     cfg = load_config(values=tiny_config_values)
-    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
+    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed, cfg.holdout_fraction)
     source = make_image_source(data.dataset, torch.device("cpu"))
     model = create_model("small_cnn", n_classes=10, in_channels=1)
     planned = iter([0.5, 0.7, 0.6, 0.65, 0.55, 0.9])  # the 6th would win, if it ran
@@ -225,7 +225,7 @@ def test_no_patience_scores_only_the_last_epoch_and_cosine_ends_at_zero(tiny_con
     from bdsel.optim import build_optimizer
 
     cfg = load_config(values=tiny_config_values)
-    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed)
+    data = derive_run_data(load_dataset(cfg.data), cfg.data, cfg.seed, cfg.holdout_fraction)
     source = make_image_source(data.dataset, torch.device("cpu"))
     model = create_model("small_cnn", n_classes=10, in_channels=1)
     optimizer = build_optimizer(model, cfg.train)

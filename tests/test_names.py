@@ -92,7 +92,7 @@ TINY_PREDICTOR = {
 def _values(name: str, data: dict) -> dict:
     return {
         "seed": 1,
-        "data": {"name": name, "train_fraction": 0.5, "holdout_fraction": 0.25, **data},
+        "data": {"name": name, "train_fraction": 0.5, **data},
         "train": {"epochs": 1},
         "select": {"method": "uniform", "n_candidates": 16, "n_selected": 4},
         "eval": {"batch_size": 64},

@@ -231,7 +231,9 @@ def test_the_probe_runs_on_clip_image_embeddings_offline(tiny_config_values, tmp
     from bdsel.data import derive_run_data, load_dataset
     from bdsel.predictors.features import FeatureExtractor
 
-    data = derive_run_data(load_dataset(config.data), config.data, config.seed)
+    data = derive_run_data(
+        load_dataset(config.data), config.data, config.seed, config.holdout_fraction
+    )
     extractor = FeatureExtractor(config, data.dataset, torch.device("cpu"), "clip")
     feats = extractor("train", data.train_idx[:8])
     assert feats.shape == (8, 32)
@@ -277,7 +279,9 @@ def test_an_interrupted_caches_probes_are_reloaded_as_they_were(tiny_config_valu
     from bdsel.predictors.registry import create_predictor
 
     config = _probe_config(tiny_config_values, tmp_path)
-    data = derive_run_data(load_dataset(config.data), config.data, config.seed)
+    data = derive_run_data(
+        load_dataset(config.data), config.data, config.seed, config.holdout_fraction
+    )
     first = create_predictor(config, data, torch.device("cpu"))
     first.fit_or_load(tmp_path / "probes.pt")
     assert (tmp_path / "probes.pt").is_file()

@@ -80,7 +80,7 @@ def random_logprobs(n: int, seed: int, scale: float = 2.0) -> torch.Tensor:
 def test_every_selector_keeps_the_contract(method: str):
     cfg = tiny_config(method, svp={"epochs": 1, "batch_size": 48, "fraction": 0.5})
     ds = tiny_dataset()
-    data = derive_run_data(ds, cfg.data, cfg.seed)
+    data = derive_run_data(ds, cfg.data, cfg.seed, cfg.holdout_fraction)
     source = make_image_source(ds, CPU, augment=False)
     torch.manual_seed(0)
     model = create_model("small_cnn", n_classes=N_CLASSES, in_channels=1)
@@ -325,7 +325,7 @@ def test_svp_coreset_finds_the_planted_hard_points(criterion: str):
     ds, hard = planted_problem()
     svp = {"epochs": 4, "batch_size": 32, "lr": 3e-3, "fraction": 0.2, "criterion": criterion}
     cfg = tiny_config("svp", svp=svp)
-    data = derive_run_data(ds, cfg.data, cfg.seed)
+    data = derive_run_data(ds, cfg.data, cfg.seed, cfg.holdout_fraction)
     source = make_image_source(ds, CPU, augment=False)
     coreset = build_coreset(cfg, data, source, CPU)
     assert coreset.shape == (60,) and len(set(coreset.tolist())) == 60
@@ -338,7 +338,7 @@ def test_svp_forgetting_coreset_is_the_most_forgotten_points(monkeypatch):
     (a 4-epoch proxy forgets too little for a planted-data test of this criterion)."""
     ds = tiny_dataset()  # 96 train points, all of them in the train subset
     cfg = tiny_config("svp", svp={"epochs": 3, "fraction": 0.25, "criterion": "forgetting"})
-    data = derive_run_data(ds, cfg.data, cfg.seed)
+    data = derive_run_data(ds, cfg.data, cfg.seed, cfg.holdout_fraction)
     n = len(data.train_idx)
     forgotten = torch.randperm(n, generator=gen(0))[:24]
     history = torch.ones(3, n, dtype=torch.bool)
@@ -353,7 +353,7 @@ def test_svp_forgetting_coreset_is_the_most_forgotten_points(monkeypatch):
 def test_svp_is_deterministic_and_resumes_without_retraining(monkeypatch):
     ds = tiny_dataset()
     cfg = tiny_config("svp", svp={"epochs": 1, "batch_size": 48, "fraction": 0.25})
-    data = derive_run_data(ds, cfg.data, cfg.seed)
+    data = derive_run_data(ds, cfg.data, cfg.seed, cfg.holdout_fraction)
     extras = {"data": data, "source": make_image_source(ds, CPU, augment=False)}
 
     def build():

@@ -128,7 +128,7 @@ def test_full_trains_on_every_candidate(tmp_path: Path, tiny_config_values: dict
     ("args", "message"),
     [
         (["--set", "select.n_selected=100"], "cannot select more points than there are candidates"),
-        (["--set", "data.holdout_fraction=0.6"], "must be disjoint"),
+        (["--set", "zeroshot.holdout_fraction=0.6"], "must be disjoint"),
         (["--set", "model.name=alexnet"], "valid: resnet18, resnet18_cifar"),
         (["--set", "select.method=oracle"], "unknown method 'oracle'; valid: bayesian, full"),
         (["--set", "data.name=svhn"], "data.name: unknown dataset 'svhn'; valid: cifar10"),

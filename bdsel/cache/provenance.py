@@ -16,7 +16,7 @@ from bdsel.data import RunData, int64_sha256
 SPLIT_KEYS = {
     "split_seed": "data.split_seed",
     "train_fraction": "data.train_fraction",
-    "holdout_fraction": "data.holdout_fraction",
+    "holdout_fraction": "zeroshot.holdout_fraction",
     "noise": "data.noise",
     "imbalance_ratio": "data.imbalance.ratio",
 }
@@ -27,10 +27,7 @@ def split_stem(config: Config) -> str:
     split's seed and fractions, the noise, the run's seed and any imbalance."""
     d = config.data
     split_seed = config.seed if d.split_seed is None else d.split_seed
-    stem = (
-        f"split{split_seed}-t{d.train_fraction:g}-h{d.holdout_fraction:g}"
-        f"-{d.noise.kind}{d.noise.rate:g}-s{config.seed}"
-    )
+    stem = f"split{split_seed}-t{d.train_fraction:g}-{d.noise.kind}{d.noise.rate:g}-s{config.seed}"
     return stem + (f"-lt{d.imbalance.ratio:g}" if d.imbalance.ratio > 1 else "")
 
 
@@ -58,7 +55,7 @@ def split_differences(spec: dict[str, Any], config: Config) -> str:
     current = {
         "split_seed": config.seed if d.split_seed is None else d.split_seed,
         "train_fraction": d.train_fraction,
-        "holdout_fraction": d.holdout_fraction,
+        "holdout_fraction": config.holdout_fraction,
         "noise": {"kind": d.noise.kind, "rate": d.noise.rate},
         "imbalance_ratio": d.imbalance.ratio,
     }

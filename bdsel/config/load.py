@@ -290,11 +290,10 @@ def check_ranges(settings: Any, prefix: str = "") -> None:
 
 def _check_combinations(config: Config) -> None:
     d, s = config.data, config.select
-    if d.train_fraction + d.holdout_fraction + d.validation_fraction > 1.0 + 1e-9:
+    if (total := d.train_fraction + config.holdout_fraction + d.validation_fraction) > 1 + 1e-9:
         raise ConfigError(
-            "data.train_fraction + data.holdout_fraction + data.validation_fraction = "
-            f"{d.train_fraction + d.holdout_fraction + d.validation_fraction:g} > 1: "
-            "the subsets must be disjoint"
+            "data.train_fraction + zeroshot.holdout_fraction + data.validation_fraction = "
+            f"{total:g} > 1: the subsets must be disjoint"
         )
     if d.noise.kind == "none" and d.noise.rate > 0:
         raise ConfigError(

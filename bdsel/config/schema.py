@@ -61,10 +61,9 @@ class DataConfig:
     name: str = "fashion_mnist"  # a registered dataset (bdsel.data.list_datasets)
     root: str | None = None  # None: the dataset's documented default location
     train_fraction: float = 0.5  # of the base training set (paper: 0.5)
-    holdout_fraction: float = 0.0  # a disjoint clean split (holdout predictor)
-    # A clean-labelled split for tuning, drawn after the hold-out from the same permutation
-    # (disjoint from the train subset, the hold-out and the test set); > 0: accuracy is
-    # measured on it instead of the test set, and records say val_acc.
+    # A clean-labelled split for tuning, drawn from the end of the train subset's permutation
+    # (disjoint from it, from the holdout predictor's hold-out and from the test set); > 0:
+    # accuracy is measured on it instead of the test set, and records say val_acc.
     validation_fraction: float = 0.0
     split_seed: int | None = None  # None: the run's seed
     noise: NoiseConfig = field(default_factory=NoiseConfig)
@@ -77,7 +76,6 @@ class DataConfig:
     RANGES: ClassVar[dict[str, Range]] = {
         "split_seed": (lambda v: v is None or v >= 0, "null or an int >= 0"),
         "train_fraction": (within(0, 1, low_open=True), "a fraction in (0, 1]"),
-        "holdout_fraction": (within(0, 1, high_open=True), "a fraction in [0, 1)"),
         "validation_fraction": (within(0, 1, high_open=True), "a fraction in [0, 1)"),
     }  # fmt: skip
 
@@ -204,6 +202,15 @@ class Config:
         """Where accuracy is measured: the validation split where data.validation_fraction
         makes one (a tuning run), else the test set."""
         return "validation" if self.data.validation_fraction > 0 else "test"
+
+    @property
+    def holdout_fraction(self) -> float:
+        """The clean hold-out split's share of the base training set, drawn after the train
+        subset: the one a predictor's settings name (the holdout predictor's
+        ``zeroshot.holdout_fraction``; null there: all that the train subset leaves), 0 for a
+        predictor that reads no hold-out."""
+        own = getattr(self.zeroshot.settings, "holdout_fraction", 0.0)
+        return 1.0 - self.data.train_fraction if own is None else own
 
     @property
     def evaluated_weights(self) -> Literal["ema", "online"]:

@@ -76,8 +76,13 @@ def inject_noise(
     return out
 
 
-def derive_run_data(dataset: Dataset, cfg: DataConfig, seed: int) -> RunData:
-    """Splits, imbalance and noise for one run; the same inputs always give the same result."""
+def derive_run_data(
+    dataset: Dataset, cfg: DataConfig, seed: int, holdout_fraction: float = 0.0
+) -> RunData:
+    """Splits, imbalance and noise for one run; the same inputs always give the same result.
+    One permutation of the base training set gives the train subset from its start, the
+    hold-out (``holdout_fraction``: ``Config.holdout_fraction``, the predictor's) after it and
+    the validation split from its end, so that none of the three depends on another's size."""
     split_seed = seed if cfg.split_seed is None else cfg.split_seed
     rng = np.random.default_rng(split_seed)
     clean = dataset.train.labels.numpy().astype(np.int64)
@@ -92,13 +97,13 @@ def derive_run_data(dataset: Dataset, cfg: DataConfig, seed: int) -> RunData:
         )
     pool = rng.permutation(pool)
     n_train = int(round(cfg.train_fraction * len(pool)))
-    n_holdout = int(round(cfg.holdout_fraction * len(pool)))
     n_validation = int(round(cfg.validation_fraction * len(pool)))
+    n_holdout = int(round(holdout_fraction * len(pool)))
     if n_train < 1:
         raise ValueError(f"data.train_fraction={cfg.train_fraction} leaves no training points")
     train_idx = np.sort(pool[:n_train])
     holdout_idx = np.sort(pool[n_train : n_train + n_holdout])
-    validation_idx = np.sort(pool[n_train + n_holdout : n_train + n_holdout + n_validation])
+    validation_idx = np.sort(pool[len(pool) - n_validation :])
 
     observed = clean.copy()
     observed[train_idx] = inject_noise(

@@ -35,8 +35,12 @@ class HoldoutSettings(FitSettings):
     """The ``holdout`` predictor: trained on the hold-out split's clean labels, scored for
     early stopping on a calibration split carved from the hold-out."""
 
+    # The hold-out split: a share of the base training set, drawn after the train subset,
+    # whose clean labels the model trains on; null: all that the train subset leaves.
+    holdout_fraction: float | None = None
     calibration_fraction: float = 0.1  # of the hold-out: early stopping and the temperature
     RANGES: ClassVar[dict[str, checks.Range]] = {
+        "holdout_fraction": (lambda v: v is None or 0 < v < 1, "null or a fraction in (0, 1)"),
         "calibration_fraction": (checks.within(0, 1, low_open=True, high_open=True), "a fraction in (0, 1)"),
     }  # fmt: skip
 
@@ -45,7 +49,7 @@ def cache_stem(config: Config) -> str:
     """The hold-out split (seed, fractions, imbalance) and model name the cache depends on."""
     d, h = config.data, config.zeroshot.settings
     split_seed = config.seed if d.split_seed is None else d.split_seed
-    stem = f"{d.name}-holdout-{h.model}-split{split_seed}-h{d.holdout_fraction:g}"
+    stem = f"{d.name}-holdout-{h.model}-split{split_seed}-h{config.holdout_fraction:g}"
     return stem + (f"-lt{d.imbalance.ratio:g}" if d.imbalance.ratio > 1 else "")
 
 
@@ -88,7 +92,8 @@ class HoldoutPredictor:
     def __init__(self, config: Config, data: RunData, source: ImageSource) -> None:
         if len(data.holdout_idx) == 0:
             raise ValueError(
-                "zeroshot.predictor=holdout needs a hold-out split: set data.holdout_fraction > 0"
+                "zeroshot.predictor=holdout needs a hold-out split: data.train_fraction=1 "
+                "leaves none of the base training set"
             )
         overlap = set(data.holdout_idx.tolist()) & set(data.train_idx.tolist())
         if overlap:  # derive_run_data guarantees this; the IL model's validity depends on it
@@ -110,7 +115,9 @@ class HoldoutPredictor:
     @staticmethod
     def settings(config: Config) -> dict[str, Any]:
         """The settings that shape its outputs, as its spec names them."""
-        return fit_settings("holdout", config, config.zeroshot.settings)
+        settings = fit_settings("holdout", config, config.zeroshot.settings)
+        del settings["holdout_fraction"]  # the split's: in the stem, and checked with the split
+        return settings
 
     @classmethod
     def from_config(cls, config: Config, data: RunData, device: torch.device) -> HoldoutPredictor:
@@ -215,7 +222,7 @@ class HoldoutPredictor:
             "seed": self.config.seed,
             "split_seed": self.config.seed if d.split_seed is None else d.split_seed,
             "train_fraction": d.train_fraction,
-            "holdout_fraction": d.holdout_fraction,
+            "holdout_fraction": self.config.holdout_fraction,
             "imbalance_ratio": d.imbalance.ratio,
             "holdout_sha256": int64_sha256(self.data.holdout_idx),
             "epochs_trained": self.epochs_trained,
