@@ -240,6 +240,10 @@ class ProbeSettings:
         "epochs": checks.POSITIVE_INT_RULE,
     }  # fmt: skip
 
+    def weights_spec(self) -> dict[str, Any]:
+        """How the cache's spec names the weights of the features (none for the pixels)."""
+        return {}
+
 
 @dataclass
 class ClipProbeSettings(ProbeSettings):
@@ -249,6 +253,9 @@ class ClipProbeSettings(ProbeSettings):
     model: str = "RN50"  # an open_clip architecture name, or a JSON architecture file
     pretrained: str = "openai"  # a pretrained tag (needs internet) or a local checkpoint
 
+    def weights_spec(self) -> dict[str, Any]:
+        return clip_weights_spec(self.model, self.pretrained) | {"precision": "fp32"}
+
 
 @dataclass
 class BackboneProbeSettings(ProbeSettings):
@@ -257,6 +264,12 @@ class BackboneProbeSettings(ProbeSettings):
 
     backbone: str | None = None  # a registered model name (bdsel.models.list_models)
     weights: str | None = None  # its local backbone weights file
+
+    def weights_spec(self) -> dict[str, Any]:
+        return {
+            "backbone": self.backbone,
+            "weights": Path(self.weights).name if self.weights else None,
+        }
 
 
 def _cache_stem(features: str):
@@ -296,7 +309,7 @@ class ProbePredictor:
         """The settings that shape its outputs, as its spec names them."""
         p = config.zeroshot.settings
         return {"kind": cls.name, "features": cls.features, "folds": p.folds, "epochs": p.epochs,
-                **RECIPE}  # fmt: skip
+                **RECIPE, **p.weights_spec()}  # fmt: skip
 
     @staticmethod
     def summary_rows(spec: dict[str, Any]) -> list[tuple[str, str]]:
@@ -375,12 +388,6 @@ class ClipProbePredictor(ProbePredictor):
     Settings = ClipProbeSettings  # zeroshot.* when zeroshot.predictor=probe_clip
     features = "clip"
 
-    @classmethod
-    def settings(cls, config: Config) -> dict[str, Any]:
-        p = config.zeroshot.settings
-        weights = clip_weights_spec(p.model, p.pretrained)
-        return super().settings(config) | weights | {"precision": "fp32"}
-
 
 @register_predictor("probe_backbone", cache_stem=_cache_stem("backbone"))
 class BackboneProbePredictor(ProbePredictor):
@@ -388,9 +395,3 @@ class BackboneProbePredictor(ProbePredictor):
 
     Settings = BackboneProbeSettings  # zeroshot.* when zeroshot.predictor=probe_backbone
     features = "backbone"
-
-    @classmethod
-    def settings(cls, config: Config) -> dict[str, Any]:
-        p = config.zeroshot.settings
-        weights = Path(p.weights).name if p.weights else None
-        return super().settings(config) | {"backbone": p.backbone, "weights": weights}
