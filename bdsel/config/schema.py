@@ -61,8 +61,8 @@ class DataConfig:
     name: str = "fashion_mnist"  # a registered dataset (bdsel.data.list_datasets)
     root: str | None = None  # None: the dataset's documented default location
     train_fraction: float = 0.5  # of the base training set (paper: 0.5)
-    # A clean-labelled split for tuning, drawn from the end of the train subset's permutation
-    # (disjoint from it, from the holdout predictor's hold-out and from the test set); > 0:
+    # A clean-labelled split for tuning, drawn from the end of the split's permutation
+    # (disjoint from the train subset, the holdout predictor's hold-out and the test set); > 0:
     # accuracy is measured on it instead of the test set, and records say val_acc.
     validation_fraction: float = 0.0
     split_seed: int | None = None  # None: the run's seed
