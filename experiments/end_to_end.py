@@ -59,8 +59,7 @@ ARMS = {
                               "select.warmup_epochs=30", "train.epochs=100"),
     "bayesian_warm30": ("select.method=bayesian", "select.warmup_epochs=30", "train.epochs=100"),
 }  # fmt: skip
-BAYES_ARMS = ("bayesian", "bayesian_nb160", "bayesian_rescore", "bayesian_nb160_warm10",
-              "bayesian_nb160_warm30", "bayesian_warm30")  # fmt: skip
+BAYES_ARMS = tuple(arm for arm, sets in ARMS.items() if "select.method=bayesian" in sets)
 BOUNDS = {"p20": 0.8, "p40": 0.5, "pf30": 0.5}  # the bound on bayesian's seconds ratio
 
 
